@@ -1,0 +1,159 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// One settings array for every target: Swift 6 mode plus the upcoming features
+// the model server codebases turn on.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "Millions",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "millions", targets: ["millions"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-auth", from: "2.5.0"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache", from: "2.1.1"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // Domain types, ids, validation, errors. No I/O.
+        .target(
+            name: "MillionsCore",
+            swiftSettings: swiftSettings
+        ),
+        // Logs, metrics, request ids.
+        .target(
+            name: "Observability",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Store protocols and their engines (SQLite now; PostgreSQL joins here).
+        .target(
+            name: "DataTier",
+            dependencies: [
+                "MillionsCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The shared session store (SQLite now; Redis joins here).
+        .target(
+            name: "SessionTier",
+            dependencies: [
+                "MillionsCore",
+                "DataTier",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Cache protocol, in-process LRU, read-through with single-flight.
+        .target(
+            name: "CacheTier",
+            dependencies: [
+                "MillionsCore",
+                "Observability",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Content-hashed static assets: what a CDN caches forever.
+        .target(
+            name: "Edge",
+            dependencies: ["MillionsCore"],
+            swiftSettings: swiftSettings
+        ),
+        // The Hummingbird application: controllers, middleware, pages.
+        .target(
+            name: "WebTier",
+            dependencies: [
+                "MillionsCore",
+                "Observability",
+                "DataTier",
+                "SessionTier",
+                "CacheTier",
+                "Edge",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
+                .product(name: "Mustache", package: "swift-mustache"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            resources: [
+                .copy("Resources/templates"),
+                .copy("Resources/public"),
+                .copy("Resources/openapi.yaml"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "millions",
+            dependencies: [
+                "WebTier",
+                "DataTier",
+                "Observability",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // In-memory wiring and helpers shared by the tests.
+        .target(
+            name: "MillionsTesting",
+            dependencies: [
+                "WebTier",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "MillionsTests",
+            dependencies: [
+                "MillionsCore",
+                "DataTier",
+                "SessionTier",
+                "CacheTier",
+                "Edge",
+                "WebTier",
+                "MillionsTesting",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

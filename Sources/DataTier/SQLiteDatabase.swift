@@ -1,0 +1,87 @@
+import GRDB
+import Logging
+import MillionsCore
+import ServiceLifecycle
+
+/// The embedded default database: one SQLite file in WAL mode, through a GRDB pool
+/// (one writer, several concurrent readers).
+///
+/// It is a `Service` so that the process closes the pool only after the web server has
+/// drained its in-flight requests.
+public final class SQLiteDatabase: Service, Sendable {
+    public let pool: DatabasePool
+    public let path: String
+    private let logger: Logger
+
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    public init(path: String, logger: Logger) throws {
+        var config = Configuration()
+        // Several processes may share the file (serve, seed, migrate): wait for locks.
+        config.busyMode = .timeout(5)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        self.pool = try DatabasePool(path: path, configuration: config)
+        self.path = path
+        self.logger = logger
+        try Self.migrator.migrate(pool)
+    }
+
+    /// Versioned schema. Never edit a shipped migration; add the next one.
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("1-users-and-sessions") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE users (
+                        id INTEGER PRIMARY KEY,
+                        email TEXT NOT NULL UNIQUE,
+                        password_hash TEXT NOT NULL,
+                        first_name TEXT NOT NULL,
+                        last_name TEXT NOT NULL,
+                        street_address TEXT NOT NULL DEFAULT '',
+                        city TEXT NOT NULL DEFAULT '',
+                        state TEXT NOT NULL DEFAULT '',
+                        postal_code TEXT NOT NULL DEFAULT '',
+                        phone_numbers TEXT NOT NULL DEFAULT '[]',
+                        failed_logins INTEGER NOT NULL DEFAULT 0,
+                        locked_until REAL,
+                        created_at REAL NOT NULL,
+                        updated_at REAL NOT NULL
+                    );
+                    CREATE TABLE sessions (
+                        id_hash TEXT PRIMARY KEY,
+                        user_id INTEGER NOT NULL,
+                        csrf_token TEXT NOT NULL,
+                        created_at REAL NOT NULL,
+                        expires_at REAL NOT NULL
+                    );
+                    CREATE INDEX sessions_by_user ON sessions(user_id);
+                    CREATE INDEX sessions_by_expiry ON sessions(expires_at);
+                    """)
+        }
+        return m
+    }
+
+    /// Names of the migrations applied, oldest first.
+    public func appliedMigrations() throws -> [String] {
+        try pool.read { db in try Self.migrator.appliedMigrations(db) }
+    }
+
+    public func ping() async throws {
+        _ = try await pool.read { db in try Int.fetchOne(db, sql: "SELECT 1") }
+    }
+
+    public func run() async throws {
+        // Stay up until the group shuts down; the web tier stops before this service.
+        try? await gracefulShutdown()
+        try pool.close()
+        logger.info("database closed", metadata: ["path": "\(path)"])
+    }
+}
+
+extension DatabaseError {
+    var isUniqueViolation: Bool {
+        extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE || extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
+    }
+}

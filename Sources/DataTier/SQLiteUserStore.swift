@@ -1,0 +1,144 @@
+import Foundation
+import GRDB
+import MillionsCore
+
+/// `UserStore` on the embedded SQLite database.
+public struct SQLiteUserStore: UserStore {
+    let db: SQLiteDatabase
+
+    public init(database: SQLiteDatabase) {
+        self.db = database
+    }
+
+    static let columns =
+        "id, first_name, last_name, street_address, city, state, postal_code, phone_numbers"
+
+    public func create(_ account: NewAccount) async throws -> User {
+        let now = Clock.secondsSince1970()
+        let p = account.profile
+        let phones = try Self.encodePhones(p.phoneNumbers)
+        do {
+            try await db.pool.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO users (id, email, password_hash, first_name, last_name, street_address, city,
+                            state, postal_code, phone_numbers, created_at, updated_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        account.id.rawValue, account.email, account.passwordHash, p.firstName, p.lastName,
+                        p.address.streetAddress, p.address.city, p.address.state, p.address.postalCode, phones, now,
+                        now,
+                    ])
+            }
+        } catch let error as DatabaseError where error.isUniqueViolation {
+            if (error.message ?? "").contains("users.email") {
+                throw MillionsError(.conflict, "an account with this email already exists")
+            }
+            throw DuplicateIDError()
+        }
+        return User(
+            id: account.id, firstName: p.firstName, lastName: p.lastName, address: p.address,
+            phoneNumbers: p.phoneNumbers)
+    }
+
+    public func user(id: UserID) async throws -> User? {
+        try await db.pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT \(Self.columns) FROM users WHERE id = ?", arguments: [id.rawValue])
+                .map(Self.user(from:))
+        }
+    }
+
+    public func recentUsers(limit: Int) async throws -> [User] {
+        try await db.pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT \(Self.columns) FROM users ORDER BY id DESC LIMIT ?", arguments: [limit]
+            ).map(Self.user(from:))
+        }
+    }
+
+    public func update(id: UserID, patch: ProfilePatch) async throws -> User? {
+        try await db.pool.write { db in
+            guard
+                let current = try Row.fetchOne(
+                    db, sql: "SELECT \(Self.columns) FROM users WHERE id = ?", arguments: [id.rawValue]
+                ).map(Self.user(from:))
+            else { return nil }
+            let p = patch.applied(to: current.profile)
+            try db.execute(
+                sql: """
+                    UPDATE users SET first_name = ?, last_name = ?, street_address = ?, city = ?, state = ?,
+                        postal_code = ?, phone_numbers = ?, updated_at = ?
+                    WHERE id = ?
+                    """,
+                arguments: [
+                    p.firstName, p.lastName, p.address.streetAddress, p.address.city, p.address.state,
+                    p.address.postalCode, try Self.encodePhones(p.phoneNumbers), Clock.secondsSince1970(),
+                    id.rawValue,
+                ])
+            return User(
+                id: id, firstName: p.firstName, lastName: p.lastName, address: p.address, phoneNumbers: p.phoneNumbers)
+        }
+    }
+
+    public func delete(id: UserID) async throws -> Bool {
+        try await db.pool.write { db in
+            try db.execute(sql: "DELETE FROM users WHERE id = ?", arguments: [id.rawValue])
+            return db.changesCount > 0
+        }
+    }
+
+    public func credentials(email: String) async throws -> Credentials? {
+        try await db.pool.read { db in
+            try Row.fetchOne(
+                db,
+                sql: "SELECT id, email, password_hash, failed_logins, locked_until FROM users WHERE email = ?",
+                arguments: [email]
+            ).map { row in
+                Credentials(
+                    userID: UserID(rawValue: row["id"])!, email: row["email"], passwordHash: row["password_hash"],
+                    failedLogins: row["failed_logins"], lockedUntil: row["locked_until"])
+            }
+        }
+    }
+
+    public func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double? {
+        try await db.pool.write { db in
+            guard
+                let failures = try Int.fetchOne(
+                    db, sql: "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ? RETURNING failed_logins",
+                    arguments: [userID.rawValue])
+            else { return nil }
+            guard let lock = throttle.lockSeconds(afterFailures: failures) else { return nil }
+            let until = now + lock
+            try db.execute(sql: "UPDATE users SET locked_until = ? WHERE id = ?", arguments: [until, userID.rawValue])
+            return until
+        }
+    }
+
+    public func recordSuccessfulLogin(userID: UserID) async throws {
+        try await db.pool.write { db in
+            try db.execute(
+                sql: "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ? AND failed_logins > 0",
+                arguments: [userID.rawValue])
+        }
+    }
+
+    public func ping() async throws { try await db.ping() }
+
+    static func user(from row: Row) throws -> User {
+        let phones: String = row["phone_numbers"]
+        return User(
+            id: UserID(rawValue: row["id"])!,
+            firstName: row["first_name"],
+            lastName: row["last_name"],
+            address: Address(
+                streetAddress: row["street_address"], city: row["city"], state: row["state"],
+                postalCode: row["postal_code"]),
+            phoneNumbers: try JSONDecoder().decode([String].self, from: Data(phones.utf8)))
+    }
+
+    static func encodePhones(_ phones: [String]) throws -> String {
+        String(decoding: try JSONEncoder().encode(phones), as: UTF8.self)
+    }
+}

@@ -1,0 +1,30 @@
+import MillionsCore
+
+/// Where users and their log-in identities live. One implementation per engine;
+/// configuration picks which, and nothing else knows.
+public protocol UserStore: Sendable {
+    /// Inserts a new account. Throws `MillionsError(.conflict)` when the email is taken and
+    /// `DuplicateIDError` when the id is (the caller retries with a fresh id).
+    func create(_ account: NewAccount) async throws -> User
+    func user(id: UserID) async throws -> User?
+    /// Newest first.
+    func recentUsers(limit: Int) async throws -> [User]
+    /// Applies the patch in one transaction; nil if the user does not exist.
+    func update(id: UserID, patch: ProfilePatch) async throws -> User?
+    /// True if a user was deleted.
+    func delete(id: UserID) async throws -> Bool
+
+    /// The log-in identity for a normalized email.
+    func credentials(email: String) async throws -> Credentials?
+    /// Counts a failed log-in and applies the throttle; returns the lock's end, if any.
+    func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double?
+    func recordSuccessfulLogin(userID: UserID) async throws
+
+    /// Succeeds if the store can serve requests.
+    func ping() async throws
+}
+
+/// The id of a new user collided with an existing one; mint another and retry.
+public struct DuplicateIDError: Error, Sendable {
+    public init() {}
+}

@@ -1,0 +1,93 @@
+/// The limits every writer of users checks. One place, so the API, the pages and the
+/// stores agree.
+public enum Limits {
+    public static let emailMax = 254
+    public static let passwordMin = 8
+    /// bcrypt reads only the first 72 bytes; longer passwords would silently be truncated.
+    public static let passwordMaxBytes = 72
+    public static let nameMax = 100
+    public static let streetMax = 200
+    public static let cityMax = 100
+    public static let stateMax = 50
+    public static let postalCodeMax = 20
+    public static let phoneNumbersMax = 5
+    public static let phoneNumberMax = 32
+}
+
+/// Field validation, returning every problem at once.
+public enum Validate {
+    public static func email(_ email: String, into errors: inout [FieldError]) {
+        let parts = email.split(separator: "@", omittingEmptySubsequences: false)
+        let ok =
+            email.utf8.count <= Limits.emailMax && parts.count == 2 && !parts[0].isEmpty
+            && parts[1].contains(".") && !parts[1].hasPrefix(".") && !parts[1].hasSuffix(".")
+            && !email.contains(where: { $0.isWhitespace || $0.isNewline || !$0.isASCII || $0.asciiValue! < 0x21 })
+        if !ok { errors.append(FieldError("email", "must be an email address of at most \(Limits.emailMax) characters")) }
+    }
+
+    public static func password(_ password: String, into errors: inout [FieldError]) {
+        let bytes = password.utf8.count
+        if password.count < Limits.passwordMin || bytes > Limits.passwordMaxBytes {
+            errors.append(
+                FieldError(
+                    "password",
+                    "must be at least \(Limits.passwordMin) characters and at most \(Limits.passwordMaxBytes) bytes"))
+        }
+    }
+
+    public static func profile(_ p: Profile, into errors: inout [FieldError]) {
+        text(p.firstName, "firstName", min: 1, max: Limits.nameMax, into: &errors)
+        text(p.lastName, "lastName", min: 1, max: Limits.nameMax, into: &errors)
+        text(p.address.streetAddress, "address.streetAddress", min: 0, max: Limits.streetMax, into: &errors)
+        text(p.address.city, "address.city", min: 0, max: Limits.cityMax, into: &errors)
+        text(p.address.state, "address.state", min: 0, max: Limits.stateMax, into: &errors)
+        text(p.address.postalCode, "address.postalCode", min: 0, max: Limits.postalCodeMax, into: &errors)
+        if p.phoneNumbers.count > Limits.phoneNumbersMax {
+            errors.append(FieldError("phoneNumbers", "at most \(Limits.phoneNumbersMax) phone numbers"))
+        }
+        for (i, number) in p.phoneNumbers.enumerated() {
+            let allowed = number.allSatisfy { $0.isASCII && ($0.isNumber || " +-().".contains($0)) }
+            let digits = number.filter(\.isNumber).count
+            if !allowed || digits < 3 || number.count > Limits.phoneNumberMax {
+                errors.append(
+                    FieldError(
+                        "phoneNumbers[\(i)]",
+                        "must be digits with optional spaces, +, -, ( ) or dots, at most \(Limits.phoneNumberMax) characters"
+                    ))
+            }
+        }
+    }
+
+    /// Trimmed length within bounds and no control characters.
+    static func text(_ value: String, _ field: String, min: Int, max: Int, into errors: inout [FieldError]) {
+        let count = value.count
+        if count < min || count > max {
+            errors.append(FieldError(field, min > 0 ? "must be \(min) to \(max) characters" : "must be at most \(max) characters"))
+        } else if value.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            errors.append(FieldError(field, "must not contain control characters"))
+        } else if min > 0 && value.allSatisfy(\.isWhitespace) {
+            errors.append(FieldError(field, "must not be blank"))
+        }
+    }
+
+    /// Throws a validation error if any field is invalid.
+    public static func throwing(_ errors: [FieldError]) throws {
+        if !errors.isEmpty {
+            throw MillionsError(.validation, "some fields are invalid", fields: errors)
+        }
+    }
+
+    /// Lower-cases and trims an email so one address has one account.
+    public static func normalizedEmail(_ email: String) -> String {
+        String(email.trimmingWhitespace().lowercased())
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> Substring {
+        var s = self[...]
+        while let f = s.first, f.isWhitespace { s.removeFirst() }
+        while let l = s.last, l.isWhitespace { s.removeLast() }
+        return s
+    }
+}

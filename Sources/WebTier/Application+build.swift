@@ -1,0 +1,110 @@
+import CacheTier
+import Configuration
+import DataTier
+import Edge
+import Foundation
+import Hummingbird
+import HummingbirdBcrypt
+import Logging
+import MillionsCore
+import Mustache
+import NIOCore
+import Observability
+import ServiceLifecycle
+import SessionTier
+
+/// The object graph of one web server, built from settings. `millions serve` and the
+/// tests both go through here, with different configuration.
+public struct Components: Sendable {
+    public let settings: Settings
+    public let logger: Logger
+    public let metrics: AppMetrics
+    public let database: SQLiteDatabase
+    public let users: any UserStore
+    public let sessions: any SessionStore
+    /// The in-process LRU, when caching is on.
+    public let lru: LRUCache?
+    public let userCache: ReadThrough<User>?
+    public let assets: AssetCatalog
+    let templates: MustacheLibrary
+    let decoyHash: String
+
+    /// Opens the stores (creating the data directory and applying migrations) and loads
+    /// templates and assets.
+    public static func build(settings: Settings, logger: Logger, metrics: AppMetrics = AppMetrics()) async throws
+        -> Components
+    {
+        try FileManager.default.createDirectory(atPath: settings.dataDirectory, withIntermediateDirectories: true)
+        let database = try SQLiteDatabase(path: settings.databasePath, logger: logger)
+        let lru =
+            settings.cacheEnabled
+            ? LRUCache(
+                maxEntries: settings.cacheMaxEntries, maxBytes: settings.cacheMaxBytes,
+                now: { Clock.secondsSince1970() }) : nil
+        let userCache = lru.map {
+            ReadThrough<User>(
+                kind: "user", cache: $0, ttl: .seconds(settings.cacheTTLSeconds),
+                negativeTTL: .seconds(settings.cacheNegativeTTLSeconds), metrics: metrics, logger: logger)
+        }
+        let resources = try Self.resourceDirectory()
+        let cost = UInt8(settings.bcryptCost)
+        return Components(
+            settings: settings, logger: logger, metrics: metrics, database: database,
+            users: SQLiteUserStore(database: database), sessions: SQLiteSessionStore(database: database), lru: lru,
+            userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
+            templates: try await MustacheLibrary(directory: resources + "/templates"),
+            decoyHash: Bcrypt.hash(Token.random(bytes: 16), cost: cost))
+    }
+
+    /// Where templates, static files and the OpenAPI document are; `MILLIONS_RESOURCES`
+    /// overrides the bundle (for an installed binary).
+    static func resourceDirectory() throws -> String {
+        if let dir = ProcessInfo.processInfo.environment["MILLIONS_RESOURCES"] { return dir }
+        guard let path = Bundle.module.resourcePath else { throw SettingsError("resource bundle not found") }
+        return path
+    }
+
+    var service: UserService {
+        UserService(
+            users: users, sessions: sessions, cache: userCache, settings: settings, ids: UserIDGenerator(),
+            decoyHash: decoyHash)
+    }
+
+    /// The OpenAPI document served at `/openapi.yaml`.
+    public func openAPIDocument() throws -> String {
+        try String(contentsOfFile: Self.resourceDirectory() + "/openapi.yaml", encoding: .utf8)
+    }
+}
+
+/// Builds the router with every route of the web tier.
+public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
+    let router = Router(context: AppRequestContext.self)
+    router.add(middleware: ObservabilityMiddleware(metrics: c.metrics))
+    let body = JSONBody(maxBytes: c.settings.maxBodyBytes)
+    let service = c.service
+    UsersController(service: service, body: body).addRoutes(to: router)
+    PagesController(service: service, templates: c.templates, assets: c.assets, body: body).addRoutes(to: router)
+    AssetsController(catalog: c.assets).addRoutes(to: router)
+    OperationsController(
+        users: c.users, sessions: c.sessions, metrics: c.metrics,
+        openAPI: ByteBuffer(string: try c.openAPIDocument())
+    ).addRoutes(to: router)
+    return router
+}
+
+/// The web server: Hummingbird on the configured address, with the database and the
+/// session sweeper as services that stop after the server has drained.
+public func buildApplication(
+    _ c: Components, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) throws -> some ApplicationProtocol {
+    let router = try buildRouter(c)
+    return Application(
+        router: router,
+        configuration: .init(address: .hostname(c.settings.host, port: c.settings.port), serverName: "millions"),
+        services: [
+            c.database,
+            SessionSweeper(store: c.sessions, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger),
+        ],
+        onServerRunning: onServerRunning,
+        logger: c.logger)
+}

@@ -1,0 +1,98 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+import MillionsCore
+import NIOCore
+import Observability
+import Prometheus
+
+/// Outermost middleware: gives each request an id (from `X-Request-ID` when well formed),
+/// turns every error into the JSON error body, records metrics by route and status, and
+/// writes one JSON access-log line carrying the request id.
+struct ObservabilityMiddleware: RouterMiddleware {
+    typealias Context = AppRequestContext
+    let metrics: AppMetrics
+
+    func handle(
+        _ request: Request, context: AppRequestContext,
+        next: (Request, AppRequestContext) async throws -> Response
+    ) async throws -> Response {
+        let start = ContinuousClock.now
+        var context = context
+        let requestID = Self.requestID(from: request.headers[.xRequestID])
+        context.requestID = requestID
+        context.logger[metadataKey: "hb.request.id"] = nil
+        context.logger[metadataKey: LogKey.requestID] = .string(requestID)
+
+        var response: Response
+        var failure: MillionsError? = nil
+        do {
+            response = try await next(request, context)
+        } catch {
+            let e = MillionsError.from(error)
+            failure = e
+            response = Response.error(e, requestID: requestID)
+        }
+        response.headers[.xRequestID] = requestID
+        SecurityHeaders.apply(to: &response.headers)
+
+        let route = context.endpointPath ?? "unmatched"
+        let status = response.status.code
+        let elapsed = ContinuousClock.now - start
+        let labels = [("method", request.method.rawValue), ("route", route), ("status", String(status))]
+        metrics.counter("http_server_requests", "HTTP requests by method, route and status", labels).increment()
+        metrics.latency(
+            "http_server_request_duration", "HTTP request latency by method and route",
+            [("method", request.method.rawValue), ("route", route)]
+        ).record(elapsed)
+
+        var meta: Logger.Metadata = [
+            LogKey.method: .string(request.method.rawValue),
+            LogKey.path: .string(request.uri.path),
+            LogKey.route: .string(route),
+            LogKey.status: .stringConvertible(status),
+            LogKey.durationMS: .stringConvertible(Double(elapsed.components.attoseconds / 1_000_000_000_000) / 1000 + Double(elapsed.components.seconds) * 1000),
+        ]
+        if let failure {
+            meta[LogKey.error] = .string(failure.description)
+            if failure.code == .internalError {
+                context.logger.error("request failed", metadata: meta)
+            } else {
+                context.logger.info("request", metadata: meta)
+            }
+        } else {
+            context.logger.info("request", metadata: meta)
+        }
+        return response
+    }
+
+    /// Accepts 1–128 characters of `[A-Za-z0-9._:-]`; anything else gets a fresh id, so a
+    /// client cannot inject into log lines.
+    static func requestID(from header: String?) -> String {
+        if let header, !header.isEmpty, header.utf8.count <= 128,
+            header.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x61 && $0 <= 0x7a) || $0 == 0x2e || $0 == 0x5f || $0 == 0x2d || $0 == 0x3a })
+        {
+            return header
+        }
+        var rng = SystemRandomNumberGenerator()
+        return Token.hex(withUnsafeBytes(of: (rng.next() as UInt64, rng.next() as UInt64)) { Array($0) })
+    }
+}
+
+enum SecurityHeaders {
+    static func apply(to headers: inout HTTPFields) {
+        headers[.xContentTypeOptions] = "nosniff"
+        if headers[.contentType]?.hasPrefix("text/html") == true {
+            headers[.contentSecurityPolicy] =
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+            headers[.xFrameOptions] = "DENY"
+            headers[.referrerPolicy] = "same-origin"
+        }
+    }
+}
+
+extension HTTPField.Name {
+    static let xRequestID = Self("X-Request-ID")!
+    static let xFrameOptions = Self("X-Frame-Options")!
+    static let referrerPolicy = Self("Referrer-Policy")!
+}

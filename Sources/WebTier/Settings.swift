@@ -1,0 +1,95 @@
+import Configuration
+import Logging
+import MillionsCore
+
+/// Every configuration key of the web tier, read once at start-up.
+///
+/// Precedence (highest first): command-line flags, `MILLIONS_*` environment variables,
+/// the JSON config file, then these defaults. The README's configuration table lists
+/// the same keys; `Settings.documentedKeys` keeps the two honest in a test.
+public struct Settings: Sendable {
+    public var host: String
+    public var port: Int
+    public var maxBodyBytes: Int
+    public var dataDirectory: String
+    public var logLevel: Logger.Level
+
+    public var sessionTTLSeconds: Double
+    public var sessionCookieName: String
+    public var secureCookies: Bool
+    public var sessionSweepSeconds: Int
+
+    public var bcryptCost: Int
+    public var loginThrottle: LoginThrottle
+
+    public var cacheEnabled: Bool
+    public var cacheMaxEntries: Int
+    public var cacheMaxBytes: Int
+    public var cacheTTLSeconds: Int
+    public var cacheNegativeTTLSeconds: Int
+
+    public init(_ config: ConfigReader) throws {
+        host = config.string(forKey: "http.host", default: "127.0.0.1")
+        port = config.int(forKey: "http.port", default: 8080)
+        maxBodyBytes = config.int(forKey: "http.maxBodyBytes", default: 64 * 1024)
+        dataDirectory = config.string(forKey: "data.directory", default: "./data")
+        let level = config.string(forKey: "log.level", default: "info")
+        guard let logLevel = Logger.Level(rawValue: level) else {
+            throw SettingsError("log.level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        self.logLevel = logLevel
+
+        sessionTTLSeconds = config.double(forKey: "session.ttlSeconds", default: 14 * 24 * 3600)
+        sessionCookieName = config.string(forKey: "session.cookieName", default: "millions_session")
+        secureCookies = config.bool(forKey: "session.secureCookies", default: false)
+        sessionSweepSeconds = config.int(forKey: "session.sweepSeconds", default: 600)
+
+        bcryptCost = config.int(forKey: "auth.bcryptCost", default: 10)
+        loginThrottle = LoginThrottle(
+            freeAttempts: config.int(forKey: "auth.freeFailedLogins", default: 5),
+            baseLockSeconds: 1,
+            maxLockSeconds: config.double(forKey: "auth.maxLockSeconds", default: 900))
+
+        cacheEnabled = config.bool(forKey: "cache.enabled", default: true)
+        cacheMaxEntries = config.int(forKey: "cache.maxEntries", default: 100_000)
+        cacheMaxBytes = config.int(forKey: "cache.maxBytes", default: 64 * 1024 * 1024)
+        cacheTTLSeconds = config.int(forKey: "cache.ttlSeconds", default: 300)
+        cacheNegativeTTLSeconds = config.int(forKey: "cache.negativeTtlSeconds", default: 5)
+
+        try check(port >= 0 && port <= 65535, "http.port must be 0...65535")
+        try check(maxBodyBytes >= 1024 && maxBodyBytes <= 16 * 1024 * 1024, "http.maxBodyBytes must be 1 KiB...16 MiB")
+        try check(sessionTTLSeconds >= 60, "session.ttlSeconds must be at least 60")
+        try check(CookieName.isValid(sessionCookieName), "session.cookieName must be a cookie token")
+        try check(sessionSweepSeconds >= 1, "session.sweepSeconds must be at least 1")
+        try check(bcryptCost >= 4 && bcryptCost <= 16, "auth.bcryptCost must be 4...16")
+        try check(loginThrottle.freeAttempts >= 1, "auth.freeFailedLogins must be at least 1")
+        try check(cacheMaxEntries >= 1 && cacheMaxBytes >= 4096, "cache.maxEntries ≥ 1 and cache.maxBytes ≥ 4096")
+        try check(cacheTTLSeconds >= 1 && cacheNegativeTTLSeconds >= 0, "cache TTLs must be positive")
+    }
+
+    /// Every key `Settings` reads, with its default, in README order.
+    public static let documentedKeys: [String] = [
+        "http.host", "http.port", "http.maxBodyBytes", "data.directory", "log.level",
+        "session.ttlSeconds", "session.cookieName", "session.secureCookies", "session.sweepSeconds",
+        "auth.bcryptCost", "auth.freeFailedLogins", "auth.maxLockSeconds",
+        "cache.enabled", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
+    ]
+
+    public var databasePath: String { dataDirectory + "/millions.sqlite" }
+}
+
+/// A configuration value that cannot work.
+public struct SettingsError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ message: String) { description = message }
+}
+
+private func check(_ ok: Bool, _ message: String) throws {
+    if !ok { throw SettingsError(message) }
+}
+
+enum CookieName {
+    static func isValid(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x61 && $0 <= 0x7a) || $0 == 0x5f || $0 == 0x2d }
+    }
+}

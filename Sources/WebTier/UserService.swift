@@ -1,0 +1,143 @@
+import CacheTier
+import DataTier
+import Hummingbird
+import HummingbirdBcrypt
+import Logging
+import MillionsCore
+import NIOPosix
+import SessionTier
+
+/// Everything the controllers do with users and sessions, in one place so the JSON API
+/// and the HTML pages behave the same. Stores and cache come in as protocols.
+struct UserService: Sendable {
+    let users: any UserStore
+    let sessions: any SessionStore
+    /// nil when caching is off.
+    let cache: ReadThrough<User>?
+    let settings: Settings
+    let ids: UserIDGenerator
+    /// A real bcrypt hash to verify against when the email is unknown, so a wrong email
+    /// takes as long as a wrong password and does not reveal who has an account.
+    let decoyHash: String
+
+    // MARK: Passwords, off the event loops
+
+    func hash(_ password: String) async throws -> String {
+        let cost = UInt8(settings.bcryptCost)
+        return try await NIOThreadPool.singleton.runIfActive { Bcrypt.hash(password, cost: cost) }
+    }
+
+    func verify(_ password: String, _ hash: String) async throws -> Bool {
+        try await NIOThreadPool.singleton.runIfActive { Bcrypt.verify(password, hash: hash) }
+    }
+
+    // MARK: Accounts
+
+    func signUp(email: String, password: String, profile: Profile) async throws -> (User, Session) {
+        let passwordHash = try await hash(password)
+        var attempt = 0
+        while true {
+            do {
+                let user = try await users.create(
+                    NewAccount(id: ids.next(), email: email, passwordHash: passwordHash, profile: profile))
+                // A negative entry may be cached for this id from before; drop it.
+                await cache?.invalidate(user.id)
+                let session = try await sessions.create(userID: user.id, ttl: settings.sessionTTLSeconds)
+                return (user, session)
+            } catch is DuplicateIDError where attempt < 5 {
+                attempt += 1
+            }
+        }
+    }
+
+    func logIn(email rawEmail: String, password: String) async throws -> (User, Session) {
+        let email = Validate.normalizedEmail(rawEmail)
+        let wrong = MillionsError(.unauthenticated, "email or password is wrong")
+        guard let creds = try await users.credentials(email: email) else {
+            _ = try await verify(password, decoyHash)
+            throw wrong
+        }
+        let now = Clock.secondsSince1970()
+        if let until = creds.lockedUntil, until > now {
+            throw MillionsError(
+                .tooManyRequests, "too many failed log-ins; try again later", retryAfter: Int((until - now).rounded(.up)))
+        }
+        guard try await verify(password, creds.passwordHash) else {
+            _ = try await users.recordFailedLogin(userID: creds.userID, now: now, throttle: settings.loginThrottle)
+            throw wrong
+        }
+        if creds.failedLogins > 0 { try await users.recordSuccessfulLogin(userID: creds.userID) }
+        guard let user = try await users.user(id: creds.userID) else { throw wrong }
+        let session = try await sessions.create(userID: user.id, ttl: settings.sessionTTLSeconds)
+        return (user, session)
+    }
+
+    // MARK: Users
+
+    /// The public user, through the read-through cache when it is on.
+    func user(_ id: UserID) async throws -> User? {
+        guard let cache else { return try await users.user(id: id) }
+        return try await cache.get(id) { [users] in try await users.user(id: id) }
+    }
+
+    /// The user's public JSON, straight from the cache's bytes on a hit.
+    func userJSON(_ id: UserID) async throws -> [UInt8]? {
+        guard let cache else { return try await users.user(id: id).map { try Self.encode($0) } }
+        return try await cache.bytes(id) { [users] in try await users.user(id: id) }
+    }
+
+    /// Applies a validated patch, then invalidates the cache once the write has committed.
+    func update(_ id: UserID, patch: ProfilePatch) async throws -> User {
+        guard let current = try await users.user(id: id) else { throw MillionsError(.notFound, "no such user") }
+        var errors: [FieldError] = []
+        Validate.profile(patch.applied(to: current.profile), into: &errors)
+        try Validate.throwing(errors)
+        guard let updated = try await users.update(id: id, patch: patch) else {
+            throw MillionsError(.notFound, "no such user")
+        }
+        await cache?.invalidate(id)
+        return updated
+    }
+
+    /// Deletes the account, then every session of it, then the cached profile.
+    func delete(_ id: UserID) async throws {
+        guard try await users.delete(id: id) else { throw MillionsError(.notFound, "no such user") }
+        try await sessions.deleteAll(userID: id)
+        await cache?.invalidate(id)
+    }
+
+    // MARK: Sessions
+
+    /// The live session named by the request's cookie, if any.
+    func session(for request: Request) async throws -> Session? {
+        guard let id = request.cookies[settings.sessionCookieName]?.value, Session.isWellFormed(id) else {
+            return nil
+        }
+        return try await sessions.session(id: id, ttl: settings.sessionTTLSeconds)
+    }
+
+    func requireSession(_ request: Request) async throws -> Session {
+        guard let session = try await session(for: request) else {
+            throw MillionsError(.unauthenticated, "log in first")
+        }
+        return session
+    }
+
+    /// The session cookie: HttpOnly, SameSite=Lax, Secure when configured.
+    func sessionCookie(_ session: Session) -> Hummingbird.Cookie {
+        Hummingbird.Cookie(
+            name: settings.sessionCookieName, value: session.id, maxAge: Int(settings.sessionTTLSeconds), path: "/",
+            secure: settings.secureCookies, httpOnly: true, sameSite: .lax)
+    }
+
+    /// Tells the browser to forget the session cookie.
+    func clearedSessionCookie() -> Hummingbird.Cookie {
+        Hummingbird.Cookie(
+            name: settings.sessionCookieName, value: "", maxAge: 0, path: "/", secure: settings.secureCookies,
+            httpOnly: true, sameSite: .lax)
+    }
+
+    static func encode(_ user: User) throws -> [UInt8] { Array(try JSONEncoder().encode(user)) }
+}
+
+import Foundation

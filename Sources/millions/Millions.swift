@@ -1,0 +1,12 @@
+import ArgumentParser
+
+/// `millions`: one binary, many roles.
+@main
+struct Millions: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "millions",
+        abstract: "The scale-from-zero-to-millions architecture, built for real.",
+        subcommands: [Serve.self, Migrate.self],
+        defaultSubcommand: Serve.self
+    )
+}

@@ -1,0 +1,58 @@
+import ArgumentParser
+import Configuration
+import DataTier
+import Hummingbird
+import Logging
+import NIOCore
+import Observability
+import ServiceLifecycle
+import UnixSignals
+import WebTier
+
+/// `millions serve`: the web tier.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the web server (the web tier).")
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        let settings = try Settings(try await options.reader())
+        let logger = bootstrapLogging(settings.logLevel)
+        let components = try await Components.build(settings: settings, logger: logger)
+        let app = try buildApplication(components) { channel in
+            // Tests and scripts read the real port from this line when --port 0.
+            logger.info(
+                "listening",
+                metadata: [
+                    "host": "\(settings.host)", "port": "\(channel.localAddress?.port ?? settings.port)",
+                    "data": "\(settings.dataDirectory)",
+                ])
+        }
+        let group = ServiceGroup(
+            configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        logger.info("stopped")
+    }
+}
+
+/// `millions migrate`: applies pending schema migrations and exits.
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply pending database migrations.")
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        let settings = try Settings(try await options.reader())
+        let logger = bootstrapLogging(settings.logLevel)
+        let components = try await Components.build(settings: settings, logger: logger)
+        let applied = try components.database.appliedMigrations()
+        logger.info("migrations applied", metadata: ["migrations": .array(applied.map { .string($0) })])
+    }
+}
+
+private func bootstrapLogging(_ level: Logger.Level) -> Logger {
+    LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
+    var logger = Logger(label: "millions")
+    logger.logLevel = level
+    return logger
+}
