@@ -9,7 +9,8 @@ public struct CacheLease: Sendable, Hashable {
 /// What a lookup found.
 public enum CacheLookup: Sendable, Equatable {
     case hit([UInt8])
-    /// Not cached. A lease, when the cache hands one out, must accompany the fill.
+    /// Not cached. With a lease, this reader should load and fill; without one, another
+    /// reader holds the lease and is filling, so load if you must but do not fill.
     case miss(CacheLease?)
 }
 
@@ -17,8 +18,9 @@ public enum CacheLookup: Sendable, Equatable {
 /// implements the same protocol.
 public protocol Cache: Sendable {
     func get(_ key: String) async throws -> CacheLookup
-    /// Stores `value` for `ttl`. With a lease, stores only if the lease is still current;
-    /// returns whether the value was stored.
+    /// Stores `value` for `ttl`. With a lease, stores only if the lease is still current
+    /// (no delete or newer lease since); without one, stores unconditionally. Returns
+    /// whether the value was stored.
     @discardableResult
     func set(_ key: String, _ value: [UInt8], ttl: Duration, lease: CacheLease?) async throws -> Bool
     func delete(_ key: String) async throws

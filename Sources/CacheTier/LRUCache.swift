@@ -25,7 +25,7 @@ public final class LRUCache: Cache {
         var tail = -1  // least recently used
         var bytes = 0
         var evictions = 0
-        var leases: [String: UInt64] = [:]
+        var leases: [String: (token: UInt64, issuedAt: Double)] = [:]
         var nextLease: UInt64 = 1
 
         mutating func unlink(_ i: Int) {
@@ -62,6 +62,8 @@ public final class LRUCache: Cache {
     private let state = Mutex(State())
     /// Outstanding leases are bounded; dropping one only makes its fill be refused.
     private let maxLeases = 100_000
+    /// How long a lease holder has to fill before another reader may take over.
+    private let leaseSeconds = 10.0
 
     public init(maxEntries: Int, maxBytes: Int, now: @escaping @Sendable () -> Double) {
         precondition(maxEntries > 0 && maxBytes > 0)
@@ -81,10 +83,12 @@ public final class LRUCache: Cache {
                 }
                 s.remove(i)
             }
+            // One lease per key at a time; a holder that never fills loses it after a while.
+            if let held = s.leases[key], t - held.issuedAt < leaseSeconds { return .miss(nil) }
             if s.leases.count >= maxLeases { s.leases.removeAll(keepingCapacity: true) }
             let token = s.nextLease
             s.nextLease += 1
-            s.leases[key] = token
+            s.leases[key] = (token, t)
             return .miss(CacheLease(token: token))
         }
     }
@@ -96,7 +100,7 @@ public final class LRUCache: Cache {
         guard cost <= maxBytes else { return false }
         return state.withLock { s in
             if let lease {
-                guard s.leases[key] == lease.token else { return false }
+                guard s.leases[key]?.token == lease.token else { return false }
                 s.leases[key] = nil
             }
             if let i = s.index[key] { s.remove(i) }

@@ -13,6 +13,7 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
     let ttl: Duration
     let negativeTTL: Duration
     let flights = SingleFlight<[UInt8]>()
+    let encode: @Sendable (Value) throws -> [UInt8]
     let logger: Logger
     let hits, misses, loads, staleFillsRefused, errors: Prometheus.Counter
 
@@ -20,8 +21,10 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
     static var absentMarker: [UInt8] { [0] }
 
     public init(
-        kind: String, cache: any Cache, ttl: Duration, negativeTTL: Duration, metrics: AppMetrics, logger: Logger
+        kind: String, cache: any Cache, ttl: Duration, negativeTTL: Duration, metrics: AppMetrics, logger: Logger,
+        encode: @escaping @Sendable (Value) throws -> [UInt8] = { Array(try JSONEncoder().encode($0)) }
     ) {
+        self.encode = encode
         self.kind = kind
         self.cache = cache
         self.ttl = ttl
@@ -67,10 +70,12 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         let bytes = try await flights.run(key) { [self, lease] in
             loads.increment()
             let value = try await load()
-            let bytes = try value.map { Array(try JSONEncoder().encode($0)) } ?? Self.absentMarker
+            let bytes = try value.map(encode) ?? Self.absentMarker
+            // No lease: another reader is filling (or the cache is down); don't race it.
+            guard let lease else { return bytes }
             do {
                 let stored = try await cache.set(key, bytes, ttl: value == nil ? negativeTTL : ttl, lease: lease)
-                if !stored && lease != nil { staleFillsRefused.increment() }
+                if !stored { staleFillsRefused.increment() }
             } catch {
                 errors.increment()
                 logger.warning("cache set failed", metadata: ["key": "\(key)", "error": "\(error)"])

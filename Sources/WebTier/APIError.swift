@@ -2,18 +2,6 @@ import Foundation
 import Hummingbird
 import MillionsCore
 
-/// The one JSON shape of every error: `{"error":{"code":"…","message":"…"}}`, with
-/// `fields` for validation errors and `requestId` so a user's report finds the log line.
-struct ErrorBody: Encodable {
-    struct Inner: Encodable {
-        let code: String
-        let message: String
-        let fields: [FieldError]?
-        let requestId: String?
-    }
-    let error: Inner
-}
-
 extension MillionsError.Code {
     var status: HTTPResponse.Status {
         switch self {
@@ -67,16 +55,41 @@ struct SendableDescription: Error, Sendable, CustomStringConvertible {
 }
 
 extension Response {
+    /// The one JSON shape of every error: `{"error":{"code":"…","message":"…"}}`, with
+    /// `fields` for validation errors and `requestId` so a user's report finds the log line.
     static func error(_ e: MillionsError, requestID: String?) -> Response {
-        let body = ErrorBody(
-            error: .init(
-                code: e.code.rawValue, message: e.message, fields: e.fields.isEmpty ? nil : e.fields,
-                requestId: requestID))
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("error")
+        w.beginObject()
+        w.field("code", e.code.rawValue)
+        w.field("message", e.message)
+        if !e.fields.isEmpty {
+            w.key("fields")
+            w.beginArray()
+            for f in e.fields {
+                w.beginObject()
+                w.field("field", f.field)
+                w.field("message", f.message)
+                w.endObject()
+            }
+            w.endArray()
+        }
+        if let requestID { w.field("requestId", requestID) }
+        w.endObject()
+        w.endObject()
         var headers: HTTPFields = [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"]
         if let retry = e.retryAfter { headers[.retryAfter] = String(retry) }
         if e.code == .unauthenticated { headers[.wwwAuthenticate] = "Cookie realm=\"millions\"" }
-        let data = (try? JSONEncoder().encode(body)) ?? Data("{\"error\":{\"code\":\"internal\",\"message\":\"internal error\"}}".utf8)
-        return Response(status: e.code.status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Response(status: e.code.status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: w.bytes)))
+    }
+
+    /// A user as the chapter's JSON object.
+    static func user(_ user: User, status: HTTPResponse.Status = .ok, headers extra: HTTPFields = [:]) -> Response {
+        var headers = extra
+        headers[.contentType] = "application/json; charset=utf-8"
+        if headers[.cacheControl] == nil { headers[.cacheControl] = "no-cache" }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: user.json)))
     }
 
     /// A JSON response with no caching by shared caches.

@@ -44,7 +44,8 @@ public struct Components: Sendable {
         let userCache = lru.map {
             ReadThrough<User>(
                 kind: "user", cache: $0, ttl: .seconds(settings.cacheTTLSeconds),
-                negativeTTL: .seconds(settings.cacheNegativeTTLSeconds), metrics: metrics, logger: logger)
+                negativeTTL: .seconds(settings.cacheNegativeTTLSeconds), metrics: metrics, logger: logger,
+                encode: { $0.json })
         }
         let resources = try Self.resourceDirectory()
         let cost = UInt8(settings.bcryptCost)

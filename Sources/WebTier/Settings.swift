@@ -1,4 +1,5 @@
 import Configuration
+import SystemPackage
 import Logging
 import MillionsCore
 
@@ -91,5 +92,36 @@ private func check(_ ok: Bool, _ message: String) throws {
 enum CookieName {
     static func isValid(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x61 && $0 <= 0x7a) || $0 == 0x5f || $0 == 0x2d }
+    }
+}
+
+/// Where configuration comes from, highest precedence first: command-line flags (given
+/// here already in environment-variable form), `MILLIONS_*` environment variables, an
+/// optional JSON file, then the defaults in `Settings`.
+public enum ConfigSources {
+    public static func reader(
+        flags: [String: String], environment: [String: String]? = nil, configFile: String?
+    ) async throws -> ConfigReader {
+        var providers: [any ConfigProvider] = [
+            EnvironmentVariablesProvider(environmentVariables: flags),
+            (environment.map { EnvironmentVariablesProvider(environmentVariables: $0) } ?? EnvironmentVariablesProvider())
+                .prefixKeys(with: "millions"),
+        ]
+        if let configFile {
+            providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(configFile)))
+        }
+        return ConfigReader(providers: providers)
+    }
+
+    /// `cache.ttlSeconds` → `CACHE_TTL_SECONDS`, the way the environment provider names keys.
+    public static func environmentName(_ key: String) -> String {
+        var out = ""
+        var previous: Character? = nil
+        for c in key {
+            if let p = previous, p.isLowercase, c.isUppercase { out.append("_") }
+            out.append(c.isLetter || c.isNumber ? Character(c.uppercased()) : "_")
+            previous = c
+        }
+        return out
     }
 }

@@ -137,7 +137,5 @@ struct UserService: Sendable {
             httpOnly: true, sameSite: .lax)
     }
 
-    static func encode(_ user: User) throws -> [UInt8] { Array(try JSONEncoder().encode(user)) }
+    static func encode(_ user: User) throws -> [UInt8] { user.json }
 }
-
-import Foundation

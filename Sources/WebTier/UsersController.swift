@@ -35,7 +35,7 @@ struct UsersController {
         let (user, session) = try await service.signUp(
             email: input.email, password: input.password, profile: input.profile)
         context.logger.info("signed up", metadata: ["user_id": "\(user.id)"])
-        var response = try Response.json(user, status: .created, headers: [.location: "/users/\(user.id)"])
+        var response = Response.user(user, status: .created, headers: [.location: "/users/\(user.id)"])
         response.setCookie(service.sessionCookie(session))
         return response
     }
@@ -46,7 +46,7 @@ struct UsersController {
         guard session.userID == id else { throw MillionsError(.forbidden, "you can only edit your own profile") }
         let patch = try await body.decode(ProfilePatchRequest.self, from: request).patch
         let user = try await service.update(id, patch: patch)
-        return try Response.json(user)
+        return Response.user(user)
     }
 
     @Sendable func deleteUser(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -67,7 +67,7 @@ struct UsersController {
         if input.password == nil { missing.append(FieldError("password", "is required")) }
         try Validate.throwing(missing)
         let (user, session) = try await service.logIn(email: input.email!, password: input.password!)
-        var response = try Response.json(user, status: .created)
+        var response = Response.user(user, status: .created)
         response.setCookie(service.sessionCookie(session))
         return response
     }
@@ -85,7 +85,7 @@ struct UsersController {
         guard let user = try await service.user(session.userID) else {
             throw MillionsError(.unauthenticated, "log in first")
         }
-        var response = try Response.json(user, headers: [.cacheControl: "no-store"])
+        var response = Response.user(user, headers: [.cacheControl: "no-store"])
         response.setCookie(service.sessionCookie(session))
         return response
     }

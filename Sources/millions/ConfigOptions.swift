@@ -1,6 +1,6 @@
 import ArgumentParser
 import Configuration
-import SystemPackage
+import WebTier
 
 #if canImport(Glibc)
 import Glibc
@@ -42,26 +42,9 @@ struct ConfigOptions: ParsableArguments {
         if let dataDirectory { flags["DATA_DIRECTORY"] = dataDirectory }
         if let logLevel { flags["LOG_LEVEL"] = logLevel }
 
-        var providers: [any ConfigProvider] = [
-            EnvironmentVariablesProvider(environmentVariables: flags),
-            EnvironmentVariablesProvider().prefixKeys(with: "millions"),
-        ]
         let env = getenv("MILLIONS_CONFIG").map { String(cString: $0) }
-        if let file = config ?? env {
-            providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(file)))
-        }
-        return ConfigReader(providers: providers)
+        return try await ConfigSources.reader(flags: flags, configFile: config ?? env)
     }
 
-    /// `cache.ttlSeconds` → `CACHE_TTL_SECONDS`, the way the environment provider names keys.
-    static func environmentName(_ key: String) -> String {
-        var out = ""
-        var previous: Character? = nil
-        for c in key {
-            if let p = previous, p.isLowercase, c.isUppercase { out.append("_") }
-            out.append(c.isLetter || c.isNumber ? Character(c.uppercased()) : "_")
-            previous = c
-        }
-        return out
-    }
+    static func environmentName(_ key: String) -> String { ConfigSources.environmentName(key) }
 }

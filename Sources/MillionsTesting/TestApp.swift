@@ -1,0 +1,45 @@
+import Configuration
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import WebTier
+
+/// A web tier on a fresh temporary data folder, configured like production except for a
+/// cheap bcrypt cost; removed again when the test body returns.
+public enum TestApp {
+    /// Settings for a test: defaults, a temp data folder, port 0, and `overrides`
+    /// (configuration keys to values).
+    public static func settings(dataDirectory: String, _ overrides: [String: String] = [:]) throws -> Settings {
+        var values: [String: String] = [
+            "data.directory": dataDirectory, "http.port": "0", "auth.bcryptCost": "4", "log.level": "warning",
+        ]
+        values.merge(overrides) { _, new in new }
+        let flags = Dictionary(uniqueKeysWithValues: values.map { (ConfigSources.environmentName($0.key), $0.value) })
+        return try Settings(ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: flags)))
+    }
+
+    /// A fresh temporary folder, removed after `body`.
+    public static func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("millions-test-\(UUID().uuidString)")
+            .path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        return try await body(dir)
+    }
+
+    /// Builds the app on a temp folder and runs `body` with an in-process test client.
+    public static func run(
+        _ overrides: [String: String] = [:],
+        _ body: @escaping @Sendable (any TestClientProtocol, Components) async throws -> Void
+    ) async throws {
+        try await withTemporaryDirectory { dir in
+            let settings = try settings(dataDirectory: dir, overrides)
+            var logger = Logger(label: "test")
+            logger.logLevel = settings.logLevel
+            let components = try await Components.build(settings: settings, logger: logger)
+            let app = try buildApplication(components)
+            try await app.test(.router) { client in try await body(client, components) }
+        }
+    }
+}

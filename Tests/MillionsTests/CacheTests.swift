@@ -1,0 +1,158 @@
+import CacheTier
+import Logging
+import MillionsCore
+import Observability
+import Synchronization
+import Testing
+
+/// A counter shared by concurrent tasks.
+final class Counter: Sendable {
+    private let n = Atomic<Int>(0)
+    func add() { n.add(1, ordering: .relaxed) }
+    var value: Int { n.load(ordering: .relaxed) }
+}
+
+/// A clock tests move by hand.
+final class FakeClock: Sendable {
+    private let t = Mutex<Double>(1_000)
+    var now: Double { t.withLock { $0 } }
+    func advance(_ seconds: Double) { t.withLock { $0 += seconds } }
+}
+
+@Suite struct LRUCacheTests {
+    @Test func hitMissAndTTLExpiry() {
+        let clock = FakeClock()
+        let cache = LRUCache(maxEntries: 10, maxBytes: 1 << 20, now: { clock.now })
+        guard case .miss = cache.get("a") else { Issue.record("expected a miss"); return }
+        cache.set("a", [1, 2, 3], ttl: .seconds(10), lease: nil)
+        #expect(cache.get("a") == .hit([1, 2, 3]))
+        clock.advance(9.9)
+        #expect(cache.get("a") == .hit([1, 2, 3]))
+        clock.advance(0.2)
+        guard case .miss = cache.get("a") else { Issue.record("expected expiry"); return }
+        #expect(cache.stats.entries == 0)
+    }
+
+    @Test func evictsLeastRecentlyUsedByCount() {
+        let clock = FakeClock()
+        let cache = LRUCache(maxEntries: 3, maxBytes: 1 << 20, now: { clock.now })
+        for k in ["a", "b", "c"] { cache.set(k, [0], ttl: .seconds(60), lease: nil) }
+        _ = cache.get("a")  // a is now the most recent; b the least
+        cache.set("d", [0], ttl: .seconds(60), lease: nil)
+        #expect(cache.keysByRecency == ["d", "a", "c"])
+        #expect(cache.stats.evictions == 1)
+    }
+
+    @Test func evictsByBytes() {
+        let clock = FakeClock()
+        // Each entry costs key + value + 64 bytes of overhead.
+        let cache = LRUCache(maxEntries: 100, maxBytes: 3 * (1 + 100 + 64), now: { clock.now })
+        for k in ["a", "b", "c", "d"] { cache.set(k, [UInt8](repeating: 7, count: 100), ttl: .seconds(60), lease: nil) }
+        #expect(cache.keysByRecency == ["d", "c", "b"])
+        #expect(cache.stats.bytes <= cache.maxBytes)
+        #expect(!cache.set("big", [UInt8](repeating: 0, count: 10_000), ttl: .seconds(60), lease: nil))
+    }
+
+    @Test func aFillAfterADeleteIsRefused() {
+        let clock = FakeClock()
+        let cache = LRUCache(maxEntries: 10, maxBytes: 1 << 20, now: { clock.now })
+        guard case .miss(let slowLease) = cache.get("user:1") else { Issue.record("miss"); return }
+        // A write commits and invalidates while the slow reader is still reading the old row.
+        cache.delete("user:1")
+        #expect(!cache.set("user:1", Array("old".utf8), ttl: .seconds(60), lease: slowLease))
+        guard case .miss(let fresh) = cache.get("user:1") else { Issue.record("miss"); return }
+        #expect(cache.set("user:1", Array("new".utf8), ttl: .seconds(60), lease: fresh))
+        #expect(cache.get("user:1") == .hit(Array("new".utf8)))
+    }
+}
+
+@Suite struct ReadThroughTests {
+    struct Item: Codable, Sendable, Equatable { var name: String }
+
+    func make(_ cache: any Cache, ttl: Duration = .seconds(60)) -> ReadThrough<Item> {
+        ReadThrough<Item>(
+            kind: "item", cache: cache, ttl: ttl, negativeTTL: .seconds(5), metrics: AppMetrics(),
+            logger: Logger(label: "test"))
+    }
+
+    @Test func concurrentMissesCauseOneLoad() async throws {
+        let clock = FakeClock()
+        let rt = make(LRUCache(maxEntries: 10, maxBytes: 1 << 20, now: { clock.now }))
+        let loads = Counter()
+        try await withThrowingTaskGroup(of: Item?.self) { group in
+            for _ in 0..<50 {
+                group.addTask {
+                    try await rt.get(7) {
+                        loads.add()
+                        try await Task.sleep(for: .milliseconds(100))
+                        return Item(name: "seven")
+                    }
+                }
+            }
+            for try await item in group { #expect(item == Item(name: "seven")) }
+        }
+        #expect(loads.value == 1)
+        // And the value is now cached: no further load.
+        _ = try await rt.get(7) {
+            loads.add()
+            return nil
+        }
+        #expect(loads.value == 1)
+    }
+
+    @Test func absentValuesAreCachedBriefly() async throws {
+        let clock = FakeClock()
+        let rt = make(LRUCache(maxEntries: 10, maxBytes: 1 << 20, now: { clock.now }))
+        let loads = Counter()
+        let load: @Sendable () async throws -> Item? = {
+            loads.add()
+            return nil
+        }
+        #expect(try await rt.get(1, load: load) == nil)
+        #expect(try await rt.get(1, load: load) == nil)
+        #expect(loads.value == 1)
+        clock.advance(6)
+        #expect(try await rt.get(1, load: load) == nil)
+        #expect(loads.value == 2)
+    }
+
+    @Test func invalidateMakesTheNextReadLoad() async throws {
+        let clock = FakeClock()
+        let rt = make(LRUCache(maxEntries: 10, maxBytes: 1 << 20, now: { clock.now }))
+        let name = Mutex("before")
+        let load: @Sendable () async throws -> Item? = { Item(name: name.withLock { $0 }) }
+        #expect(try await rt.get(1, load: load)?.name == "before")
+        name.withLock { $0 = "after" }
+        #expect(try await rt.get(1, load: load)?.name == "before")  // cached
+        await rt.invalidate(1)
+        #expect(try await rt.get(1, load: load)?.name == "after")
+    }
+
+    /// A cache that always fails must cost hit ratio, never an error.
+    struct BrokenCache: Cache {
+        struct Down: Error {}
+        func get(_ key: String) async throws -> CacheLookup { throw Down() }
+        func set(_ key: String, _ value: [UInt8], ttl: Duration, lease: CacheLease?) async throws -> Bool { throw Down() }
+        func delete(_ key: String) async throws { throw Down() }
+    }
+
+    @Test func aBrokenCacheFallsThroughToTheLoader() async throws {
+        let rt = make(BrokenCache())
+        #expect(try await rt.get(1) { Item(name: "x") } == Item(name: "x"))
+        await rt.invalidate(1)
+    }
+}
+
+@Suite struct LeaseTests {
+    @Test func oneLeaseAtATimeUntilFilledOrStale() {
+        let clock = FakeClock()
+        let cache = LRUCache(maxEntries: 10, maxBytes: 1 << 20, now: { clock.now })
+        guard case .miss(let first?) = cache.get("k") else { Issue.record("first miss gets the lease"); return }
+        guard case .miss(nil) = cache.get("k") else { Issue.record("second miss waits"); return }
+        clock.advance(11)
+        guard case .miss(let second?) = cache.get("k") else { Issue.record("stale lease is taken over"); return }
+        #expect(!cache.set("k", [1], ttl: .seconds(60), lease: first))
+        #expect(cache.set("k", [2], ttl: .seconds(60), lease: second))
+        #expect(cache.get("k") == .hit([2]))
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import MillionsCore
+import Testing
+
+@Suite struct UserIDTests {
+    @Test func layoutCarriesTheLogicalShard() throws {
+        let id = UserID(seconds: UserID.epoch + 1000, shard: 777, sequence: 42)
+        #expect(id.logicalShard == 777)
+        #expect(id.createdAtSeconds == UserID.epoch + 1000)
+        #expect(id.rawValue & 0xfff == 42)
+        #expect(id.rawValue <= UserID.maxRawValue)
+    }
+
+    @Test func idsStayExactInJavaScriptUntil2094() {
+        let last = UserID(seconds: UserID.epoch + (1 << 31) - 1, shard: 1023, sequence: 4095)
+        #expect(last.rawValue == UserID.maxRawValue)
+        #expect(Double(last.rawValue) == Double(UserID.maxRawValue))
+    }
+
+    @Test func parsing() {
+        #expect(UserID("12")?.rawValue == 12)
+        #expect(UserID("0") == nil)
+        #expect(UserID("-1") == nil)
+        #expect(UserID("abc") == nil)
+        #expect(UserID("9007199254740992") == nil)  // 2^53
+        #expect(UserID("99999999999999999999") == nil)
+        #expect(UserID("١٢") == nil)  // non-ASCII digits
+        #expect(UserID("") == nil)
+    }
+
+    @Test func generatorMakesDistinctIDsSpreadOverShards() {
+        let gen = UserIDGenerator()
+        let ids = (0..<2000).map { _ in gen.next() }
+        #expect(Set(ids).count == ids.count)
+        #expect(Set(ids.map(\.logicalShard)).count > 500)
+    }
+}
+
+@Suite struct SHA256Tests {
+    @Test func knownVectors() {
+        #expect(SHA256.hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(SHA256.hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(
+            SHA256.hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")
+                == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+        #expect(
+            SHA256.hex(Array(repeating: UInt8(ascii: "a"), count: 1_000_000))
+                == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+    }
+}
+
+@Suite struct ValidationTests {
+    @Test func emails() {
+        func ok(_ e: String) -> Bool {
+            var errors: [FieldError] = []
+            Validate.email(e, into: &errors)
+            return errors.isEmpty
+        }
+        #expect(ok("john@example.com"))
+        #expect(!ok("john"))
+        #expect(!ok("john@localhost"))
+        #expect(!ok("jo hn@example.com"))
+        #expect(!ok("a@b@example.com"))
+        #expect(!ok(String(repeating: "a", count: 250) + "@example.com"))
+        #expect(Validate.normalizedEmail("  John@Example.COM ") == "john@example.com")
+    }
+
+    @Test func profileLimits() {
+        var errors: [FieldError] = []
+        Validate.profile(
+            Profile(
+                firstName: "", lastName: String(repeating: "x", count: 101),
+                address: Address(postalCode: String(repeating: "1", count: 21)),
+                phoneNumbers: ["1", "2", "3", "4", "5", "6"]), into: &errors)
+        let fields = Set(errors.map(\.field))
+        #expect(fields.isSuperset(of: ["firstName", "lastName", "address.postalCode", "phoneNumbers", "phoneNumbers[0]"]))
+    }
+
+    @Test func passwordsBeyondBcryptsLimitAreRefused() {
+        var errors: [FieldError] = []
+        Validate.password(String(repeating: "é", count: 40), into: &errors)  // 80 bytes
+        #expect(errors.map(\.field) == ["password"])
+    }
+}
+
+@Suite struct JSONWriterTests {
+    @Test func userIsTheChaptersObjectInOrder() throws {
+        let user = User(
+            id: UserID(rawValue: 12)!, firstName: "John", lastName: "Smith",
+            address: Address(streetAddress: "21 2nd Street", city: "New York", state: "NY", postalCode: "10021"),
+            phoneNumbers: ["212 555-1234", "646 555-4567"])
+        #expect(
+            String(decoding: user.json, as: UTF8.self)
+                == #"{"id":12,"firstName":"John","lastName":"Smith","address":{"streetAddress":"21 2nd Street","city":"New York","state":"NY","postalCode":"10021"},"phoneNumbers":["212 555-1234","646 555-4567"]}"#
+        )
+        #expect(try JSONDecoder().decode(User.self, from: Data(user.json)) == user)
+    }
+
+    @Test func escapes() throws {
+        var w = JSONWriter()
+        w.beginArray()
+        w.string("a\"b\\c\n\u{01}é")
+        w.endArray()
+        let decoded = try JSONDecoder().decode([String].self, from: Data(w.bytes))
+        #expect(decoded == ["a\"b\\c\n\u{01}é"])
+    }
+}
+
+@Suite struct LoginThrottleTests {
+    @Test func doublesAfterFreeAttemptsAndCaps() {
+        let t = LoginThrottle(freeAttempts: 3, baseLockSeconds: 1, maxLockSeconds: 10)
+        #expect(t.lockSeconds(afterFailures: 2) == nil)
+        #expect(t.lockSeconds(afterFailures: 3) == 1)
+        #expect(t.lockSeconds(afterFailures: 4) == 2)
+        #expect(t.lockSeconds(afterFailures: 6) == 8)
+        #expect(t.lockSeconds(afterFailures: 7) == 10)
+        #expect(t.lockSeconds(afterFailures: 500) == 10)
+    }
+}

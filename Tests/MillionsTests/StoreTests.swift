@@ -1,0 +1,119 @@
+import DataTier
+import Foundation
+import GRDB
+import Logging
+import MillionsCore
+import MillionsTesting
+import SessionTier
+import Testing
+
+@Suite struct SQLiteStoreTests {
+    static func withDatabase(_ body: (SQLiteDatabase) async throws -> Void) async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let db = try SQLiteDatabase(path: dir + "/test.sqlite", logger: Logger(label: "test"))
+            try await body(db)
+            try db.pool.close()
+        }
+    }
+
+    static func account(_ email: String, id: Int64 = 0) -> NewAccount {
+        NewAccount(
+            id: id == 0 ? UserIDGenerator().next() : UserID(rawValue: id)!, email: email, passwordHash: "hash",
+            profile: Profile(
+                firstName: "Ann", lastName: "Lee", address: Address(city: "Oslo", postalCode: "0150"),
+                phoneNumbers: ["+47 22 00 00 00"]))
+    }
+
+    @Test func databaseIsInWALModeAndMigrated() async throws {
+        try await Self.withDatabase { db in
+            let mode = try await db.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
+            #expect(mode == "wal")
+            #expect(try db.appliedMigrations() == ["1-users-and-sessions"])
+        }
+    }
+
+    @Test func userLifecycle() async throws {
+        try await Self.withDatabase { db in
+            let store = SQLiteUserStore(database: db)
+            let created = try await store.create(Self.account("ann@example.com"))
+            #expect(try await store.user(id: created.id) == created)
+            #expect(created.address.postalCode == "0150")  // leading zero kept
+
+            let updated = try await store.update(id: created.id, patch: ProfilePatch(city: "Bergen", phoneNumbers: []))
+            #expect(updated?.address.city == "Bergen")
+            #expect(updated?.address.postalCode == "0150")
+            #expect(try await store.user(id: created.id) == updated)
+
+            #expect(try await store.delete(id: created.id))
+            #expect(try await store.user(id: created.id) == nil)
+            #expect(try await !store.delete(id: created.id))
+            #expect(try await store.update(id: created.id, patch: ProfilePatch(city: "x")) == nil)
+        }
+    }
+
+    @Test func duplicateEmailIsAConflictAndDuplicateIDIsRetryable() async throws {
+        try await Self.withDatabase { db in
+            let store = SQLiteUserStore(database: db)
+            _ = try await store.create(Self.account("ann@example.com", id: 5))
+            await #expect(throws: MillionsError.self) { try await store.create(Self.account("ann@example.com")) }
+            await #expect(throws: DuplicateIDError.self) { try await store.create(Self.account("bob@example.com", id: 5)) }
+        }
+    }
+
+    @Test func failedLoginsLockWithTheThrottle() async throws {
+        try await Self.withDatabase { db in
+            let store = SQLiteUserStore(database: db)
+            let user = try await store.create(Self.account("ann@example.com"))
+            let throttle = LoginThrottle(freeAttempts: 2, baseLockSeconds: 1, maxLockSeconds: 60)
+            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == nil)
+            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == 101)
+            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == 102)
+            let creds = try #require(try await store.credentials(email: "ann@example.com"))
+            #expect(creds.failedLogins == 3)
+            #expect(creds.lockedUntil == 102)
+            try await store.recordSuccessfulLogin(userID: user.id)
+            let reset = try #require(try await store.credentials(email: "ann@example.com"))
+            #expect(reset.failedLogins == 0 && reset.lockedUntil == nil)
+        }
+    }
+}
+
+@Suite struct SQLiteSessionStoreTests {
+    @Test func lifecycleExpiryAndRevocation() async throws {
+        try await SQLiteStoreTests.withDatabase { db in
+            let clock = FakeClock()
+            let store = SQLiteSessionStore(database: db, now: { clock.now })
+            let user = UserID(rawValue: 42)!
+            let s = try await store.create(userID: user, ttl: 100)
+            #expect(Session.isWellFormed(s.id))
+            #expect(try await store.session(id: s.id, ttl: 100)?.userID == user)
+
+            // Only the hash is stored.
+            let stored = try await db.pool.read { try String.fetchAll($0, sql: "SELECT id_hash FROM sessions") }
+            #expect(stored == [SHA256.hex(s.id)])
+
+            // Sliding expiry: past half the ttl a read extends it.
+            clock.advance(60)
+            let slid = try #require(try await store.session(id: s.id, ttl: 100))
+            #expect(slid.expiresAt == clock.now + 100)
+            clock.advance(99)
+            #expect(try await store.session(id: s.id, ttl: 100) != nil)
+            clock.advance(101)
+            #expect(try await store.session(id: s.id, ttl: 100) == nil)
+
+            let a = try await store.create(userID: user, ttl: 100)
+            let b = try await store.create(userID: user, ttl: 100)
+            let other = try await store.create(userID: UserID(rawValue: 43)!, ttl: 100)
+            try await store.delete(id: a.id)
+            #expect(try await store.session(id: a.id, ttl: 100) == nil)
+            #expect(try await store.session(id: b.id, ttl: 100) != nil)
+            try await store.deleteAll(userID: user)
+            #expect(try await store.session(id: b.id, ttl: 100) == nil)
+            #expect(try await store.session(id: other.id, ttl: 100) != nil)
+
+            #expect(try await store.session(id: "not-a-session", ttl: 100) == nil)
+            clock.advance(1000)
+            #expect(try await store.purgeExpired() == 1)
+        }
+    }
+}
