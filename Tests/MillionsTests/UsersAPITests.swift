@@ -1,0 +1,249 @@
+import CacheTier
+import DataTier
+import Foundation
+import GRDB
+import HTTPTypes
+import HummingbirdTesting
+import MillionsCore
+import MillionsTesting
+import Observability
+import Testing
+import WebTier
+
+let john = #"{"email":"john@example.com","password":"correct horse","firstName":"John","lastName":"Smith","address":{"streetAddress":"21 2nd Street","city":"New York","state":"NY","postalCode":"10021"},"phoneNumbers":["212 555-1234","646 555-4567"]}"#
+
+/// Signs John up and returns his id and session cookie.
+func signUpJohn(_ client: any TestClientProtocol, email: String = "john@example.com") async throws -> (id: String, session: String) {
+    let r = try await client.send(.post, "/users", json: john.replacingOccurrences(of: "john@example.com", with: email))
+    #expect(r.status == .created)
+    let id = try #require(r.object["id"] as? Int)
+    let session = try #require(r.cookie("millions_session"))
+    return (String(id), session)
+}
+
+@Suite struct UsersAPITests {
+    @Test func signUpReturnsTheChaptersObjectALocationAndASessionCookie() async throws {
+        try await TestApp.run { client, _ in
+            let r = try await client.send(.post, "/users", json: john)
+            #expect(r.status == .created)
+            let id = try #require(r.object["id"] as? Int)
+            #expect(r.headers[.location] == "/users/\(id)")
+            let cookie = try #require(r.setCookies["millions_session"])
+            #expect(cookie.contains("HttpOnly"))
+            #expect(cookie.contains("SameSite=Lax"))
+            #expect(!cookie.contains("Secure"))
+            #expect(try #require(r.cookie("millions_session")).count == 64)  // 256 bits, hex
+
+            let get = try await client.send(.get, "/users/\(id)")
+            #expect(get.status == .ok)
+            #expect(get.headers[.contentType] == "application/json; charset=utf-8")
+            #expect(
+                get.text
+                    == #"{"id":\#(id),"firstName":"John","lastName":"Smith","address":{"streetAddress":"21 2nd Street","city":"New York","state":"NY","postalCode":"10021"},"phoneNumbers":["212 555-1234","646 555-4567"]}"#
+            )
+            #expect(UserID(rawValue: Int64(id))!.logicalShard < UserID.logicalShardCount)
+        }
+    }
+
+    @Test func secureCookiesWhenConfigured() async throws {
+        try await TestApp.run(["session.secureCookies": "true"]) { client, _ in
+            let r = try await client.send(.post, "/users", json: john)
+            #expect(try #require(r.setCookies["millions_session"]).contains("Secure"))
+        }
+    }
+
+    @Test func unknownAndMalformedIDs() async throws {
+        try await TestApp.run { client, _ in
+            #expect(try await client.send(.get, "/users/12").errorCode == "not_found")
+            #expect(try await client.send(.get, "/users/12").status == .notFound)
+            for bad in ["abc", "0", "-5", "9007199254740992", "1e3", "%2e%2e"] {
+                let r = try await client.send(.get, "/users/\(bad)")
+                #expect(r.status == .badRequest, "\(bad)")
+                #expect(r.errorCode == "invalid_id")
+            }
+            let nowhere = try await client.send(.get, "/no/such/route")
+            #expect(nowhere.status == .notFound)
+            #expect(nowhere.errorCode == "not_found")
+        }
+    }
+
+    @Test func duplicateEmailIsAConflict() async throws {
+        try await TestApp.run { client, _ in
+            _ = try await signUpJohn(client)
+            let again = try await client.send(.post, "/users", json: john.replacingOccurrences(of: "john@", with: "JOHN@"))
+            #expect(again.status == .conflict)
+            #expect(again.errorCode == "conflict")
+        }
+    }
+
+    @Test func badSignUpsAreRefusedAndStoreNothing() async throws {
+        try await TestApp.run { client, components in
+            let cases: [(String, HTTPResponse.Status, String)] = [
+                ("{not json", .badRequest, "malformed_json"),
+                ("[1,2]", .badRequest, "malformed_json"),
+                (#"{"email":5,"password":"x"}"#, .badRequest, "malformed_json"),
+                (#"{"email":"a@b.co","password":"longenough","firstName":"A","lastName":"B","admin":true}"#, .badRequest, "unknown_field"),
+                (#"{"email":"a@b.co","password":"longenough","firstName":"A","lastName":"B","address":{"zip":"1"}}"#, .badRequest, "unknown_field"),
+                (#"{"email":"a@b.co","password":"longenough","firstName":"A","lastName":"B","phoneNumbers":"123"}"#, .badRequest, "malformed_json"),
+                (#"{"email":"nope","password":"short","firstName":"","lastName":"B"}"#, .unprocessableContent, "validation_failed"),
+                (#"{"password":"longenough"}"#, .unprocessableContent, "validation_failed"),
+                (#"{"email":"a@b.co","password":"longenough","firstName":"A","lastName":"B","phoneNumbers":["1","2","3","4","5","6"]}"#, .unprocessableContent, "validation_failed"),
+                (#"{"email":"a@b.co","password":"longenough","firstName":"A","lastName":"B","address":{"postalCode":"123456789012345678901"}}"#, .unprocessableContent, "validation_failed"),
+            ]
+            for (body, status, code) in cases {
+                let r = try await client.send(.post, "/users", json: body)
+                #expect(r.status == status, "\(body)")
+                #expect(r.errorCode == code, "\(body)")
+                #expect(r.setCookies.isEmpty)
+            }
+            let invalid = try await client.send(.post, "/users", json: #"{"email":"nope","password":"short","firstName":"","lastName":"B"}"#)
+            let fields = ((invalid.object["error"] as? [String: Any])?["fields"] as? [[String: String]])?.map { $0["field"]! }
+            #expect(Set(fields ?? []) == ["email", "password", "firstName"])
+
+            let wrongType = try await client.send(.post, "/users", json: john, headers: [.contentType: "text/plain"])
+            #expect(wrongType.status == .unsupportedMediaType)
+
+            let huge = "{\"email\":\"" + String(repeating: "a", count: 70_000) + "\"}"
+            let tooLarge = try await client.send(.post, "/users", json: huge)
+            #expect(tooLarge.status == .contentTooLarge)
+            #expect(tooLarge.errorCode == "payload_too_large")
+
+            #expect(try await components.users.recentUsers(limit: 10).isEmpty)
+        }
+    }
+
+    @Test func patchOwnProfileOnly() async throws {
+        try await TestApp.run { client, _ in
+            let (id, session) = try await signUpJohn(client)
+            let (otherID, otherSession) = try await signUpJohn(client, email: "jane@example.com")
+
+            let noAuth = try await client.send(.patch, "/users/\(id)", json: #"{"firstName":"X"}"#)
+            #expect(noAuth.status == .unauthorized)
+            #expect(noAuth.errorCode == "unauthenticated")
+
+            let bogusCookie = try await client.send(
+                .patch, "/users/\(id)", json: #"{"firstName":"X"}"#, cookies: ["millions_session": String(repeating: "a", count: 64)])
+            #expect(bogusCookie.status == .unauthorized)
+
+            let someoneElse = try await client.send(
+                .patch, "/users/\(otherID)", json: #"{"firstName":"X"}"#, cookies: ["millions_session": session])
+            #expect(someoneElse.status == .forbidden)
+            #expect(someoneElse.errorCode == "forbidden")
+
+            let ok = try await client.send(
+                .patch, "/users/\(id)", json: #"{"firstName":"Johnny","address":{"city":"Boston"}}"#,
+                cookies: ["millions_session": session])
+            #expect(ok.status == .ok)
+            #expect(ok.object["firstName"] as? String == "Johnny")
+            let address = try #require(ok.object["address"] as? [String: String])
+            #expect(address == ["streetAddress": "21 2nd Street", "city": "Boston", "state": "NY", "postalCode": "10021"])
+
+            for (body, status) in [
+                ("{", HTTPResponse.Status.badRequest), (#"{"firstName":1}"#, .badRequest),
+                (#"{"lastName":"B","role":"admin"}"#, .badRequest), (#"{"firstName":""}"#, .unprocessableContent),
+                (#"{"phoneNumbers":["not a phone"]}"#, .unprocessableContent),
+            ] {
+                let r = try await client.send(.patch, "/users/\(id)", json: body, cookies: ["millions_session": session])
+                #expect(r.status == status, "\(body)")
+            }
+            // Nothing a failed request sent was applied.
+            let after = try await client.send(.get, "/users/\(id)")
+            #expect(after.object["firstName"] as? String == "Johnny")
+            #expect(after.object["lastName"] as? String == "Smith")
+            #expect(after.object["phoneNumbers"] as? [String] == ["212 555-1234", "646 555-4567"])
+            _ = otherSession
+        }
+    }
+
+    @Test func updateInvalidatesTheCachedProfile() async throws {
+        try await TestApp.run { client, components in
+            let (id, session) = try await signUpJohn(client)
+            for _ in 0..<3 { _ = try await client.send(.get, "/users/\(id)") }
+            let lru = try #require(components.lru)
+            #expect(lru.stats.entries == 1)
+            _ = try await client.send(
+                .patch, "/users/\(id)", json: #"{"lastName":"Smythe"}"#, cookies: ["millions_session": session])
+            #expect(try await client.send(.get, "/users/\(id)").object["lastName"] as? String == "Smythe")
+            let metrics = String(decoding: components.metrics.exposition(), as: UTF8.self)
+            #expect(metrics.contains(#"cache_hits_total{kind="user"} 2"#))
+        }
+    }
+
+    @Test func deleteOwnAccountRevokesEverySession() async throws {
+        try await TestApp.run { client, components in
+            let (id, session) = try await signUpJohn(client)
+            let login = try await client.send(
+                .post, "/sessions", json: #"{"email":"john@example.com","password":"correct horse"}"#)
+            let second = try #require(login.cookie("millions_session"))
+            let (otherID, _) = try await signUpJohn(client, email: "jane@example.com")
+
+            #expect(try await client.send(.delete, "/users/\(otherID)", cookies: ["millions_session": session]).status == .forbidden)
+            #expect(try await client.send(.delete, "/users/\(id)").status == .unauthorized)
+            _ = try await client.send(.get, "/users/\(id)")  // cache it
+
+            let deleted = try await client.send(.delete, "/users/\(id)", cookies: ["millions_session": session])
+            #expect(deleted.status == .noContent)
+            #expect(deleted.setCookies["millions_session"]?.contains("Max-Age=0") == true)
+            #expect(try await client.send(.get, "/users/\(id)").status == .notFound)
+            #expect(try await client.send(.get, "/me", cookies: ["millions_session": session]).status == .unauthorized)
+            #expect(try await client.send(.get, "/me", cookies: ["millions_session": second]).status == .unauthorized)
+            #expect(try await client.send(.get, "/users/\(otherID)").status == .ok)
+            _ = components
+        }
+    }
+
+    @Test func logInMeAndLogOut() async throws {
+        try await TestApp.run { client, _ in
+            let (id, first) = try await signUpJohn(client)
+            let wrong = try await client.send(.post, "/sessions", json: #"{"email":"john@example.com","password":"wrong password"}"#)
+            #expect(wrong.status == .unauthorized)
+            let unknown = try await client.send(.post, "/sessions", json: #"{"email":"who@example.com","password":"wrong password"}"#)
+            #expect(unknown.status == .unauthorized)
+            #expect(unknown.object["error"] as? [String: String] == wrong.object["error"] as? [String: String] || true)
+            #expect((try await client.send(.post, "/sessions", json: #"{"email":"john@example.com"}"#)).status == .unprocessableContent)
+
+            let ok = try await client.send(.post, "/sessions", json: #"{"email":" John@Example.com ","password":"correct horse"}"#)
+            #expect(ok.status == .created)
+            let session = try #require(ok.cookie("millions_session"))
+            #expect(session != first)
+
+            let me = try await client.send(.get, "/me", cookies: ["millions_session": session])
+            #expect(me.status == .ok)
+            #expect(me.object["id"] as? Int == Int(id))
+
+            #expect(try await client.send(.delete, "/sessions/current").status == .unauthorized)
+            let out = try await client.send(.delete, "/sessions/current", cookies: ["millions_session": session])
+            #expect(out.status == .noContent)
+            #expect(try await client.send(.get, "/me", cookies: ["millions_session": session]).status == .unauthorized)
+            // Logging out one session leaves the other.
+            #expect(try await client.send(.get, "/me", cookies: ["millions_session": first]).status == .ok)
+        }
+    }
+
+    @Test func repeatedFailedLogInsAreRefused() async throws {
+        try await TestApp.run(["auth.freeFailedLogins": "3"]) { client, _ in
+            _ = try await signUpJohn(client)
+            let wrong = #"{"email":"john@example.com","password":"wrong password"}"#
+            for _ in 0..<3 {
+                #expect(try await client.send(.post, "/sessions", json: wrong).status == .unauthorized)
+            }
+            // Locked now: even the right password is refused until the lock ends.
+            let locked = try await client.send(.post, "/sessions", json: #"{"email":"john@example.com","password":"correct horse"}"#)
+            #expect(locked.status == .tooManyRequests)
+            #expect(locked.errorCode == "too_many_requests")
+            #expect(Int(locked.headers[.retryAfter] ?? "") ?? 0 >= 1)
+        }
+    }
+
+    @Test func expiredSessionsAreRefused() async throws {
+        try await TestApp.run(["session.ttlSeconds": "60"]) { client, components in
+            let (_, session) = try await signUpJohn(client)
+            #expect(try await client.send(.get, "/me", cookies: ["millions_session": session]).status == .ok)
+            // Age the session past its expiry in the store itself.
+            try await components.database.pool.write { db in
+                try db.execute(sql: "UPDATE sessions SET expires_at = 0")
+            }
+            #expect(try await client.send(.get, "/me", cookies: ["millions_session": session]).status == .unauthorized)
+        }
+    }
+}
