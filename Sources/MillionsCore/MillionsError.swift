@@ -12,6 +12,7 @@ public struct MillionsError: Error, Sendable, CustomStringConvertible {
         case unauthenticated
         case forbidden
         case notFound = "not_found"
+        case methodNotAllowed = "method_not_allowed"
         case conflict
         case payloadTooLarge = "payload_too_large"
         case tooManyRequests = "too_many_requests"

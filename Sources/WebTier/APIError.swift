@@ -11,6 +11,7 @@ extension MillionsError.Code {
         case .unauthenticated: .unauthorized
         case .forbidden, .csrf: .forbidden
         case .notFound: .notFound
+        case .methodNotAllowed: .methodNotAllowed
         case .conflict: .conflict
         case .payloadTooLarge: .contentTooLarge
         case .tooManyRequests: .tooManyRequests
@@ -30,7 +31,7 @@ extension MillionsError {
         case let e as HTTPError:
             switch e.status {
             case .notFound: return MillionsError(.notFound, "no such resource")
-            case .methodNotAllowed: return MillionsError(.badRequest, "method not allowed")
+            case .methodNotAllowed: return MillionsError(.methodNotAllowed, "method not allowed on this resource")
             case .contentTooLarge: return MillionsError(.payloadTooLarge, "request body is too large")
             case .unsupportedMediaType: return MillionsError(.unsupportedMediaType, e.body ?? "unsupported media type")
             case .badRequest: return MillionsError(.badRequest, e.body ?? "bad request")

@@ -5,6 +5,7 @@ import GRDB
 import HTTPTypes
 import HummingbirdTesting
 import MillionsCore
+import NIOCore
 import MillionsTesting
 import Observability
 import Testing
@@ -99,6 +100,20 @@ func signUpJohn(_ client: any TestClientProtocol, email: String = "john@example.
             let invalid = try await client.send(.post, "/users", json: #"{"email":"nope","password":"short","firstName":"","lastName":"B"}"#)
             let fields = ((invalid.object["error"] as? [String: Any])?["fields"] as? [[String: String]])?.map { $0["field"]! }
             #expect(Set(fields ?? []) == ["email", "password", "firstName"])
+
+            // Deep nesting and invalid UTF-8 are malformed, not crashes.
+            let deep = try await client.send(.post, "/users", json: String(repeating: "[", count: 60_000))
+            #expect(deep.status == .badRequest)
+            let deepObject = try await client.send(
+                .post, "/users", json: "{\"address\":" + String(repeating: "{\"a\":", count: 10_000) + "1" + String(repeating: "}", count: 10_001))
+            #expect(deepObject.status == .badRequest)
+            let badUTF8 = try await client.execute(
+                uri: "/users", method: .post, headers: [.contentType: "application/json"],
+                body: ByteBuffer(bytes: Array(#"{"email":""#.utf8) + [0xff, 0xfe] + Array(#""}"#.utf8)))
+            #expect(badUTF8.status == .badRequest)
+            let put = try await client.send(.put, "/users/1", json: "{}")
+            #expect([.notFound, .methodNotAllowed].contains(put.status))
+            #expect(put.errorCode != nil)
 
             let wrongType = try await client.send(.post, "/users", json: john, headers: [.contentType: "text/plain"])
             #expect(wrongType.status == .unsupportedMediaType)
