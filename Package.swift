@@ -69,7 +69,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Cache protocol, in-process LRU, read-through with single-flight.
+        // Cache protocol, in-process LRU, read-through with single-flight and leases,
+        // and the memcached client and pool.
         .target(
             name: "CacheTier",
             dependencies: [
@@ -77,6 +78,9 @@ let package = Package(
                 "Observability",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -136,6 +140,8 @@ let package = Package(
             name: "MillionsTesting",
             dependencies: [
                 "WebTier",
+                "DataTier",
+                "MillionsCore",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -15,16 +15,30 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
     let flights = SingleFlight<[UInt8]>()
     let encode: @Sendable (Value) throws -> [UInt8]
     let logger: Logger
-    let hits, misses, loads, staleFillsRefused, errors: Prometheus.Counter
+    let options: Options
+    let hits, misses, loads, sets, leaseWaits, staleFillsRefused, errors: Prometheus.Counter
+
+    /// How a read-through behaves on a miss.
+    public struct Options: Sendable {
+        /// Single-flight in process and lease-waiting across processes. Off only to
+        /// measure what it saves.
+        public var stampedeProtection = true
+        /// While another reader holds the lease: how often and how long to re-check.
+        public var leaseWaitAttempts = 25  // 500 ms at 20 ms
+        public var leaseWaitInterval: Duration = .milliseconds(20)
+        public init() {}
+    }
 
     /// Stored for "known absent": JSON never begins with a zero byte.
     static var absentMarker: [UInt8] { [0] }
 
     public init(
         kind: String, cache: any Cache, ttl: Duration, negativeTTL: Duration, metrics: AppMetrics, logger: Logger,
+        options: Options = Options(),
         encode: @escaping @Sendable (Value) throws -> [UInt8] = { Array(try JSONEncoder().encode($0)) }
     ) {
         self.encode = encode
+        self.options = options
         self.kind = kind
         self.cache = cache
         self.ttl = ttl
@@ -34,6 +48,8 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         hits = metrics.counter("cache_hits", "Cache lookups that found a value", l)
         misses = metrics.counter("cache_misses", "Cache lookups that found nothing", l)
         loads = metrics.counter("cache_loads", "Loads from the source of truth after a miss", l)
+        sets = metrics.counter("cache_sets", "Values filled into the cache", l)
+        leaseWaits = metrics.counter("cache_lease_waits", "Pauses while another reader held the lease", l)
         staleFillsRefused = metrics.counter("cache_stale_fills_refused", "Fills refused because the key changed", l)
         errors = metrics.counter("cache_errors", "Cache operations that failed and fell through", l)
     }
@@ -53,36 +69,73 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         _ id: some CustomStringConvertible, load: @escaping @Sendable () async throws -> Value?
     ) async throws -> [UInt8]? {
         let key = key(id)
-        var lease: CacheLease? = nil
+        var lookup: CacheLookup? = nil
         do {
-            switch try await cache.get(key) {
-            case .hit(let bytes):
-                hits.increment()
-                return bytes == Self.absentMarker ? nil : bytes
-            case .miss(let l):
-                misses.increment()
-                lease = l
-            }
+            lookup = try await cache.get(key)
         } catch {
             errors.increment()
             logger.warning("cache get failed", metadata: ["key": "\(key)", "error": "\(error)"])
         }
-        let bytes = try await flights.run(key) { [self, lease] in
+        if case .hit(let bytes) = lookup {
+            hits.increment()
+            return bytes == Self.absentMarker ? nil : bytes
+        }
+        misses.increment()
+        var lease: CacheLease? = nil
+        if case .miss(let l) = lookup { lease = l }
+        let cacheAnswered = lookup != nil
+        let bytes: [UInt8]
+        if options.stampedeProtection {
+            bytes = try await flights.run(key) { [self, lease] in
+                try await fill(key, lease: lease, cacheAnswered: cacheAnswered, load: load)
+            }
+        } else {
+            // Every miss reads the source and fills unconditionally: the unprotected
+            // baseline that the stampede measurements compare against.
             loads.increment()
             let value = try await load()
-            let bytes = try value.map(encode) ?? Self.absentMarker
-            // No lease: another reader is filling (or the cache is down); don't race it.
-            guard let lease else { return bytes }
-            do {
-                let stored = try await cache.set(key, bytes, ttl: value == nil ? negativeTTL : ttl, lease: lease)
-                if !stored { staleFillsRefused.increment() }
-            } catch {
-                errors.increment()
-                logger.warning("cache set failed", metadata: ["key": "\(key)", "error": "\(error)"])
-            }
-            return bytes
+            bytes = try value.map(encode) ?? Self.absentMarker
+            if cacheAnswered { await store(key, bytes, absent: value == nil, lease: nil) }
         }
         return bytes == Self.absentMarker ? nil : bytes
+    }
+
+    /// One load for a key that missed. Without the lease, another reader (in this process
+    /// or another web server) is filling: wait briefly for its value, take the lease if it
+    /// lapses, and after that read the source without filling.
+    private func fill(
+        _ key: String, lease: CacheLease?, cacheAnswered: Bool, load: @Sendable () async throws -> Value?
+    ) async throws -> [UInt8] {
+        var lease = lease
+        if lease == nil && cacheAnswered {
+            waiting: for _ in 0..<options.leaseWaitAttempts {
+                leaseWaits.increment()
+                try await Task.sleep(for: options.leaseWaitInterval)
+                guard let again = try? await cache.get(key) else { break waiting }
+                switch again {
+                case .hit(let bytes): return bytes
+                case .miss(let l?):
+                    lease = l
+                    break waiting
+                case .miss(nil): continue waiting
+                }
+            }
+        }
+        loads.increment()
+        let value = try await load()
+        let bytes = try value.map(encode) ?? Self.absentMarker
+        if let lease { await store(key, bytes, absent: value == nil, lease: lease) }
+        return bytes
+    }
+
+    private func store(_ key: String, _ bytes: [UInt8], absent: Bool, lease: CacheLease?) async {
+        do {
+            let stored = try await cache.set(key, bytes, ttl: absent ? negativeTTL : ttl, lease: lease)
+            if stored { sets.increment() } else { staleFillsRefused.increment() }
+        } catch {
+            errors.increment()
+            logger.warning("cache set failed", metadata: ["key": "\(key)", "error": "\(error)"])
+        }
     }
 
     /// Drops the cached value; call after the write that changed it has committed.

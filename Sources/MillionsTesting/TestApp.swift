@@ -2,6 +2,7 @@ import Configuration
 import Foundation
 import Hummingbird
 import HummingbirdTesting
+import DataTier
 import Logging
 import WebTier
 
@@ -26,6 +27,15 @@ public enum TestApp {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         return try await body(dir)
+    }
+
+    /// Builds components for `settings` (one "web server").
+    public static func components(
+        _ settings: Settings, decorateUsers: (any UserStore) -> any UserStore = { $0 }
+    ) async throws -> Components {
+        var logger = Logger(label: "test")
+        logger.logLevel = settings.logLevel
+        return try await Components.build(settings: settings, logger: logger, decorateUsers: decorateUsers)
     }
 
     /// Builds the app on a temp folder and runs `body` with an in-process test client.

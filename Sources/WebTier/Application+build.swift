@@ -22,8 +22,10 @@ public struct Components: Sendable {
     public let database: SQLiteDatabase
     public let users: any UserStore
     public let sessions: any SessionStore
-    /// The in-process LRU, when caching is on.
+    /// The in-process LRU, when `cache.backend` is `memory`.
     public let lru: LRUCache?
+    /// The memcached pool, when `cache.backend` is `memcached`.
+    public let memcached: MemcachedCache?
     public let userCache: ReadThrough<User>?
     public let assets: AssetCatalog
     let templates: MustacheLibrary
@@ -31,27 +33,51 @@ public struct Components: Sendable {
 
     /// Opens the stores (creating the data directory and applying migrations) and loads
     /// templates and assets.
-    public static func build(settings: Settings, logger: Logger, metrics: AppMetrics = AppMetrics()) async throws
-        -> Components
-    {
+    /// `decorateUsers` wraps the user store (tests count and slow its reads with it).
+    public static func build(
+        settings: Settings, logger: Logger, metrics: AppMetrics = AppMetrics(),
+        decorateUsers: (any UserStore) -> any UserStore = { $0 }
+    ) async throws -> Components {
         try FileManager.default.createDirectory(atPath: settings.dataDirectory, withIntermediateDirectories: true)
         let database = try SQLiteDatabase(path: settings.databasePath, logger: logger)
-        let lru =
-            settings.cacheEnabled
-            ? LRUCache(
+        var lru: LRUCache? = nil
+        var memcached: MemcachedCache? = nil
+        switch settings.cacheBackend {
+        case "memory":
+            lru = LRUCache(
                 maxEntries: settings.cacheMaxEntries, maxBytes: settings.cacheMaxBytes,
-                now: { Clock.secondsSince1970() }) : nil
-        let userCache = lru.map {
+                now: { Clock.secondsSince1970() })
+        case "memcached":
+            var options = MemcachedCache.Options()
+            options.connectionsPerNode = settings.memcachedConnectionsPerNode
+            options.timeout = .milliseconds(Int64(settings.memcachedTimeoutMS))
+            options.failureThreshold = settings.memcachedFailureThreshold
+            options.retrySeconds = settings.memcachedRetrySeconds
+            options.leaseSeconds = settings.memcachedLeaseSeconds
+            options.fallbackTTLSeconds = settings.memcachedFallbackTTLSeconds
+            memcached = try MemcachedCache(
+                nodes: settings.memcachedNodes, gutter: settings.memcachedGutter, options: options, metrics: metrics,
+                logger: logger)
+        default:
+            break
+        }
+        let cache: (any Cache)? = lru ?? memcached
+        let users = decorateUsers(SQLiteUserStore(database: database))
+        var readOptions = ReadThrough<User>.Options()
+        readOptions.stampedeProtection = settings.stampedeProtection
+        readOptions.leaseWaitAttempts = settings.leaseWaitMS / 20
+        let userCache = cache.map {
             ReadThrough<User>(
                 kind: "user", cache: $0, ttl: .seconds(settings.cacheTTLSeconds),
                 negativeTTL: .seconds(settings.cacheNegativeTTLSeconds), metrics: metrics, logger: logger,
-                encode: { $0.json })
+                options: readOptions, encode: { $0.json })
         }
         let resources = try Self.resourceDirectory()
         let cost = UInt8(settings.bcryptCost)
         return Components(
             settings: settings, logger: logger, metrics: metrics, database: database,
-            users: SQLiteUserStore(database: database), sessions: SQLiteSessionStore(database: database), lru: lru,
+            users: users, sessions: SQLiteSessionStore(database: database), lru: lru,
+            memcached: memcached,
             userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
             templates: try await MustacheLibrary(directory: resources + "/templates"),
             decoyHash: Bcrypt.hash(Token.random(bytes: 16), cost: cost))
@@ -105,7 +131,7 @@ public func buildApplication(
         services: [
             c.database,
             SessionSweeper(store: c.sessions, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger),
-        ],
+        ] + (c.memcached.map { [$0] } ?? []),
         onServerRunning: onServerRunning,
         logger: c.logger)
 }

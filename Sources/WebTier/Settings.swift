@@ -23,7 +23,18 @@ public struct Settings: Sendable {
     public var bcryptCost: Int
     public var loginThrottle: LoginThrottle
 
-    public var cacheEnabled: Bool
+    /// `memory` (in-process LRU), `memcached`, or `none`.
+    public var cacheBackend: String
+    public var stampedeProtection: Bool
+    public var leaseWaitMS: Int
+    public var memcachedNodes: [String]
+    public var memcachedGutter: [String]
+    public var memcachedConnectionsPerNode: Int
+    public var memcachedTimeoutMS: Int
+    public var memcachedFailureThreshold: Int
+    public var memcachedRetrySeconds: Double
+    public var memcachedLeaseSeconds: Int
+    public var memcachedFallbackTTLSeconds: Int
     public var cacheMaxEntries: Int
     public var cacheMaxBytes: Int
     public var cacheTTLSeconds: Int
@@ -51,7 +62,20 @@ public struct Settings: Sendable {
             baseLockSeconds: 1,
             maxLockSeconds: config.double(forKey: "auth.maxLockSeconds", default: 900))
 
-        cacheEnabled = config.bool(forKey: "cache.enabled", default: true)
+        cacheBackend = config.string(forKey: "cache.backend", default: "memory")
+        stampedeProtection = config.bool(forKey: "cache.stampedeProtection", default: true)
+        leaseWaitMS = config.int(forKey: "cache.leaseWaitMs", default: 500)
+        func list(_ key: String) -> [String] {
+            config.string(forKey: ConfigKey(key.split(separator: ".").map(String.init)), default: "").split(separator: ",").map { String($0).trimmed }.filter { !$0.isEmpty }
+        }
+        memcachedNodes = list("cache.memcached.nodes")
+        memcachedGutter = list("cache.memcached.gutter")
+        memcachedConnectionsPerNode = config.int(forKey: "cache.memcached.connectionsPerNode", default: 2)
+        memcachedTimeoutMS = config.int(forKey: "cache.memcached.timeoutMs", default: 250)
+        memcachedFailureThreshold = config.int(forKey: "cache.memcached.failureThreshold", default: 3)
+        memcachedRetrySeconds = config.double(forKey: "cache.memcached.retrySeconds", default: 2)
+        memcachedLeaseSeconds = config.int(forKey: "cache.memcached.leaseSeconds", default: 5)
+        memcachedFallbackTTLSeconds = config.int(forKey: "cache.memcached.fallbackTtlSeconds", default: 10)
         cacheMaxEntries = config.int(forKey: "cache.maxEntries", default: 100_000)
         cacheMaxBytes = config.int(forKey: "cache.maxBytes", default: 64 * 1024 * 1024)
         cacheTTLSeconds = config.int(forKey: "cache.ttlSeconds", default: 300)
@@ -66,6 +90,15 @@ public struct Settings: Sendable {
         try check(loginThrottle.freeAttempts >= 1, "auth.freeFailedLogins must be at least 1")
         try check(cacheMaxEntries >= 1 && cacheMaxBytes >= 4096, "cache.maxEntries ≥ 1 and cache.maxBytes ≥ 4096")
         try check(cacheTTLSeconds >= 1 && cacheNegativeTTLSeconds >= 0, "cache TTLs must be positive")
+        try check(["memory", "memcached", "none"].contains(cacheBackend), "cache.backend must be memory, memcached or none")
+        try check(
+            cacheBackend != "memcached" || !memcachedNodes.isEmpty,
+            "cache.memcached.nodes must list host:port pairs when cache.backend is memcached")
+        try check(memcachedConnectionsPerNode >= 1 && memcachedConnectionsPerNode <= 64, "cache.memcached.connectionsPerNode must be 1...64")
+        try check(leaseWaitMS >= 0 && leaseWaitMS <= 60_000, "cache.leaseWaitMs must be 0...60000")
+        try check(memcachedTimeoutMS >= 1, "cache.memcached.timeoutMs must be positive")
+        try check(memcachedFailureThreshold >= 1 && memcachedRetrySeconds > 0, "memcached circuit breaker settings must be positive")
+        try check(memcachedLeaseSeconds >= 1 && memcachedFallbackTTLSeconds >= 1, "memcached lease and fallback TTLs must be positive")
     }
 
     /// Every key `Settings` reads, with its default, in README order.
@@ -73,7 +106,10 @@ public struct Settings: Sendable {
         "http.host", "http.port", "http.maxBodyBytes", "data.directory", "log.level",
         "session.ttlSeconds", "session.cookieName", "session.secureCookies", "session.sweepSeconds",
         "auth.bcryptCost", "auth.freeFailedLogins", "auth.maxLockSeconds",
-        "cache.enabled", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
+        "cache.backend", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
+        "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",
+        "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
+        "cache.memcached.retrySeconds", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
     ]
 
     public var databasePath: String { dataDirectory + "/millions.sqlite" }

@@ -1,0 +1,36 @@
+import DataTier
+import MillionsCore
+import Synchronization
+
+/// Wraps a real user store, counting `user(id:)` reads and optionally slowing them, so
+/// tests can see how many reads reach the database.
+public final class CountingUserStore: UserStore {
+    let inner: any UserStore
+    let delay: Duration
+    private let count = Atomic<Int>(0)
+
+    public init(_ inner: any UserStore, delay: Duration = .zero) {
+        self.inner = inner
+        self.delay = delay
+    }
+
+    public var reads: Int { count.load(ordering: .relaxed) }
+    public func resetReads() { count.store(0, ordering: .relaxed) }
+
+    public func user(id: UserID) async throws -> User? {
+        count.add(1, ordering: .relaxed)
+        if delay > .zero { try await Task.sleep(for: delay) }
+        return try await inner.user(id: id)
+    }
+
+    public func create(_ account: NewAccount) async throws -> User { try await inner.create(account) }
+    public func recentUsers(limit: Int) async throws -> [User] { try await inner.recentUsers(limit: limit) }
+    public func update(id: UserID, patch: ProfilePatch) async throws -> User? { try await inner.update(id: id, patch: patch) }
+    public func delete(id: UserID) async throws -> Bool { try await inner.delete(id: id) }
+    public func credentials(email: String) async throws -> Credentials? { try await inner.credentials(email: email) }
+    public func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double? {
+        try await inner.recordFailedLogin(userID: userID, now: now, throttle: throttle)
+    }
+    public func recordSuccessfulLogin(userID: UserID) async throws { try await inner.recordSuccessfulLogin(userID: userID) }
+    public func ping() async throws { try await inner.ping() }
+}
