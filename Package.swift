@@ -122,6 +122,7 @@ let package = Package(
             name: "millions",
             dependencies: [
                 "WebTier",
+                "MillionsCore",
                 "DataTier",
                 "Observability",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -129,6 +130,7 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

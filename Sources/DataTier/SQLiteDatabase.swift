@@ -68,6 +68,9 @@ public final class SQLiteDatabase: Service, Sendable {
         try pool.read { db in try Self.migrator.appliedMigrations(db) }
     }
 
+    /// Closes the pool (for commands that do not run as a service).
+    public func close() throws { try pool.close() }
+
     public func ping() async throws {
         _ = try await pool.read { db in try Int.fetchOne(db, sql: "SELECT 1") }
     }

@@ -124,6 +124,31 @@ public struct SQLiteUserStore: UserStore {
         }
     }
 
+    public func insertMany(_ accounts: [NewAccount]) async throws -> Int {
+        let now = Clock.secondsSince1970()
+        let rows: [StatementArguments] = try accounts.map { a in
+            let p = a.profile
+            return [
+                a.id.rawValue, a.email, a.passwordHash, p.firstName, p.lastName, p.address.streetAddress, p.address.city,
+                p.address.state, p.address.postalCode, try Self.encodePhones(p.phoneNumbers), now, now,
+            ]
+        }
+        return try await db.pool.write { db in
+            let statement = try db.makeStatement(
+                sql: """
+                    INSERT OR IGNORE INTO users (id, email, password_hash, first_name, last_name, street_address, city,
+                        state, postal_code, phone_numbers, created_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """)
+            var inserted = 0
+            for row in rows {
+                try statement.execute(arguments: row)
+                inserted += db.changesCount
+            }
+            return inserted
+        }
+    }
+
     public func ping() async throws { try await db.ping() }
 
     static func user(from row: Row) throws -> User {

@@ -20,6 +20,10 @@ public protocol UserStore: Sendable {
     func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double?
     func recordSuccessfulLogin(userID: UserID) async throws
 
+    /// Bulk insert for seeding; accounts whose id or email exists are skipped. Returns how
+    /// many were inserted.
+    func insertMany(_ accounts: [NewAccount]) async throws -> Int
+
     /// Succeeds if the store can serve requests.
     func ping() async throws
 }

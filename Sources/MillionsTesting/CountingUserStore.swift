@@ -32,5 +32,6 @@ public final class CountingUserStore: UserStore {
         try await inner.recordFailedLogin(userID: userID, now: now, throttle: throttle)
     }
     public func recordSuccessfulLogin(userID: UserID) async throws { try await inner.recordSuccessfulLogin(userID: userID) }
+    public func insertMany(_ accounts: [NewAccount]) async throws -> Int { try await inner.insertMany(accounts) }
     public func ping() async throws { try await inner.ping() }
 }

@@ -50,7 +50,7 @@ struct Migrate: AsyncParsableCommand {
     }
 }
 
-private func bootstrapLogging(_ level: Logger.Level) -> Logger {
+func bootstrapLogging(_ level: Logger.Level) -> Logger {
     LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
     var logger = Logger(label: "millions")
     logger.logLevel = level

@@ -117,3 +117,22 @@ import Testing
         }
     }
 }
+
+@Suite struct SeederTests {
+    @Test func seedsDistinctValidUsersInBatches() async throws {
+        try await SQLiteStoreTests.withDatabase { db in
+            let store = SQLiteUserStore(database: db)
+            let seeder = Seeder(passwordHash: "x", startSeconds: UserID.epoch + 10_000)
+            let ids = try await seeder.seed(0..<2500, into: store, batch: 1000)
+            #expect(Set(ids).count == 2500)
+            #expect(Set(ids.map(\.logicalShard)).count == 1024)
+            let user = try #require(try await store.user(id: ids[1234]))
+            var errors: [FieldError] = []
+            Validate.profile(user.profile, into: &errors)
+            #expect(errors.isEmpty)
+            // Seeding again skips what exists.
+            #expect(try await store.insertMany((0..<10).map(seeder.account)) == 0)
+            #expect(try await store.recentUsers(limit: 5000).count == 2500)
+        }
+    }
+}

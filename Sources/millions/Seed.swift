@@ -1,0 +1,50 @@
+import ArgumentParser
+import DataTier
+import Foundation
+import HummingbirdBcrypt
+import Logging
+import MillionsCore
+import Observability
+import WebTier
+
+/// `millions seed`: inserts many users for benchmarks.
+struct Seed: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Insert N generated users (password \"\(Seeder.password)\") for benchmarks.")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(name: .long, help: "How many users.")
+    var users: Int = 10_000
+
+    @Option(name: .customLong("ids-file"), help: "Write the seeded ids here, one per line, most popular first for Zipf runs.")
+    var idsFile: String?
+
+    func validate() throws {
+        guard users > 0 && users <= 10_000_000 else { throw ValidationError("--users must be 1...10000000") }
+    }
+
+    func run() async throws {
+        let settings = try Settings(try await options.reader())
+        let logger = bootstrapLogging(settings.logLevel)
+        let components = try await Components.build(settings: settings, logger: logger)
+        let seeder = Seeder(
+            passwordHash: Bcrypt.hash(Seeder.password, cost: UInt8(settings.bcryptCost)),
+            startSeconds: Int64(Clock.secondsSince1970()))
+        let start = ContinuousClock.now
+        let ids = try await seeder.seed(0..<users, into: components.users)
+        let elapsed = ContinuousClock.now - start
+        if let idsFile {
+            try ids.map(\.description).joined(separator: "\n").appending("\n").write(
+                toFile: idsFile, atomically: true, encoding: .utf8)
+        }
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        logger.info(
+            "seeded",
+            metadata: [
+                "users": "\(users)", "seconds": "\(String(format: "%.2f", seconds))",
+                "users_per_second": "\(Int(Double(users) / max(seconds, 0.001)))",
+            ])
+        try components.database.close()
+    }
+}
