@@ -192,6 +192,33 @@ import WebTier
         }
     }
 
+    @Test func keysOfANodeThatIsOutGoToTheGutterWithAShortTTL() async throws {
+        try await MemcachedServers.with(count: 3) { servers in
+            var options = MemcachedCache.Options()
+            options.failureThreshold = 1
+            options.retrySeconds = 60
+            options.fallbackTTLSeconds = 7
+            let cache = try MemcachedCache(
+                nodes: Array(servers.addresses.prefix(2)), gutter: [servers.addresses[2]], options: options,
+                metrics: AppMetrics(), logger: Logger(label: "test"))
+            let gutterOnly = try MemcachedCache(
+                nodes: [servers.addresses[2]], metrics: AppMetrics(), logger: Logger(label: "test"))
+            // A key whose home is node 0.
+            let key = try #require((0..<1000).map { "user:\($0)" }.first { cache.homeNode(of: $0) === cache.nodes[0] })
+            try servers.kill(0)
+            // The first failure takes node 0 out (threshold 1); it is an error, not a hang.
+            await #expect(throws: MemcachedError.self) { _ = try await cache.get(key) }
+            #expect(!cache.nodes[0].isUp)
+            guard case .miss(let lease?) = try await cache.get(key) else { Issue.record("lease from the gutter"); return }
+            #expect(try await cache.set(key, Array("v".utf8), ttl: .seconds(300), lease: lease))
+            #expect(try await cache.get(key) == .hit(Array("v".utf8)))
+            // It is stored on the gutter node, with the TTL capped.
+            #expect(try await gutterOnly.get(key) == .hit(Array("v".utf8)))
+            let ttl = try await gutterOnly.nodes[0].send(.get(key: key, flags: ["t"]))
+            #expect((Int(ttl.flags["t"] ?? "") ?? 999) <= 7)
+        }
+    }
+
     @Test func evictsUnderASmallMemoryLimit() async throws {
         try await MemcachedServers.with(count: 1, megabytes: 2) { servers in
             let cache = try pool(servers)
