@@ -19,7 +19,10 @@ public struct Components: Sendable {
     public let settings: Settings
     public let logger: Logger
     public let metrics: AppMetrics
-    public let database: SQLiteDatabase
+    /// The embedded database, when `data.engine` is `sqlite`.
+    public let database: SQLiteDatabase?
+    /// The PostgreSQL primary and replicas, when `data.engine` is `postgres`.
+    public let replicaSet: ReplicaSet?
     public let users: any UserStore
     public let sessions: any SessionStore
     /// The in-process LRU, when `cache.backend` is `memory`.
@@ -38,8 +41,22 @@ public struct Components: Sendable {
         settings: Settings, logger: Logger, metrics: AppMetrics = AppMetrics(),
         decorateUsers: (any UserStore) -> any UserStore = { $0 }
     ) async throws -> Components {
-        try FileManager.default.createDirectory(atPath: settings.dataDirectory, withIntermediateDirectories: true)
-        let database = try SQLiteDatabase(path: settings.databasePath, logger: logger)
+        var database: SQLiteDatabase? = nil
+        var replicaSet: ReplicaSet? = nil
+        let baseUsers: any UserStore
+        let sessions: any SessionStore
+        if settings.dataEngine == "postgres" {
+            let set = try ReplicaSet(settings: settings.postgres, metrics: metrics, logger: logger)
+            replicaSet = set
+            baseUsers = PostgresUserStore(replicaSet: set)
+            sessions = PostgresSessionStore(replicaSet: set)
+        } else {
+            try FileManager.default.createDirectory(atPath: settings.dataDirectory, withIntermediateDirectories: true)
+            let db = try SQLiteDatabase(path: settings.databasePath, logger: logger)
+            database = db
+            baseUsers = SQLiteUserStore(database: db)
+            sessions = SQLiteSessionStore(database: db)
+        }
         var lru: LRUCache? = nil
         var memcached: MemcachedCache? = nil
         switch settings.cacheBackend {
@@ -62,7 +79,7 @@ public struct Components: Sendable {
             break
         }
         let cache: (any Cache)? = lru ?? memcached
-        let users = decorateUsers(SQLiteUserStore(database: database))
+        let users = decorateUsers(baseUsers)
         var readOptions = ReadThrough<User>.Options()
         readOptions.stampedeProtection = settings.stampedeProtection
         readOptions.leaseWaitAttempts = settings.leaseWaitMS / 20
@@ -75,8 +92,8 @@ public struct Components: Sendable {
         let resources = try Self.resourceDirectory()
         let cost = UInt8(settings.bcryptCost)
         return Components(
-            settings: settings, logger: logger, metrics: metrics, database: database,
-            users: users, sessions: SQLiteSessionStore(database: database), lru: lru,
+            settings: settings, logger: logger, metrics: metrics, database: database, replicaSet: replicaSet,
+            users: users, sessions: sessions, lru: lru,
             memcached: memcached,
             userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
             templates: try await MustacheLibrary(directory: resources + "/templates"),
@@ -107,14 +124,17 @@ public struct Components: Sendable {
 public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
     let router = Router(context: AppRequestContext.self)
     router.add(middleware: ObservabilityMiddleware(metrics: c.metrics))
+    router.add(middleware: ReadYourWritesMiddleware())
     let body = JSONBody(maxBytes: c.settings.maxBodyBytes)
     let service = c.service
     UsersController(service: service, body: body).addRoutes(to: router)
     PagesController(service: service, templates: c.templates, assets: c.assets, body: body).addRoutes(to: router)
     AssetsController(catalog: c.assets).addRoutes(to: router)
+    var writesAvailable: (@Sendable () -> Bool)? = nil
+    if let set = c.replicaSet { writesAvailable = { set.primaryIndex != nil } }
     OperationsController(
         users: c.users, sessions: c.sessions, metrics: c.metrics,
-        openAPI: ByteBuffer(string: try c.openAPIDocument())
+        openAPI: ByteBuffer(string: try c.openAPIDocument()), writesAvailable: writesAvailable
     ).addRoutes(to: router)
     return router
 }
@@ -125,13 +145,24 @@ public func buildApplication(
     _ c: Components, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) throws -> some ApplicationProtocol {
     let router = try buildRouter(c)
-    return Application(
+    // Listed before the server, so they stop after it has drained.
+    var services: [any Service] = []
+    if let database = c.database { services.append(database) }
+    if let set = c.replicaSet { services.append(set) }
+    services.append(SessionSweeper(store: c.sessions, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger))
+    if let memcached = c.memcached { services.append(memcached) }
+    var app = Application(
         router: router,
         configuration: .init(address: .hostname(c.settings.host, port: c.settings.port), serverName: "millions"),
-        services: [
-            c.database,
-            SessionSweeper(store: c.sessions, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger),
-        ] + (c.memcached.map { [$0] } ?? []),
+        services: services,
         onServerRunning: onServerRunning,
         logger: c.logger)
+    if let set = c.replicaSet {
+        // Services are running by now: find the primary, then bring the schema up to date.
+        app.beforeServerStarts {
+            try await set.waitUntilDiscovered()
+            try await PostgresMigrations.migrate(set)
+        }
+    }
+    return app
 }

@@ -12,6 +12,8 @@ struct OperationsController {
     let sessions: any SessionStore
     let metrics: AppMetrics
     let openAPI: ByteBuffer
+    /// With a primary/replica data tier: whether writes can be served right now.
+    let writesAvailable: (@Sendable () -> Bool)?
 
     func addRoutes(to router: Router<AppRequestContext>) {
         router.get("/healthz") { _, _ in
@@ -45,12 +47,19 @@ struct OperationsController {
             checks["sessions"] = "unreachable"
             context.logger.warning("readiness: session store", metadata: ["error": "\(error)"])
         }
+        // Reads working but no primary: still serving (reads), but say so.
+        var degraded = !ok
+        if let writesAvailable {
+            let writable = writesAvailable()
+            checks["primary"] = writable ? "ok" : "unreachable"
+            degraded = degraded || !writable
+        }
         struct Body: Encodable {
             let status: String
             let checks: [String: String]
         }
         return try Response.json(
-            Body(status: ok ? "ready" : "degraded", checks: checks), status: ok ? .ok : .serviceUnavailable,
+            Body(status: degraded ? "degraded" : "ready", checks: checks), status: ok ? .ok : .serviceUnavailable,
             headers: [.cacheControl: "no-store"])
     }
 }

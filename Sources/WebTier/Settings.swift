@@ -1,4 +1,5 @@
 import Configuration
+import DataTier
 import SystemPackage
 import Logging
 import MillionsCore
@@ -13,6 +14,9 @@ public struct Settings: Sendable {
     public var port: Int
     public var maxBodyBytes: Int
     public var dataDirectory: String
+    /// `sqlite` (embedded) or `postgres`.
+    public var dataEngine: String
+    public var postgres: PostgresSettings
     public var logLevel: Logger.Level
 
     public var sessionTTLSeconds: Double
@@ -45,6 +49,18 @@ public struct Settings: Sendable {
         port = config.int(forKey: "http.port", default: 8080)
         maxBodyBytes = config.int(forKey: "http.maxBodyBytes", default: 64 * 1024)
         dataDirectory = config.string(forKey: "data.directory", default: "./data")
+        dataEngine = config.string(forKey: "data.engine", default: "sqlite")
+        postgres = PostgresSettings(
+            nodes: config.string(forKey: "data.postgres.nodes", default: "").split(separator: ",").map { String($0).trimmed }
+                .filter { !$0.isEmpty })
+        postgres.user = config.string(forKey: "data.postgres.user", default: "postgres")
+        postgres.password = config.string(forKey: "data.postgres.password", isSecret: true)
+        postgres.database = config.string(forKey: "data.postgres.database", default: "millions")
+        postgres.connectionsPerNode = config.int(forKey: "data.postgres.connectionsPerNode", default: 10)
+        postgres.queryTimeout = .milliseconds(config.int(forKey: "data.postgres.timeoutMs", default: 2000))
+        postgres.discoveryInterval = .milliseconds(config.int(forKey: "data.postgres.discoveryMs", default: 500))
+        postgres.maxLagBytes = UInt64(max(0, config.int(forKey: "data.postgres.maxLagBytes", default: 16 * 1024 * 1024)))
+        postgres.maxLagSeconds = config.double(forKey: "data.postgres.maxLagSeconds", default: 10)
         let level = config.string(forKey: "log.level", default: "info")
         guard let logLevel = Logger.Level(rawValue: level) else {
             throw SettingsError("log.level must be one of trace, debug, info, notice, warning, error, critical")
@@ -82,6 +98,9 @@ public struct Settings: Sendable {
         cacheNegativeTTLSeconds = config.int(forKey: "cache.negativeTtlSeconds", default: 5)
 
         try check(port >= 0 && port <= 65535, "http.port must be 0...65535")
+        try check(["sqlite", "postgres"].contains(dataEngine), "data.engine must be sqlite or postgres")
+        try check(dataEngine != "postgres" || !postgres.nodes.isEmpty, "data.postgres.nodes must list host:port pairs")
+        try check(postgres.connectionsPerNode >= 1, "data.postgres.connectionsPerNode must be positive")
         try check(maxBodyBytes >= 1024 && maxBodyBytes <= 16 * 1024 * 1024, "http.maxBodyBytes must be 1 KiB...16 MiB")
         try check(sessionTTLSeconds >= 60, "session.ttlSeconds must be at least 60")
         try check(CookieName.isValid(sessionCookieName), "session.cookieName must be a cookie token")
@@ -103,7 +122,10 @@ public struct Settings: Sendable {
 
     /// Every key `Settings` reads, with its default, in README order.
     public static let documentedKeys: [String] = [
-        "http.host", "http.port", "http.maxBodyBytes", "data.directory", "log.level",
+        "http.host", "http.port", "http.maxBodyBytes", "data.directory", "data.engine", "data.postgres.nodes",
+        "data.postgres.user", "data.postgres.password", "data.postgres.database", "data.postgres.connectionsPerNode",
+        "data.postgres.timeoutMs", "data.postgres.discoveryMs", "data.postgres.maxLagBytes",
+        "data.postgres.maxLagSeconds", "log.level",
         "session.ttlSeconds", "session.cookieName", "session.secureCookies", "session.sweepSeconds",
         "auth.bcryptCost", "auth.freeFailedLogins", "auth.maxLockSeconds",
         "cache.backend", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",

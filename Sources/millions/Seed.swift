@@ -32,7 +32,17 @@ struct Seed: AsyncParsableCommand {
             passwordHash: Bcrypt.hash(Seeder.password, cost: UInt8(settings.bcryptCost)),
             startSeconds: Int64(Clock.secondsSince1970()))
         let start = ContinuousClock.now
-        let ids = try await seeder.seed(0..<users, into: components.users)
+        let store = components.users
+        let count = users
+        let ids: [UserID]
+        if let set = components.replicaSet {
+            ids = try await set.withRunning {
+                try await PostgresMigrations.migrate(set)
+                return try await seeder.seed(0..<count, into: store)
+            }
+        } else {
+            ids = try await seeder.seed(0..<count, into: store)
+        }
         let elapsed = ContinuousClock.now - start
         if let idsFile {
             try ids.map(\.description).joined(separator: "\n").appending("\n").write(
@@ -45,6 +55,6 @@ struct Seed: AsyncParsableCommand {
                 "users": "\(users)", "seconds": "\(String(format: "%.2f", seconds))",
                 "users_per_second": "\(Int(Double(users) / max(seconds, 0.001)))",
             ])
-        try components.database.close()
+        try components.database?.close()
     }
 }

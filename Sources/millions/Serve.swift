@@ -45,7 +45,13 @@ struct Migrate: AsyncParsableCommand {
         let settings = try Settings(try await options.reader())
         let logger = bootstrapLogging(settings.logLevel)
         let components = try await Components.build(settings: settings, logger: logger)
-        let applied = try components.database.appliedMigrations()
+        let applied: [String]
+        if let set = components.replicaSet {
+            applied = try await set.withRunning { try await PostgresMigrations.migrate(set) }
+        } else {
+            applied = try components.database?.appliedMigrations() ?? []
+            try components.database?.close()
+        }
         logger.info("migrations applied", metadata: ["migrations": .array(applied.map { .string($0) })])
     }
 }

@@ -1,0 +1,70 @@
+import Logging
+import PostgresNIO
+
+/// Versioned schema for PostgreSQL, applied on the primary under an advisory lock so
+/// several processes starting at once apply each migration exactly once.
+public enum PostgresMigrations {
+    /// Ordered; never edit a shipped one, add the next.
+    static let all: [(name: String, statements: [String])] = [
+        (
+            "1-users-and-sessions",
+            [
+                """
+                CREATE TABLE users (
+                    id bigint PRIMARY KEY,
+                    email text NOT NULL UNIQUE,
+                    password_hash text NOT NULL,
+                    first_name text NOT NULL,
+                    last_name text NOT NULL,
+                    street_address text NOT NULL DEFAULT '',
+                    city text NOT NULL DEFAULT '',
+                    state text NOT NULL DEFAULT '',
+                    postal_code text NOT NULL DEFAULT '',
+                    phone_numbers text[] NOT NULL DEFAULT '{}',
+                    failed_logins integer NOT NULL DEFAULT 0,
+                    locked_until double precision,
+                    created_at double precision NOT NULL,
+                    updated_at double precision NOT NULL
+                )
+                """,
+                """
+                CREATE TABLE sessions (
+                    id_hash text PRIMARY KEY,
+                    user_id bigint NOT NULL,
+                    csrf_token text NOT NULL,
+                    created_at double precision NOT NULL,
+                    expires_at double precision NOT NULL
+                )
+                """,
+                "CREATE INDEX sessions_by_user ON sessions (user_id)",
+                "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
+            ]
+        )
+    ]
+
+    /// Applies what is missing; returns every applied migration's name.
+    @discardableResult
+    public static func migrate(_ set: ReplicaSet) async throws -> [String] {
+        try await set.write("migrate") { connection in
+            let logger = Logger(label: "millions.migrate")
+            try await connection.query("SELECT pg_advisory_xact_lock(727274)", logger: logger)
+            try await connection.query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+                logger: logger)
+            var applied: [String] = []
+            for try await name in try await connection.query("SELECT name FROM schema_migrations ORDER BY name", logger: logger)
+                .decode(String.self)
+            {
+                applied.append(name)
+            }
+            for migration in all where !applied.contains(migration.name) {
+                for statement in migration.statements {
+                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                }
+                try await connection.query("INSERT INTO schema_migrations (name) VALUES (\(migration.name))", logger: logger)
+                applied.append(migration.name)
+            }
+            return applied
+        }
+    }
+}

@@ -1,0 +1,176 @@
+import Logging
+import MillionsCore
+import PostgresNIO
+
+/// `UserStore` on PostgreSQL: writes on the primary, reads through the replica set.
+public struct PostgresUserStore: UserStore {
+    let set: ReplicaSet
+    let logger = Logger(label: "millions.postgres")
+
+    public init(replicaSet: ReplicaSet) { self.set = replicaSet }
+
+    typealias Row = (Int64, String, String, String, String, String, String, [String])
+
+    static func user(_ r: Row) -> User {
+        User(
+            id: UserID(rawValue: r.0)!, firstName: r.1, lastName: r.2,
+            address: Address(streetAddress: r.3, city: r.4, state: r.5, postalCode: r.6), phoneNumbers: r.7)
+    }
+
+    public func create(_ account: NewAccount) async throws -> User {
+        let now = Clock.secondsSince1970()
+        let p = account.profile
+        let logger = self.logger
+        do {
+            try await set.write("create_user") { c in
+                try await c.query(
+                    """
+                    INSERT INTO users (id, email, password_hash, first_name, last_name, street_address, city, state,
+                        postal_code, phone_numbers, created_at, updated_at)
+                    VALUES (\(account.id.rawValue), \(account.email), \(account.passwordHash), \(p.firstName), \(p.lastName),
+                        \(p.address.streetAddress), \(p.address.city), \(p.address.state), \(p.address.postalCode),
+                        \(p.phoneNumbers), \(now), \(now))
+                    """, logger: logger)
+            }
+        } catch let e as PSQLError where e.serverInfo?[.sqlState] == "23505" {
+            if e.serverInfo?[.constraintName] == "users_email_key" {
+                throw MillionsError(.conflict, "an account with this email already exists")
+            }
+            throw DuplicateIDError()
+        }
+        return User(
+            id: account.id, firstName: p.firstName, lastName: p.lastName, address: p.address,
+            phoneNumbers: p.phoneNumbers)
+    }
+
+    public func user(id: UserID) async throws -> User? {
+        try await set.read("get_user") { client in
+            let rows = try await client.query(
+                """
+                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers
+                FROM users WHERE id = \(id.rawValue)
+                """)
+            for try await row in rows.decode(Row.self) { return Self.user(row) }
+            return nil
+        }
+    }
+
+    public func recentUsers(limit: Int) async throws -> [User] {
+        try await set.read("recent_users") { client in
+            let rows = try await client.query(
+                """
+                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers
+                FROM users ORDER BY id DESC LIMIT \(limit)
+                """)
+            var out: [User] = []
+            for try await row in rows.decode(Row.self) { out.append(Self.user(row)) }
+            return out
+        }
+    }
+
+    public func update(id: UserID, patch: ProfilePatch) async throws -> User? {
+        let logger = self.logger
+        return try await set.write("update_user") { c in
+            let rows = try await c.query(
+                """
+                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers
+                FROM users WHERE id = \(id.rawValue) FOR UPDATE
+                """, logger: logger)
+            var current: User? = nil
+            for try await row in rows.decode(Row.self) { current = Self.user(row) }
+            guard let current else { return nil }
+            let p = patch.applied(to: current.profile)
+            try await c.query(
+                """
+                UPDATE users SET first_name = \(p.firstName), last_name = \(p.lastName),
+                    street_address = \(p.address.streetAddress), city = \(p.address.city), state = \(p.address.state),
+                    postal_code = \(p.address.postalCode), phone_numbers = \(p.phoneNumbers),
+                    updated_at = \(Clock.secondsSince1970())
+                WHERE id = \(id.rawValue)
+                """, logger: logger)
+            return User(id: id, firstName: p.firstName, lastName: p.lastName, address: p.address, phoneNumbers: p.phoneNumbers)
+        }
+    }
+
+    public func delete(id: UserID) async throws -> Bool {
+        let logger = self.logger
+        return try await set.write("delete_user") { c in
+            let rows = try await c.query("DELETE FROM users WHERE id = \(id.rawValue) RETURNING id", logger: logger)
+            var deleted = false
+            for try await _ in rows.decode(Int64.self) { deleted = true }
+            return deleted
+        }
+    }
+
+    public func credentials(email: String) async throws -> Credentials? {
+        // Log-ins read the primary: a just-created account and the failure count must be current.
+        try await set.readPrimary("credentials") { client in
+            let rows = try await client.query(
+                "SELECT id, email, password_hash, failed_logins, locked_until FROM users WHERE email = \(email)")
+            for try await (id, email, hash, failures, locked) in rows.decode((Int64, String, String, Int32, Double?).self) {
+                return Credentials(
+                    userID: UserID(rawValue: id)!, email: email, passwordHash: hash, failedLogins: Int(failures),
+                    lockedUntil: locked)
+            }
+            return nil
+        }
+    }
+
+    public func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double? {
+        let logger = self.logger
+        return try await set.write("failed_login") { c in
+            let rows = try await c.query(
+                "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = \(userID.rawValue) RETURNING failed_logins",
+                logger: logger)
+            var failures: Int32? = nil
+            for try await n in rows.decode(Int32.self) { failures = n }
+            guard let failures, let lock = throttle.lockSeconds(afterFailures: Int(failures)) else { return nil }
+            let until = now + lock
+            try await c.query("UPDATE users SET locked_until = \(until) WHERE id = \(userID.rawValue)", logger: logger)
+            return until
+        }
+    }
+
+    public func recordSuccessfulLogin(userID: UserID) async throws {
+        let logger = self.logger
+        try await set.write("login_reset") { c in
+            try await c.query(
+                "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = \(userID.rawValue) AND failed_logins > 0",
+                logger: logger)
+        }
+    }
+
+    public func insertMany(_ accounts: [NewAccount]) async throws -> Int {
+        let now = Clock.secondsSince1970()
+        let logger = self.logger
+        let ids = accounts.map(\.id.rawValue), emails = accounts.map(\.email), hashes = accounts.map(\.passwordHash)
+        let first = accounts.map(\.profile.firstName), last = accounts.map(\.profile.lastName)
+        let streets = accounts.map(\.profile.address.streetAddress), cities = accounts.map(\.profile.address.city)
+        let states = accounts.map(\.profile.address.state), codes = accounts.map(\.profile.address.postalCode)
+        // text[][] cannot be unnested row by row, so phone numbers travel as one JSON array each.
+        let phones = accounts.map { a in "[" + a.profile.phoneNumbers.map { "\"\($0)\"" }.joined(separator: ",") + "]" }
+        return try await set.write("insert_many") { c in
+            let rows = try await c.query(
+                """
+                INSERT INTO users (id, email, password_hash, first_name, last_name, street_address, city, state,
+                    postal_code, phone_numbers, created_at, updated_at)
+                SELECT i, e, h, f, l, s, c, st, pc, ARRAY(SELECT jsonb_array_elements_text(p::jsonb)), \(now), \(now)
+                FROM unnest(\(ids)::bigint[], \(emails)::text[], \(hashes)::text[], \(first)::text[], \(last)::text[],
+                    \(streets)::text[], \(cities)::text[], \(states)::text[], \(codes)::text[], \(phones)::text[])
+                    AS t(i, e, h, f, l, s, c, st, pc, p)
+                ON CONFLICT DO NOTHING
+                RETURNING id
+                """, logger: logger)
+            var n = 0
+            for try await _ in rows.decode(Int64.self) { n += 1 }
+            return n
+        }
+    }
+
+    public func ping() async throws {
+        _ = try await set.read("ping") { client in
+            for try await one in try await client.query("SELECT 1").decode(Int32.self) { return one }
+            return 0
+        }
+    }
+}

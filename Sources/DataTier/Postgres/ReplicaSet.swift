@@ -1,0 +1,316 @@
+import Logging
+import MillionsCore
+import NIOCore
+import Observability
+import PostgresNIO
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+
+/// Connection settings for a PostgreSQL primary and its replicas.
+public struct PostgresSettings: Sendable {
+    /// "host:port" of every node; roles are discovered, not assumed.
+    public var nodes: [String]
+    public var user = "postgres"
+    public var password: String? = nil
+    public var database = "millions"
+    public var connectionsPerNode = 10
+    public var queryTimeout: Duration = .seconds(2)
+    public var discoveryInterval: Duration = .milliseconds(500)
+    /// A replica further behind than this gets no reads.
+    public var maxLagBytes: UInt64 = 16 * 1024 * 1024
+    public var maxLagSeconds: Double = 10
+
+    public init(nodes: [String]) { self.nodes = nodes }
+}
+
+/// A primary and its streaming replicas. Writes and transactions go to the primary;
+/// reads go to healthy replicas, spread across them, honouring read-your-writes; each
+/// node's role is discovered (`pg_is_in_recovery()`) every `discoveryInterval` and after
+/// connection errors, so a promoted replica is found without a restart.
+public final class ReplicaSet: Service {
+    public struct Node: Sendable {
+        public let name: String
+        public let client: PostgresClient
+    }
+
+    public let nodes: [Node]
+    let settings: PostgresSettings
+    let router: ReadRouter
+    let logger: Logger
+    let metrics: AppMetrics
+    private let status: Mutex<[NodeStatus]>
+    private let spread = Atomic<Int>(0)
+    private let discoverNow = Atomic<Bool>(false)
+
+    public init(settings: PostgresSettings, metrics: AppMetrics, logger: Logger) throws {
+        guard !settings.nodes.isEmpty else { throw MillionsError(.badRequest, "data.postgres.nodes is empty") }
+        self.settings = settings
+        self.logger = logger
+        self.metrics = metrics
+        self.router = ReadRouter(maxLagBytes: settings.maxLagBytes, maxLagSeconds: settings.maxLagSeconds)
+        self.nodes = try settings.nodes.map { address in
+            let parts = address.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]) else {
+                throw MillionsError(.badRequest, "postgres node must be host:port, got \(address)")
+            }
+            var config = PostgresClient.Configuration(
+                host: String(parts[0]), port: port, username: settings.user, password: settings.password,
+                database: settings.database, tls: .disable)
+            config.options.maximumConnections = settings.connectionsPerNode
+            config.options.connectTimeout = .seconds(1)
+            return Node(name: address, client: PostgresClient(configuration: config, backgroundLogger: logger))
+        }
+        self.status = Mutex(Array(repeating: NodeStatus(), count: nodes.count))
+    }
+
+    /// A snapshot of what discovery last saw.
+    public var statuses: [NodeStatus] { status.withLock { $0 } }
+
+    public var primaryIndex: Int? {
+        status.withLock { s in s.indices.first { s[$0].reachable && s[$0].role == .primary } }
+    }
+
+    // MARK: Running
+
+    /// As a service: the pools and discovery run until the group shuts down (after the
+    /// web server has drained).
+    public func run() async throws {
+        await cancelWhenGracefulShutdown { await self.runClients() }
+    }
+
+    /// Runs the connection pools and discovery until cancelled.
+    public func runClients() async {
+        await withDiscardingTaskGroup { group in
+            for node in nodes { group.addTask { await node.client.run() } }
+            group.addTask { await self.discoveryLoop() }
+        }
+    }
+
+    /// Runs the pools for the duration of `body` (for commands and tests that have no
+    /// service group), after discovery has found a primary.
+    public func withRunning<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        let task = Task { await self.runClients() }
+        do {
+            try await waitUntilDiscovered()
+            let result = try await body()
+            task.cancel()
+            await task.value
+            return result
+        } catch {
+            task.cancel()
+            await task.value
+            throw error
+        }
+    }
+
+    /// Discovers roles once; callers use it to wait until the set is usable.
+    public func waitUntilDiscovered(timeout: Duration = .seconds(10)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            await discover()
+            if primaryIndex != nil { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw MillionsError(.unavailable, "no PostgreSQL primary among \(settings.nodes)")
+    }
+
+    private func discoveryLoop() async {
+        while !Task.isCancelled {
+            await discover()
+            var waited = Duration.zero
+            while waited < settings.discoveryInterval && !discoverNow.load(ordering: .relaxed) {
+                do { try await Task.sleep(for: .milliseconds(50)) } catch { return }
+                waited += .milliseconds(50)
+            }
+            discoverNow.store(false, ordering: .relaxed)
+        }
+    }
+
+    /// Probes every node: role, WAL position, replay delay; then computes lag.
+    public func discover() async {
+        var fresh = await withTaskGroup(of: (Int, NodeStatus).self) { group in
+            for i in nodes.indices { group.addTask { (i, await self.probe(i)) } }
+            var out = Array(repeating: NodeStatus(), count: nodes.count)
+            for await (i, s) in group { out[i] = s }
+            return out
+        }
+        let primaryLSN = fresh.first { $0.reachable && $0.role == .primary }?.lsn
+        for i in fresh.indices where fresh[i].role == .replica {
+            if let p = primaryLSN {
+                fresh[i].lagBytes = p > fresh[i].lsn ? p - fresh[i].lsn : 0
+                if fresh[i].lagBytes == 0 { fresh[i].lagSeconds = 0 }
+            }
+        }
+        let previous = status.withLock { s in
+            let old = s
+            s = fresh
+            return old
+        }
+        for (i, s) in fresh.enumerated() {
+            let l = [("node", nodes[i].name)]
+            metrics.gauge("db_node_up", "1 if the node answered the last probe", l).set(to: s.reachable ? 1 : 0)
+            metrics.gauge("db_node_is_primary", "1 if the node is the primary", l).set(to: s.role == .primary ? 1 : 0)
+            if s.role == .replica {
+                metrics.gauge("db_replica_lag_bytes", "WAL bytes the replica is behind", l).set(to: Double(s.lagBytes))
+                metrics.gauge("db_replica_lag_seconds", "Seconds the replica's replay is behind", l).set(to: s.lagSeconds)
+            }
+            if previous[i].role != s.role || previous[i].reachable != s.reachable {
+                logger.info(
+                    "postgres node changed",
+                    metadata: ["node": "\(nodes[i].name)", "role": "\(s.role.rawValue)", "reachable": "\(s.reachable)"])
+            }
+        }
+    }
+
+    private func probe(_ i: Int) async -> NodeStatus {
+        let client = nodes[i].client
+        do {
+            return try await withTimeout(settings.queryTimeout) {
+                let rows = try await client.query(
+                    """
+                    SELECT pg_is_in_recovery(),
+                      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
+                      COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8
+                    """)
+                for try await (inRecovery, lsn, delay) in rows.decode((Bool, String?, Double).self) {
+                    return NodeStatus(
+                        role: inRecovery ? .replica : .primary, reachable: true, lsn: lsn.flatMap(LSN.parse) ?? 0,
+                        lagSeconds: max(0, delay))
+                }
+                return NodeStatus()
+            }
+        } catch {
+            return NodeStatus()
+        }
+    }
+
+    /// Marks a node unusable until discovery sees it again, and asks for discovery soon.
+    func markFailed(_ i: Int, _ error: any Error) {
+        status.withLock { $0[i].reachable = false }
+        discoverNow.store(true, ordering: .relaxed)
+        metrics.counter("db_node_failures", "Queries that failed because a node was unusable", [("node", nodes[i].name)])
+            .increment()
+        logger.warning("postgres node failed", metadata: ["node": "\(nodes[i].name)", "error": "\(String(reflecting: error))"])
+    }
+
+    // MARK: Routing
+
+    /// Runs a read on a replica chosen by the router (see `ReadRouter`), retrying on the
+    /// next choice when a node fails, so a dead replica costs no failed read.
+    public func read<T: Sendable>(
+        _ op: String, _ body: @escaping @Sendable (PostgresClient) async throws -> T
+    ) async throws -> T {
+        let minimum = ReadYourWrites.current?.minimumLSN ?? 0
+        var excluded = Set<Int>()
+        while true {
+            let decision = router.choose(
+                statuses, minimumLSN: minimum, excluded: excluded, spread: spread.wrappingAdd(1, ordering: .relaxed).oldValue)
+            metrics.counter("db_read_routing", "Where reads were sent, and why", [("decision", decision.label)]).increment()
+            guard let i = decision.node else {
+                throw MillionsError(.unavailable, "the database is unavailable", retryAfter: 2)
+            }
+            do {
+                return try await run(i, op: op, role: "read") { try await body(self.nodes[i].client) }
+            } catch let error where Self.isNodeFailure(error) {
+                markFailed(i, error)
+                excluded.insert(i)
+            }
+        }
+    }
+
+    /// Runs a read on the primary (log-ins, read-modify-write paths).
+    public func readPrimary<T: Sendable>(
+        _ op: String, _ body: @escaping @Sendable (PostgresClient) async throws -> T
+    ) async throws -> T {
+        guard let i = primaryIndex else { throw Self.noPrimary }
+        do {
+            return try await run(i, op: op, role: "primary") { try await body(self.nodes[i].client) }
+        } catch let error where Self.isNodeFailure(error) {
+            markFailed(i, error)
+            throw Self.noPrimary
+        }
+    }
+
+    @discardableResult
+    /// Runs `body` in a transaction on the primary, then records the commit's WAL position
+    /// for read-your-writes. Without a primary: 503 with Retry-After, never a retry on
+    /// another node (a write is not idempotent).
+    public func write<T: Sendable>(
+        _ op: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        guard let i = primaryIndex else { throw Self.noPrimary }
+        let client = nodes[i].client
+        let logger = self.logger
+        do {
+            let (result, lsn) = try await run(i, op: op, role: "write") {
+                let result: T
+                do {
+                    result = try await client.withTransaction(logger: logger) { connection in
+                        try await body(connection)
+                    }
+                } catch let e as PostgresTransactionError {
+                    // Surface the closure's own error (a conflict, say), not the wrapper.
+                    throw e.closureError ?? e.beginError ?? e.commitError ?? e.rollbackError ?? e
+                }
+                var position: UInt64 = 0
+                for try await text in try await client.query("SELECT pg_current_wal_lsn()::text").decode(String.self) {
+                    position = LSN.parse(text) ?? 0
+                }
+                return (result, position)
+            }
+            ReadYourWrites.current?.wrote(at: lsn)
+            return result
+        } catch let error where Self.isNodeFailure(error) {
+            markFailed(i, error)
+            throw Self.noPrimary
+        }
+    }
+
+    static var noPrimary: MillionsError {
+        MillionsError(.unavailable, "writes are unavailable: no PostgreSQL primary", retryAfter: 2)
+    }
+
+    private func run<T: Sendable>(
+        _ i: Int, op: String, role: String, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let start = ContinuousClock.now
+        defer {
+            metrics.latency(
+                "db_query_duration", "Database calls by node, role and operation",
+                [("node", nodes[i].name), ("role", role), ("op", op)]
+            ).record(ContinuousClock.now - start)
+        }
+        return try await withTimeout(settings.queryTimeout, body)
+    }
+
+    /// Errors that say the node is unusable (down, closed, timed out, or not in the role we
+    /// thought), as opposed to errors in the query itself.
+    static func isNodeFailure(_ error: any Error) -> Bool {
+        if error is TimeoutError { return true }
+        if let e = error as? PSQLError {
+            if e.code != .server { return true }
+            let state = e.serverInfo?[.sqlState] ?? ""
+            // read-only transaction (a replica answered as primary), recovery conflict,
+            // administrator shutdown, crash shutdown, cannot connect now.
+            return ["25006", "40001", "57P01", "57P02", "57P03"].contains(state)
+        }
+        return false
+    }
+}
+
+/// A call that did not finish in time.
+public struct TimeoutError: Error, Sendable {}
+
+/// Runs `body`, failing with `TimeoutError` after `limit` (and cancelling the body).
+func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            throw TimeoutError()
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}

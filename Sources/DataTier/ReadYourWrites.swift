@@ -1,0 +1,43 @@
+import Synchronization
+
+/// Read-your-writes for one request. The web tier puts one of these in a task-local for
+/// each request: the client's last write position comes in (from its cookie) as
+/// `minimumLSN`; stores raise it when they commit a write, and the web tier sends the new
+/// position back. Replica reads for this request use only replicas that have replayed at
+/// least `minimumLSN`. Engines without replicas ignore it.
+public final class ReadYourWrites: Sendable {
+    @TaskLocal public static var current: ReadYourWrites?
+
+    private let lsn: Mutex<UInt64>
+    private let wrote = Mutex(false)
+
+    public init(minimumLSN: UInt64 = 0) {
+        self.lsn = Mutex(minimumLSN)
+    }
+
+    /// The write position this request's reads must see (0: none).
+    public var minimumLSN: UInt64 { lsn.withLock { $0 } }
+    /// True if this request committed a write.
+    public var didWrite: Bool { wrote.withLock { $0 } }
+
+    /// Records a committed write's position.
+    public func wrote(at position: UInt64) {
+        lsn.withLock { $0 = max($0, position) }
+        wrote.withLock { $0 = true }
+    }
+}
+
+/// A PostgreSQL WAL position, `X/Y` in hex, as one 64-bit number.
+public enum LSN {
+    public static func parse(_ text: String) -> UInt64? {
+        let parts = text.split(separator: "/")
+        guard parts.count == 2, let hi = UInt64(parts[0], radix: 16), let lo = UInt64(parts[1], radix: 16),
+            hi <= 0xFFFF_FFFF, lo <= 0xFFFF_FFFF
+        else { return nil }
+        return hi << 32 | lo
+    }
+
+    public static func format(_ value: UInt64) -> String {
+        String(value >> 32, radix: 16, uppercase: true) + "/" + String(value & 0xFFFF_FFFF, radix: 16, uppercase: true)
+    }
+}

@@ -1,0 +1,29 @@
+import DataTier
+import Hummingbird
+
+/// Carries a client's last write position between requests in the `millions_lsn` cookie,
+/// so its reads go only to replicas that have replayed its writes (or to the primary).
+/// The value only affects the client that sends it: a stale one gives it stale reads, an
+/// inflated one sends its reads to the primary.
+struct ReadYourWritesMiddleware: RouterMiddleware {
+    typealias Context = AppRequestContext
+    static let cookie = "millions_lsn"
+    /// After this long every replica within the lag bound has the write anyway.
+    static let maxAge = 300
+
+    func handle(
+        _ request: Request, context: AppRequestContext,
+        next: (Request, AppRequestContext) async throws -> Response
+    ) async throws -> Response {
+        let incoming = request.cookies[Self.cookie].flatMap { UInt64($0.value, radix: 16) } ?? 0
+        let ryw = ReadYourWrites(minimumLSN: incoming)
+        var response = try await ReadYourWrites.$current.withValue(ryw) { try await next(request, context) }
+        if ryw.didWrite {
+            response.setCookie(
+                Cookie(
+                    name: Self.cookie, value: String(ryw.minimumLSN, radix: 16), maxAge: Self.maxAge, path: "/",
+                    httpOnly: true, sameSite: .lax))
+        }
+        return response
+    }
+}
