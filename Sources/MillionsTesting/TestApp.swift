@@ -29,6 +29,18 @@ public enum TestApp {
         return try await body(dir)
     }
 
+    /// Settings for the PostgreSQL engine on a topology (quick discovery for tests).
+    public static func postgresSettings(
+        dataDirectory: String, _ topology: PostgresTopology, _ overrides: [String: String] = [:]
+    ) throws -> Settings {
+        var o = [
+            "data.engine": "postgres", "data.postgres.nodes": topology.addresses.joined(separator: ","),
+            "data.postgres.discoveryMs": "200", "data.postgres.timeoutMs": "1000",
+        ]
+        o.merge(overrides) { _, new in new }
+        return try settings(dataDirectory: dataDirectory, o)
+    }
+
     /// Builds components for `settings` (one "web server").
     public static func components(
         _ settings: Settings, decorateUsers: (any UserStore) -> any UserStore = { $0 }
@@ -36,6 +48,24 @@ public enum TestApp {
         var logger = Logger(label: "test")
         logger.logLevel = settings.logLevel
         return try await Components.build(settings: settings, logger: logger, decorateUsers: decorateUsers)
+    }
+
+    /// Builds the app on the PostgreSQL `topology` (schema migrated, primary discovered)
+    /// and runs `body` with an in-process test client.
+    public static func runPostgres(
+        _ topology: PostgresTopology, _ overrides: [String: String] = [:],
+        _ body: @escaping @Sendable (any TestClientProtocol, Components) async throws -> Void
+    ) async throws {
+        try await withTemporaryDirectory { dir in
+            let components = try await components(try postgresSettings(dataDirectory: dir, topology, overrides))
+            let set = components.replicaSet!
+            // The app's services run the pools (a client runs once); then discover and migrate.
+            try await buildApplication(components).test(.router) { client in
+                try await set.waitUntilDiscovered()
+                try await PostgresMigrations.migrate(set)
+                try await body(client, components)
+            }
+        }
     }
 
     /// Builds the app on a temp folder and runs `body` with an in-process test client.

@@ -5,7 +5,128 @@ import Logging
 import MillionsCore
 import MillionsTesting
 import SessionTier
+import Observability
 import Testing
+
+enum Engine: String, CaseIterable, Sendable { case sqlite, postgres }
+
+/// Runs `body` with the user and session stores of `engine`, inside a read-your-writes
+/// scope (so a PostgreSQL read after a write sees it, as a request would).
+func withStores(
+    _ engine: Engine, now: @escaping @Sendable () -> Double = { Clock.secondsSince1970() },
+    _ body: @escaping @Sendable (any UserStore, any SessionStore) async throws -> Void
+) async throws {
+    try await ReadYourWrites.$current.withValue(ReadYourWrites()) {
+        switch engine {
+        case .sqlite:
+            try await SQLiteStoreTests.withDatabase { db in
+                try await body(SQLiteUserStore(database: db), SQLiteSessionStore(database: db, now: now))
+            }
+        case .postgres:
+            let topology = try PostgresTopology.shared()
+            var settings = PostgresSettings(nodes: topology.addresses)
+            settings.discoveryInterval = .milliseconds(200)
+            let set = try ReplicaSet(settings: settings, metrics: AppMetrics(), logger: Logger(label: "test"))
+            try await set.withRunning {
+                try await PostgresMigrations.migrate(set)
+                try await body(PostgresUserStore(replicaSet: set), PostgresSessionStore(replicaSet: set, now: now))
+            }
+        }
+    }
+}
+
+/// A unique email, so tests can share a database across runs.
+func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix(8).lowercased())@example.com" }
+
+@Suite(.serialized) struct StoreSuite {
+    static func account(_ email: String, id: UserID = UserIDGenerator().next()) -> NewAccount {
+        NewAccount(
+            id: id, email: email, passwordHash: "hash",
+            profile: Profile(
+                firstName: "Ann", lastName: "Lee", address: Address(city: "Oslo", postalCode: "0150"),
+                phoneNumbers: ["+47 22 00 00 00", "+47 22 00 00 01"]))
+    }
+
+    @Test(arguments: Engine.allCases) func userLifecycle(engine: Engine) async throws {
+        try await withStores(engine) { store, _ in
+            let created = try await store.create(Self.account(uniqueEmail("ann")))
+            #expect(try await store.user(id: created.id) == created)
+            #expect(created.address.postalCode == "0150")
+            let updated = try await store.update(id: created.id, patch: ProfilePatch(city: "Bergen", phoneNumbers: []))
+            #expect(updated?.address.city == "Bergen")
+            #expect(updated?.address.postalCode == "0150")
+            #expect(try await store.user(id: created.id) == updated)
+            #expect(try await store.delete(id: created.id))
+            #expect(try await store.user(id: created.id) == nil)
+            #expect(try await !store.delete(id: created.id))
+            #expect(try await store.update(id: created.id, patch: ProfilePatch(city: "x")) == nil)
+        }
+    }
+
+    @Test(arguments: Engine.allCases) func conflicts(engine: Engine) async throws {
+        try await withStores(engine) { store, _ in
+            let email = uniqueEmail("dup")
+            let first = try await store.create(Self.account(email))
+            await #expect(throws: MillionsError.self) { try await store.create(Self.account(email.uppercased().lowercased())) }
+            await #expect(throws: DuplicateIDError.self) {
+                try await store.create(Self.account(uniqueEmail("other"), id: first.id))
+            }
+        }
+    }
+
+    @Test(arguments: Engine.allCases) func failedLoginsLockWithTheThrottle(engine: Engine) async throws {
+        try await withStores(engine) { store, _ in
+            let email = uniqueEmail("lock")
+            let user = try await store.create(Self.account(email))
+            let throttle = LoginThrottle(freeAttempts: 2, baseLockSeconds: 1, maxLockSeconds: 60)
+            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == nil)
+            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == 101)
+            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == 102)
+            let creds = try #require(try await store.credentials(email: email))
+            #expect(creds.failedLogins == 3 && creds.lockedUntil == 102)
+            try await store.recordSuccessfulLogin(userID: user.id)
+            let reset = try #require(try await store.credentials(email: email))
+            #expect(reset.failedLogins == 0 && reset.lockedUntil == nil)
+        }
+    }
+
+    @Test(arguments: Engine.allCases) func sessionLifecycle(engine: Engine) async throws {
+        let clock = FakeClock()
+        try await withStores(engine, now: { clock.now }) { _, sessions in
+            let user = UserIDGenerator().next()
+            let s = try await sessions.create(userID: user, ttl: 100)
+            #expect(try await sessions.session(id: s.id, ttl: 100)?.userID == user)
+            clock.advance(60)
+            #expect(try await sessions.session(id: s.id, ttl: 100)?.expiresAt == clock.now + 100)
+            clock.advance(101)
+            #expect(try await sessions.session(id: s.id, ttl: 100) == nil)
+            let a = try await sessions.create(userID: user, ttl: 100)
+            let b = try await sessions.create(userID: user, ttl: 100)
+            try await sessions.delete(id: a.id)
+            #expect(try await sessions.session(id: a.id, ttl: 100) == nil)
+            #expect(try await sessions.session(id: b.id, ttl: 100) != nil)
+            try await sessions.deleteAll(userID: user)
+            #expect(try await sessions.session(id: b.id, ttl: 100) == nil)
+        }
+    }
+
+    @Test(arguments: Engine.allCases) func bulkInsertSkipsExisting(engine: Engine) async throws {
+        try await withStores(engine) { store, _ in
+            let seeder = Seeder(passwordHash: "x", startSeconds: Int64(Clock.secondsSince1970()) - Int64.random(in: 0..<10_000_000))
+            let accounts = (0..<300).map { i in
+                var a = seeder.account(i)
+                a.email = uniqueEmail("bulk\(i)")
+                return a
+            }
+            let inserted = try await store.insertMany(accounts)
+            let again = try await store.insertMany(Array(accounts.prefix(10)))
+            let one = try await store.user(id: accounts[123].id)
+            #expect(inserted == 300)
+            #expect(again == 0)
+            #expect(one?.phoneNumbers == accounts[123].profile.phoneNumbers)
+        }
+    }
+}
 
 @Suite struct SQLiteStoreTests {
     static func withDatabase(_ body: (SQLiteDatabase) async throws -> Void) async throws {
@@ -29,51 +150,6 @@ import Testing
             let mode = try await db.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
             #expect(mode == "wal")
             #expect(try db.appliedMigrations() == ["1-users-and-sessions"])
-        }
-    }
-
-    @Test func userLifecycle() async throws {
-        try await Self.withDatabase { db in
-            let store = SQLiteUserStore(database: db)
-            let created = try await store.create(Self.account("ann@example.com"))
-            #expect(try await store.user(id: created.id) == created)
-            #expect(created.address.postalCode == "0150")  // leading zero kept
-
-            let updated = try await store.update(id: created.id, patch: ProfilePatch(city: "Bergen", phoneNumbers: []))
-            #expect(updated?.address.city == "Bergen")
-            #expect(updated?.address.postalCode == "0150")
-            #expect(try await store.user(id: created.id) == updated)
-
-            #expect(try await store.delete(id: created.id))
-            #expect(try await store.user(id: created.id) == nil)
-            #expect(try await !store.delete(id: created.id))
-            #expect(try await store.update(id: created.id, patch: ProfilePatch(city: "x")) == nil)
-        }
-    }
-
-    @Test func duplicateEmailIsAConflictAndDuplicateIDIsRetryable() async throws {
-        try await Self.withDatabase { db in
-            let store = SQLiteUserStore(database: db)
-            _ = try await store.create(Self.account("ann@example.com", id: 5))
-            await #expect(throws: MillionsError.self) { try await store.create(Self.account("ann@example.com")) }
-            await #expect(throws: DuplicateIDError.self) { try await store.create(Self.account("bob@example.com", id: 5)) }
-        }
-    }
-
-    @Test func failedLoginsLockWithTheThrottle() async throws {
-        try await Self.withDatabase { db in
-            let store = SQLiteUserStore(database: db)
-            let user = try await store.create(Self.account("ann@example.com"))
-            let throttle = LoginThrottle(freeAttempts: 2, baseLockSeconds: 1, maxLockSeconds: 60)
-            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == nil)
-            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == 101)
-            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == 102)
-            let creds = try #require(try await store.credentials(email: "ann@example.com"))
-            #expect(creds.failedLogins == 3)
-            #expect(creds.lockedUntil == 102)
-            try await store.recordSuccessfulLogin(userID: user.id)
-            let reset = try #require(try await store.credentials(email: "ann@example.com"))
-            #expect(reset.failedLogins == 0 && reset.lockedUntil == nil)
         }
     }
 }

@@ -19,7 +19,7 @@ public struct NodeStatus: Sendable, Equatable {
 }
 
 /// Where a read goes, and why (the "why" is a metric label).
-public enum ReadDecision: Sendable, Equatable {
+public enum ReadDecision: Sendable, Hashable {
     /// A healthy, caught-up-enough replica.
     case replica(Int)
     /// No replica is eligible (down or lagging): the primary serves.

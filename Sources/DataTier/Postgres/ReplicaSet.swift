@@ -36,9 +36,9 @@ public final class ReplicaSet: Service {
 
     public let nodes: [Node]
     let settings: PostgresSettings
-    let router: ReadRouter
+    public let router: ReadRouter
     let logger: Logger
-    let metrics: AppMetrics
+    public let metrics: AppMetrics
     private let status: Mutex<[NodeStatus]>
     private let spread = Atomic<Int>(0)
     private let discoverNow = Atomic<Bool>(false)
@@ -87,6 +87,7 @@ public final class ReplicaSet: Service {
         }
     }
 
+    @discardableResult
     /// Runs the pools for the duration of `body` (for commands and tests that have no
     /// service group), after discovery has found a primary.
     public func withRunning<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {

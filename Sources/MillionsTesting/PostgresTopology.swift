@@ -1,0 +1,74 @@
+import Foundation
+
+/// A real PostgreSQL primary + replicas for a test, run by `scripts/postgres` in its own
+/// folder and ports. Fails loudly if it cannot start; never skips.
+public final class PostgresTopology: Sendable {
+    public let directory: String
+    public let basePort: Int
+    public let replicas: Int
+
+    public var primaryAddress: String { "127.0.0.1:\(basePort)" }
+    public var addresses: [String] { (0...replicas).map { "127.0.0.1:\(basePort + $0)" } }
+    public func port(_ node: String) -> Int { node == "primary" ? basePort : basePort + Int(node.dropFirst())! }
+
+    init(directory: String, basePort: Int, replicas: Int) {
+        self.directory = directory
+        self.basePort = basePort
+        self.replicas = replicas
+    }
+
+    static var script: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../scripts/postgres")
+            .standardized.path
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    func run(_ args: [String]) throws {
+        let status = try Command.run(
+            ["/usr/bin/env", "MILLIONS_PG_DIR=\(directory)", "MILLIONS_PG_PORT=\(basePort)", "/bin/bash", Self.script] + args)
+        guard status == 0 else { throw Failure(description: "scripts/postgres \(args.joined(separator: " ")) failed: \(status)") }
+    }
+
+    /// Starts (or reuses) a topology in `directory` on `basePort`…`basePort + replicas`.
+    public static func start(directory: String, basePort: Int, replicas: Int = 2, sync: Bool = false) throws
+        -> PostgresTopology
+    {
+        let t = PostgresTopology(directory: directory, basePort: basePort, replicas: replicas)
+        try t.run(["start", String(replicas)] + (sync ? ["--sync"] : []))
+        return t
+    }
+
+    /// The topology shared by non-destructive tests: started on first use, destroyed by
+    /// `scripts/test` when the run ends.
+    public static func shared() throws -> PostgresTopology {
+        try start(directory: "/tmp/millions-pg-tests-shared", basePort: 35432, replicas: 2)
+    }
+
+    /// A fresh topology for a test that breaks things; destroyed after `body`.
+    public static func withFresh<T>(replicas: Int = 2, sync: Bool = false, _ body: (PostgresTopology) async throws -> T)
+        async throws -> T
+    {
+        let port = 36000 + Int.random(in: 0..<300) * 10
+        let t = try start(directory: "/tmp/millions-pg-test-\(port)", basePort: port, replicas: replicas, sync: sync)
+        defer { try? t.run(["destroy"]) }
+        return try await body(t)
+    }
+
+    public func kill(_ node: String) throws { try run(["kill", node]) }
+    public func startNode(_ node: String) throws { try run(["start-node", node]) }
+
+    /// Runs SQL on one node through psql.
+    public func sql(_ node: String, _ statement: String) throws {
+        let status = try Command.run([
+            "/usr/bin/psql", "-q", "-h", "127.0.0.1", "-p", String(port(node)), "-U", "postgres", "-d", "millions", "-c",
+            statement,
+        ])
+        guard status == 0 else { throw Failure(description: "psql on \(node) failed: \(statement)") }
+    }
+
+    public func pauseReplay(_ node: String) throws { try sql(node, "SELECT pg_wal_replay_pause()") }
+    public func resumeReplay(_ node: String) throws { try sql(node, "SELECT pg_wal_replay_resume()") }
+}

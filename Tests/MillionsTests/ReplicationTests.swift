@@ -1,0 +1,231 @@
+import DataTier
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import Logging
+import MillionsCore
+import MillionsTesting
+import Observability
+import Synchronization
+import Testing
+import WebTier
+
+@Suite struct ReadRouterTests {
+    let router = ReadRouter(maxLagBytes: 1000, maxLagSeconds: 5)
+    let primary = NodeStatus(role: .primary, reachable: true, lsn: 5000)
+    func replica(_ lsn: UInt64, lag: UInt64 = 0, seconds: Double = 0, up: Bool = true) -> NodeStatus {
+        NodeStatus(role: .replica, reachable: up, lsn: lsn, lagBytes: lag, lagSeconds: seconds)
+    }
+
+    @Test func spreadsReadsOverHealthyReplicas() {
+        let nodes = [primary, replica(5000), replica(5000)]
+        let picks = (0..<10).map { router.choose(nodes, minimumLSN: 0, spread: $0) }
+        #expect(Set(picks) == [.replica(1), .replica(2)])
+    }
+
+    @Test func readYourWritesIsCheckedPerReplica() {
+        let nodes = [primary, replica(4000, lag: 1000), replica(4900, lag: 100)]
+        #expect((0..<4).allSatisfy { router.choose(nodes, minimumLSN: 4500, spread: $0) == .replica(2) })
+        #expect(router.choose(nodes, minimumLSN: 4950, spread: 0) == .readYourWritesFallback(0))
+    }
+
+    @Test func laggingOrDownReplicasGetNoReads() {
+        #expect(router.choose([primary, replica(1000, lag: 4000), replica(5000)], minimumLSN: 0, spread: 0) == .replica(2))
+        #expect(router.choose([primary, replica(5000, seconds: 9), replica(5000, up: false)], minimumLSN: 0, spread: 0) == .primaryFallback(0))
+        #expect(router.choose([primary, replica(5000), replica(5000)], minimumLSN: 0, excluded: [1, 2], spread: 0) == .primaryFallback(0))
+    }
+
+    @Test func withoutAPrimaryReplicasServeEvenIfStale() {
+        let down = NodeStatus(role: .unknown, reachable: false)
+        #expect(router.choose([down, replica(4000), replica(4900)], minimumLSN: 4500, spread: 0) == .replica(2))
+        #expect(router.choose([down, replica(4000), replica(4100)], minimumLSN: 4500, spread: 0) == .staleReplica(1))
+        #expect(router.choose([down, replica(4000, up: false)], minimumLSN: 0, spread: 0) == .unavailable)
+    }
+
+    @Test func lsnText() {
+        #expect(LSN.parse("0/4043C08") == 0x4043C08)
+        #expect(LSN.parse("1/0") == 1 << 32)
+        #expect(LSN.format(0x1_0000_00FF) == "1/FF")
+        #expect(LSN.parse("zz") == nil)
+    }
+}
+
+/// Against real PostgreSQL primaries and replicas started by `scripts/postgres`.
+@Suite(.serialized) struct ReplicationTests {
+    static func replicaSet(_ t: PostgresTopology, maxLagBytes: UInt64 = 16 << 20) throws -> ReplicaSet {
+        var s = PostgresSettings(nodes: t.addresses)
+        s.discoveryInterval = .milliseconds(100)
+        s.queryTimeout = .milliseconds(1000)
+        s.maxLagBytes = maxLagBytes
+        return try ReplicaSet(settings: s, metrics: AppMetrics(), logger: Logger(label: "test"))
+    }
+
+    static func routed(_ metrics: AppMetrics, _ decision: String) -> Int {
+        let text = String(decoding: metrics.exposition(), as: UTF8.self)
+        let prefix = "db_read_routing_total{decision=\"\(decision)\"} "
+        return text.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) } ?? 0
+    }
+
+    @Test func aWriteOnThePrimaryBecomesReadableThroughReplicas() async throws {
+        let t = try PostgresTopology.shared()
+        let set = try Self.replicaSet(t)
+        try await set.withRunning {
+          do {
+            try await PostgresMigrations.migrate(set)
+            let store = PostgresUserStore(replicaSet: set)
+            let user = try await store.create(StoreSuite.account(uniqueEmail("repl")))
+            var seen: User? = nil
+            for _ in 0..<50 where seen == nil {
+                seen = try await store.user(id: user.id)  // no read-your-writes scope: replicas
+                if seen == nil { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            #expect(seen == user)
+            #expect(Self.routed(set.metrics, "replica") > 0)
+            #expect(Self.routed(set.metrics, "primary_fallback") == 0)
+          } catch { Issue.record("\(String(reflecting: error))"); throw error }
+        }
+    }
+
+    @Test func readYourWritesWhileReplicasArePaused() async throws {
+        let t = try PostgresTopology.shared()
+        try await TestApp.runPostgres(t, ["cache.backend": "none"]) { client, components in
+            let (id, session) = try await signUpJohn(client, email: uniqueEmail("ryw"))
+            // Let the replicas have the new user, then freeze them.
+            try await Task.sleep(for: .milliseconds(500))
+            try t.pauseReplay("r1")
+            try t.pauseReplay("r2")
+            defer {
+                try? t.resumeReplay("r1")
+                try? t.resumeReplay("r2")
+            }
+            let patch = try await client.send(
+                .patch, "/users/\(id)", json: #"{"lastName":"Written"}"#, cookies: ["millions_session": session])
+            #expect(patch.status == .ok)
+            let lsn = try #require(patch.cookie("millions_lsn"))
+            try await Task.sleep(for: .milliseconds(300))  // discovery sees the replicas behind
+
+            // The writer reads its write (from the primary; no replica has it).
+            let before = Self.routed(components.metrics, "read_your_writes_fallback")
+            let mine = try await client.send(.get, "/users/\(id)", cookies: ["millions_session": session, "millions_lsn": lsn])
+            #expect(mine.object["lastName"] as? String == "Written")
+            #expect(Self.routed(components.metrics, "read_your_writes_fallback") > before)
+
+            // Another client is served by a replica: stale is allowed, and it is stale.
+            let replicaReads = Self.routed(components.metrics, "replica")
+            let other = try await client.send(.get, "/users/\(id)")
+            #expect(other.object["lastName"] as? String == "Smith")
+            #expect(Self.routed(components.metrics, "replica") > replicaReads)
+        }
+    }
+
+    @Test func aReplicaPastTheLagBoundLeavesRotationAndReturns() async throws {
+        let t = try PostgresTopology.shared()
+        let set = try Self.replicaSet(t, maxLagBytes: 4096)
+        try await set.withRunning {
+            try await PostgresMigrations.migrate(set)
+            let store = PostgresUserStore(replicaSet: set)
+            try t.pauseReplay("r1")
+            do {
+                let seeder = Seeder(passwordHash: "x", startSeconds: Int64(Clock.secondsSince1970()) - Int64.random(in: 0..<10_000_000))
+                _ = try await store.insertMany((0..<200).map { i in
+                    var a = seeder.account(i)
+                    a.email = uniqueEmail("lag\(i)")
+                    return a
+                })
+                try await Task.sleep(for: .milliseconds(400))
+                let r1 = set.statuses[1]
+                #expect(r1.lagBytes > 4096)
+                let picks = (0..<20).map { set.router.choose(set.statuses, minimumLSN: 0, spread: $0) }
+                #expect(!picks.contains(.replica(1)))
+                #expect(picks.contains(.replica(2)))
+            } catch {
+                try? t.resumeReplay("r1")
+                throw error
+            }
+            try t.resumeReplay("r1")
+            var back = false
+            for _ in 0..<50 where !back {
+                try await Task.sleep(for: .milliseconds(100))
+                back = (0..<20).map { set.router.choose(set.statuses, minimumLSN: 0, spread: $0) }.contains(.replica(1))
+            }
+            #expect(back)
+        }
+    }
+
+    /// Readers loop over `ids` for `seconds`, while `during` runs; returns (ok, failed).
+    static func readUnderLoad(
+        _ store: PostgresUserStore, _ ids: [UserID], seconds: Double, during: @Sendable () async throws -> Void
+    ) async throws -> (Int, Int) {
+        let ok = Atomic<Int>(0), failed = Atomic<Int>(0)
+        let counts = Mutex((0, 0))
+        try await withThrowingTaskGroup(of: (Int, Int).self) { group in
+            let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+            for w in 0..<6 {
+                group.addTask {
+                    var good = 0, bad = 0, i = w
+                    while ContinuousClock.now < deadline {
+                        do {
+                            if try await store.user(id: ids[i % ids.count]) != nil { good += 1 } else { bad += 1 }
+                        } catch { bad += 1 }
+                        i += 1
+                    }
+                    return (good, bad)
+                }
+            }
+            try await during()
+            for try await (g, b) in group { counts.withLock { $0.0 += g; $0.1 += b } }
+        }
+        _ = ok
+        _ = failed
+        return counts.withLock { $0 }
+    }
+
+    @Test func killingAReplicaFailsNoRead() async throws {
+        try await PostgresTopology.withFresh { t in
+            let set = try Self.replicaSet(t)
+            try await set.withRunning {
+                try await PostgresMigrations.migrate(set)
+                let store = PostgresUserStore(replicaSet: set)
+                var ids: [UserID] = []
+                for i in 0..<20 { ids.append(try await store.create(StoreSuite.account("k\(i)@example.com")).id) }
+                try await Task.sleep(for: .milliseconds(500))
+                let (ok, failed) = try await Self.readUnderLoad(store, ids, seconds: 2) {
+                    try await Task.sleep(for: .milliseconds(500))
+                    try t.kill("r1")
+                }
+                #expect(failed == 0)
+                #expect(ok > 100)
+                #expect(!set.statuses[1].reachable)
+            }
+        }
+    }
+
+    @Test func killingThePrimaryKeepsReadsAndRefusesWritesWith503() async throws {
+        try await PostgresTopology.withFresh { t in
+            try await TestApp.runPostgres(t, ["cache.backend": "none"]) { client, components in
+                let set = components.replicaSet!
+                let store = PostgresUserStore(replicaSet: set)
+                var ids: [UserID] = []
+                for i in 0..<20 { ids.append(UserID(try await signUpJohn(client, email: "p\(i)@example.com").id)!) }
+                try await Task.sleep(for: .milliseconds(500))
+                let (ok, failed) = try await Self.readUnderLoad(store, ids, seconds: 2) {
+                    try await Task.sleep(for: .milliseconds(500))
+                    try t.kill("primary")
+                }
+                #expect(failed == 0)
+                #expect(ok > 100)
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(set.primaryIndex == nil)
+
+                let write = try await client.send(.post, "/users", json: john.replacingOccurrences(of: "john@", with: "late@"))
+                #expect(write.status == .serviceUnavailable)
+                #expect(write.errorCode == "unavailable")
+                #expect(write.headers[.retryAfter] == "2")
+                let read = try await client.send(.get, "/users/\(ids[0])")
+                #expect(read.status == .ok)
+                let ready = try await client.send(.get, "/readyz")
+                #expect(ready.object["status"] as? String == "degraded")
+            }
+        }
+    }
+}
