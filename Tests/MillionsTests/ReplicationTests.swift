@@ -228,4 +228,95 @@ import WebTier
             }
         }
     }
+
+    @Test func failoverPromotesAReplicaAndWritesResumeWithoutRestart() async throws {
+        try await PostgresTopology.withFresh { t in
+            try await TestApp.runPostgres(t, ["cache.backend": "none"]) { client, components in
+                let set = components.replicaSet!
+                let (id, session) = try await signUpJohn(client, email: "fo@example.com")
+                try await Task.sleep(for: .milliseconds(300))
+                try t.kill("primary")
+                let killed = ContinuousClock.now
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(try await client.send(.post, "/users", json: john.replacingOccurrences(of: "john@", with: "x@")).status == .serviceUnavailable)
+
+                // The operator's command, as `millions db failover` runs it: its own replica set.
+                let operatorSet = try Self.replicaSet(t)
+                let result = try await operatorSet.withRunning(requirePrimary: false) {
+                    try await Failover.promoteBestReplica(operatorSet, logger: Logger(label: "test"))
+                }
+                #expect(result.repointed.count == 1)
+
+                // The web tier finds the new primary by itself; writes resume.
+                var firstWrite: Duration? = nil
+                for i in 0..<100 where firstWrite == nil {
+                    let r = try await client.send(.post, "/users", json: john.replacingOccurrences(of: "john@", with: "after\(i)@"))
+                    if r.status == .created { firstWrite = ContinuousClock.now - killed } else { try await Task.sleep(for: .milliseconds(100)) }
+                }
+                let elapsed = try #require(firstWrite)
+                print("failover: primary killed -> first successful write in \(elapsed) (including a 300 ms pause before the command)")
+                #expect(set.primaryIndex == components.replicaSet!.nodes.firstIndex { $0.name == result.promoted })
+                let patch = try await client.send(
+                    .patch, "/users/\(id)", json: #"{"address":{"city":"Promoted"}}"#, cookies: ["millions_session": session])
+                #expect(patch.status == .ok)
+
+                // The other replica follows the new primary.
+                var following = false
+                for _ in 0..<100 where !following {
+                    try await Task.sleep(for: .milliseconds(100))
+                    let s = set.statuses
+                    following = s.contains { $0.role == .replica && $0.reachable && $0.lagBytes == 0 }
+                        && s.contains { $0.role == .primary }
+                }
+                #expect(following)
+            }
+        }
+    }
+
+    @Test func withSynchronousReplicationNoAcknowledgedWriteIsLostByAFailover() async throws {
+        try await PostgresTopology.withFresh(sync: true) { t in
+            let set = try Self.replicaSet(t)
+            final class Acknowledged: Sendable {
+                let ids = Mutex<[UserID]>([])
+            }
+            let acknowledged = Acknowledged()
+            try await set.withRunning {
+                try await PostgresMigrations.migrate(set)
+                let store = PostgresUserStore(replicaSet: set)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for w in 0..<4 {
+                        group.addTask {
+                            for i in 0..<100_000 {
+                                do {
+                                    let u = try await store.create(StoreSuite.account("sync\(w)-\(i)@example.com"))
+                                    acknowledged.ids.withLock { $0.append(u.id) }
+                                } catch {
+                                    return  // the primary is gone
+                                }
+                            }
+                        }
+                    }
+                    try await Task.sleep(for: .milliseconds(1500))
+                    try t.kill("primary")
+                    try await group.waitForAll()
+                }
+            }
+            let ids = acknowledged.ids.withLock { $0 }
+            #expect(ids.count > 20)
+            let operatorSet = try Self.replicaSet(t)
+            try await operatorSet.withRunning(requirePrimary: false) {
+                _ = try await Failover.promoteBestReplica(operatorSet, logger: Logger(label: "test"))
+                try await operatorSet.waitUntilDiscovered()
+                let store = PostgresUserStore(replicaSet: operatorSet)
+                var missing = 0
+                // An impossible read-your-writes position sends every read to the (new) primary.
+                try await ReadYourWrites.$current.withValue(ReadYourWrites(minimumLSN: .max)) {
+                    for id in ids where try await store.user(id: id) == nil { missing += 1 }
+                }
+                _ = store
+                print("sync failover: \(ids.count) acknowledged writes, \(missing) missing after failover")
+                #expect(missing == 0)
+            }
+        }
+    }
 }

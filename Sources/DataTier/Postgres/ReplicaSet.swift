@@ -90,10 +90,12 @@ public final class ReplicaSet: Service {
     @discardableResult
     /// Runs the pools for the duration of `body` (for commands and tests that have no
     /// service group), after discovery has found a primary.
-    public func withRunning<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+    public func withRunning<T: Sendable>(requirePrimary: Bool = true, _ body: @Sendable () async throws -> T)
+        async throws -> T
+    {
         let task = Task { await self.runClients() }
         do {
-            try await waitUntilDiscovered()
+            if requirePrimary { try await waitUntilDiscovered() } else { await discover() }
             let result = try await body()
             task.cancel()
             await task.value
@@ -185,6 +187,9 @@ public final class ReplicaSet: Service {
             return NodeStatus()
         }
     }
+
+    /// Asks the discovery loop to probe every node now.
+    public func rediscoverSoon() { discoverNow.store(true, ordering: .relaxed) }
 
     /// Marks a node unusable until discovery sees it again, and asks for discovery soon.
     func markFailed(_ i: Int, _ error: any Error) {

@@ -1,0 +1,55 @@
+import ArgumentParser
+import DataTier
+import Foundation
+import Logging
+import Observability
+import WebTier
+
+/// `millions db …`: operations on the data tier.
+struct Database: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "db", abstract: "Operate the PostgreSQL data tier.", subcommands: [Failover.self, Status.self])
+
+    struct Failover: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Promote the most caught-up replica after the primary died, and repoint the others.")
+        @OptionGroup var options: ConfigOptions
+
+        func run() async throws {
+            let settings = try Settings(try await options.reader())
+            let logger = bootstrapLogging(settings.logLevel)
+            let set = try ReplicaSet(settings: settings.postgres, metrics: .init(), logger: logger)
+            let start = ContinuousClock.now
+            let result = try await set.withRunning(requirePrimary: false) {
+                try await DataTier.Failover.promoteBestReplica(set, logger: logger)
+            }
+            logger.info(
+                "failover done",
+                metadata: [
+                    "primary": "\(result.promoted)", "repointed": "\(result.repointed)",
+                    "seconds": "\(ContinuousClock.now - start)",
+                ])
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Each node's role, position and lag.")
+        @OptionGroup var options: ConfigOptions
+
+        func run() async throws {
+            let settings = try Settings(try await options.reader())
+            let logger = bootstrapLogging(.warning)
+            let set = try ReplicaSet(settings: settings.postgres, metrics: .init(), logger: logger)
+            let statuses = try await set.withRunning(requirePrimary: false) { set.statuses }
+            print("node                   role      up     lsn            lag_bytes  lag_s")
+            for (node, s) in zip(set.nodes, statuses) {
+                print(
+                    node.name.padding(toLength: 22, withPad: " ", startingAt: 0),
+                    s.role.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0),
+                    (s.reachable ? "yes" : "no").padding(toLength: 6, withPad: " ", startingAt: 0),
+                    LSN.format(s.lsn).padding(toLength: 14, withPad: " ", startingAt: 0),
+                    String(s.lagBytes).padding(toLength: 10, withPad: " ", startingAt: 0), s.lagSeconds)
+            }
+        }
+    }
+}
