@@ -41,17 +41,23 @@ public final class PostgresTopology: Sendable {
         return t
     }
 
+    // Ports stay below 32768: Linux hands out 32768–60999 to outgoing connections, and a
+    // server cannot bind a port a client happens to hold.
+
     /// The topology shared by non-destructive tests: started on first use, destroyed by
     /// `scripts/test` when the run ends.
     public static func shared() throws -> PostgresTopology {
-        try start(directory: "/tmp/millions-pg-tests-shared", basePort: 35432, replicas: 2)
+        try start(directory: "/tmp/millions-pg-tests-shared", basePort: 15432, replicas: 2)
     }
 
     /// A fresh topology for a test that breaks things; destroyed after `body`.
     public static func withFresh<T>(replicas: Int = 2, sync: Bool = false, _ body: (PostgresTopology) async throws -> T)
         async throws -> T
     {
-        let port = 36000 + Int.random(in: 0..<300) * 10
+        var port = 12000 + Int.random(in: 0..<300) * 10
+        while FileManager.default.fileExists(atPath: "/tmp/millions-pg-test-\(port)") {
+            port = 12000 + Int.random(in: 0..<300) * 10
+        }
         let t = try start(directory: "/tmp/millions-pg-test-\(port)", basePort: port, replicas: replicas, sync: sync)
         defer { try? t.run(["destroy"]) }
         return try await body(t)

@@ -310,7 +310,11 @@ import WebTier
     /// 2 servers × 25 concurrent readers of one cold key, database reads slowed to 100 ms.
     static func stampede(_ servers: MemcachedServers, protection: Bool) async throws -> Int {
         let total = Mutex(0)
-        try await twoServers(servers, ["cache.stampedeProtection": protection ? "true" : "false", "cache.leaseWaitMs": "5000"], delay: .milliseconds(100)) {
+        try await twoServers(servers, [
+            "cache.stampedeProtection": protection ? "true" : "false", "cache.leaseWaitMs": "5000",
+            // A busy machine must not look like a dead cache: a timeout falls through to the database.
+            "cache.memcached.timeoutMs": "3000",
+        ], delay: .milliseconds(100)) {
             a, b, storeA, storeB in
             let (id, _) = try await signUpJohn(a)
             storeA.resetReads()

@@ -308,15 +308,59 @@ public final class ReplicaSet: Service {
 /// A call that did not finish in time.
 public struct TimeoutError: Error, Sendable {}
 
-/// Runs `body`, failing with `TimeoutError` after `limit` (and cancelling the body).
+/// Runs `body`, failing with `TimeoutError` after `limit`. The caller is released at the
+/// limit even if `body` ignores cancellation (a lease waiting on a dead node can): the body
+/// is cancelled and left to finish on its own.
 func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            throw TimeoutError()
+    let race = Race<T>()
+    return try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            race.start(continuation, limit: limit, body)
         }
-        defer { group.cancelAll() }
-        return try await group.next()!
+    } onCancel: {
+        race.cancel()
+    }
+}
+
+/// The first of a body and a timer to finish resumes the caller; the other is cancelled.
+private final class Race<T: Sendable>: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<T, any Error>?
+        var work: Task<Void, Never>?
+        var timer: Task<Void, Never>?
+    }
+    private let state = Mutex(State())
+
+    func start(_ continuation: CheckedContinuation<T, any Error>, limit: Duration, _ body: @escaping @Sendable () async throws -> T) {
+        state.withLock { $0.continuation = continuation }
+        let work = Task {
+            let result: Result<T, any Error>
+            do { result = .success(try await body()) } catch { result = .failure(error) }
+            self.finish(result)
+        }
+        let timer = Task {
+            do { try await Task.sleep(for: limit) } catch { return }
+            self.finish(.failure(TimeoutError()))
+        }
+        let alreadyDone = state.withLock { s -> Bool in
+            s.work = work
+            s.timer = timer
+            return s.continuation == nil
+        }
+        if alreadyDone { timer.cancel() }
+    }
+
+    func cancel() { finish(.failure(CancellationError())) }
+
+    private func finish(_ result: Result<T, any Error>) {
+        let (continuation, work, timer) = state.withLock { s in
+            let c = s.continuation
+            s.continuation = nil
+            return (c, s.work, s.timer)
+        }
+        guard let continuation else { return }
+        work?.cancel()
+        timer?.cancel()
+        continuation.resume(with: result)
     }
 }
