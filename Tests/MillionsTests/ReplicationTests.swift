@@ -57,7 +57,7 @@ import WebTier
         s.discoveryInterval = .milliseconds(100)
         s.queryTimeout = .milliseconds(1000)
         s.maxLagBytes = maxLagBytes
-        return try ReplicaSet(settings: s, metrics: AppMetrics(), logger: Logger(label: "test"))
+        return try ReplicaSet(settings: s, metrics: AppMetrics(), logger: quietLogger)
     }
 
     static func routed(_ metrics: AppMetrics, _ decision: String) -> Int {
@@ -82,6 +82,10 @@ import WebTier
             #expect(seen == user)
             #expect(Self.routed(set.metrics, "replica") > 0)
             #expect(Self.routed(set.metrics, "primary_fallback") == 0)
+            let text = String(decoding: set.metrics.exposition(), as: UTF8.self)
+            for name in ["db_pool_in_use{node=", "db_replica_lag_bytes{node=", "db_query_duration_seconds_count{node=", "db_node_is_primary{node="] {
+                #expect(text.contains(name), "\(name)")
+            }
           } catch { Issue.record("\(String(reflecting: error))"); throw error }
         }
     }

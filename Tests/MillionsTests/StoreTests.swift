@@ -26,7 +26,7 @@ func withStores(
             let topology = try PostgresTopology.shared()
             var settings = PostgresSettings(nodes: topology.addresses)
             settings.discoveryInterval = .milliseconds(200)
-            let set = try ReplicaSet(settings: settings, metrics: AppMetrics(), logger: Logger(label: "test"))
+            let set = try ReplicaSet(settings: settings, metrics: AppMetrics(), logger: quietLogger)
             try await set.withRunning {
                 try await PostgresMigrations.migrate(set)
                 try await body(PostgresUserStore(replicaSet: set), PostgresSessionStore(replicaSet: set, now: now))
@@ -34,6 +34,13 @@ func withStores(
         }
     }
 }
+
+/// Test logger that keeps the pools' connection chatter (info) out of the output.
+let quietLogger: Logger = {
+    var l = Logger(label: "test")
+    l.logLevel = .warning
+    return l
+}()
 
 /// A unique email, so tests can share a database across runs.
 func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix(8).lowercased())@example.com" }

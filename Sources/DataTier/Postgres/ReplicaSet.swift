@@ -281,7 +281,12 @@ public final class ReplicaSet: Service {
         _ i: Int, op: String, role: String, _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
         let start = ContinuousClock.now
+        // Each call holds one pooled connection while it runs: this is the pool's occupancy.
+        let inUse = metrics.gauge(
+            "db_pool_in_use", "Calls holding (or waiting for) a pooled connection, by node", [("node", nodes[i].name)])
+        inUse.increment()
         defer {
+            inUse.decrement()
             metrics.latency(
                 "db_query_duration", "Database calls by node, role and operation",
                 [("node", nodes[i].name), ("role", role), ("op", op)]
