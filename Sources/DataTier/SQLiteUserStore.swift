@@ -37,9 +37,7 @@ public struct SQLiteUserStore: UserStore {
             }
             throw DuplicateIDError()
         }
-        return User(
-            id: account.id, firstName: p.firstName, lastName: p.lastName, address: p.address,
-            phoneNumbers: p.phoneNumbers)
+        return User(id: account.id, profile: p)
     }
 
     public func user(id: UserID) async throws -> User? {
@@ -76,8 +74,7 @@ public struct SQLiteUserStore: UserStore {
                     p.address.postalCode, try Self.encodePhones(p.phoneNumbers), Clock.secondsSince1970(),
                     id.rawValue,
                 ])
-            return User(
-                id: id, firstName: p.firstName, lastName: p.lastName, address: p.address, phoneNumbers: p.phoneNumbers)
+            return User(id: id, profile: p)
         }
     }
 

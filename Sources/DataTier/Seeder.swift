@@ -31,12 +31,10 @@ public struct Seeder: Sendable {
             lastName: Self.lastNames[(i / 10) % Self.lastNames.count],
             address: Address(
                 streetAddress: "\(i % 9000 + 1) Main Street", city: city.0, state: city.1,
-                postalCode: city.2 + String(format2(i % 100))),
+                postalCode: city.2 + String(i % 100).leftPadded(2)),
             phoneNumbers: ["212 555-\(String(i % 10000).leftPadded(4))"])
         return NewAccount(id: id, email: "seed-\(i)@example.com", passwordHash: passwordHash, profile: profile)
     }
-
-    private func format2(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
 
     /// Inserts users `range` in batches; returns the ids inserted, in order.
     public func seed(_ range: Range<Int>, into store: any UserStore, batch: Int = 10_000) async throws -> [UserID] {

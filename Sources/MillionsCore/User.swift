@@ -32,6 +32,10 @@ public struct User: Codable, Sendable, Equatable, Hashable {
         self.phoneNumbers = phoneNumbers
     }
 
+    public init(id: UserID, profile p: Profile) {
+        self.init(id: id, firstName: p.firstName, lastName: p.lastName, address: p.address, phoneNumbers: p.phoneNumbers)
+    }
+
     /// The editable part of the user.
     public var profile: Profile {
         Profile(firstName: firstName, lastName: lastName, address: address, phoneNumbers: phoneNumbers)

@@ -79,15 +79,16 @@ public enum Validate {
 
     /// Lower-cases and trims an email so one address has one account.
     public static func normalizedEmail(_ email: String) -> String {
-        String(email.trimmingWhitespace().lowercased())
+        email.trimmed.lowercased()
     }
 }
 
 extension String {
-    func trimmingWhitespace() -> Substring {
+    /// Without leading and trailing whitespace.
+    public var trimmed: String {
         var s = self[...]
         while let f = s.first, f.isWhitespace { s.removeFirst() }
         while let l = s.last, l.isWhitespace { s.removeLast() }
-        return s
+        return String(s)
     }
 }

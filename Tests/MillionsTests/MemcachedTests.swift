@@ -171,10 +171,11 @@ import WebTier
             #expect(try await cache.set("a", Array("one".utf8), ttl: .seconds(60), lease: lease))
             #expect(try await cache.get("a") == .hit(Array("one".utf8)))
 
-            // Unconditional set and TTL expiry.
-            #expect(try await cache.set("b", [1, 2, 3], ttl: .seconds(1), lease: nil))
+            // Unconditional set and TTL expiry. memcached's clock ticks in whole seconds, so a
+            // 1 s TTL can end at once: use 3 s and wait past it.
+            #expect(try await cache.set("b", [1, 2, 3], ttl: .seconds(3), lease: nil))
             #expect(try await cache.get("b") == .hit([1, 2, 3]))
-            try await Task.sleep(for: .milliseconds(2100))
+            try await Task.sleep(for: .milliseconds(4100))
             guard case .miss = try await cache.get("b") else { Issue.record("expected expiry"); return }
         }
     }

@@ -160,7 +160,6 @@ import WebTier
     static func readUnderLoad(
         _ store: PostgresUserStore, _ ids: [UserID], seconds: Double, during: @Sendable () async throws -> Void
     ) async throws -> (Int, Int) {
-        let ok = Atomic<Int>(0), failed = Atomic<Int>(0)
         let counts = Mutex((0, 0))
         try await withThrowingTaskGroup(of: (Int, Int).self) { group in
             let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
@@ -179,8 +178,6 @@ import WebTier
             try await during()
             for try await (g, b) in group { counts.withLock { $0.0 += g; $0.1 += b } }
         }
-        _ = ok
-        _ = failed
         return counts.withLock { $0 }
     }
 
@@ -317,7 +314,6 @@ import WebTier
                 try await ReadYourWrites.$current.withValue(ReadYourWrites(minimumLSN: .max)) {
                     for id in ids where try await store.user(id: id) == nil { missing += 1 }
                 }
-                _ = store
                 print("sync failover: \(ids.count) acknowledged writes, \(missing) missing after failover")
                 #expect(missing == 0)
             }

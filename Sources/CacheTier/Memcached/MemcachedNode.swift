@@ -45,20 +45,14 @@ public final class MemcachedNode: Sendable {
             if case .error(let message) = response.status { throw MemcachedError.server(message) }
             health.withLock { $0.recordSuccess() }
             return response
-        } catch let error as MemcachedError {
-            if case .server = error {
-                // The server answered: the node is alive, the request was wrong.
-                throw error
-            }
-            errors.increment()
-            let tookOut = health.withLock { $0.recordFailure(now: Clock.secondsSince1970()) }
-            if tookOut { upGauge.set(to: 0) }
-            throw error
+        } catch MemcachedError.server(let message) {
+            // The server answered: the node is alive, the request was wrong.
+            throw MemcachedError.server(message)
         } catch {
             errors.increment()
             let tookOut = health.withLock { $0.recordFailure(now: Clock.secondsSince1970()) }
             if tookOut { upGauge.set(to: 0) }
-            throw MemcachedError.connectionClosed
+            throw error as? MemcachedError ?? .connectionClosed
         }
     }
 

@@ -38,9 +38,7 @@ public struct PostgresUserStore: UserStore {
             }
             throw DuplicateIDError()
         }
-        return User(
-            id: account.id, firstName: p.firstName, lastName: p.lastName, address: p.address,
-            phoneNumbers: p.phoneNumbers)
+        return User(id: account.id, profile: p)
     }
 
     public func user(id: UserID) async throws -> User? {
@@ -88,7 +86,7 @@ public struct PostgresUserStore: UserStore {
                     updated_at = \(Clock.secondsSince1970())
                 WHERE id = \(id.rawValue)
                 """, logger: logger)
-            return User(id: id, firstName: p.firstName, lastName: p.lastName, address: p.address, phoneNumbers: p.phoneNumbers)
+            return User(id: id, profile: p)
         }
     }
 
