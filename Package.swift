@@ -63,12 +63,27 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The shared session store (SQLite now; Redis joins here).
+        // A Redis client on SwiftNIO: RESP2/RESP3 codec, pipelined connections, a pool.
+        .target(
+            name: "RedisClient",
+            dependencies: [
+                "Observability",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The shared session store: SQL tables (SQLite, PostgreSQL) or Redis.
         .target(
             name: "SessionTier",
             dependencies: [
                 "MillionsCore",
                 "DataTier",
+                "RedisClient",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -105,6 +120,7 @@ let package = Package(
                 "DataTier",
                 "SessionTier",
                 "CacheTier",
+                "RedisClient",
                 "Edge",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
@@ -166,6 +182,7 @@ let package = Package(
                 "DataTier",
                 "SessionTier",
                 "CacheTier",
+                "RedisClient",
                 "Edge",
                 "WebTier",
                 "Observability",

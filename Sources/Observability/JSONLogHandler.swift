@@ -16,6 +16,7 @@ public enum LogKey {
     public static let durationMS = "duration_ms"
     public static let userID = "user_id"
     public static let error = "error"
+    public static let client = "client"
 }
 
 /// Writes one JSON object per line to standard error:

@@ -10,6 +10,7 @@ import MillionsCore
 import Mustache
 import NIOCore
 import Observability
+import RedisClient
 import ServiceLifecycle
 import SessionTier
 
@@ -25,6 +26,8 @@ public struct Components: Sendable {
     public let replicaSet: ReplicaSet?
     public let users: any UserStore
     public let sessions: any SessionStore
+    /// The Redis client, when `session.store` is `redis`.
+    public let redis: RedisClient?
     /// The in-process LRU, when `cache.backend` is `memory`.
     public let lru: LRUCache?
     /// The memcached pool, when `cache.backend` is `memcached`.
@@ -44,7 +47,7 @@ public struct Components: Sendable {
         var database: SQLiteDatabase? = nil
         var replicaSet: ReplicaSet? = nil
         let baseUsers: any UserStore
-        let sessions: any SessionStore
+        var sessions: any SessionStore
         if settings.dataEngine == "postgres" {
             let set = try ReplicaSet(settings: settings.postgres, metrics: metrics, logger: logger)
             replicaSet = set
@@ -56,6 +59,19 @@ public struct Components: Sendable {
             database = db
             baseUsers = SQLiteUserStore(database: db)
             sessions = SQLiteSessionStore(database: db)
+        }
+        var redis: RedisClient? = nil
+        if settings.sessionStore == "redis" {
+            var config = try RedisClient.Configuration(address: settings.redisAddress)
+            config.password = settings.redisPassword
+            config.database = settings.redisDatabase
+            config.protocolVersion = settings.redisProtocol
+            config.connections = settings.redisConnections
+            config.timeout = .milliseconds(Int64(settings.redisTimeoutMS))
+            config.connectTimeout = config.timeout
+            let client = RedisClient(configuration: config, metrics: metrics, logger: logger)
+            redis = client
+            sessions = RedisSessionStore(redis: client)
         }
         var lru: LRUCache? = nil
         var memcached: MemcachedCache? = nil
@@ -93,7 +109,7 @@ public struct Components: Sendable {
         let cost = UInt8(settings.bcryptCost)
         return Components(
             settings: settings, logger: logger, metrics: metrics, database: database, replicaSet: replicaSet,
-            users: users, sessions: sessions, lru: lru,
+            users: users, sessions: sessions, redis: redis, lru: lru,
             memcached: memcached,
             userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
             templates: try await MustacheLibrary(directory: resources + "/templates"),
@@ -123,6 +139,8 @@ public struct Components: Sendable {
 /// Builds the router with every route of the web tier.
 public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
     let router = Router(context: AppRequestContext.self)
+    // Outermost, so the access log and everything after it see the real client.
+    router.add(middleware: ForwardedMiddleware(trustedProxies: Set(c.settings.trustedProxies)))
     router.add(middleware: ObservabilityMiddleware(metrics: c.metrics))
     router.add(middleware: ReadYourWritesMiddleware())
     let body = JSONBody(maxBytes: c.settings.maxBodyBytes)
@@ -149,7 +167,11 @@ public func buildApplication(
     var services: [any Service] = []
     if let database = c.database { services.append(database) }
     if let set = c.replicaSet { services.append(set) }
-    services.append(SessionSweeper(store: c.sessions, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger))
+    if let redis = c.redis {
+        services.append(redis)  // Redis expires sessions itself: no sweeper
+    } else {
+        services.append(SessionSweeper(store: c.sessions, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger))
+    }
     if let memcached = c.memcached { services.append(memcached) }
     var app = Application(
         router: router,

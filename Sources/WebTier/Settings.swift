@@ -23,6 +23,16 @@ public struct Settings: Sendable {
     public var sessionCookieName: String
     public var secureCookies: Bool
     public var sessionSweepSeconds: Int
+    /// `sql` (the data engine's sessions table) or `redis`.
+    public var sessionStore: String
+    public var redisAddress: String
+    public var redisPassword: String?
+    public var redisDatabase: Int
+    public var redisProtocol: Int
+    public var redisConnections: Int
+    public var redisTimeoutMS: Int
+    /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (the load balancer).
+    public var trustedProxies: [String]
 
     public var bcryptCost: Int
     public var loginThrottle: LoginThrottle
@@ -71,6 +81,15 @@ public struct Settings: Sendable {
         sessionCookieName = config.string(forKey: "session.cookieName", default: "millions_session")
         secureCookies = config.bool(forKey: "session.secureCookies", default: false)
         sessionSweepSeconds = config.int(forKey: "session.sweepSeconds", default: 600)
+        sessionStore = config.string(forKey: "session.store", default: "sql")
+        redisAddress = config.string(forKey: "redis.address", default: "127.0.0.1:6379")
+        redisPassword = config.string(forKey: "redis.password", isSecret: true)
+        redisDatabase = config.int(forKey: "redis.database", default: 0)
+        redisProtocol = config.int(forKey: "redis.protocol", default: 3)
+        redisConnections = config.int(forKey: "redis.connections", default: 4)
+        redisTimeoutMS = config.int(forKey: "redis.timeoutMs", default: 500)
+        trustedProxies = config.string(forKey: "http.trustedProxies", default: "127.0.0.1,::1").split(separator: ",")
+            .map { String($0).trimmed }.filter { !$0.isEmpty }
 
         bcryptCost = config.int(forKey: "auth.bcryptCost", default: 10)
         loginThrottle = LoginThrottle(
@@ -105,6 +124,10 @@ public struct Settings: Sendable {
         try check(sessionTTLSeconds >= 60, "session.ttlSeconds must be at least 60")
         try check(CookieName.isValid(sessionCookieName), "session.cookieName must be a cookie token")
         try check(sessionSweepSeconds >= 1, "session.sweepSeconds must be at least 1")
+        try check(["sql", "redis"].contains(sessionStore), "session.store must be sql or redis")
+        try check(redisProtocol == 2 || redisProtocol == 3, "redis.protocol must be 2 or 3")
+        try check(redisDatabase >= 0 && redisConnections >= 1 && redisConnections <= 64, "redis.database ≥ 0, redis.connections 1...64")
+        try check(redisTimeoutMS >= 1, "redis.timeoutMs must be positive")
         try check(bcryptCost >= 4 && bcryptCost <= 16, "auth.bcryptCost must be 4...16")
         try check(loginThrottle.freeAttempts >= 1, "auth.freeFailedLogins must be at least 1")
         try check(cacheMaxEntries >= 1 && cacheMaxBytes >= 4096, "cache.maxEntries ≥ 1 and cache.maxBytes ≥ 4096")
@@ -122,11 +145,13 @@ public struct Settings: Sendable {
 
     /// Every key `Settings` reads, with its default, in README order.
     public static let documentedKeys: [String] = [
-        "http.host", "http.port", "http.maxBodyBytes", "data.directory", "data.engine", "data.postgres.nodes",
+        "http.host", "http.port", "http.maxBodyBytes", "http.trustedProxies", "data.directory", "data.engine", "data.postgres.nodes",
         "data.postgres.user", "data.postgres.password", "data.postgres.database", "data.postgres.connectionsPerNode",
         "data.postgres.timeoutMs", "data.postgres.discoveryMs", "data.postgres.maxLagBytes",
         "data.postgres.maxLagSeconds", "log.level",
         "session.ttlSeconds", "session.cookieName", "session.secureCookies", "session.sweepSeconds",
+        "session.store", "redis.address", "redis.password", "redis.database", "redis.protocol", "redis.connections",
+        "redis.timeoutMs",
         "auth.bcryptCost", "auth.freeFailedLogins", "auth.maxLockSeconds",
         "cache.backend", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
         "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",

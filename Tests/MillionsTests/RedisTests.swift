@@ -1,0 +1,309 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import MillionsCore
+import MillionsTesting
+import NIOCore
+import Observability
+import RedisClient
+import SessionTier
+import Testing
+@testable import WebTier
+
+@Suite struct RESPCodecTests {
+    @Test func commandsOnTheWire() {
+        var b = ByteBuffer()
+        RedisCommand("SET", "k", "héllo", "EX", "10").encode(into: &b)
+        #expect(String(buffer: b) == "*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$6\r\nhéllo\r\n$2\r\nEX\r\n$2\r\n10\r\n")
+        b.clear()
+        RedisCommand("PING").encode(into: &b)
+        #expect(String(buffer: b) == "*1\r\n$4\r\nPING\r\n")
+        b.clear()
+        RedisCommand("SET", arguments: [ByteBuffer(), ByteBuffer(bytes: [0, 13, 10])]).encode(into: &b)
+        #expect(Array(b.readableBytesView) == Array("*3\r\n$3\r\nSET\r\n$0\r\n\r\n$3\r\n".utf8) + [0, 13, 10] + [13, 10])
+        #expect(RedisCommand("get", "k").isReadOnly)
+        #expect(!RedisCommand("SET", "k", "v").isReadOnly)
+    }
+
+    /// RESP2 and RESP3 values, one after another in one stream.
+    static let stream =
+        "+OK\r\n" + "-ERR wrong\r\n" + ":-42\r\n" + "$5\r\nhello\r\n" + "$0\r\n\r\n" + "$-1\r\n" + "*-1\r\n"
+        + "*2\r\n$1\r\na\r\n:1\r\n" + "_\r\n" + ",3.5\r\n" + ",-inf\r\n" + "#t\r\n" + "#f\r\n"
+        + "(3492890328409238509324850943850943825024385\r\n" + "=15\r\ntxt:Some string\r\n"
+        + "%2\r\n+first\r\n:1\r\n+second\r\n:2\r\n" + "~2\r\n+a\r\n+b\r\n" + ">2\r\n+message\r\n+hi\r\n"
+        + "|1\r\n+ttl\r\n:3600\r\n+annotated\r\n" + "!21\r\nSYNTAX invalid syntax\r\n" + "*1\r\n*1\r\n*0\r\n"
+
+    static let expected: [RESPValue] = [
+        .simpleString("OK"), .error("ERR wrong"), .integer(-42), "hello", "", .null, .null,
+        .array(["a", .integer(1)]), .null, .double(3.5), .double(-.infinity), .boolean(true), .boolean(false),
+        .bigNumber("3492890328409238509324850943850943825024385"), .verbatim(format: "txt", text: "Some string"),
+        .map([.init(.simpleString("first"), .integer(1)), .init(.simpleString("second"), .integer(2))]),
+        .set([.simpleString("a"), .simpleString("b")]), .push([.simpleString("message"), .simpleString("hi")]),
+        .simpleString("annotated"), .error("SYNTAX invalid syntax"), .array([.array([.array([])])]),
+    ]
+
+    @Test func decodesEveryTypeWhole() throws {
+        var b = ByteBuffer(string: Self.stream)
+        var values: [RESPValue] = []
+        while let v = try RESPParser.parse(&b) { values.append(v) }
+        #expect(values == Self.expected)
+        #expect(b.readableBytes == 0)
+    }
+
+    /// Fed one byte at a time, the decoder waits for whole values and consumes nothing early.
+    @Test func decodesEveryTypeByteByByte() throws {
+        var b = ByteBuffer()
+        var values: [RESPValue] = []
+        for byte in Self.stream.utf8 {
+            b.writeInteger(byte)
+            while let v = try RESPParser.parse(&b) { values.append(v) }
+        }
+        #expect(values == Self.expected)
+        #expect(b.readableBytes == 0)
+    }
+
+    @Test func refusesBrokenAndOversizedInput() {
+        var small = RESPLimits()
+        small.maxBulkBytes = 10
+        small.maxElements = 3
+        small.maxDepth = 3
+        small.maxLineBytes = 16
+        for bad in [
+            "?what\r\n", ":12x\r\n", "$5\r\nhelloXX", "+no lf\rx", "#x\r\n", ",abc\r\n", "$11\r\n", "*4\r\n",
+            "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n", "+" + String(repeating: "a", count: 40), "=5\r\nhello\r\n", "$-2\r\n",
+        ] {
+            var b = ByteBuffer(string: bad)
+            #expect(throws: RedisError.self, "\(bad)") { _ = try RESPParser.parse(&b, limits: small) }
+        }
+    }
+
+    @Test func readsMapsFromBothProtocols() {
+        let resp3: RESPValue = .map([.init("proto", .integer(3)), .init("role", "master")])
+        let resp2: RESPValue = .array(["proto", .integer(2), "role", "master"])
+        #expect(resp3["proto"]?.int == 3)
+        #expect(resp2["proto"]?.int == 2)
+        #expect(resp2["role"]?.string == "master")
+        #expect(resp2["missing"] == nil)
+    }
+}
+
+/// The client against a real Redis server.
+@Suite struct RedisClientTests {
+    static let logger = Logger(label: "test.redis") { _ in SwiftLogNoOpLogHandler() }
+
+    func client(_ server: RedisServer, protocolVersion: Int = 3, password: String? = nil, timeoutMS: Int64 = 1000)
+        throws -> RedisClient
+    {
+        var config = try RedisClient.Configuration(address: server.address)
+        config.protocolVersion = protocolVersion
+        config.password = password
+        config.connections = 2
+        config.timeout = .milliseconds(timeoutMS)
+        return RedisClient(configuration: config, metrics: AppMetrics(), logger: Self.logger)
+    }
+
+    @Test(arguments: [2, 3]) func commandsAndPipelining(protocolVersion: Int) async throws {
+        try await RedisServer.with { server in
+            let redis = try client(server, protocolVersion: protocolVersion)
+            defer { redis.close() }
+            #expect(try await redis.negotiatedProtocol() == protocolVersion)
+            try await redis.ping()
+            try await redis.set("k", ByteBuffer(string: "v1"), expireSeconds: 100)
+            #expect(try await redis.get("k") == ByteBuffer(string: "v1"))
+            #expect(try await redis.get("missing") == nil)
+            let ttl = try await redis.send(RedisCommand("TTL", "k")).int
+            #expect(ttl != nil && ttl! > 90 && ttl! <= 100)
+            // HGETALL is a map in RESP3 and a flat array in RESP2; both read the same.
+            try await redis.send(RedisCommand("HSET", "h", "a", "1", "b", "2"))
+            let all = try await redis.send(RedisCommand("HGETALL", "h"))
+            #expect(all["a"]?.string == "1" && all["b"]?.string == "2")
+            if protocolVersion == 3 { if case .map = all {} else { Issue.record("RESP3 HGETALL should be a map: \(all)") } }
+            // 1,000 commands in one write come back in order.
+            let replies = try await redis.pipeline((0..<1000).map { _ in RedisCommand("INCR", "counter") })
+            #expect(replies.map(\.int) == (1...1000).map { Int64($0) })
+            // An error reply is a value in a pipeline and a thrown server error alone; the
+            // connection stays usable.
+            let mixed = try await redis.pipeline([RedisCommand("INCR", "h"), RedisCommand("GET", "k")])
+            if case .error(let message) = mixed[0] { #expect(message.hasPrefix("WRONGTYPE")) } else { Issue.record("\(mixed)") }
+            #expect(mixed[1].string == "v1")
+            await #expect(throws: RedisError(.server, "ERR unknown command 'NOPE', with args beginning with: ")) {
+                try await redis.send(RedisCommand("NOPE"))
+            }
+            #expect(try await redis.delete(["k", "h", "counter"]) == 3)
+        }
+    }
+
+    /// 64 concurrent callers over 2 connections: every caller gets its own reply.
+    @Test func concurrentCallersGetTheirOwnReplies() async throws {
+        try await RedisServer.with { server in
+            let redis = try client(server)
+            defer { redis.close() }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<64 {
+                    group.addTask {
+                        for j in 0..<20 {
+                            try await redis.set("k\(i)", ByteBuffer(string: "\(i)-\(j)"))
+                            #expect(try await redis.get("k\(i)") == ByteBuffer(string: "\(i)-\(j)"))
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test(arguments: [2, 3]) func authenticates(protocolVersion: Int) async throws {
+        try await RedisServer.with(password: "s3cret") { server in
+            let good = try client(server, protocolVersion: protocolVersion, password: "s3cret")
+            defer { good.close() }
+            try await good.ping()
+            let wrong = try client(server, protocolVersion: protocolVersion, password: "nope")
+            defer { wrong.close() }
+            await #expect { try await wrong.ping() } throws: { ($0 as? RedisError)?.code == .authentication }
+            let none = try client(server, protocolVersion: protocolVersion)
+            defer { none.close() }
+            await #expect { try await none.ping() } throws: { ($0 as? RedisError)?.code == .authentication }
+        }
+    }
+
+    /// A reply slower than the timeout fails the call and closes that connection; the next
+    /// call works on a fresh one.
+    @Test func timesOutAndRecovers() async throws {
+        try await RedisServer.with { server in
+            let redis = try client(server, timeoutMS: 200)
+            defer { redis.close() }
+            try await redis.ping()
+            await #expect(throws: RedisError(.timeout, "no reply in time")) {
+                try await redis.send(RedisCommand("BLPOP", "empty-list", "0.6"))
+            }
+            try await Task.sleep(for: .milliseconds(600))
+            for _ in 0..<4 { try await redis.ping() }
+        }
+    }
+
+    /// The server dies and comes back on the same port: calls fail while it is down, then
+    /// work again without a new client.
+    @Test func reconnectsAfterTheServerRestarts() async throws {
+        try await RedisServer.with { server in
+            let redis = try client(server)
+            defer { redis.close() }
+            try await redis.set("before", ByteBuffer(string: "1"))
+            try server.kill()
+            await #expect(throws: RedisError.self) { try await redis.ping() }
+            try server.restart()
+            for _ in 0..<4 { try await redis.ping() }
+            // appendonly: the write made before the crash survived it.
+            #expect(try await redis.get("before") == ByteBuffer(string: "1"))
+        }
+    }
+}
+
+@Suite struct RedisSessionStoreTests {
+    @Test func lifecycleAndLogOutEverywhere() async throws {
+        try await RedisServer.with { server in
+            let redis = RedisClient(
+                configuration: try .init(address: server.address), metrics: AppMetrics(), logger: RedisClientTests.logger)
+            defer { redis.close() }
+            let store = RedisSessionStore(redis: redis)
+            let user = try #require(UserID(rawValue: 77))
+            let s = try await store.create(userID: user, ttl: 100)
+            #expect(Session.isWellFormed(s.id))
+            let found = try #require(try await store.session(id: s.id, ttl: 100))
+            #expect(found.userID == user && found.csrfToken == s.csrfToken)
+            // Only the hash of the id is stored: the token itself is not a key.
+            let keys = try await redis.send(RedisCommand("KEYS", "*")).elements?.compactMap(\.string) ?? []
+            #expect(!keys.contains { $0.contains(s.id) })
+            #expect(keys.contains("millions:session:" + SHA256.hex(s.id)))
+            let a = try await store.create(userID: user, ttl: 100)
+            let other = try await store.create(userID: try #require(UserID(rawValue: 78)), ttl: 100)
+            try await store.delete(id: s.id)
+            #expect(try await store.session(id: s.id, ttl: 100) == nil)
+            #expect(try await store.session(id: a.id, ttl: 100) != nil)
+            try await store.deleteAll(userID: user)
+            #expect(try await store.session(id: a.id, ttl: 100) == nil)
+            #expect(try await store.session(id: other.id, ttl: 100) != nil)
+            #expect(try await store.session(id: "not-a-session", ttl: 100) == nil)
+            try await store.ping()
+        }
+    }
+
+    /// Sessions expire in Redis after `ttl` without use, and every use pushes expiry back.
+    @Test func expiresInRedisAndSlidesOnUse() async throws {
+        try await RedisServer.with { server in
+            let redis = RedisClient(
+                configuration: try .init(address: server.address), metrics: AppMetrics(), logger: RedisClientTests.logger)
+            defer { redis.close() }
+            let store = RedisSessionStore(redis: redis)
+            let user = try #require(UserID(rawValue: 5))
+            let idle = try await store.create(userID: user, ttl: 2)
+            let used = try await store.create(userID: user, ttl: 2)
+            for _ in 0..<3 {
+                try await Task.sleep(for: .milliseconds(900))
+                #expect(try await store.session(id: used.id, ttl: 2) != nil)
+            }
+            #expect(try await store.session(id: idle.id, ttl: 2) == nil)
+            #expect(try await redis.send(RedisCommand("EXISTS", "millions:session:" + SHA256.hex(idle.id))).int == 0)
+            try await Task.sleep(for: .milliseconds(2200))
+            #expect(try await store.session(id: used.id, ttl: 2) == nil)
+        }
+    }
+}
+
+/// Two web servers (two object graphs on one database) with sessions in Redis: a session
+/// made on one works on the other, and log-out on the other ends it everywhere.
+@Suite struct RedisSessionsThroughTheWebTier {
+    @Test func aSessionFromOneServerWorksOnAnother() async throws {
+        try await RedisServer.with { server in
+            try await TestApp.withTemporaryDirectory { dir in
+                let overrides = ["session.store": "redis", "redis.address": server.address]
+                let a = try await TestApp.components(try TestApp.settings(dataDirectory: dir, overrides))
+                let b = try await TestApp.components(try TestApp.settings(dataDirectory: dir, overrides))
+                try await buildApplication(a).test(.router) { clientA in
+                    try await buildApplication(b).test(.router) { clientB in
+                        let (id, session) = try await signUpJohn(clientA)
+                        let me = try await clientB.send(.get, "/me", cookies: ["millions_session": session])
+                        #expect(me.status == .ok)
+                        #expect((me.object["id"] as? Int).map(String.init) == id)
+                        #expect(try await clientB.send(.delete, "/sessions/current", cookies: ["millions_session": session]).status == .noContent)
+                        #expect(try await clientA.send(.get, "/me", cookies: ["millions_session": session]).status == .unauthorized)
+                        #expect(try await clientA.send(.get, "/readyz").status == .ok)
+                    }
+                }
+            }
+        }
+    }
+}
+
+@Suite struct ForwardedHeadersTests {
+    @Test func onlyTrustedPeersAreBelieved() {
+        let trusted: Set<String> = ["127.0.0.1", "10.0.0.2"]
+        #expect(Forwarded.resolve(peer: "127.0.0.1", forwardedFor: ["203.0.113.9"], forwardedProto: "https", trusted: trusted) == ("203.0.113.9", true))
+        // A client-supplied first hop is skipped: the rightmost untrusted address counts.
+        #expect(Forwarded.resolve(peer: "127.0.0.1", forwardedFor: ["6.6.6.6, 203.0.113.9", "10.0.0.2"], forwardedProto: nil, trusted: trusted) == ("203.0.113.9", false))
+        // From an untrusted peer the headers mean nothing.
+        #expect(Forwarded.resolve(peer: "198.51.100.1", forwardedFor: ["1.2.3.4"], forwardedProto: "https", trusted: trusted) == ("198.51.100.1", false))
+        #expect(Forwarded.resolve(peer: "127.0.0.1", forwardedFor: [], forwardedProto: "HTTP", trusted: trusted) == ("127.0.0.1", false))
+    }
+
+    /// Over a real socket from 127.0.0.1 (a trusted proxy by default): `X-Forwarded-Proto:
+    /// https` makes the session cookie Secure; without it the cookie is not.
+    @Test func httpsBehindTheBalancerMakesCookiesSecure() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let c = try await TestApp.components(try TestApp.settings(dataDirectory: dir))
+            try await buildApplication(c).test(.live) { client in
+                var headers = HTTPFields()
+                headers[HTTPField.Name("X-Forwarded-Proto")!] = "https"
+                headers[HTTPField.Name("X-Forwarded-For")!] = "203.0.113.9"
+                let secure = try await client.send(.post, "/users", json: john, headers: headers)
+                #expect(secure.status == .created)
+                #expect(!secure.headers[values: .setCookie].isEmpty)
+                #expect(secure.headers[values: .setCookie].allSatisfy { $0.hasSuffix("; Secure") || $0.contains("; Secure;") })
+                let plain = try await client.send(.post, "/users", json: john.replacingOccurrences(of: "john@", with: "jim@"))
+                #expect(plain.status == .created)
+                #expect(!plain.headers[values: .setCookie].contains { $0.contains("Secure") })
+            }
+        }
+    }
+}
