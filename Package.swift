@@ -140,10 +140,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `millions cluster`: stages, server configuration, processes, failure drills.
+        .target(
+            name: "Cluster",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "millions",
             dependencies: [
                 "WebTier",
+                "Cluster",
                 "MillionsCore",
                 "DataTier",
                 "Observability",
@@ -164,6 +170,7 @@ let package = Package(
             name: "MillionsTesting",
             dependencies: [
                 "WebTier",
+                "Cluster",
                 "DataTier",
                 "MillionsCore",
                 .product(name: "Configuration", package: "swift-configuration"),
@@ -183,6 +190,7 @@ let package = Package(
                 "SessionTier",
                 "CacheTier",
                 "RedisClient",
+                "Cluster",
                 "Edge",
                 "WebTier",
                 "Observability",

@@ -1,0 +1,428 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One process of a running cluster, as recorded in `state.json`.
+public struct Node: Codable, Sendable, Equatable {
+    public var name: String
+    /// web, balancer, edge, db, cache, sessions
+    public var role: String
+    public var port: Int
+    /// Where the process keeps its pid (servers that daemonize write it themselves).
+    public var pidFile: String
+}
+
+/// What `up` started, so later commands (status, scale, kill, down) can find it.
+public struct ClusterState: Codable, Sendable {
+    public var stage: Stage
+    public var ports: Ports
+    /// The user's `--set` keys, given to every web server.
+    public var settings: [String: String]
+    public var nodes: [Node]
+    public var webServers: [Node] { nodes.filter { $0.role == "web" } }
+}
+
+/// A node's state as `status` reports it.
+public struct NodeStatus: Sendable {
+    public var node: Node
+    public var pid: Int32?
+    /// ready / unready (web), up, down
+    public var health: String
+}
+
+/// `millions cluster`: brings a stage up on this machine from real servers, reports on it,
+/// scales the web tier without failing a request, breaks it on purpose, and takes it all
+/// down again. All state lives under one folder.
+public struct Cluster: Sendable {
+    public let dir: String
+    /// The `millions` binary the web servers run.
+    public let binary: String
+    /// The project's `scripts/` folder (PostgreSQL, memcached and Redis helpers).
+    public let scripts: String
+    let say: @Sendable (String) -> Void
+
+    public init(dir: String, binary: String, scripts: String, say: @escaping @Sendable (String) -> Void) {
+        self.dir = URL(fileURLWithPath: dir).standardizedFileURL.path
+        self.binary = binary
+        self.scripts = scripts
+        self.say = say
+    }
+
+    var statePath: String { dir + "/state.json" }
+    var logs: String { dir + "/logs" }
+    var run: String { dir + "/run" }
+    var nginxDir: String { dir + "/nginx" }
+
+    public func loadState() throws -> ClusterState {
+        guard let data = FileManager.default.contents(atPath: statePath) else {
+            throw Processes.Failure("no cluster in \(dir) (run `millions cluster up` first)")
+        }
+        return try JSONDecoder().decode(ClusterState.self, from: data)
+    }
+
+    func save(_ state: ClusterState) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(state).write(to: URL(fileURLWithPath: statePath))
+    }
+
+    // MARK: - up
+
+    /// Starts every server of `stage` and waits until each is ready. Returns seconds taken.
+    @discardableResult
+    public func up(stage: Stage, webServers: Int?, basePort: Int, settings: [String: String]) throws -> Double {
+        let started = Date()
+        if let existing = try? loadState(), existing.nodes.contains(where: { pid(of: $0).map(Processes.isAlive) ?? false }) {
+            throw Processes.Failure("a \(existing.stage.rawValue) cluster is already up in \(dir); run `millions cluster down` first")
+        }
+        let web = webServers ?? stage.defaultWebServers
+        guard web >= 1, web <= Ports.maxWebServers, stage.balanced || web == 1 else {
+            throw Processes.Failure(
+                stage.balanced ? "--web must be 1...\(Ports.maxWebServers)" : "the \(stage.rawValue) stage has one web server")
+        }
+        let ports = try Ports(base: basePort)
+        var planned = [ports.site] + (stage.balanced ? (1...web).map(ports.web) : [])
+        if stage.edge { planned.append(ports.balancerBehindEdge) }
+        if stage.usesPostgres { planned += (0...stage.replicas).map { ports.postgres + $0 } }
+        planned += (0..<stage.memcachedNodes).map { ports.memcached + $0 }
+        if stage.redis { planned.append(ports.redis) }
+        if let busy = planned.first(where: Processes.portOpen) {
+            throw Processes.Failure("port \(busy) is in use; choose another --base-port")
+        }
+        for d in [dir, logs, run] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        chmod(run, 0o1777)  // memcached writes its pid file after dropping to its own user
+
+        var state = ClusterState(stage: stage, ports: ports, settings: settings, nodes: [])
+        // Saved after every server, so `down` can clean up after a failed `up`.
+        func add(_ node: Node) throws {
+            state.nodes.append(node)
+            try save(state)
+        }
+        try save(state)
+
+        if stage.usesPostgres {
+            let t = Date()
+            try script("postgres", ["start", String(stage.replicas)], env: pgEnv(ports))
+            try add(Node(name: "postgres-primary", role: "db", port: ports.postgres, pidFile: "\(dir)/pg/primary/postmaster.pid"))
+            for r in 0..<stage.replicas {
+                try add(
+                    Node(name: "postgres-r\(r + 1)", role: "db", port: ports.postgres + 1 + r, pidFile: "\(dir)/pg/r\(r + 1)/postmaster.pid"))
+            }
+            say("postgres: primary + \(stage.replicas) replicas ready in \(seconds(since: t))")
+        }
+        for i in 0..<stage.memcachedNodes {
+            let port = ports.memcached + i
+            try script("memcached", ["start", String(port), "64"], env: ["MILLIONS_RUN_DIR": run])
+            try add(Node(name: "memcached\(i + 1)", role: "cache", port: port, pidFile: "\(run)/memcached-\(port).pid"))
+        }
+        if stage.redis {
+            try script("redis", ["start", String(ports.redis)], env: ["MILLIONS_RUN_DIR": run])
+            try add(Node(name: "redis", role: "sessions", port: ports.redis, pidFile: "\(run)/redis-\(ports.redis)/redis.pid"))
+        }
+        if stage.usesPostgres {
+            // Once, before several servers start at the same moment.
+            let t = Date()
+            let status = try Processes.run(
+                [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state, index: 0)), log: "\(logs)/migrate.log")
+            guard status == 0 else { throw Processes.Failure("millions migrate failed (exit \(status))") }
+            say("schema migrated in \(seconds(since: t))")
+        }
+        let t = Date()
+        var webNodes: [Node] = []
+        for i in 1...web {
+            let node = try startWebServer(state, index: i)
+            webNodes.append(node)
+            try add(node)
+        }
+        try waitReady(webNodes)
+        say("\(web) web server\(web == 1 ? "" : "s") ready in \(seconds(since: t))")
+
+        if stage.balanced {
+            let listen = stage.edge ? ports.balancerBehindEdge : ports.site
+            try startNginx(listen: listen, webPorts: webNodes.map(\.port))
+            try add(Node(name: "nginx", role: "balancer", port: listen, pidFile: "\(nginxDir)/nginx.pid"))
+        }
+        if stage.edge {
+            try startVarnish(ports)
+            try add(Node(name: "varnish", role: "edge", port: ports.site, pidFile: "\(run)/varnish.pid"))
+        }
+        guard Processes.wait(seconds: 20, every: 0.1, until: { Processes.httpStatus(port: ports.site, path: "/readyz") == 200 }) else {
+            throw Processes.Failure("the site on port \(ports.site) did not become ready")
+        }
+        let took = Date().timeIntervalSince(started)
+        say("stage \(stage.rawValue) up in \(String(format: "%.1f", took)) s: \(stage.summary)")
+        say("site: http://127.0.0.1:\(ports.site)/")
+        return took
+    }
+
+    // MARK: - web servers
+
+    func webSettings(_ state: ClusterState, index: Int) -> [String: String] {
+        var s = state.stage.webSettings(state.ports, dataDirectory: dir + "/data")
+        s.merge(state.settings) { _, user in user }
+        return s
+    }
+
+    func setFlags(_ settings: [String: String]) -> [String] {
+        settings.sorted { $0.key < $1.key }.flatMap { ["--set", "\($0.key)=\($0.value)"] }
+    }
+
+    func startWebServer(_ state: ClusterState, index: Int) throws -> Node {
+        // Without a balancer the only web server is the site.
+        let port = state.stage.balanced ? state.ports.web(index) : state.ports.site
+        let pidFile = "\(run)/web\(index).pid"
+        let argv = [binary, "serve", "--host", "127.0.0.1", "--port", String(port)] + setFlags(webSettings(state, index: index))
+        let pid = try Processes.spawnDetached(argv, log: "\(logs)/web\(index).log")
+        try String(pid).write(toFile: pidFile, atomically: true, encoding: .utf8)
+        return Node(name: "web\(index)", role: "web", port: port, pidFile: pidFile)
+    }
+
+    func waitReady(_ nodes: [Node]) throws {
+        for node in nodes {
+            let ready = Processes.wait(seconds: 60, every: 0.1) {
+                Processes.httpStatus(port: node.port, path: "/readyz") == 200
+            }
+            if !ready {
+                let alive = pid(of: node).map(Processes.isAlive) ?? false
+                throw Processes.Failure(
+                    "\(node.name) on port \(node.port) is not ready (\(alive ? "running" : "exited"); see \(logs)/\(node.name).log)")
+            }
+        }
+    }
+
+    // MARK: - nginx and Varnish
+
+    func startNginx(listen: Int, webPorts: [Int]) throws {
+        for d in ["", "/tmp/body", "/tmp/proxy", "/tmp/fastcgi", "/tmp/uwsgi", "/tmp/scgi"] {
+            try FileManager.default.createDirectory(atPath: nginxDir + d, withIntermediateDirectories: true)
+            chmod(nginxDir + d, 0o777)  // workers run as nobody when started by root
+        }
+        try writeNginxConfig(listen: listen, webPorts: webPorts)
+        let status = try Processes.run(["/usr/sbin/nginx", "-e", "\(nginxDir)/error.log", "-c", "\(nginxDir)/nginx.conf"])
+        guard status == 0 else { throw Processes.Failure("nginx did not start (see \(nginxDir)/error.log)") }
+        guard Processes.wait(seconds: 10, until: { Processes.portOpen(listen) }) else {
+            throw Processes.Failure("nginx is not listening on \(listen)")
+        }
+    }
+
+    func writeNginxConfig(listen: Int, webPorts: [Int]) throws {
+        try ServerConfigs.nginx(listen: listen, webPorts: webPorts, dir: nginxDir)
+            .write(toFile: "\(nginxDir)/nginx.conf", atomically: true, encoding: .utf8)
+    }
+
+    /// Reloads nginx and waits until the workers that ran the old configuration have
+    /// finished their requests and exited; from then on no request reaches a removed server.
+    func reloadNginx() throws {
+        guard let master = readPid("\(nginxDir)/nginx.pid") else { throw Processes.Failure("nginx is not running") }
+        let old = children(of: master)
+        let status = try Processes.run(["/usr/sbin/nginx", "-e", "\(nginxDir)/error.log", "-c", "\(nginxDir)/nginx.conf", "-s", "reload"])
+        guard status == 0 else { throw Processes.Failure("nginx reload failed (see \(nginxDir)/error.log)") }
+        let done = Processes.wait(seconds: 30) {
+            let now = children(of: master)
+            return old.allSatisfy { !now.contains($0) } && !now.isEmpty
+        }
+        if !done { throw Processes.Failure("nginx's old workers did not finish within 30 s") }
+    }
+
+    func startVarnish(_ ports: Ports) throws {
+        let vcl = "\(dir)/varnish.vcl"
+        try ServerConfigs.varnish(backendPort: ports.balancerBehindEdge).write(toFile: vcl, atomically: true, encoding: .utf8)
+        let status = try Processes.run([
+            "/usr/sbin/varnishd", "-a", "127.0.0.1:\(ports.site)", "-f", vcl, "-n", "\(dir)/varnish",
+            "-P", "\(run)/varnish.pid", "-s", "malloc,64m", "-T", "none",
+        ], log: "\(logs)/varnish.log")
+        guard status == 0 else { throw Processes.Failure("varnishd did not start (exit \(status))") }
+        guard Processes.wait(seconds: 10, until: { Processes.portOpen(ports.site) }) else {
+            throw Processes.Failure("varnish is not listening on \(ports.site)")
+        }
+    }
+
+    // MARK: - status
+
+    public func status() throws -> [NodeStatus] {
+        let state = try loadState()
+        return state.nodes.map { node in
+            let pid = pid(of: node)
+            let alive = pid.map(Processes.isAlive) ?? false
+            var health = "down"
+            if alive {
+                switch node.role {
+                case "web":
+                    health = Processes.httpStatus(port: node.port, path: "/readyz", timeout: 1) == 200 ? "ready" : "unready"
+                case "balancer", "edge":
+                    health = Processes.httpStatus(port: node.port, path: "/healthz", timeout: 1) == 200 ? "up" : "unready"
+                default:
+                    health = Processes.portOpen(node.port) ? "up" : "unready"
+                }
+            }
+            return NodeStatus(node: node, pid: alive ? pid : nil, health: health)
+        }
+    }
+
+    public static func table(_ rows: [NodeStatus]) -> String {
+        var out = "node              role      pid      address           health\n"
+        for r in rows {
+            out +=
+                r.node.name.padding(toLength: 18, withPad: " ", startingAt: 0)
+                + r.node.role.padding(toLength: 10, withPad: " ", startingAt: 0)
+                + (r.pid.map(String.init) ?? "-").padding(toLength: 9, withPad: " ", startingAt: 0)
+                + "127.0.0.1:\(r.node.port)".padding(toLength: 18, withPad: " ", startingAt: 0) + r.health + "\n"
+        }
+        return out
+    }
+
+    // MARK: - scale
+
+    /// Sets the number of web servers. New servers join the balancer once ready; removed
+    /// ones leave it first (reload, old nginx workers finish), then drain on SIGTERM.
+    /// No request fails either way.
+    public func scale(web target: Int) throws {
+        var state = try loadState()
+        guard state.stage.balanced else { throw Processes.Failure("the \(state.stage.rawValue) stage has no load balancer to scale behind") }
+        guard target >= 1, target <= Ports.maxWebServers else { throw Processes.Failure("web must be 1...\(Ports.maxWebServers)") }
+        let current = state.webServers
+        let listen = state.stage.edge ? state.ports.balancerBehindEdge : state.ports.site
+        if target > current.count {
+            let used = Set(current.map(\.name))
+            var added: [Node] = []
+            var i = 1
+            while current.count + added.count < target {
+                if !used.contains("web\(i)") { added.append(try startWebServer(state, index: i)) }
+                i += 1
+            }
+            state.nodes += added
+            try save(state)
+            try waitReady(added)
+            try writeNginxConfig(listen: listen, webPorts: state.webServers.map(\.port))
+            try reloadNginx()
+            say("web servers: \(current.count) → \(target) (\(added.map(\.name).joined(separator: ", ")) added)")
+        } else if target < current.count {
+            // Keep the lowest-numbered servers; prefer removing ones that are already down.
+            let ordered = current.sorted { a, b in
+                let aUp = pid(of: a).map(Processes.isAlive) ?? false
+                let bUp = pid(of: b).map(Processes.isAlive) ?? false
+                return aUp != bUp ? aUp : a.port < b.port
+            }
+            let keep = Array(ordered.prefix(target))
+            let removed = current.filter { r in !keep.contains(r) }
+            try writeNginxConfig(listen: listen, webPorts: keep.map(\.port).sorted())
+            try reloadNginx()
+            stopWeb(removed)
+            state.nodes.removeAll { removed.contains($0) }
+            try save(state)
+            say("web servers: \(current.count) → \(target) (\(removed.map(\.name).joined(separator: ", ")) drained and stopped)")
+        }
+    }
+
+    /// SIGTERM to every server at once (each drains its in-flight requests), then waits.
+    func stopWeb(_ nodes: [Node]) {
+        let pids = nodes.compactMap { pid(of: $0) }
+        for p in pids { Processes.signal(p, SIGTERM) }
+        for p in pids { Processes.stop(p, grace: 20) }
+        for n in nodes { try? FileManager.default.removeItem(atPath: n.pidFile) }
+    }
+
+    // MARK: - kill
+
+    /// Kills one node abruptly (kill -9), for failure drills.
+    public func kill(_ name: String) throws {
+        let state = try loadState()
+        guard let node = state.nodes.first(where: { $0.name == name }) else {
+            throw Processes.Failure("no node \(name); nodes: \(state.nodes.map(\.name).joined(separator: ", "))")
+        }
+        switch node.role {
+        case "db":
+            try script("postgres", ["kill", String(node.name.dropFirst("postgres-".count))], env: pgEnv(state.ports))
+        case "cache":
+            try script("memcached", ["kill", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
+        case "sessions":
+            try script("redis", ["kill", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
+        default:
+            guard let pid = pid(of: node), Processes.isAlive(pid) else { throw Processes.Failure("\(name) is not running") }
+            Processes.signal(pid, SIGKILL)
+            Processes.wait(seconds: 10) { !Processes.isAlive(pid) }
+        }
+        say("killed \(name)")
+    }
+
+    // MARK: - down
+
+    /// Stops everything `up` started, by pid, and removes the cluster's data (logs stay).
+    public func down() throws {
+        let state = try loadState()
+        let t = Date()
+        stopWeb(state.webServers)
+        for node in state.nodes where node.role == "balancer" || node.role == "edge" {
+            if let pid = pid(of: node) { Processes.stop(pid, grace: 10) }
+        }
+        for node in state.nodes where node.role == "cache" {
+            try? script("memcached", ["stop", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
+        }
+        for node in state.nodes where node.role == "sessions" {
+            try? script("redis", ["stop", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
+        }
+        if state.stage.usesPostgres {
+            try? script("postgres", ["destroy"], env: pgEnv(state.ports))
+        }
+        let leftovers = state.nodes.filter { Processes.portOpen($0.port) }
+        for item in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where item != "logs" {
+            try? FileManager.default.removeItem(atPath: dir + "/" + item)
+        }
+        if !leftovers.isEmpty {
+            throw Processes.Failure("still listening after down: \(leftovers.map(\.name).joined(separator: ", "))")
+        }
+        say("stage \(state.stage.rawValue) down in \(seconds(since: t)); logs kept in \(logs)")
+    }
+
+    // MARK: - helpers
+
+    func pgEnv(_ ports: Ports) -> [String: String] {
+        ["MILLIONS_PG_DIR": dir + "/pg", "MILLIONS_PG_PORT": String(ports.postgres)]
+    }
+
+    func script(_ name: String, _ args: [String], env: [String: String]) throws {
+        let status = try Processes.run(["/bin/bash", "\(scripts)/\(name)"] + args, environment: env, log: "\(logs)/\(name).log")
+        guard status == 0 else {
+            throw Processes.Failure("scripts/\(name) \(args.joined(separator: " ")) failed (exit \(status); see \(logs)/\(name).log)")
+        }
+    }
+
+    public func pid(of node: Node) -> Int32? { readPid(node.pidFile) }
+
+    func readPid(_ path: String) -> Int32? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        return text.split(whereSeparator: \.isNewline).first.flatMap { Int32($0.trimmingCharacters(in: .whitespaces)) }
+    }
+
+    /// Child processes of `pid`, from /proc.
+    func children(of pid: Int32) -> Set<Int32> {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        var out: Set<Int32> = []
+        for e in entries {
+            guard let child = Int32(e), let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 1, Int32(fields[1]) == pid, fields[0] != "Z" { out.insert(child) }
+        }
+        return out
+    }
+
+    func seconds(since t: Date) -> String { String(format: "%.1f s", Date().timeIntervalSince(t)) }
+
+    /// The `scripts/` folder: `MILLIONS_SCRIPTS`, else found upward from the working
+    /// directory or from the binary (it sits in the checkout's `.build`).
+    public static func findScripts(binary: String) throws -> String {
+        if let env = ProcessInfo.processInfo.environment["MILLIONS_SCRIPTS"] { return env }
+        for start in [FileManager.default.currentDirectoryPath, URL(fileURLWithPath: binary).resolvingSymlinksInPath().path] {
+            var url = URL(fileURLWithPath: start)
+            for _ in 0..<8 {
+                if FileManager.default.fileExists(atPath: url.path + "/scripts/postgres") { return url.path + "/scripts" }
+                url.deleteLastPathComponent()
+            }
+        }
+        throw Processes.Failure("cannot find the project's scripts/ folder; set MILLIONS_SCRIPTS")
+    }
+}

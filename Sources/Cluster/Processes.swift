@@ -1,0 +1,168 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starting, probing and stopping the processes of a cluster: posix_spawn and signals,
+/// plus TCP and HTTP probes on loopback. Blocking on purpose: these run in short-lived
+/// commands and test helpers, never on a server's event loop.
+public enum Processes {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+        public init(_ description: String) { self.description = description }
+    }
+
+    /// Runs a command to completion; returns its exit status (128 + signal if killed).
+    /// Foundation's `Process` waits through a run loop that async code does not spin, and
+    /// can hang there; this does not.
+    /// `log` receives stdout and stderr (appended) instead of this process's own.
+    @discardableResult
+    public static func run(_ argv: [String], environment: [String: String] = [:], log: String? = nil) throws -> Int32 {
+        let pid = try spawn(argv, environment: environment, output: log, newSession: false)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 {
+            guard errno == EINTR else { throw Failure("waitpid failed: \(errno)") }
+        }
+        let signal = status & 0x7f
+        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
+    }
+
+    /// Starts a daemon: its own session (so it outlives this process and its terminal),
+    /// stdin from /dev/null, stdout and stderr appended to `log`.
+    public static func spawnDetached(_ argv: [String], log: String, environment: [String: String] = [:]) throws -> pid_t {
+        try spawn(argv, environment: environment, output: log, newSession: true)
+    }
+
+    private static func spawn(_ argv: [String], environment: [String: String], output: String?, newSession: Bool) throws
+        -> pid_t
+    {
+        var pid: pid_t = 0
+        var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for p in cArgs { free(p) } }
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { _, new in new }
+        var cEnv: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for p in cEnv { free(p) } }
+
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        // Children must not inherit blocked signals (the Swift runtime blocks some in its
+        // threads): a daemon started from here would then ignore SIGTERM.
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for s in [SIGTERM, SIGINT, SIGPIPE, SIGHUP] { sigaddset(&defaults, s) }
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        var flags = Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
+        if newSession { flags |= 0x80 }  // POSIX_SPAWN_SETSID
+        posix_spawnattr_setflags(&attr, Int16(flags))
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let output {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+        let spawned = posix_spawn(&pid, argv[0], &actions, &attr, &cArgs, &cEnv)
+        guard spawned == 0 else { throw Failure("cannot run \(argv[0]): \(String(cString: strerror(spawned)))") }
+        return pid
+    }
+
+    /// True while the process exists and is not a zombie (PID 1 may take seconds to reap
+    /// an orphan, and `kill(pid, 0)` succeeds on a zombie).
+    public static func isAlive(_ pid: Int32) -> Bool {
+        guard pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return true }
+        let state = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
+        return state != "Z" && state != "X"
+    }
+
+    public static func signal(_ pid: Int32, _ sig: Int32) {
+        if pid > 0 { kill(pid, sig) }
+    }
+
+    /// Reaps `pid` if it is our child, so it does not linger as a zombie.
+    public static func reap(_ pid: Int32) {
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, WNOHANG)
+    }
+
+    /// Polls until `condition` holds or `seconds` pass.
+    @discardableResult
+    public static func wait(seconds: Double, every: Double = 0.05, until condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(UInt32(every * 1_000_000))
+        }
+        return condition()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace` seconds; true once the process is gone.
+    @discardableResult
+    public static func stop(_ pid: Int32, grace: Double) -> Bool {
+        guard isAlive(pid) else { return true }
+        signal(pid, SIGTERM)
+        if wait(seconds: grace, until: { reap(pid); return !isAlive(pid) }) { return true }
+        signal(pid, SIGKILL)
+        return wait(seconds: 5, until: { reap(pid); return !isAlive(pid) })
+    }
+
+    /// Whether something accepts TCP connections on 127.0.0.1:`port`.
+    public static func portOpen(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { Glibc.close(fd) }
+        var addr = loopback(port)
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+
+    /// `GET path` over HTTP/1.0 to 127.0.0.1:`port`; the status code, or nil if nothing
+    /// answered within `timeout` seconds.
+    public static func httpStatus(port: Int, path: String, timeout: Double = 2) -> Int? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = loopback(port)
+        let connected = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { return nil }
+        let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: millions-cluster\r\n\r\n".utf8)
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
+            return nil
+        }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        var got = 0
+        while got < 12 {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, 64 - got, 0) }
+            guard n > 0 else { return nil }
+            got += n
+        }
+        // "HTTP/1.1 200 …"
+        let line = String(decoding: buffer[0..<got], as: UTF8.self)
+        let parts = line.split(separator: " ", maxSplits: 2)
+        return parts.count >= 2 ? Int(parts[1]) : nil
+    }
+
+    private static func loopback(_ port: Int) -> sockaddr_in {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return addr
+    }
+}

@@ -1,0 +1,93 @@
+/// Renders the configuration files of the real servers a cluster runs.
+public enum ServerConfigs {
+    /// nginx as the load balancer: passive health checks (a server that fails is out for
+    /// `fail_timeout`), idempotent requests retried on another server when one fails,
+    /// keep-alive to the web servers, request ids created or passed through, and the
+    /// client's address and scheme forwarded.
+    public static func nginx(listen: Int, webPorts: [Int], dir: String, workers: Int = 2) -> String {
+        let servers = webPorts.map { "        server 127.0.0.1:\($0) max_fails=1 fail_timeout=2s;" }.joined(separator: "\n")
+        return """
+            # Rendered by `millions cluster`; edits are overwritten on the next scale.
+            worker_processes \(workers);
+            pid \(dir)/nginx.pid;
+            error_log \(dir)/error.log warn;
+            events { worker_connections 4096; }
+            http {
+                client_body_temp_path \(dir)/tmp/body;
+                proxy_temp_path \(dir)/tmp/proxy;
+                fastcgi_temp_path \(dir)/tmp/fastcgi;
+                uwsgi_temp_path \(dir)/tmp/uwsgi;
+                scgi_temp_path \(dir)/tmp/scgi;
+                map $http_x_request_id $millions_request_id {
+                    default $http_x_request_id;
+                    "" $request_id;
+                }
+                log_format millions '$remote_addr [$time_iso8601] "$request" $status $body_bytes_sent '
+                                    'request_id=$millions_request_id upstream=$upstream_addr '
+                                    'upstream_status=$upstream_status time=$request_time';
+                access_log \(dir)/access.log millions buffer=64k flush=1s;
+                client_max_body_size 32m;
+                upstream web {
+            \(servers)
+                    keepalive 64;
+                }
+                server {
+                    listen 127.0.0.1:\(listen) reuseport;
+                    location / {
+                        proxy_pass http://web;
+                        proxy_http_version 1.1;
+                        proxy_set_header Connection "";
+                        proxy_set_header Host $http_host;
+                        proxy_set_header X-Request-ID $millions_request_id;
+                        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                        proxy_set_header X-Forwarded-Proto $scheme;
+                        proxy_set_header X-Forwarded-Host $host;
+                        # Not http_503: the app answers 503 on purpose (primary down, with
+                        # Retry-After), and that is not a reason to mark a server dead.
+                        proxy_next_upstream error timeout http_502 http_504;
+                        proxy_next_upstream_tries 3;
+                        proxy_next_upstream_timeout 10s;
+                        proxy_connect_timeout 1s;
+                        proxy_read_timeout 30s;
+                        add_header X-Upstream $upstream_addr always;
+                    }
+                }
+            }
+
+            """
+    }
+
+    /// Varnish as the edge: caches the content-hashed assets (the app marks them
+    /// immutable), passes everything else (pages and API answers are per user or change
+    /// on writes). The origin still serves every asset if the edge is gone.
+    public static func varnish(backendPort: Int) -> String {
+        """
+        vcl 4.1;
+        # Rendered by `millions cluster`.
+        backend origin {
+            .host = "127.0.0.1";
+            .port = "\(backendPort)";
+        }
+        sub vcl_recv {
+            if (req.method == "GET" && (req.url ~ "^/assets/" || req.url == "/favicon.ico")) {
+                unset req.http.Cookie;
+                return (hash);
+            }
+            return (pass);
+        }
+        sub vcl_backend_response {
+            if (bereq.url ~ "^/assets/") {
+                unset beresp.http.Set-Cookie;
+            }
+        }
+        sub vcl_deliver {
+            if (obj.hits > 0) {
+                set resp.http.X-Cache = "HIT";
+            } else {
+                set resp.http.X-Cache = "MISS";
+            }
+        }
+
+        """
+    }
+}

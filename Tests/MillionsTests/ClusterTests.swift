@@ -1,0 +1,235 @@
+import AsyncHTTPClient
+import Cluster
+import Foundation
+import MillionsTesting
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import Testing
+
+/// `millions cluster` against real nginx, Varnish, PostgreSQL, memcached and Redis, driven
+/// through the real binary like a user would.
+@Suite(.serialized) struct ClusterTests {
+    /// A cluster folder of its own and a base port for one test; `down` at the end.
+    struct Fixture {
+        let dir: String
+        let base: Int
+        let binary: String
+
+        init(base: Int) throws {
+            self.base = base
+            binary = try EndToEndTests.binary()
+            dir = NSTemporaryDirectory() + "millions-cluster-\(UUID().uuidString)"
+        }
+
+        @discardableResult
+        func cluster(_ args: String...) throws -> Int32 {
+            try Command.run([binary, "cluster"] + args + ["--dir", dir])
+        }
+
+        func up(_ stage: String, web: Int? = nil) throws {
+            var args = ["up", "--stage", stage, "--base-port", String(base), "--set", "auth.bcryptCost=4", "--set", "log.level=warning"]
+            if let web { args += ["--web", String(web)] }
+            let status = try Command.run([binary, "cluster"] + args + ["--dir", dir])
+            guard status == 0 else {
+                _ = try? cluster("down")
+                throw EndToEndTests.TestFailure("cluster up --stage \(stage) failed (exit \(status))")
+            }
+        }
+
+        func state() throws -> ClusterState {
+            try JSONDecoder().decode(ClusterState.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/state.json")))
+        }
+
+        func pid(_ node: String) throws -> Int32 {
+            let s = try state()
+            let n = try #require(s.nodes.first { $0.name == node })
+            return try #require(Int32(try String(contentsOfFile: n.pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+
+        /// Runs `body`, then `down`, which must succeed and leave no process and no port.
+        func withCluster(_ stage: String, web: Int? = nil, _ body: () async throws -> Void) async throws {
+            try up(stage, web: web)
+            let state = try state()
+            let nodes = state.nodes
+            let pids = nodes.compactMap { n in (try? String(contentsOfFile: n.pidFile, encoding: .utf8)).flatMap { Int32($0.split(separator: "\n").first ?? "") } }
+            var failure: (any Error)? = nil
+            do { try await body() } catch { failure = error }
+            let downStatus = try cluster("down")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            if let failure { throw failure }
+            #expect(downStatus == 0)
+            // Zombies can linger briefly until PID 1 reaps them; isAlive ignores them.
+            let finalState = try? self.state()
+            #expect(finalState == nil, "down removes the state")
+            for pid in pids { #expect(!Processes.isAlive(pid), "pid \(pid) still running after down") }
+            for n in nodes + (finalState?.nodes ?? []) { #expect(!Processes.portOpen(n.port), "\(n.name) still listening on \(n.port)") }
+            #expect(!Processes.portOpen(state.ports.site))
+        }
+    }
+
+    static func request(_ port: Int, _ method: HTTPMethod, _ path: String, json: String? = nil, cookie: String? = nil)
+        async throws -> (status: UInt, headers: HTTPHeaders, body: String)
+    {
+        try await EndToEndTests.request(port, method, path, json: json, cookie: cookie)
+    }
+
+    static func signUp(_ port: Int, _ email: String) async throws -> (id: Int, session: String) {
+        let body = #"{"email":"\#(email)","password":"correct horse battery","firstName":"John","lastName":"Smith","address":{"streetAddress":"21 2nd Street","city":"New York","state":"NY","postalCode":"10021"},"phoneNumbers":["212 555-1234"]}"#
+        let r = try await request(port, .POST, "/users", json: body)
+        try #require(r.status == 201, "sign-up answered \(r.status): \(r.body)")
+        let object = try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]
+        let id = try #require(object?["id"] as? Int)
+        let cookie = try #require(r.headers["Set-Cookie"].first { $0.hasPrefix("millions_session=") })
+        let session = String(cookie.dropFirst("millions_session=".count).prefix { $0 != ";" })
+        return (id, session)
+    }
+
+    /// Steady load through the site until stopped: `readers` loops of GETs and `writers`
+    /// loops of log-ins (POST). Counts every failure (no answer, or a 5xx) by kind.
+    final class Load: Sendable {
+        let ok = Atomic<Int>(0)
+        let failures = Mutex<[String]>([])
+        let upstreams = Mutex<Set<String>>([])
+        let stop = Atomic<Bool>(false)
+
+        func run(port: Int, userID: Int, email: String, readers: Int, writers: Int) async {
+            await withTaskGroup(of: Void.self) { group in
+                for i in 0..<(readers + writers) {
+                    let write = i >= readers
+                    group.addTask {
+                        while !self.stop.load(ordering: .relaxed) {
+                            do {
+                                let r =
+                                    write
+                                    ? try await ClusterTests.request(
+                                        port, .POST, "/sessions", json: #"{"email":"\#(email)","password":"correct horse battery"}"#)
+                                    : try await ClusterTests.request(port, .GET, "/users/\(userID)")
+                                if r.status >= 500 || (r.status != 200 && r.status != 201) {
+                                    self.failures.withLock { $0.append("\(write ? "POST" : "GET") \(r.status): \(r.body.prefix(120))") }
+                                } else {
+                                    self.ok.add(1, ordering: .relaxed)
+                                }
+                                if let u = r.headers["X-Upstream"].first { _ = self.upstreams.withLock { $0.insert(u) } }
+                            } catch {
+                                self.failures.withLock { $0.append("\(write ? "POST" : "GET") error: \(error)") }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs load while `drill` runs, plus a moment before and after.
+    static func underLoad(
+        port: Int, userID: Int, email: String, readers: Int = 6, writers: Int = 1, _ drill: () async throws -> Void
+    ) async throws -> Load {
+        let load = Load()
+        let task = Task { await load.run(port: port, userID: userID, email: email, readers: readers, writers: writers) }
+        try await Task.sleep(for: .milliseconds(700))
+        do { try await drill() } catch {
+            load.stop.store(true, ordering: .relaxed)
+            await task.value
+            throw error
+        }
+        try await Task.sleep(for: .milliseconds(700))
+        load.stop.store(true, ordering: .relaxed)
+        await task.value
+        return load
+    }
+
+    @Test func everyStageComesUpServesAndGoesDownLeavingNothing() async throws {
+        for stage in Stage.allCases {
+            let f = try Fixture(base: 19100)
+            try await f.withCluster(stage.rawValue) {
+                let (id, _) = try await Self.signUp(f.base, "\(stage.rawValue)@example.com")
+                let r = try await Self.request(f.base, .GET, "/users/\(id)")
+                #expect(r.status == 200, "\(stage): \(r.body)")
+                #expect(try f.cluster("status") == 0)
+                let state = try f.state()
+                #expect(state.webServers.count == stage.defaultWebServers)
+                for n in state.nodes {
+                    #expect(Processes.portOpen(n.port), "\(stage): \(n.name) not listening")
+                }
+                if stage.edge {
+                    // The edge caches the content-hashed assets; the second fetch is a hit.
+                    let page = try await Self.request(f.base, .GET, "/")
+                    let asset = try #require(page.body.firstRange(of: #"/assets/[^"]+\.css"#, ).map { String(page.body[$0]) })
+                    _ = try await Self.request(f.base, .GET, asset)
+                    let again = try await Self.request(f.base, .GET, asset)
+                    #expect(again.headers["X-Cache"].first == "HIT")
+                    #expect(try await Self.request(f.base, .GET, "/users/\(id)").headers["X-Cache"].first == "MISS")
+                }
+            }
+        }
+    }
+
+    /// Log in through one web server; every other server knows the session; kill the
+    /// first (kill -9) and the user is still logged in through the balancer.
+    @Test func sessionsInRedisSurviveTheServerThatMadeThem() async throws {
+        let f = try Fixture(base: 19200)
+        try await f.withCluster("stateless", web: 3) {
+            let state = try f.state()
+            let web = state.webServers.map(\.port)
+            let (id, session) = try await Self.signUp(web[0], "stateless@example.com")
+            for port in web {
+                let me = try await Self.request(port, .GET, "/me", cookie: session)
+                #expect(me.status == 200 && me.body.contains("\"id\":\(id)"), "web on \(port): \(me.status)")
+            }
+            #expect(try f.cluster("kill", "web1") == 0)
+            for _ in 0..<10 {
+                let me = try await Self.request(f.base, .GET, "/me", cookie: session)
+                #expect(me.status == 200)
+            }
+        }
+    }
+
+    /// Three web servers under steady reads and log-ins: SIGTERM one (it drains), then
+    /// kill -9 another. No request fails.
+    @Test func losingWebServersUnderLoadFailsNoRequest() async throws {
+        let f = try Fixture(base: 19300)
+        try await f.withCluster("load-balanced", web: 3) {
+            let (id, _) = try await Self.signUp(f.base, "load@example.com")
+            let terminated = try f.pid("web1")
+            let graceful = try await Self.underLoad(port: f.base, userID: id, email: "load@example.com") {
+                Processes.signal(terminated, SIGTERM)
+                #expect(Processes.wait(seconds: 20) { !Processes.isAlive(terminated) })
+            }
+            #expect(graceful.failures.withLock { $0 } == [])
+            #expect(graceful.ok.load(ordering: .relaxed) > 50)
+            let abrupt = try await Self.underLoad(port: f.base, userID: id, email: "load@example.com") {
+                let status = try f.cluster("kill", "web2")
+                #expect(status == 0)
+            }
+            // Reads are retried on another server by nginx; a log-in that reached the dead
+            // server is not (POST is not idempotent), so the drill only reads.
+            #expect(abrupt.failures.withLock { $0 }.filter { $0.hasPrefix("GET") } == [])
+            #expect(abrupt.ok.load(ordering: .relaxed) > 50)
+            let rows = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in }).status()
+            #expect(rows.filter { $0.node.role == "web" }.map(\.health) == ["down", "down", "ready"])
+        }
+    }
+
+    /// `scale web=3` then `web=1` under reads and log-ins: no request fails, and while
+    /// there were three, all three served.
+    @Test func scalingUpAndDownUnderLoadFailsNoRequest() async throws {
+        let f = try Fixture(base: 19400)
+        try await f.withCluster("load-balanced", web: 1) {
+            let (id, _) = try await Self.signUp(f.base, "scale@example.com")
+            let up = try await Self.underLoad(port: f.base, userID: id, email: "scale@example.com") {
+                #expect(try f.cluster("scale", "web=3") == 0)
+                try await Task.sleep(for: .seconds(1))
+            }
+            #expect(up.failures.withLock { $0 } == [])
+            #expect(up.upstreams.withLock { $0.count } == 3)
+            let down = try await Self.underLoad(port: f.base, userID: id, email: "scale@example.com") {
+                let status = try f.cluster("scale", "web=1")
+                #expect(status == 0)
+            }
+            #expect(down.failures.withLock { $0 } == [])
+            #expect(try f.state().webServers.map(\.name) == ["web1"])
+            #expect(!Processes.portOpen(f.base + 12) && !Processes.portOpen(f.base + 13))
+        }
+    }
+}
