@@ -32,7 +32,7 @@ public enum ServerConfigs {
                     keepalive 64;
                 }
                 server {
-                    listen 127.0.0.1:\(listen) reuseport;
+                    listen 127.0.0.1:\(listen);
                     location / {
                         proxy_pass http://web;
                         proxy_http_version 1.1;
