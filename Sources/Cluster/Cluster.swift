@@ -347,6 +347,22 @@ public struct Cluster: Sendable {
         say("killed \(name)")
     }
 
+    // MARK: - failover
+
+    /// After the primary died: promote the most caught-up replica and repoint the others
+    /// (`millions db failover` on this cluster's nodes). Web servers find the new primary
+    /// by themselves.
+    public func failover() throws {
+        let state = try loadState()
+        guard state.stage.replicas > 0 else { throw Processes.Failure("the \(state.stage.rawValue) stage has no replicas") }
+        let nodes = state.nodes.filter { $0.role == "db" }.map { "127.0.0.1:\($0.port)" }.joined(separator: ",")
+        let t = Date()
+        let status = try Processes.run(
+            [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(nodes)"], log: "\(logs)/failover.log")
+        guard status == 0 else { throw Processes.Failure("failover failed (exit \(status); see \(logs)/failover.log)") }
+        say("failover done in \(seconds(since: t))")
+    }
+
     // MARK: - down
 
     /// Stops everything `up` started, by pid, and removes the cluster's data (logs stay).

@@ -7,7 +7,7 @@ struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
         abstract: "Bring a stage of the journey up on this machine, inspect, scale, break and stop it.",
-        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Down.self])
+        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Failover.self, Down.self])
 
     struct Where: ParsableArguments {
         @Option(name: .long, help: "Folder for every server's data, configuration, pid and log files.")
@@ -84,6 +84,14 @@ struct ClusterCommand: ParsableCommand {
         @Argument var node: String
 
         func run() throws { try location.cluster().kill(node) }
+    }
+
+    struct Failover: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Promote the most caught-up replica after the primary died (stages with replicas).")
+        @OptionGroup var location: Where
+
+        func run() throws { try location.cluster().failover() }
     }
 
     struct Down: ParsableCommand {

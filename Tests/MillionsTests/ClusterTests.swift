@@ -74,9 +74,12 @@ import Testing
         try await EndToEndTests.request(port, method, path, json: json, cookie: cookie)
     }
 
+    static func signUpBody(_ email: String) -> String {
+        #"{"email":"\#(email)","password":"correct horse battery","firstName":"John","lastName":"Smith","address":{"streetAddress":"21 2nd Street","city":"New York","state":"NY","postalCode":"10021"},"phoneNumbers":["212 555-1234"]}"#
+    }
+
     static func signUp(_ port: Int, _ email: String) async throws -> (id: Int, session: String) {
-        let body = #"{"email":"\#(email)","password":"correct horse battery","firstName":"John","lastName":"Smith","address":{"streetAddress":"21 2nd Street","city":"New York","state":"NY","postalCode":"10021"},"phoneNumbers":["212 555-1234"]}"#
-        let r = try await request(port, .POST, "/users", json: body)
+        let r = try await request(port, .POST, "/users", json: signUpBody(email))
         try #require(r.status == 201, "sign-up answered \(r.status): \(r.body)")
         let object = try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]
         let id = try #require(object?["id"] as? Int)
@@ -250,6 +253,28 @@ import Testing
             #expect(down.failures.withLock { $0 } == [])
             #expect(try f.state().webServers.map(\.name) == ["web1"])
             #expect(!Processes.portOpen(f.base + 12) && !Processes.portOpen(f.base + 13))
+        }
+    }
+
+    /// The chapter's failover drill on the replicated stage: kill the primary, reads go
+    /// on, writes answer 503; `cluster failover`; writes work again through the site.
+    @Test func primaryKilledThenFailoverRestoresWrites() async throws {
+        let f = try Fixture(base: 19500)
+        try await f.withCluster("replicated") {
+            let (id, _) = try await Self.signUp(f.base, "before@example.com")
+            #expect(try f.cluster("kill", "postgres-primary") == 0)
+            try await Task.sleep(for: .seconds(1))
+            #expect(try await Self.request(f.base, .GET, "/users/\(id)").status == 200)
+            let refused = try await Self.request(f.base, .POST, "/users", json: Self.signUpBody("during@example.com"))
+            #expect(refused.status == 503)
+            #expect(refused.headers["Retry-After"].first != nil)
+            #expect(try f.cluster("failover") == 0)
+            var created: UInt = 0
+            for _ in 0..<50 where created != 201 {
+                try await Task.sleep(for: .milliseconds(200))
+                created = try await Self.request(f.base, .POST, "/users", json: Self.signUpBody("after@example.com")).status
+            }
+            #expect(created == 201)
         }
     }
 }
