@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // Domain types, ids, validation, errors. No I/O.
@@ -145,11 +146,26 @@ let package = Package(
             name: "Cluster",
             swiftSettings: swiftSettings
         ),
+        // `millions bench`: a load generator on SwiftNIO, HDR histograms, the journey.
+        .target(
+            name: "Bench",
+            dependencies: [
+                "Cluster",
+                "DataTier",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "millions",
             dependencies: [
                 "WebTier",
                 "Cluster",
+                "Bench",
                 "MillionsCore",
                 "DataTier",
                 "Observability",
@@ -191,6 +207,7 @@ let package = Package(
                 "CacheTier",
                 "RedisClient",
                 "Cluster",
+                "Bench",
                 "Edge",
                 "WebTier",
                 "Observability",

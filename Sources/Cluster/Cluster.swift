@@ -159,13 +159,15 @@ public struct Cluster: Sendable {
 
     // MARK: - web servers
 
-    func webSettings(_ state: ClusterState, index: Int) -> [String: String] {
+    /// The configuration every web server of the cluster runs with (what `seed` and
+    /// `migrate` need to reach the same data).
+    public func webSettings(_ state: ClusterState, index: Int = 1) -> [String: String] {
         var s = state.stage.webSettings(state.ports, dataDirectory: dir + "/data")
         s.merge(state.settings) { _, user in user }
         return s
     }
 
-    func setFlags(_ settings: [String: String]) -> [String] {
+    public func setFlags(_ settings: [String: String]) -> [String] {
         settings.sorted { $0.key < $1.key }.flatMap { ["--set", "\($0.key)=\($0.value)"] }
     }
 

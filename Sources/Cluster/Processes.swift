@@ -130,6 +130,11 @@ public enum Processes {
     /// `GET path` over HTTP/1.0 to 127.0.0.1:`port`; the status code, or nil if nothing
     /// answered within `timeout` seconds.
     public static func httpStatus(port: Int, path: String, timeout: Double = 2) -> Int? {
+        httpGet(port: port, path: path, timeout: timeout, readBody: false)?.status
+    }
+
+    /// `GET path` over HTTP/1.0: status and body (read until the server closes).
+    public static func httpGet(port: Int, path: String, timeout: Double = 5, readBody: Bool = true) -> (status: Int, body: String)? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { Glibc.close(fd) }
@@ -145,17 +150,19 @@ public enum Processes {
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
             return nil
         }
-        var buffer = [UInt8](repeating: 0, count: 64)
-        var got = 0
-        while got < 12 {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, 64 - got, 0) }
-            guard n > 0 else { return nil }
-            got += n
+        var response: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while readBody || response.count < 12 {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            guard n > 0 else { break }
+            response += chunk[0..<n]
         }
         // "HTTP/1.1 200 …"
-        let line = String(decoding: buffer[0..<got], as: UTF8.self)
-        let parts = line.split(separator: " ", maxSplits: 2)
-        return parts.count >= 2 ? Int(parts[1]) : nil
+        let text = String(decoding: response, as: UTF8.self)
+        let parts = text.prefix(32).split(separator: " ", maxSplits: 2)
+        guard parts.count >= 2, let status = Int(parts[1]) else { return nil }
+        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
+        return (status, body)
     }
 
     private static func loopback(_ port: Int) -> sockaddr_in {

@@ -95,7 +95,7 @@ public struct Components: Sendable {
             break
         }
         let cache: (any Cache)? = lru ?? memcached
-        let users = decorateUsers(baseUsers)
+        let users = decorateUsers(MeteredUserStore(baseUsers, metrics: metrics))
         var readOptions = ReadThrough<User>.Options()
         readOptions.stampedeProtection = settings.stampedeProtection
         readOptions.leaseWaitAttempts = settings.leaseWaitMS / 20

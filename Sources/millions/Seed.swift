@@ -17,6 +17,9 @@ struct Seed: AsyncParsableCommand {
     @Option(name: .long, help: "How many users.")
     var users: Int = 10_000
 
+    @Option(name: .long, help: "Seed of the generated users: the same seed gives the same users.")
+    var seed: UInt64 = 1
+
     @Option(name: .customLong("ids-file"), help: "Write the seeded ids here, one per line, most popular first for Zipf runs.")
     var idsFile: String?
 
@@ -30,18 +33,19 @@ struct Seed: AsyncParsableCommand {
         let components = try await Components.build(settings: settings, logger: logger)
         let seeder = Seeder(
             passwordHash: Bcrypt.hash(Seeder.password, cost: UInt8(settings.bcryptCost)),
-            startSeconds: Int64(Clock.secondsSince1970()))
+            startSeconds: Int64(Clock.secondsSince1970()), seed: seed)
         let start = ContinuousClock.now
         let store = components.users
         let count = users
         let ids: [UserID]
+        let progress = Progress(total: count, noun: "users")
         if let set = components.replicaSet {
             ids = try await set.withRunning {
                 try await PostgresMigrations.migrate(set)
-                return try await seeder.seed(0..<count, into: store)
+                return try await seeder.seed(0..<count, into: store) { progress.update($0) }
             }
         } else {
-            ids = try await seeder.seed(0..<count, into: store)
+            ids = try await seeder.seed(0..<count, into: store) { progress.update($0) }
         }
         let elapsed = ContinuousClock.now - start
         if let idsFile {

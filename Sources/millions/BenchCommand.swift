@@ -1,0 +1,158 @@
+import ArgumentParser
+import Bench
+import Cluster
+import Foundation
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `millions bench …`: load a running site and measure it; or the whole journey.
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Load generator: closed or open loop, HDR latency percentiles, table / JSON / SVG.",
+        subcommands: [Read.self, Mixed.self, Photos.self, JourneyCommand.self])
+
+    /// Flags every scenario shares.
+    struct LoadFlags: ParsableArguments {
+        @Option(name: .long, help: "Server address.") var host = "127.0.0.1"
+        @Option(name: .long, help: "Server port (the site: nginx, Varnish or a web server).") var port = 8080
+        @Option(name: [.short, .customLong("connections")], help: "Keep-alive connections.") var connections = 32
+        @Option(name: [.short, .customLong("duration")], help: "Seconds to run.") var duration = 10
+        @Option(name: .long, help: "Open loop at this many requests/s (latency counts from each request's intended start); without it, closed loop.")
+        var rate: Double?
+        @Option(name: .long, help: "Seconds before a request counts as timed out.") var timeout = 5
+        @Option(name: .customLong("ids-file"), help: "Seeded ids (from `millions seed --ids-file`), most popular first.")
+        var idsFile: String
+        @Option(name: .long, help: "Zipf exponent for choosing ids (0 = uniform).") var zipf = 0.99
+        @Option(name: .long, help: "Write the result as JSON here.") var json: String?
+        @Option(name: .long, help: "Write an SVG chart of throughput and latency over time here.") var svg: String?
+
+        func validate() throws {
+            guard connections >= 1, connections <= 10_000 else { throw ValidationError("--connections must be 1...10000") }
+            guard duration >= 1 else { throw ValidationError("--duration must be at least 1") }
+            guard rate.map({ $0 > 0 }) ?? true else { throw ValidationError("--rate must be positive") }
+            guard zipf >= 0 else { throw ValidationError("--zipf must be 0 or more") }
+        }
+
+        var options: LoadOptions {
+            var o = LoadOptions(port: port)
+            o.host = host
+            o.connections = connections
+            o.duration = .seconds(Int64(duration))
+            o.rate = rate
+            o.timeout = .seconds(Int64(timeout))
+            return o
+        }
+
+        var distribution: KeySampler.Distribution { zipf == 0 ? .uniform : .zipf(exponent: zipf) }
+
+        func run(_ scenario: any Scenario) async throws {
+            let terminal = isatty(2) == 1
+            let result = try await LoadRunner.run(options, scenario: scenario) { second, count, p99, errors in
+                let line = String(format: "%3ds  %7d req/s  p99 %7.2f ms  errors %d", second, count, p99, errors)
+                FileHandle.standardError.write(Data((terminal ? "\r" + line : line + "\n").utf8))
+            }
+            if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+            print(result.table, terminator: "")
+            if let json { try result.json().write(to: URL(fileURLWithPath: json)) }
+            if let svg { try result.svg.write(toFile: svg, atomically: true, encoding: .utf8) }
+        }
+    }
+
+    struct Read: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "GET /users/{id} over the seeded ids (uniform or Zipf).")
+        @OptionGroup var load: LoadFlags
+
+        func run() async throws {
+            try await load.run(ReadScenario(ids: try Setup.ids(file: load.idsFile), distribution: load.distribution))
+        }
+    }
+
+    struct Mixed: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Reads, profile updates through logged-in sessions, and log-ins (each connection is one seeded user).")
+        @OptionGroup var load: LoadFlags
+        @Option(name: .customLong("update-percent"), help: "Share of requests that update one's own profile.") var updatePercent = 10
+        @Option(name: .customLong("login-percent"), help: "Share of requests that log in (bcrypt: expensive).") var loginPercent = 1
+
+        func validate() throws {
+            guard updatePercent >= 0, loginPercent >= 0, updatePercent + loginPercent <= 100 else {
+                throw ValidationError("--update-percent and --login-percent must be 0…100 together")
+            }
+        }
+
+        func run() async throws {
+            let ids = try Setup.ids(file: load.idsFile)
+            let users = try await Setup.logIn(host: load.host, port: load.port, ids: ids, count: load.connections)
+            try await load.run(
+                MixedScenario(
+                    reads: ReadScenario(ids: ids, distribution: load.distribution), users: users, updatePercent: updatePercent,
+                    loginPercent: loginPercent))
+        }
+    }
+
+    struct Photos: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Photo uploads and job polling (needs the photo API).")
+        @OptionGroup var load: LoadFlags
+
+        func run() async throws {
+            throw ValidationError("the photos scenario needs the photo API and queue (issue 5), which this build does not have yet")
+        }
+    }
+
+    struct JourneyCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "journey",
+            abstract: "Bring each stage up, seed, warm, measure the read scenario, bring it down; one table.")
+        @Option(name: .long, help: "Stages, comma-separated (default: every stage `millions cluster` can start).")
+        var stages: String = Stage.allCases.map(\.rawValue).joined(separator: ",")
+        @Option(name: .long, help: "Users to seed in each stage.") var users = 100_000
+        @Option(name: [.short, .customLong("connections")]) var connections = 32
+        @Option(name: [.short, .customLong("duration")], help: "Measured seconds per stage.") var duration = 15
+        @Option(name: .long, help: "Warm-up seconds per stage (not measured).") var warmup = 5
+        @Option(name: .long, help: "Zipf exponent (0 = uniform).") var zipf = 0.99
+        @Option(name: .customLong("base-port")) var basePort = 8080
+        @Option(name: .long, help: "Cluster folder.") var dir = ".cluster"
+        @Option(name: .customLong("set"), help: ArgumentHelp("A configuration key for every web server.", valueName: "key=value"))
+        var settings: [String] = []
+        @Option(name: .long) var json: String?
+        @Option(name: .long) var svg: String?
+
+        func run() async throws {
+            let chosen = try stages.split(separator: ",").map { name in
+                guard let s = Stage(rawValue: String(name)) else { throw ValidationError("unknown stage \(name)") }
+                return s
+            }
+            var extra = ["log.level": "warning"]
+            for item in settings {
+                let kv = item.split(separator: "=", maxSplits: 1)
+                guard kv.count == 2 else { throw ValidationError("--set takes key=value") }
+                extra[String(kv[0])] = String(kv[1])
+            }
+            let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+            let journey = Journey(
+                stages: chosen, users: users, connections: connections, duration: duration, warmup: warmup,
+                distribution: zipf == 0 ? .uniform : .zipf(exponent: zipf), basePort: basePort,
+                dir: URL(fileURLWithPath: dir).standardizedFileURL.path, binary: binary,
+                scripts: try Cluster.findScripts(binary: binary), settings: extra)
+            let rows = try await journey.run { line in
+                print(line)
+                fflush(nil)
+            }
+            print("")
+            print(Journey.table(rows), terminator: "")
+            if let json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try encoder.encode(rows).write(to: URL(fileURLWithPath: json))
+            }
+            if let svg {
+                let title = "millions bench journey: read, Zipf \(zipf), \(users) users, \(connections) connections, \(duration) s per stage"
+                try Journey.svg(rows, title: title).write(toFile: svg, atomically: true, encoding: .utf8)
+            }
+        }
+    }
+}
