@@ -273,8 +273,8 @@ public enum LoadRunner {
             }.get()
         }
         // A live line per second, once that second is over.
-        let seconds = Int((options.duration.nanoseconds + 999_999_999) / 1_000_000_000)
-        for second in 1...seconds {
+        let runSeconds = Int((options.duration.nanoseconds + 999_999_999) / 1_000_000_000)
+        for second in 1...runSeconds {
             let due = min(start + .seconds(Int64(second)), end) + .milliseconds(20)
             let wait = due - .now()
             if wait.nanoseconds > 0 { try await Task.sleep(for: .nanoseconds(wait.nanoseconds)) }
