@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Bench
 import Cluster
 import Foundation
 import MillionsTesting
@@ -275,6 +276,31 @@ import Testing
                 created = try await Self.request(f.base, .POST, "/users", json: Self.signUpBody("after@example.com")).status
             }
             #expect(created == 201)
+        }
+    }
+
+    /// Two stages through `millions bench journey`: a row each, and the server-side figures
+    /// tell the stages apart (the single stage has a cache; load-balanced reads the database).
+    @Test func journeyMeasuresEachStage() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let binary = try EndToEndTests.binary()
+            let status = try Command.run([
+                binary, "bench", "journey", "--stages", "single,load-balanced", "--users", "500", "-d", "2", "--warmup", "1",
+                "-c", "8", "--base-port", "19600", "--dir", dir + "/cluster", "--json", dir + "/j.json", "--svg", dir + "/j.svg",
+                "--set", "auth.bcryptCost=4",
+            ])
+            #expect(status == 0)
+            let rows = try JSONDecoder().decode([Journey.Row].self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/j.json")))
+            #expect(rows.map(\.stage) == ["single", "load-balanced"])
+            for row in rows {
+                #expect(row.requestsPerSecond > 10 && row.errors == 0, "\(row.stage)")
+            }
+            #expect(rows[0].cacheHitRatio ?? 0 > 0.5)
+            #expect(rows[1].cacheHitRatio == nil)
+            #expect(rows[1].databaseReadsPer1000 > 900)
+            #expect(rows[0].databaseReadsPer1000 < rows[1].databaseReadsPer1000)
+            #expect(try String(contentsOfFile: dir + "/j.svg", encoding: .utf8).hasPrefix("<svg"))
+            #expect(!Processes.portOpen(19600))
         }
     }
 }
