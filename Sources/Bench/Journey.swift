@@ -14,7 +14,7 @@ public struct Journey: Sendable {
         public var databaseReadsPer1000: Double
         /// nil when the stage has no cache.
         public var cacheHitRatio: Double?
-        /// Share of database queries answered by replicas; nil without replicas.
+        /// Share of database reads answered by replicas; nil without replicas.
         public var replicaShare: Double?
         public var errors: Int
         public var upSeconds: Double
@@ -93,8 +93,12 @@ public struct Journey: Sendable {
         let d = after.minus(before)
         let requests = max(d.value("http_server_requests_total"), 1)
         let hits = d.value("cache_hits_total"), misses = d.value("cache_misses_total")
-        let replica = d.value("db_query_duration_seconds_count", where: ["role": "replica"])
-        let allQueries = d.value("db_query_duration_seconds_count")
+        // Reads are labelled role=read on whichever node served them (role=primary when
+        // read-your-writes pinned them there); a node is a replica if no server saw it as primary.
+        let primaries = Set(after.samples.filter { $0.name == "db_node_is_primary" && $0.value > 0 }.compactMap { $0.labels["node"] })
+        let reads = d.samples.filter { $0.name == "db_query_duration_seconds_count" && ($0.labels["role"] == "read" || $0.labels["role"] == "primary") }
+        let allQueries = reads.map(\.value).reduce(0, +)
+        let replica = reads.filter { $0.labels["role"] == "read" && !primaries.contains($0.labels["node"] ?? "") }.map(\.value).reduce(0, +)
         let row = Row(
             stage: stage.rawValue, requestsPerSecond: result.requestsPerSecond, p50Ms: result.latencyMs.p50,
             p99Ms: result.latencyMs.p99,

@@ -54,6 +54,8 @@ final class Slot {
     /// The intended start of the request on the wire (open loop: its slot in the schedule).
     var inFlight: NIODeadline? = nil
     var status: UInt = 0
+    /// False when the answer said `Connection: close`: the next request needs a new connection.
+    var keepAlive = true
     var timeoutTask: Scheduled<Void>? = nil
     /// Open loop: requests whose time has come while the connection was busy.
     var waiting = CircularBuffer<NIODeadline>()
@@ -145,6 +147,13 @@ final class Slot {
     }
 
     private func next() {
+        if !keepAlive {
+            // The server is closing this connection (nginx does after `keepalive_requests`);
+            // `closed()` reconnects and carries on.
+            keepAlive = true
+            channel?.close(promise: nil)
+            return
+        }
         if stopped {
             channel?.close(promise: nil)
             for p in idleWaiters { p.succeed() }
@@ -213,7 +222,9 @@ final class SlotHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head(let head): slot.status = head.status.code
+        case .head(let head):
+            slot.status = head.status.code
+            slot.keepAlive = head.isKeepAlive
         case .body: break
         case .end: slot.responded(at: .now())
         }

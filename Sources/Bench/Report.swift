@@ -157,7 +157,7 @@ public enum SVGChart {
 
     /// Bars per category, one panel per measure (the journey chart).
     public static func bars(title: String, categories: [String], panels: [(label: String, color: String, values: [Double])]) -> String {
-        let width = 900.0, panelHeight = 200.0, left = 70.0, right = 20.0, top = 40.0, gap = 60.0
+        let width = 900.0, panelHeight = 200.0, left = 70.0, right = 20.0, top = 64.0, gap = 70.0
         let height = top + Double(panels.count) * (panelHeight + gap)
         var svg = """
             <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
@@ -168,8 +168,9 @@ public enum SVGChart {
         let slot = (width - left - right) / Double(Swift.max(categories.count, 1))
         for (p, panel) in panels.enumerated() {
             let y0 = top + Double(p) * (panelHeight + gap)
-            let yMax = niceCeiling(Swift.max(panel.values.max() ?? 1, 1e-9))
-            svg += "<text x=\"\(left)\" y=\"\(y0 - 6)\" font-weight=\"bold\">\(escape(panel.label))</text>\n"
+            // Headroom above the tallest bar for its value.
+            let yMax = niceCeiling(Swift.max(panel.values.max() ?? 1, 1e-9) * 1.15)
+            svg += "<text x=\"\(left)\" y=\"\(y0 - 14)\" font-weight=\"bold\">\(escape(panel.label))</text>\n"
             svg += "<line x1=\"\(left)\" y1=\"\(y0 + panelHeight)\" x2=\"\(width - right)\" y2=\"\(y0 + panelHeight)\" stroke=\"#999\"/>\n"
             for (i, v) in panel.values.enumerated() {
                 let h = v / yMax * panelHeight

@@ -27,6 +27,9 @@ public enum ServerConfigs {
                                     'upstream_status=$upstream_status time=$request_time';
                 access_log \(dir)/access.log millions buffer=64k flush=1s;
                 client_max_body_size 32m;
+                # Clients such as benchmarks keep one connection for a long time; the
+                # default (1,000 requests, then close) would make them reconnect constantly.
+                keepalive_requests 100000;
                 upstream web {
             \(servers)
                     keepalive 64;
