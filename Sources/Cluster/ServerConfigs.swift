@@ -33,6 +33,10 @@ public enum ServerConfigs {
                 upstream web {
             \(servers)
                     keepalive 64;
+                    # nginx, not the web server, closes idle connections: a server that
+                    # closed one could race a request nginx is sending on it. Shorter than
+                    # a web server's drain (3 s), so a draining server's are gone by then.
+                    keepalive_timeout 1s;
                 }
                 server {
                     listen 127.0.0.1:\(listen);

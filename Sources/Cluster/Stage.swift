@@ -33,6 +33,8 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     /// Configuration keys for every web server of the stage (on top of the user's own).
     func webSettings(_ ports: Ports, dataDirectory: String) -> [String: String] {
         var s: [String: String] = [:]
+        // Behind a balancer, leave it cleanly at SIGTERM (see DrainService).
+        if balanced { s["http.drainSeconds"] = "3" }
         if usesPostgres {
             s["data.engine"] = "postgres"
             s["data.postgres.nodes"] = ([ports.postgres] + (0..<replicas).map { ports.postgres + 1 + $0 })

@@ -34,6 +34,8 @@ public struct Components: Sendable {
     public let memcached: MemcachedCache?
     public let userCache: ReadThrough<User>?
     public let assets: AssetCatalog
+    /// Set while the server drains at shutdown.
+    public let drain = DrainState()
     let templates: MustacheLibrary
     let decoyHash: String
 
@@ -141,7 +143,7 @@ public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
     let router = Router(context: AppRequestContext.self)
     // Outermost, so the access log and everything after it see the real client.
     router.add(middleware: ForwardedMiddleware(trustedProxies: Set(c.settings.trustedProxies)))
-    router.add(middleware: ObservabilityMiddleware(metrics: c.metrics))
+    router.add(middleware: ObservabilityMiddleware(metrics: c.metrics, drain: c.drain))
     router.add(middleware: ReadYourWritesMiddleware())
     let body = JSONBody(maxBytes: c.settings.maxBodyBytes)
     let service = c.service
@@ -152,7 +154,7 @@ public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
     if let set = c.replicaSet { writesAvailable = { set.primaryIndex != nil } }
     OperationsController(
         users: c.users, sessions: c.sessions, metrics: c.metrics,
-        openAPI: ByteBuffer(string: try c.openAPIDocument()), writesAvailable: writesAvailable
+        openAPI: ByteBuffer(string: try c.openAPIDocument()), writesAvailable: writesAvailable, drain: c.drain
     ).addRoutes(to: router)
     return router
 }

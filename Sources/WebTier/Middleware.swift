@@ -12,6 +12,7 @@ import Prometheus
 struct ObservabilityMiddleware: RouterMiddleware {
     typealias Context = AppRequestContext
     let metrics: AppMetrics
+    let drain: DrainState
 
     func handle(
         _ request: Request, context: AppRequestContext,
@@ -34,6 +35,8 @@ struct ObservabilityMiddleware: RouterMiddleware {
             response = Response.error(e, requestID: requestID)
         }
         response.headers[.xRequestID] = requestID
+        // While draining, the client closes the connection after this answer.
+        if drain.isDraining { response.headers[.connection] = "close" }
         SecurityHeaders.apply(to: &response.headers)
 
         let route = context.endpointPath ?? "unmatched"

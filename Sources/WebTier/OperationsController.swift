@@ -14,6 +14,7 @@ struct OperationsController {
     let openAPI: ByteBuffer
     /// With a primary/replica data tier: whether writes can be served right now.
     let writesAvailable: (@Sendable () -> Bool)?
+    let drain: DrainState
 
     func addRoutes(to router: Router<AppRequestContext>) {
         router.get("/healthz") { _, _ in
@@ -46,6 +47,10 @@ struct OperationsController {
             ok = false
             checks["sessions"] = "unreachable"
             context.logger.warning("readiness: session store", metadata: ["error": "\(error)"])
+        }
+        if drain.isDraining {
+            ok = false
+            checks["server"] = "draining"
         }
         // Reads working but no primary: still serving (reads), but say so.
         var degraded = !ok

@@ -13,6 +13,8 @@ public struct Settings: Sendable {
     public var host: String
     public var port: Int
     public var maxBodyBytes: Int
+    /// Seconds to drain (refuse new connections, close kept-alive ones) at SIGTERM before stopping.
+    public var drainSeconds: Double
     public var dataDirectory: String
     /// `sqlite` (embedded) or `postgres`.
     public var dataEngine: String
@@ -58,6 +60,7 @@ public struct Settings: Sendable {
         host = config.string(forKey: "http.host", default: "127.0.0.1")
         port = config.int(forKey: "http.port", default: 8080)
         maxBodyBytes = config.int(forKey: "http.maxBodyBytes", default: 64 * 1024)
+        drainSeconds = config.double(forKey: "http.drainSeconds", default: 0)
         dataDirectory = config.string(forKey: "data.directory", default: "./data")
         dataEngine = config.string(forKey: "data.engine", default: "sqlite")
         postgres = PostgresSettings(
@@ -117,6 +120,7 @@ public struct Settings: Sendable {
         cacheNegativeTTLSeconds = config.int(forKey: "cache.negativeTtlSeconds", default: 5)
 
         try check(port >= 0 && port <= 65535, "http.port must be 0...65535")
+        try check(drainSeconds >= 0 && drainSeconds <= 300, "http.drainSeconds must be 0...300")
         try check(["sqlite", "postgres"].contains(dataEngine), "data.engine must be sqlite or postgres")
         try check(dataEngine != "postgres" || !postgres.nodes.isEmpty, "data.postgres.nodes must list host:port pairs")
         try check(postgres.connectionsPerNode >= 1, "data.postgres.connectionsPerNode must be positive")
@@ -145,7 +149,7 @@ public struct Settings: Sendable {
 
     /// Every key `Settings` reads, with its default, in README order.
     public static let documentedKeys: [String] = [
-        "http.host", "http.port", "http.maxBodyBytes", "http.trustedProxies", "data.directory", "data.engine", "data.postgres.nodes",
+        "http.host", "http.port", "http.maxBodyBytes", "http.trustedProxies", "http.drainSeconds", "data.directory", "data.engine", "data.postgres.nodes",
         "data.postgres.user", "data.postgres.password", "data.postgres.database", "data.postgres.connectionsPerNode",
         "data.postgres.timeoutMs", "data.postgres.discoveryMs", "data.postgres.maxLagBytes",
         "data.postgres.maxLagSeconds", "log.level",

@@ -19,6 +19,7 @@ struct Serve: AsyncParsableCommand {
         let settings = try Settings(try await options.reader())
         let logger = bootstrapLogging(settings.logLevel)
         let components = try await Components.build(settings: settings, logger: logger)
+        let drain = DrainService(state: components.drain, seconds: settings.drainSeconds, logger: logger)
         let app = try buildApplication(components) { channel in
             // Tests and scripts read the real port from this line when --port 0.
             logger.info(
@@ -29,7 +30,8 @@ struct Serve: AsyncParsableCommand {
                 ])
         }
         let group = ServiceGroup(
-            configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            // The drain runs first at SIGTERM (services stop in reverse order).
+            configuration: .init(services: [app, drain], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         logger.info("stopped")
     }

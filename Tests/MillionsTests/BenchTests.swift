@@ -148,7 +148,7 @@ import Testing
         try await TestApp.withTemporaryDirectory { dir in
             let binary = try EndToEndTests.binary()
             let ids = dir + "/ids.txt"
-            #expect(try Command.run([binary, "seed", "--users", "300", "--data-dir", dir, "--ids-file", ids, "--seed", "5", "--log-level", "warning", "--set", "auth.bcryptCost=4"]) == 0)
+            #expect(try await Command.runOffPool([binary, "seed", "--users", "300", "--data-dir", dir, "--ids-file", ids, "--seed", "5", "--log-level", "warning", "--set", "auth.bcryptCost=4"]) == 0)
             let lines = try String(contentsOfFile: ids, encoding: .utf8).split(separator: "\n")
             #expect(lines.count == 300)
             let server = try await EndToEndTests.Server.start(dataDirectory: dir)
@@ -156,7 +156,7 @@ import Testing
             #expect(try await EndToEndTests.request(server.port, .GET, "/users/\(lines[299])").status == 200)
             for scenario in ["read", "mixed"] {
                 let json = dir + "/\(scenario).json", svg = dir + "/\(scenario).svg"
-                let status = try Command.run([
+                let status = try await Command.runOffPool([
                     binary, "bench", scenario, "--port", String(server.port), "--ids-file", ids, "-d", "2", "-c", "4",
                     "--json", json, "--svg", svg,
                 ])

@@ -24,16 +24,16 @@ import Testing
         }
 
         @discardableResult
-        func cluster(_ args: String...) throws -> Int32 {
-            try Command.run([binary, "cluster"] + args + ["--dir", dir])
+        func cluster(_ args: String...) async throws -> Int32 {
+            try await Command.runOffPool([binary, "cluster"] + args + ["--dir", dir])
         }
 
-        func up(_ stage: String, web: Int? = nil) throws {
+        func up(_ stage: String, web: Int? = nil) async throws {
             var args = ["up", "--stage", stage, "--base-port", String(base), "--set", "auth.bcryptCost=4", "--set", "log.level=warning"]
             if let web { args += ["--web", String(web)] }
-            let status = try Command.run([binary, "cluster"] + args + ["--dir", dir])
+            let status = try await Command.runOffPool([binary, "cluster"] + args + ["--dir", dir])
             guard status == 0 else {
-                _ = try? cluster("down")
+                _ = try? await cluster("down")
                 throw EndToEndTests.TestFailure("cluster up --stage \(stage) failed (exit \(status))")
             }
         }
@@ -50,13 +50,13 @@ import Testing
 
         /// Runs `body`, then `down`, which must succeed and leave no process and no port.
         func withCluster(_ stage: String, web: Int? = nil, _ body: () async throws -> Void) async throws {
-            try up(stage, web: web)
+            try await up(stage, web: web)
             let state = try state()
             let nodes = state.nodes
             let pids = nodes.compactMap { n in (try? String(contentsOfFile: n.pidFile, encoding: .utf8)).flatMap { Int32($0.split(separator: "\n").first ?? "") } }
             var failure: (any Error)? = nil
             do { try await body() } catch { failure = error }
-            let downStatus = try cluster("down")
+            let downStatus = try await cluster("down")
             defer { try? FileManager.default.removeItem(atPath: dir) }
             if let failure { throw failure }
             #expect(downStatus == 0)
@@ -170,7 +170,7 @@ import Testing
                 let (id, _) = try await Self.signUp(f.base, "\(stage.rawValue)@example.com")
                 let r = try await Self.request(f.base, .GET, "/users/\(id)")
                 #expect(r.status == 200, "\(stage): \(r.body)")
-                #expect(try f.cluster("status") == 0)
+                #expect(try await f.cluster("status") == 0)
                 let state = try f.state()
                 #expect(state.webServers.count == stage.defaultWebServers)
                 for n in state.nodes {
@@ -201,7 +201,7 @@ import Testing
                 let me = try await Self.request(port, .GET, "/me", cookie: session)
                 #expect(me.status == 200 && me.body.contains("\"id\":\(id)"), "web on \(port): \(me.status)")
             }
-            #expect(try f.cluster("kill", "web1") == 0)
+            #expect(try await f.cluster("kill", "web1") == 0)
             for _ in 0..<10 {
                 let me = try await Self.request(f.base, .GET, "/me", cookie: session)
                 #expect(me.status == 200)
@@ -218,12 +218,17 @@ import Testing
             let terminated = try f.pid("web1")
             let graceful = try await Self.underLoad(port: f.base, userID: id, email: "load@example.com") {
                 Processes.signal(terminated, SIGTERM)
-                #expect(Processes.wait(seconds: 20) { !Processes.isAlive(terminated) })
+                var gone = false
+                for _ in 0..<200 where !gone {
+                    try await Task.sleep(for: .milliseconds(100))
+                    gone = !Processes.isAlive(terminated)
+                }
+                #expect(gone, "web1 did not exit after SIGTERM")
             }
             #expect(graceful.failures.withLock { $0 } == [])
             #expect(graceful.ok.load(ordering: .relaxed) > 50)
             let abrupt = try await Self.underLoad(port: f.base, userID: id, email: "load@example.com") {
-                let status = try f.cluster("kill", "web2")
+                let status = try await f.cluster("kill", "web2")
                 #expect(status == 0)
             }
             // Reads are retried on another server by nginx; a log-in that reached the dead
@@ -242,13 +247,13 @@ import Testing
         try await f.withCluster("load-balanced", web: 1) {
             let (id, _) = try await Self.signUp(f.base, "scale@example.com")
             let up = try await Self.underLoad(port: f.base, userID: id, email: "scale@example.com") {
-                #expect(try f.cluster("scale", "web=3") == 0)
+                #expect(try await f.cluster("scale", "web=3") == 0)
                 try await Task.sleep(for: .seconds(1))
             }
             #expect(up.failures.withLock { $0 } == [])
             #expect(up.upstreams.withLock { $0.count } == 3)
             let down = try await Self.underLoad(port: f.base, userID: id, email: "scale@example.com") {
-                let status = try f.cluster("scale", "web=1")
+                let status = try await f.cluster("scale", "web=1")
                 #expect(status == 0)
             }
             #expect(down.failures.withLock { $0 } == [])
@@ -263,13 +268,13 @@ import Testing
         let f = try Fixture(base: 19500)
         try await f.withCluster("replicated") {
             let (id, _) = try await Self.signUp(f.base, "before@example.com")
-            #expect(try f.cluster("kill", "postgres-primary") == 0)
+            #expect(try await f.cluster("kill", "postgres-primary") == 0)
             try await Task.sleep(for: .seconds(1))
             #expect(try await Self.request(f.base, .GET, "/users/\(id)").status == 200)
             let refused = try await Self.request(f.base, .POST, "/users", json: Self.signUpBody("during@example.com"))
             #expect(refused.status == 503)
             #expect(refused.headers["Retry-After"].first != nil)
-            #expect(try f.cluster("failover") == 0)
+            #expect(try await f.cluster("failover") == 0)
             var created: UInt = 0
             for _ in 0..<50 where created != 201 {
                 try await Task.sleep(for: .milliseconds(200))
@@ -284,7 +289,7 @@ import Testing
     @Test func journeyMeasuresEachStage() async throws {
         try await TestApp.withTemporaryDirectory { dir in
             let binary = try EndToEndTests.binary()
-            let status = try Command.run([
+            let status = try await Command.runOffPool([
                 binary, "bench", "journey", "--stages", "single,load-balanced", "--users", "500", "-d", "2", "--warmup", "1",
                 "-c", "8", "--base-port", "19600", "--dir", dir + "/cluster", "--json", dir + "/j.json", "--svg", dir + "/j.svg",
                 "--set", "auth.bcryptCost=4",
