@@ -77,6 +77,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A durable job queue with leases (SQLite, PostgreSQL) and the worker runtime.
+        .target(
+            name: "MessageQueue",
+            dependencies: [
+                "MillionsCore",
+                "DataTier",
+                "Observability",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The shared session store: SQL tables (SQLite, PostgreSQL) or Redis.
         .target(
             name: "SessionTier",
@@ -122,6 +137,7 @@ let package = Package(
                 "SessionTier",
                 "CacheTier",
                 "RedisClient",
+                "MessageQueue",
                 "Edge",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
@@ -166,6 +182,7 @@ let package = Package(
                 "WebTier",
                 "Cluster",
                 "Bench",
+                "MessageQueue",
                 "MillionsCore",
                 "DataTier",
                 "Observability",
@@ -207,6 +224,7 @@ let package = Package(
                 "SessionTier",
                 "CacheTier",
                 "RedisClient",
+                "MessageQueue",
                 "Cluster",
                 "Bench",
                 "Edge",

@@ -60,6 +60,26 @@ public final class SQLiteDatabase: Service, Sendable {
                     CREATE INDEX sessions_by_expiry ON sessions(expires_at);
                     """)
         }
+        m.registerMigration("2-jobs") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE jobs (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        queue TEXT NOT NULL,
+                        payload TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        max_attempts INTEGER NOT NULL,
+                        run_at REAL NOT NULL,
+                        lease_until REAL,
+                        worker TEXT,
+                        last_error TEXT,
+                        created_at REAL NOT NULL,
+                        finished_at REAL
+                    );
+                    CREATE INDEX jobs_due ON jobs(queue, state, run_at);
+                    """)
+        }
         return m
     }
 

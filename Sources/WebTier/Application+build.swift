@@ -6,6 +6,7 @@ import Foundation
 import Hummingbird
 import HummingbirdBcrypt
 import Logging
+import MessageQueue
 import MillionsCore
 import Mustache
 import NIOCore
@@ -34,6 +35,8 @@ public struct Components: Sendable {
     public let memcached: MemcachedCache?
     public let userCache: ReadThrough<User>?
     public let assets: AssetCatalog
+    /// The job queue, in the data engine (SQLite or PostgreSQL).
+    public let jobs: any JobQueue
     /// Set while the server drains at shutdown.
     public let drain = DrainState()
     let templates: MustacheLibrary
@@ -114,6 +117,7 @@ public struct Components: Sendable {
             users: users, sessions: sessions, redis: redis, lru: lru,
             memcached: memcached,
             userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
+            jobs: replicaSet.map { PostgresJobQueue(replicaSet: $0) as any JobQueue } ?? SQLiteJobQueue(database: database!),
             templates: try await MustacheLibrary(directory: resources + "/templates"),
             decoyHash: Bcrypt.hash(Token.random(bytes: 16), cost: cost))
     }
@@ -124,6 +128,16 @@ public struct Components: Sendable {
         if let dir = ProcessInfo.processInfo.environment["MILLIONS_RESOURCES"] { return dir }
         guard let path = Bundle.module.resourcePath else { throw SettingsError("resource bundle not found") }
         return path
+    }
+
+    /// Consumers for every job kind this build knows, with the configured lease and grace.
+    public func worker(concurrency: Int) -> Worker {
+        var options = Worker.Options()
+        options.concurrency = concurrency
+        options.leaseSeconds = settings.queueLeaseSeconds
+        options.graceSeconds = settings.queueGraceSeconds
+        options.backoff = Backoff(baseSeconds: settings.queueBackoffBaseSeconds)
+        return Worker(queue: jobs, handlers: StandardHandlers.all, options: options, metrics: metrics, logger: logger)
     }
 
     var service: UserService {
@@ -175,6 +189,8 @@ public func buildApplication(
         services.append(SessionSweeper(store: c.sessions, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger))
     }
     if let memcached = c.memcached { services.append(memcached) }
+    // Stops after the server and before the database closes.
+    if c.settings.queueInProcessWorkers > 0 { services.append(c.worker(concurrency: c.settings.queueInProcessWorkers)) }
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(c.settings.host, port: c.settings.port), serverName: "millions"),

@@ -56,6 +56,13 @@ public struct Settings: Sendable {
     public var cacheTTLSeconds: Int
     public var cacheNegativeTTLSeconds: Int
 
+    /// Worker slots inside `millions serve` (default 2 on SQLite, 0 on PostgreSQL).
+    public var queueInProcessWorkers: Int
+    public var queueLeaseSeconds: Double
+    public var queueGraceSeconds: Double
+    public var queueMaxAttempts: Int
+    public var queueBackoffBaseSeconds: Double
+
     public init(_ config: ConfigReader) throws {
         host = config.string(forKey: "http.host", default: "127.0.0.1")
         port = config.int(forKey: "http.port", default: 8080)
@@ -119,7 +126,16 @@ public struct Settings: Sendable {
         cacheTTLSeconds = config.int(forKey: "cache.ttlSeconds", default: 300)
         cacheNegativeTTLSeconds = config.int(forKey: "cache.negativeTtlSeconds", default: 5)
 
+        queueInProcessWorkers = config.int(forKey: "queue.inProcessWorkers", default: dataEngine == "sqlite" ? 2 : 0)
+        queueLeaseSeconds = config.double(forKey: "queue.leaseSeconds", default: 30)
+        queueGraceSeconds = config.double(forKey: "queue.graceSeconds", default: 10)
+        queueMaxAttempts = config.int(forKey: "queue.maxAttempts", default: 5)
+        queueBackoffBaseSeconds = config.double(forKey: "queue.backoffBaseSeconds", default: 1)
+
         try check(port >= 0 && port <= 65535, "http.port must be 0...65535")
+        try check(queueInProcessWorkers >= 0 && queueInProcessWorkers <= 256, "queue.inProcessWorkers must be 0...256")
+        try check(queueLeaseSeconds >= 0.5 && queueGraceSeconds >= 0, "queue.leaseSeconds ≥ 0.5, queue.graceSeconds ≥ 0")
+        try check(queueMaxAttempts >= 1 && queueBackoffBaseSeconds > 0, "queue.maxAttempts ≥ 1, queue.backoffBaseSeconds > 0")
         try check(drainSeconds >= 0 && drainSeconds <= 300, "http.drainSeconds must be 0...300")
         try check(["sqlite", "postgres"].contains(dataEngine), "data.engine must be sqlite or postgres")
         try check(dataEngine != "postgres" || !postgres.nodes.isEmpty, "data.postgres.nodes must list host:port pairs")
@@ -161,6 +177,7 @@ public struct Settings: Sendable {
         "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
         "cache.memcached.retrySeconds", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
+        "queue.inProcessWorkers", "queue.leaseSeconds", "queue.graceSeconds", "queue.maxAttempts", "queue.backoffBaseSeconds",
     ]
 
     public var databasePath: String { dataDirectory + "/millions.sqlite" }

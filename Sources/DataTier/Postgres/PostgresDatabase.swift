@@ -39,7 +39,29 @@ public enum PostgresMigrations {
                 "CREATE INDEX sessions_by_user ON sessions (user_id)",
                 "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
             ]
-        )
+        ),
+        (
+            "2-jobs",
+            [
+                """
+                CREATE TABLE jobs (
+                    id bigserial PRIMARY KEY,
+                    queue text NOT NULL,
+                    payload text NOT NULL,
+                    state text NOT NULL,
+                    attempts integer NOT NULL DEFAULT 0,
+                    max_attempts integer NOT NULL,
+                    run_at double precision NOT NULL,
+                    lease_until double precision,
+                    worker text,
+                    last_error text,
+                    created_at double precision NOT NULL,
+                    finished_at double precision
+                )
+                """,
+                "CREATE INDEX jobs_due ON jobs (queue, state, run_at)",
+            ]
+        ),
     ]
 
     /// Applies what is missing; returns every applied migration's name.

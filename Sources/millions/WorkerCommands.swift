@@ -1,0 +1,126 @@
+import ArgumentParser
+import DataTier
+import Foundation
+import Logging
+import MessageQueue
+import ServiceLifecycle
+import UnixSignals
+import WebTier
+
+/// `millions worker`: only consumers, no web server.
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker", abstract: "Run queue consumers (the worker tier) on the configured data engine.")
+    @OptionGroup var options: ConfigOptions
+    @Option(name: .long, help: "Jobs run at once.") var concurrency = 4
+
+    func validate() throws {
+        guard concurrency >= 1 && concurrency <= 256 else { throw ValidationError("--concurrency must be 1...256") }
+    }
+
+    func run() async throws {
+        let settings = try Settings(try await options.reader())
+        let logger = bootstrapLogging(settings.logLevel)
+        let components = try await Components.build(settings: settings, logger: logger)
+        let worker = components.worker(concurrency: concurrency)
+        // The database first, so it closes last.
+        var services: [any Service] = []
+        if let database = components.database { services.append(database) }
+        if let set = components.replicaSet { services.append(set) }
+        services.append(worker)
+        logger.info("worker started", metadata: ["worker": "\(worker.name)", "concurrency": "\(concurrency)"])
+        let group = ServiceGroup(
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// `millions jobs …`: look at and operate the queues.
+struct JobsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "jobs", abstract: "List queues and dead jobs, retry a dead job, enqueue diagnostic jobs.",
+        subcommands: [List.self, Dead.self, Retry.self, Enqueue.self], defaultSubcommand: List.self)
+
+    /// Runs `body` with the queue of the configured engine (PostgreSQL pools running).
+    static func withQueue<T: Sendable>(_ options: ConfigOptions, _ body: @escaping @Sendable (any JobQueue) async throws -> T) async throws -> T {
+        var settings = try Settings(try await options.reader())
+        settings.queueInProcessWorkers = 0
+        let logger = bootstrapLogging(.warning)
+        let components = try await Components.build(settings: settings, logger: logger)
+        if let set = components.replicaSet {
+            return try await set.withRunning {
+                try await PostgresMigrations.migrate(set)
+                return try await body(components.jobs)
+            }
+        }
+        defer { try? components.database?.close() }
+        return try await body(components.jobs)
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Each queue: ready, running, dead, done, oldest ready age.")
+        @OptionGroup var options: ConfigOptions
+        func run() async throws {
+            let stats = try await JobsCommand.withQueue(options) { try await $0.stats() }
+            print("queue             ready  running     dead      done  oldest_ready_s")
+            for s in stats {
+                print(
+                    s.queue.padding(toLength: 16, withPad: " ", startingAt: 0), String(format: "%6d %8d %8d %9d %15.1f", s.ready, s.running, s.dead, s.done, s.oldestReadyAgeSeconds))
+            }
+        }
+    }
+
+    struct Dead: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Dead jobs, newest first, with their last error.")
+        @OptionGroup var options: ConfigOptions
+        @Option(name: .long) var limit = 50
+        func run() async throws {
+            let jobs = try await JobsCommand.withQueue(options) { try await $0.deadJobs(limit: limit) }
+            print("id        queue            attempts  last_error")
+            for j in jobs {
+                print(String(j.id).padding(toLength: 10, withPad: " ", startingAt: 0) + j.queue.padding(toLength: 17, withPad: " ", startingAt: 0) + String(j.attempts).padding(toLength: 10, withPad: " ", startingAt: 0) + (j.lastError ?? ""))
+            }
+        }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Put a dead job back in its queue with fresh attempts.")
+        @OptionGroup var options: ConfigOptions
+        @Argument var id: Int64
+        func run() async throws {
+            let id = self.id
+            guard try await JobsCommand.withQueue(options, { try await $0.retryDead(id: id) }) else {
+                throw ValidationError("job \(id) is not dead (or does not exist)")
+            }
+            print("job \(id) is ready again")
+        }
+    }
+
+    struct Enqueue: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Enqueue diagnostic jobs: noop (throughput), touch {\"path\",\"ms\"} (idempotent file), fail (dead letters).")
+        @OptionGroup var options: ConfigOptions
+        @Argument var queue: String
+        @Argument var payload: String = "{}"
+        @Option(name: .long) var count = 1
+        @Option(name: .customLong("max-attempts")) var maxAttempts: Int?
+
+        func validate() throws {
+            guard StandardHandlers.all[queue] != nil else { throw ValidationError("unknown queue \(queue); known: noop, touch, fail") }
+            guard count >= 1 && count <= 10_000_000 else { throw ValidationError("--count must be 1...10000000") }
+            guard (try? JSONSerialization.jsonObject(with: Data(payload.utf8))) != nil else { throw ValidationError("payload must be JSON") }
+        }
+
+        func run() async throws {
+            let (queue, payload, count) = (self.queue, self.payload, self.count)
+            let settings = try Settings(try await options.reader())
+            let attempts = maxAttempts ?? settings.queueMaxAttempts
+            let ids = try await JobsCommand.withQueue(options) { jobs in
+                var ids: [Int64] = []
+                for _ in 0..<count { ids.append(try await jobs.enqueue(queue: queue, payload: payload, maxAttempts: attempts, delaySeconds: 0)) }
+                return ids
+            }
+            print(ids.count == 1 ? "job \(ids[0])" : "jobs \(ids.first!)…\(ids.last!)")
+        }
+    }
+}

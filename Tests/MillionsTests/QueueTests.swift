@@ -1,0 +1,267 @@
+import Cluster
+import DataTier
+import Foundation
+import GRDB
+import Logging
+import MessageQueue
+import MillionsCore
+import MillionsTesting
+import Observability
+import PostgresNIO
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+/// A clock the tests move by hand.
+final class QueueClock: Sendable {
+    private let value = Mutex(Clock.secondsSince1970())
+    var now: Double { value.withLock { $0 } }
+    func advance(_ s: Double) { value.withLock { $0 += s } }
+}
+
+/// Both drivers through one suite: SQLite, and PostgreSQL on the shared real topology.
+/// Each test uses queues of its own, so runs can share a database.
+@Suite struct QueueDriverSuite {
+    static func withQueue(
+        _ engine: Engine, now: @escaping @Sendable () -> Double = { Clock.secondsSince1970() },
+        _ body: @escaping @Sendable (any JobQueue, String) async throws -> Void
+    ) async throws {
+        let q = "q-\(UUID().uuidString.prefix(8))"
+        switch engine {
+        case .sqlite:
+            try await SQLiteStoreTests.withDatabase { db in try await body(SQLiteJobQueue(database: db, now: now), q) }
+        case .postgres:
+            let topology = try PostgresTopology.shared()
+            var settings = PostgresSettings(nodes: topology.addresses)
+            settings.discoveryInterval = .milliseconds(200)
+            let set = try ReplicaSet(settings: settings, metrics: AppMetrics(), logger: quietLogger)
+            try await set.withRunning {
+                try await PostgresMigrations.migrate(set)
+                try await body(PostgresJobQueue(replicaSet: set, now: now), q)
+            }
+        }
+    }
+
+    @Test(arguments: Engine.allCases) func claimsInOrderAndCompletes(engine: Engine) async throws {
+        try await Self.withQueue(engine) { jobs, q in
+            let a = try await jobs.enqueue(queue: q, payload: #"{"n":1}"#)
+            let b = try await jobs.enqueue(queue: q, payload: #"{"n":2}"#)
+            let first = try #require(try await jobs.claim(queues: [q], worker: "w1", leaseSeconds: 30))
+            #expect(first.id == a && first.state == .running && first.attempts == 1 && first.worker == "w1")
+            #expect(first.payload == #"{"n":1}"#)
+            #expect(try await jobs.claim(queues: [q], worker: "w2", leaseSeconds: 30)?.id == b)
+            #expect(try await jobs.claim(queues: [q], worker: "w3", leaseSeconds: 30) == nil)
+            try await jobs.complete(id: a, worker: "w1")
+            #expect(try await jobs.job(id: a)?.state == .done)
+            let stats = try await jobs.stats().first { $0.queue == q }
+            #expect(stats?.done == 1 && stats?.running == 1 && stats?.ready == 0)
+        }
+    }
+
+    /// A worker that stops heartbeating loses its job to the next claim once the lease
+    /// runs out; its late `complete` changes nothing.
+    @Test(arguments: Engine.allCases) func anExpiredLeaseHandsTheJobToAnotherWorker(engine: Engine) async throws {
+        let clock = QueueClock()
+        try await Self.withQueue(engine, now: { clock.now }) { jobs, q in
+            let id = try await jobs.enqueue(queue: q, payload: "{}")
+            _ = try #require(try await jobs.claim(queues: [q], worker: "dies", leaseSeconds: 10))
+            clock.advance(5)
+            #expect(try await jobs.claim(queues: [q], worker: "other", leaseSeconds: 10) == nil)
+            #expect(try await jobs.heartbeat(id: id, worker: "dies", leaseSeconds: 10))  // now until +15
+            clock.advance(9)
+            #expect(try await jobs.claim(queues: [q], worker: "other", leaseSeconds: 10) == nil)
+            clock.advance(7)
+            let again = try #require(try await jobs.claim(queues: [q], worker: "other", leaseSeconds: 10))
+            #expect(again.id == id && again.attempts == 2 && again.worker == "other")
+            #expect(try await !jobs.heartbeat(id: id, worker: "dies", leaseSeconds: 10))
+            try await jobs.complete(id: id, worker: "dies")
+            #expect(try await jobs.job(id: id)?.state == .running)
+            try await jobs.complete(id: id, worker: "other")
+            #expect(try await jobs.job(id: id)?.state == .done)
+        }
+    }
+
+    @Test(arguments: Engine.allCases) func failuresBackOffThenDieAndCanBeRetried(engine: Engine) async throws {
+        let clock = QueueClock()
+        try await Self.withQueue(engine, now: { clock.now }) { jobs, q in
+            let id = try await jobs.enqueue(queue: q, payload: "{}", maxAttempts: 2, delaySeconds: 0)
+            _ = try #require(try await jobs.claim(queues: [q], worker: "w", leaseSeconds: 30))
+            try await jobs.fail(id: id, worker: "w", error: "boom 1", retryAt: clock.now + 10)
+            #expect(try await jobs.job(id: id)?.state == .ready)
+            clock.advance(5)
+            #expect(try await jobs.claim(queues: [q], worker: "w", leaseSeconds: 30) == nil)
+            clock.advance(6)
+            #expect(try await jobs.claim(queues: [q], worker: "w", leaseSeconds: 30)?.attempts == 2)
+            try await jobs.fail(id: id, worker: "w", error: "boom 2", retryAt: clock.now + 10)
+            let dead = try #require(try await jobs.job(id: id))
+            #expect(dead.state == .dead && dead.lastError == "boom 2")
+            #expect(try await jobs.deadJobs(limit: 1000).contains { $0.id == id })
+            clock.advance(100)
+            #expect(try await jobs.claim(queues: [q], worker: "w", leaseSeconds: 30) == nil)
+            #expect(try await jobs.retryDead(id: id))
+            #expect(try await !jobs.retryDead(id: id))
+            let revived = try #require(try await jobs.claim(queues: [q], worker: "w", leaseSeconds: 30))
+            #expect(revived.id == id && revived.attempts == 1)
+        }
+    }
+
+    @Test(arguments: Engine.allCases) func aLeaseLostOnTheLastAttemptIsDeadAndReleaseDoesNotCount(engine: Engine) async throws {
+        let clock = QueueClock()
+        try await Self.withQueue(engine, now: { clock.now }) { jobs, q in
+            let id = try await jobs.enqueue(queue: q, payload: "{}", maxAttempts: 1, delaySeconds: 0)
+            _ = try #require(try await jobs.claim(queues: [q], worker: "w", leaseSeconds: 10))
+            try await jobs.release(id: id, worker: "w")
+            let released = try #require(try await jobs.job(id: id))
+            #expect(released.state == .ready && released.attempts == 0)
+            _ = try #require(try await jobs.claim(queues: [q], worker: "w", leaseSeconds: 10))
+            clock.advance(11)
+            #expect(try await jobs.claim(queues: [q], worker: "w2", leaseSeconds: 10) == nil)
+            #expect(try await jobs.job(id: id)?.state == .dead)
+        }
+    }
+
+    /// Eight workers claiming at once over 100 jobs: every job is handed out exactly once.
+    @Test(arguments: Engine.allCases) func concurrentClaimsNeverShareAJob(engine: Engine) async throws {
+        try await Self.withQueue(engine) { jobs, q in
+            for i in 0..<100 { try await jobs.enqueue(queue: q, payload: "{\"i\":\(i)}") }
+            let claimed = try await withThrowingTaskGroup(of: [Int64].self) { group in
+                for w in 0..<8 {
+                    group.addTask {
+                        var mine: [Int64] = []
+                        while let job = try await jobs.claim(queues: [q], worker: "w\(w)", leaseSeconds: 30) { mine.append(job.id) }
+                        return mine
+                    }
+                }
+                return try await group.reduce(into: [Int64]()) { $0 += $1 }
+            }
+            #expect(claimed.count == 100)
+            #expect(Set(claimed).count == 100)
+        }
+    }
+
+    /// The job commits or rolls back with the write that causes it.
+    @Test(arguments: Engine.allCases) func enqueueJoinsTheCallersTransaction(engine: Engine) async throws {
+        struct Rollback: Error {}
+        let q = "tx-\(UUID().uuidString.prefix(8))"
+        switch engine {
+        case .sqlite:
+            try await SQLiteStoreTests.withDatabase { db in
+                let now = Clock.secondsSince1970()
+                _ = try? await db.pool.write { d -> Int64 in
+                    _ = try SQLiteJobQueue.enqueue(d, queue: q, payload: "{}", maxAttempts: 1, runAt: now, now: now)
+                    throw Rollback()
+                }
+                let kept = try await db.pool.write { d in try SQLiteJobQueue.enqueue(d, queue: q, payload: "{}", maxAttempts: 1, runAt: now, now: now) }
+                let jobs = SQLiteJobQueue(database: db)
+                #expect(try await jobs.stats().first { $0.queue == q }?.ready == 1)
+                #expect(try await jobs.job(id: kept) != nil)
+            }
+        case .postgres:
+            let topology = try PostgresTopology.shared()
+            let set = try ReplicaSet(settings: PostgresSettings(nodes: topology.addresses), metrics: AppMetrics(), logger: quietLogger)
+            try await set.withRunning {
+                try await PostgresMigrations.migrate(set)
+                let now = Clock.secondsSince1970()
+                _ = try? await set.write("test") { c -> Int64 in
+                    _ = try await PostgresJobQueue.enqueue(c, queue: q, payload: "{}", maxAttempts: 1, runAt: now, now: now)
+                    throw Rollback()
+                }
+                _ = try await set.write("test") { c in try await PostgresJobQueue.enqueue(c, queue: q, payload: "{}", maxAttempts: 1, runAt: now, now: now) }
+                #expect(try await PostgresJobQueue(replicaSet: set).stats().first { $0.queue == q }?.ready == 1)
+            }
+        }
+    }
+
+    /// An idle PostgreSQL worker waiting on LISTEN wakes when a job is enqueued, well
+    /// before its timeout.
+    @Test func postgresWakesIdleWorkersByNotify() async throws {
+        try await Self.withQueue(.postgres) { jobs, q in
+            let start = ContinuousClock.now
+            async let waited: Void = jobs.waitForWork(timeoutSeconds: 20)
+            try await Task.sleep(for: .milliseconds(500))
+            try await jobs.enqueue(queue: q, payload: "{}")
+            try await waited
+            #expect(ContinuousClock.now - start < .seconds(10))
+        }
+    }
+}
+
+/// The worker runtime in process, on SQLite.
+@Suite struct WorkerTests {
+    static func run(_ worker: Worker, until done: @escaping @Sendable () async throws -> Bool) async throws {
+        let group = ServiceGroup(configuration: .init(services: [worker], logger: quietLogger))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            for _ in 0..<300 {
+                if try await done() { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+    }
+
+    static func options(_ concurrency: Int = 4) -> Worker.Options {
+        var o = Worker.Options()
+        o.concurrency = concurrency
+        o.backoff = Backoff(baseSeconds: 0.02, maxSeconds: 0.1)
+        o.idleWaitSeconds = 0.05
+        o.graceSeconds = 0.3
+        o.leaseSeconds = 5
+        return o
+    }
+
+    @Test func runsJobsRetriesFailuresAndDeadLettersThem() async throws {
+        try await SQLiteStoreTests.withDatabase { db in
+            let jobs = SQLiteJobQueue(database: db)
+            let ran = Atomic<Int>(0)
+            let handlers: [String: JobHandler] = [
+                "count": { _ in ran.add(1, ordering: .relaxed) },
+                "flaky": { job in if job.attempts < 3 { throw JobFailure("not yet") } },
+                "fail": StandardHandlers.fail,
+                "corrupt": { _ in throw JobFailure("not an image", permanent: true) },
+            ]
+            for _ in 0..<200 { try await jobs.enqueue(queue: "count", payload: "{}") }
+            let flaky = try await jobs.enqueue(queue: "flaky", payload: "{}", maxAttempts: 5, delaySeconds: 0)
+            let failing = try await jobs.enqueue(queue: "fail", payload: "{}", maxAttempts: 3, delaySeconds: 0)
+            let corrupt = try await jobs.enqueue(queue: "corrupt", payload: "{}", maxAttempts: 5, delaySeconds: 0)
+            let metrics = AppMetrics()
+            let worker = Worker(queue: jobs, handlers: handlers, options: Self.options(), metrics: metrics, logger: quietLogger)
+            try await Self.run(worker) {
+                let s = try await jobs.stats()
+                return s.reduce(0) { $0 + $1.done + $1.dead } == 203
+            }
+            #expect(ran.load(ordering: .relaxed) == 200)
+            let f = try #require(try await jobs.job(id: flaky))
+            #expect(f.state == .done && f.attempts == 3)
+            let d = try #require(try await jobs.job(id: failing))
+            #expect(d.state == .dead && d.attempts == 3 && d.lastError?.contains("fails on purpose") == true)
+            let c = try #require(try await jobs.job(id: corrupt))
+            #expect(c.state == .dead && c.attempts == 1 && c.lastError == "not an image")
+            let text = String(decoding: metrics.exposition(), as: UTF8.self)
+            #expect(text.contains(#"jobs_total{queue="count",outcome="done"} 200"#))
+            #expect(text.contains(#"jobs_total{queue="fail",outcome="dead"} 1"#))
+            #expect(text.contains("job_duration_seconds"))
+        }
+    }
+
+    /// Shutdown while a long job runs: it gets the grace period, then goes back to the
+    /// queue without its run counting.
+    @Test func shutdownReleasesAJobThatOutlivesTheGracePeriod() async throws {
+        try await SQLiteStoreTests.withDatabase { db in
+            let jobs = SQLiteJobQueue(database: db)
+            let started = Atomic<Bool>(false)
+            let handlers: [String: JobHandler] = [
+                "long": { _ in
+                    started.store(true, ordering: .relaxed)
+                    try await Task.sleep(for: .seconds(30))
+                }
+            ]
+            let id = try await jobs.enqueue(queue: "long", payload: "{}")
+            let worker = Worker(queue: jobs, handlers: handlers, options: Self.options(1), metrics: AppMetrics(), logger: quietLogger)
+            try await Self.run(worker) { started.load(ordering: .relaxed) }
+            let job = try #require(try await jobs.job(id: id))
+            #expect(job.state == .ready && job.attempts == 0)
+        }
+    }
+}
