@@ -265,3 +265,68 @@ final class QueueClock: Sendable {
         }
     }
 }
+
+/// `millions worker` and `millions jobs` as processes, on one SQLite file.
+@Suite(.serialized) struct QueueCommandTests {
+    static func state(_ dir: String, _ id: Int64) throws -> (state: String, attempts: Int) {
+        let db = try DatabaseQueue(path: dir + "/millions.sqlite")
+        return try db.read { d in
+            let row = try #require(try Row.fetchOne(d, sql: "SELECT state, attempts FROM jobs WHERE id = ?", arguments: [id]))
+            return (row["state"], row["attempts"])
+        }
+    }
+
+    static func waitFor(_ seconds: Double, _ condition: () throws -> Bool) async throws -> Bool {
+        for _ in 0..<Int(seconds * 10) {
+            if try condition() { return true }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return try condition()
+    }
+
+    static func startWorker(_ binary: String, _ dir: String, log: String) throws -> Int32 {
+        try Processes.spawnDetached(
+            [binary, "worker", "--concurrency", "1", "--data-dir", dir, "--log-level", "info", "--set", "queue.leaseSeconds=1.5",
+             "--set", "queue.backoffBaseSeconds=0.05"], log: dir + "/" + log)
+    }
+
+    /// kill -9 a worker in the middle of a job: once the lease runs out another worker runs
+    /// it, and the job's file exists exactly once.
+    @Test func aKilledWorkersJobIsFinishedByAnotherExactlyOnce() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let binary = try EndToEndTests.binary()
+            let out = dir + "/out.txt"
+            #expect(try await Command.runOffPool([binary, "jobs", "enqueue", "touch", #"{"path":"\#(out)","ms":2500}"#, "--data-dir", dir]) == 0)
+            let a = try Self.startWorker(binary, dir, log: "a.log")
+            #expect(try await Self.waitFor(20) { try Self.state(dir, 1).state == "running" })
+            Processes.signal(a, SIGKILL)
+            #expect(try await Self.waitFor(10) { !Processes.isAlive(a) })
+            #expect(!FileManager.default.fileExists(atPath: out))
+            let b = try Self.startWorker(binary, dir, log: "b.log")
+            defer { Processes.stop(b, grace: 10) }
+            #expect(try await Self.waitFor(30) { try Self.state(dir, 1).state == "done" })
+            #expect(try Self.state(dir, 1).attempts == 2)
+            #expect(try String(contentsOfFile: out, encoding: .utf8) == "job 1\n")
+            let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("out.txt") }
+            #expect(files == ["out.txt"])
+        }
+    }
+
+    /// A handler that always fails ends dead after its attempts; `millions jobs dead`
+    /// lists it and `millions jobs retry` puts it back.
+    @Test func deadJobsAreListedAndRetriedFromTheCommandLine() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let binary = try EndToEndTests.binary()
+            #expect(try await Command.runOffPool([binary, "jobs", "enqueue", "fail", "--max-attempts", "3", "--data-dir", dir]) == 0)
+            let w = try Self.startWorker(binary, dir, log: "w.log")
+            #expect(try await Self.waitFor(30) { try Self.state(dir, 1) == ("dead", 3) })
+            Processes.stop(w, grace: 10)
+            #expect(try await Command.runOffPool([binary, "jobs", "dead", "--data-dir", dir]) == 0)
+            #expect(try await Command.runOffPool([binary, "jobs", "retry", "1", "--data-dir", dir]) == 0)
+            #expect(try Self.state(dir, 1) == ("ready", 0))
+            #expect(try await Command.runOffPool([binary, "jobs", "retry", "1", "--data-dir", dir]) != 0)
+            let log = try String(contentsOfFile: dir + "/w.log", encoding: .utf8)
+            #expect(log.components(separatedBy: "\"msg\":\"job failed\"").count - 1 == 3)
+        }
+    }
+}
