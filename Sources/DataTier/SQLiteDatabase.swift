@@ -77,7 +77,8 @@ public final class SQLiteDatabase: Service, Sendable {
                         created_at REAL NOT NULL,
                         finished_at REAL
                     );
-                    CREATE INDEX jobs_due ON jobs(queue, state, run_at);
+                    CREATE INDEX jobs_due ON jobs(state, queue, run_at);
+                    CREATE INDEX jobs_leases ON jobs(state, lease_until);
                     """)
         }
         return m

@@ -19,6 +19,12 @@ public struct PostgresJobQueue: JobQueue {
     typealias JobRow = (Int64, String, String, String, Int32, Int32, Double, Double?, String?, String?, Double)
     static let columns = "id, queue, payload, state, attempts, max_attempts, run_at, lease_until, worker, last_error, created_at"
 
+    /// Claims, heartbeats and outcomes skip the commit's fsync: lost in a crash, they only
+    /// make a job run again, which at-least-once delivery allows. Enqueues keep it.
+    static func relaxed(_ c: PostgresConnection) async throws {
+        try await c.query("SET LOCAL synchronous_commit TO off", logger: Logger(label: "millions.queue"))
+    }
+
     static func job(_ r: JobRow) -> Job {
         Job(
             id: r.0, queue: r.1, payload: r.2, state: Job.State(rawValue: r.3) ?? .dead, attempts: Int(r.4),
@@ -59,20 +65,26 @@ public struct PostgresJobQueue: JobQueue {
         let now = now()
         return try await set.write("job_claim") { c in
             let logger = Logger(label: "millions.queue")
+            try await Self.relaxed(c)
             try await c.query(
                 """
                 UPDATE jobs SET state = 'dead', last_error = 'lease expired on the last attempt', worker = NULL, lease_until = NULL
                 WHERE state = 'running' AND lease_until < \(now) AND attempts >= max_attempts AND queue = ANY(\(queues))
                 """, logger: logger)
+            // An expired lease first, else the oldest due job: two index scans that skip the
+            // rows other workers hold (one OR would scan every row, done ones included).
+            var candidate: Int64? = nil
+            for sql: PostgresQuery in [
+                "SELECT id FROM jobs WHERE state = 'running' AND lease_until < \(now) AND queue = ANY(\(queues)) ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED",
+                "SELECT id FROM jobs WHERE state = 'ready' AND queue = ANY(\(queues)) AND run_at <= \(now) ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+            ] where candidate == nil {
+                for try await id in try await c.query(sql, logger: logger).decode(Int64.self) { candidate = id }
+            }
+            guard let candidate else { return nil }
             let rows = try await c.query(
                 """
                 UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = \(worker), lease_until = \(now + leaseSeconds)
-                WHERE id = (
-                    SELECT id FROM jobs
-                    WHERE queue = ANY(\(queues)) AND ((state = 'ready' AND run_at <= \(now)) OR (state = 'running' AND lease_until < \(now)))
-                    ORDER BY run_at, id LIMIT 1
-                    FOR UPDATE SKIP LOCKED)
-                RETURNING \(unescaped: Self.columns)
+                WHERE id = \(candidate) RETURNING \(unescaped: Self.columns)
                 """, logger: logger)
             return try await Self.jobs(rows).first
         }
@@ -81,6 +93,7 @@ public struct PostgresJobQueue: JobQueue {
     public func heartbeat(id: Int64, worker: String, leaseSeconds: Double) async throws -> Bool {
         let until = now() + leaseSeconds
         return try await set.write("job_heartbeat") { c in
+            try await Self.relaxed(c)
             let rows = try await c.query(
                 "UPDATE jobs SET lease_until = \(until) WHERE id = \(id) AND worker = \(worker) AND state = 'running' RETURNING id",
                 logger: Logger(label: "millions.queue"))
@@ -93,6 +106,7 @@ public struct PostgresJobQueue: JobQueue {
     public func complete(id: Int64, worker: String) async throws {
         let now = now()
         try await set.write("job_complete") { c in
+            try await Self.relaxed(c)
             try await c.query(
                 "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = \(now) WHERE id = \(id) AND worker = \(worker) AND state = 'running'",
                 logger: Logger(label: "millions.queue"))
@@ -102,6 +116,7 @@ public struct PostgresJobQueue: JobQueue {
     public func fail(id: Int64, worker: String, error: String, retryAt: Double?) async throws {
         let message = String(error.prefix(2000))
         try await set.write("job_fail") { c in
+            try await Self.relaxed(c)
             let logger = Logger(label: "millions.queue")
             if let retryAt {
                 try await c.query(
@@ -121,6 +136,7 @@ public struct PostgresJobQueue: JobQueue {
     public func release(id: Int64, worker: String) async throws {
         let now = now()
         try await set.write("job_release") { c in
+            try await Self.relaxed(c)
             try await c.query(
                 """
                 UPDATE jobs SET state = 'ready', attempts = greatest(attempts - 1, 0), run_at = \(now), lease_until = NULL, worker = NULL

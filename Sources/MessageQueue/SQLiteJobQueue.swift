@@ -49,18 +49,23 @@ public struct SQLiteJobQueue: JobQueue {
                     UPDATE jobs SET state = 'dead', last_error = 'lease expired on the last attempt', worker = NULL, lease_until = NULL
                     WHERE state = 'running' AND lease_until < ? AND attempts >= max_attempts AND queue IN (\(marks))
                     """, arguments: StatementArguments([now as any DatabaseValueConvertible] + queues.map { $0 as any DatabaseValueConvertible }))
+            // Two index lookups rather than one OR (which would scan every row, done ones
+            // included): first a job whose worker's lease ran out, else the oldest due one.
+            let queueArgs = queues.map { $0 as any DatabaseValueConvertible }
+            let candidate =
+                try Int64.fetchOne(
+                    db,
+                    sql: "SELECT id FROM jobs WHERE state = 'running' AND lease_until < ? AND queue IN (\(marks)) ORDER BY lease_until LIMIT 1",
+                    arguments: StatementArguments([now as any DatabaseValueConvertible] + queueArgs))
+                ?? Int64.fetchOne(
+                    db,
+                    sql: "SELECT id FROM jobs WHERE state = 'ready' AND queue IN (\(marks)) AND run_at <= ? ORDER BY run_at, id LIMIT 1",
+                    arguments: StatementArguments(queueArgs + [now]))
+            guard let candidate else { return nil }
             let row = try Row.fetchOne(
                 db,
-                sql: """
-                    UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = ?, lease_until = ?
-                    WHERE id = (
-                        SELECT id FROM jobs
-                        WHERE queue IN (\(marks)) AND ((state = 'ready' AND run_at <= ?) OR (state = 'running' AND lease_until < ?))
-                        ORDER BY run_at, id LIMIT 1)
-                    RETURNING *
-                    """,
-                arguments: StatementArguments(
-                    [worker as any DatabaseValueConvertible, now + leaseSeconds] + queues.map { $0 as any DatabaseValueConvertible } + [now, now]))
+                sql: "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = ?, lease_until = ? WHERE id = ? RETURNING *",
+                arguments: [worker, now + leaseSeconds, candidate])
             return row.map(Self.job)
         }
     }

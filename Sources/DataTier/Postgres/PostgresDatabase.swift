@@ -59,7 +59,8 @@ public enum PostgresMigrations {
                     finished_at double precision
                 )
                 """,
-                "CREATE INDEX jobs_due ON jobs (queue, state, run_at)",
+                "CREATE INDEX jobs_due ON jobs (state, queue, run_at)",
+                "CREATE INDEX jobs_leases ON jobs (state, lease_until)",
             ]
         ),
     ]
