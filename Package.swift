@@ -92,6 +92,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // libvips through C; the shim wraps the variadic calls Swift cannot make.
+        .systemLibrary(
+            name: "CVips",
+            pkgConfig: "vips",
+            providers: [.apt(["libvips-dev"])]
+        ),
+        // Images: type detection, header bounds, thumbnail, crop, resize, sharpen, blur.
+        .target(
+            name: "Imaging",
+            dependencies: [
+                "CVips",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The shared session store: SQL tables (SQLite, PostgreSQL) or Redis.
         .target(
             name: "SessionTier",
@@ -183,6 +198,7 @@ let package = Package(
                 "Cluster",
                 "Bench",
                 "MessageQueue",
+                "Imaging",
                 "MillionsCore",
                 "DataTier",
                 "Observability",
@@ -225,6 +241,7 @@ let package = Package(
                 "CacheTier",
                 "RedisClient",
                 "MessageQueue",
+                "Imaging",
                 "Cluster",
                 "Bench",
                 "Edge",
@@ -238,6 +255,8 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

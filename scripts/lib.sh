@@ -16,8 +16,8 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# What building the package needs: pkg-config and SQLite's headers (GRDB links the system SQLite).
+# What building the package needs: pkg-config, SQLite's headers (GRDB links the system SQLite) and libvips's (the Imaging tier).
 ensure_build_packages() {
   command -v swift >/dev/null || { echo "swift is not on PATH" >&2; exit 1; }
-  ensure_packages pkg-config libsqlite3-dev
+  ensure_packages pkg-config libsqlite3-dev libvips-dev
 }

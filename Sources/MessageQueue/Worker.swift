@@ -68,7 +68,9 @@ public final class Worker: Service, Sendable {
         logger.info("worker stopped", metadata: ["worker": "\(name)"])
     }
 
-    var isStopping: Bool { stopping.load(ordering: .relaxed) }
+    /// Shutdown has begun (or the task was cancelled, in which case every sleep would
+    /// return at once: loops must end rather than spin).
+    var isStopping: Bool { stopping.load(ordering: .relaxed) || Task.isCancelled }
 
     private func loop() async {
         let queues = handlers.keys.sorted()
