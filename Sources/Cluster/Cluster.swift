@@ -22,6 +22,7 @@ public struct ClusterState: Codable, Sendable {
     public var settings: [String: String]
     public var nodes: [Node]
     public var webServers: [Node] { nodes.filter { $0.role == "web" } }
+    public var workers: [Node] { nodes.filter { $0.role == "worker" } }
 }
 
 /// A node's state as `status` reports it.
@@ -139,6 +140,12 @@ public struct Cluster: Sendable {
         try waitReady(webNodes)
         say("\(web) web server\(web == 1 ? "" : "s") ready in \(seconds(since: t))")
 
+        if stage.defaultWorkers > 0 {
+            let t = Date()
+            for i in 1...stage.defaultWorkers { try add(try startWorker(state, index: i)) }
+            try waitWorkers(state.workers)
+            say("\(stage.defaultWorkers) workers running in \(seconds(since: t))")
+        }
         if stage.balanced {
             let listen = stage.edge ? ports.balancerBehindEdge : ports.site
             try startNginx(listen: listen, webPorts: webNodes.map(\.port))
@@ -179,6 +186,51 @@ public struct Cluster: Sendable {
         let pid = try Processes.spawnDetached(argv, log: "\(logs)/web\(index).log")
         try String(pid).write(toFile: pidFile, atomically: true, encoding: .utf8)
         return Node(name: "web\(index)", role: "web", port: port, pidFile: pidFile)
+    }
+
+    /// A worker consumes the queue; it has no port (port 0 in the state).
+    func startWorker(_ state: ClusterState, index: Int) throws -> Node {
+        let pidFile = "\(run)/worker\(index).pid"
+        let argv = [binary, "worker", "--concurrency", "2"] + setFlags(webSettings(state, index: index))
+        let pid = try Processes.spawnDetached(argv, log: "\(logs)/worker\(index).log")
+        try String(pid).write(toFile: pidFile, atomically: true, encoding: .utf8)
+        return Node(name: "worker\(index)", role: "worker", port: 0, pidFile: pidFile)
+    }
+
+    /// A worker has no port to probe: it counts as up if it is still running a second
+    /// after its start (a bad configuration or an unreachable database ends it sooner).
+    func waitWorkers(_ nodes: [Node]) throws {
+        Processes.wait(seconds: 1) { nodes.contains { !(pid(of: $0).map(Processes.isAlive) ?? false) } }
+        for node in nodes where !(pid(of: node).map(Processes.isAlive) ?? false) {
+            throw Processes.Failure("\(node.name) exited at start (see \(logs)/\(node.name).log)")
+        }
+    }
+
+    /// Sets the number of worker processes. Removed ones get SIGTERM: their running jobs
+    /// finish within the grace period or go back to the queue.
+    public func scale(workers target: Int) throws {
+        var state = try loadState()
+        guard state.stage.defaultWorkers > 0 else { throw Processes.Failure("the \(state.stage.rawValue) stage has no workers (try queued)") }
+        guard target >= 0, target <= 64 else { throw Processes.Failure("workers must be 0...64") }
+        let current = state.workers
+        if target > current.count {
+            let used = Set(current.map(\.name))
+            var added: [Node] = []
+            var i = 1
+            while current.count + added.count < target {
+                if !used.contains("worker\(i)") { added.append(try startWorker(state, index: i)) }
+                i += 1
+            }
+            state.nodes += added
+            try save(state)
+            try waitWorkers(added)
+        } else if target < current.count {
+            let removed = Array(current.sorted { $0.name < $1.name }.suffix(current.count - target))
+            stopWeb(removed)
+            state.nodes.removeAll { removed.contains($0) }
+            try save(state)
+        }
+        say("workers: \(current.count) → \(target)")
     }
 
     func waitReady(_ nodes: [Node]) throws {
@@ -253,6 +305,8 @@ public struct Cluster: Sendable {
                 switch node.role {
                 case "web":
                     health = Processes.httpStatus(port: node.port, path: "/readyz", timeout: 1) == 200 ? "ready" : "unready"
+                case "worker":
+                    health = "running"
                 case "balancer", "edge":
                     health = Processes.httpStatus(port: node.port, path: "/healthz", timeout: 1) == 200 ? "up" : "unready"
                 default:
@@ -270,7 +324,7 @@ public struct Cluster: Sendable {
                 r.node.name.padding(toLength: 18, withPad: " ", startingAt: 0)
                 + r.node.role.padding(toLength: 10, withPad: " ", startingAt: 0)
                 + (r.pid.map(String.init) ?? "-").padding(toLength: 9, withPad: " ", startingAt: 0)
-                + "127.0.0.1:\(r.node.port)".padding(toLength: 18, withPad: " ", startingAt: 0) + r.health + "\n"
+                + (r.node.port > 0 ? "127.0.0.1:\(r.node.port)" : "-").padding(toLength: 18, withPad: " ", startingAt: 0) + r.health + "\n"
         }
         return out
     }
@@ -371,7 +425,7 @@ public struct Cluster: Sendable {
     public func down() throws {
         let state = try loadState()
         let t = Date()
-        stopWeb(state.webServers)
+        stopWeb(state.webServers + state.workers)
         for node in state.nodes where node.role == "balancer" || node.role == "edge" {
             if let pid = pid(of: node) { Processes.stop(pid, grace: 10) }
         }
@@ -384,12 +438,14 @@ public struct Cluster: Sendable {
         if state.stage.usesPostgres {
             try? script("postgres", ["destroy"], env: pgEnv(state.ports))
         }
-        let leftovers = state.nodes.filter { Processes.portOpen($0.port) }
+        let leftovers = state.nodes.filter { node in
+            node.port > 0 ? Processes.portOpen(node.port) : (pid(of: node).map(Processes.isAlive) ?? false)
+        }
         for item in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where item != "logs" {
             try? FileManager.default.removeItem(atPath: dir + "/" + item)
         }
         if !leftovers.isEmpty {
-            throw Processes.Failure("still listening after down: \(leftovers.map(\.name).joined(separator: ", "))")
+            throw Processes.Failure("still running after down: \(leftovers.map(\.name).joined(separator: ", "))")
         }
         say("stage \(state.stage.rawValue) down in \(seconds(since: t)); logs kept in \(logs)")
     }

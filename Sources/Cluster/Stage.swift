@@ -7,16 +7,19 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     case replicated
     case cached
     case stateless
+    case queued
 
     /// PostgreSQL runs as its own server (else SQLite inside the web server).
     public var usesPostgres: Bool { self != .single }
-    public var replicas: Int { [.replicated, .cached, .stateless].contains(self) ? 2 : 0 }
+    public var replicas: Int { [.replicated, .cached, .stateless, .queued].contains(self) ? 2 : 0 }
     /// nginx in front of several web servers.
     public var balanced: Bool { ![.single, .separateDB].contains(self) }
-    public var memcachedNodes: Int { [.cached, .stateless].contains(self) ? 2 : 0 }
+    public var memcachedNodes: Int { [.cached, .stateless, .queued].contains(self) ? 2 : 0 }
     /// Varnish as the edge (CDN) in front of nginx.
-    public var edge: Bool { [.cached, .stateless].contains(self) }
-    public var redis: Bool { self == .stateless }
+    public var edge: Bool { [.cached, .stateless, .queued].contains(self) }
+    public var redis: Bool { [.stateless, .queued].contains(self) }
+    /// `millions worker` processes consuming the PostgreSQL queue.
+    public var defaultWorkers: Int { self == .queued ? 2 : 0 }
     public var defaultWebServers: Int { balanced ? 2 : 1 }
 
     public var summary: String {
@@ -27,6 +30,7 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
         case .replicated: "nginx, web servers, PostgreSQL primary + 2 replicas (reads on replicas)"
         case .cached: "Varnish edge, nginx, web servers, memcached ×2, PostgreSQL primary + 2 replicas"
         case .stateless: "as cached, with sessions in Redis"
+        case .queued: "as stateless, with worker processes on the PostgreSQL queue"
         }
     }
 
@@ -50,6 +54,10 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
                 .joined(separator: ",")
         } else {
             s["cache.backend"] = self == .single ? "memory" : "none"
+        }
+        if usesPostgres {
+            // Consumers run as their own processes (`millions worker`), not inside web servers.
+            s["queue.inProcessWorkers"] = "0"
         }
         if redis {
             s["session.store"] = "redis"

@@ -60,9 +60,9 @@ struct ClusterCommand: ParsableCommand {
     }
 
     struct Scale: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Change the number of web servers, e.g. `scale web=3`.")
+        static let configuration = CommandConfiguration(abstract: "Change the number of web servers or workers, e.g. `scale web=3 workers=4`.")
         @OptionGroup var location: Where
-        @Argument(help: "web=N (workers=M arrives with the queue tier).") var targets: [String]
+        @Argument(help: "web=N and/or workers=M.") var targets: [String]
 
         func run() throws {
             let cluster = try location.cluster()
@@ -71,8 +71,8 @@ struct ClusterCommand: ParsableCommand {
                 guard parts.count == 2, let n = Int(parts[1]) else { throw ValidationError("expected web=N, got \(target)") }
                 switch parts[0] {
                 case "web": try cluster.scale(web: n)
-                case "workers": throw ValidationError("workers: this build has no queue workers yet (the queue tier is issue 5)")
-                default: throw ValidationError("unknown tier \(parts[0]); expected web=N")
+                case "workers": try cluster.scale(workers: n)
+                default: throw ValidationError("unknown tier \(parts[0]); expected web=N or workers=M")
                 }
             }
         }
