@@ -94,8 +94,8 @@ import Testing
     /// Steady load through the site until stopped: `readers` loops of GETs and `writers`
     /// loops of log-ins (POST). Counts every failure (no answer, or a 5xx) by kind.
     ///
-    /// Like browsers and curl, a request whose kept-alive connection was closed by the
-    /// server before any byte of an answer (nginx's old workers close idle connections
+    /// Like browsers and curl, a request whose kept-alive connection was closed (or reset)
+    /// by the server before any byte of an answer (nginx's old workers close idle connections
     /// when a reload retires them) is sent once more on a fresh connection; those resends
     /// are counted apart. Anything else, and a resend that fails, is a failure.
     final class Load: Sendable {
@@ -125,6 +125,11 @@ import Testing
                                     self.resent.add(1, ordering: .relaxed)
                                     r = try await send()
                                 } catch let error as ChannelError where error == .ioOnClosedChannel {
+                                    self.resent.add(1, ordering: .relaxed)
+                                    r = try await send()
+                                } catch let error as IOError where error.errnoCode == ECONNRESET {
+                                    // The same close, when the request's bytes were already in
+                                    // the socket: the kernel answers with a reset.
                                     self.resent.add(1, ordering: .relaxed)
                                     r = try await send()
                                 }
