@@ -118,12 +118,7 @@ public enum SVGChart {
     public static func render(title: String, panels: [Panel], xLabel: String) -> String {
         let width = 900.0, panelHeight = 240.0, left = 70.0, right = 20.0, top = 40.0, gap = 50.0
         let height = top + Double(panels.count) * (panelHeight + gap)
-        var svg = """
-            <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
-            <rect width="100%" height="100%" fill="white"/>
-            <text x="\(left)" y="22" font-size="14" font-weight="bold">\(escape(title))</text>
-
-            """
+        var svg = header(title: title, width: width, height: height, left: left)
         let xs = panels.flatMap { $0.series.flatMap { $0.points.map(\.0) } }
         let xMin = xs.min() ?? 0, xMax = Swift.max(xs.max() ?? 1, (xs.min() ?? 0) + 1)
         for (p, panel) in panels.enumerated() {
@@ -159,12 +154,7 @@ public enum SVGChart {
     public static func bars(title: String, categories: [String], panels: [(label: String, color: String, values: [Double])]) -> String {
         let width = 900.0, panelHeight = 200.0, left = 70.0, right = 20.0, top = 64.0, gap = 70.0
         let height = top + Double(panels.count) * (panelHeight + gap)
-        var svg = """
-            <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
-            <rect width="100%" height="100%" fill="white"/>
-            <text x="\(left)" y="22" font-size="14" font-weight="bold">\(escape(title))</text>
-
-            """
+        var svg = header(title: title, width: width, height: height, left: left)
         let slot = (width - left - right) / Double(Swift.max(categories.count, 1))
         for (p, panel) in panels.enumerated() {
             let y0 = top + Double(p) * (panelHeight + gap)
@@ -181,6 +171,16 @@ public enum SVGChart {
             }
         }
         return svg + "</svg>\n"
+    }
+
+    /// The document's opening: size, white background, title.
+    static func header(title: String, width: Double, height: Double, left: Double) -> String {
+        """
+        <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" font-family="sans-serif" font-size="12">
+        <rect width="100%" height="100%" fill="white"/>
+        <text x="\(left)" y="22" font-size="14" font-weight="bold">\(escape(title))</text>
+
+        """
     }
 
     static func niceCeiling(_ v: Double) -> Double {

@@ -214,19 +214,14 @@ public struct Cluster: Sendable {
         guard target >= 0, target <= 64 else { throw Processes.Failure("workers must be 0...64") }
         let current = state.workers
         if target > current.count {
-            let used = Set(current.map(\.name))
-            var added: [Node] = []
-            var i = 1
-            while current.count + added.count < target {
-                if !used.contains("worker\(i)") { added.append(try startWorker(state, index: i)) }
-                i += 1
-            }
+            let added = try Self.freeIndices(named: "worker", taken: current, count: target - current.count)
+                .map { try startWorker(state, index: $0) }
             state.nodes += added
             try save(state)
             try waitWorkers(added)
         } else if target < current.count {
             let removed = Array(current.sorted { $0.name < $1.name }.suffix(current.count - target))
-            stopWeb(removed)
+            stopProcesses(removed)
             state.nodes.removeAll { removed.contains($0) }
             try save(state)
         }
@@ -341,13 +336,8 @@ public struct Cluster: Sendable {
         let current = state.webServers
         let listen = state.stage.edge ? state.ports.balancerBehindEdge : state.ports.site
         if target > current.count {
-            let used = Set(current.map(\.name))
-            var added: [Node] = []
-            var i = 1
-            while current.count + added.count < target {
-                if !used.contains("web\(i)") { added.append(try startWebServer(state, index: i)) }
-                i += 1
-            }
+            let added = try Self.freeIndices(named: "web", taken: current, count: target - current.count)
+                .map { try startWebServer(state, index: $0) }
             state.nodes += added
             try save(state)
             try waitReady(added)
@@ -365,15 +355,22 @@ public struct Cluster: Sendable {
             let removed = current.filter { r in !keep.contains(r) }
             try writeNginxConfig(listen: listen, webPorts: keep.map(\.port).sorted())
             try reloadNginx()
-            stopWeb(removed)
+            stopProcesses(removed)
             state.nodes.removeAll { removed.contains($0) }
             try save(state)
             say("web servers: \(current.count) → \(target) (\(removed.map(\.name).joined(separator: ", ")) drained and stopped)")
         }
     }
 
-    /// SIGTERM to every server at once (each drains its in-flight requests), then waits.
-    func stopWeb(_ nodes: [Node]) {
+    /// The lowest `count` indices whose `<prefix><index>` no node in `taken` uses.
+    static func freeIndices(named prefix: String, taken: [Node], count: Int) -> [Int] {
+        let used = Set(taken.map(\.name))
+        return Array((1...).lazy.filter { !used.contains("\(prefix)\($0)") }.prefix(count))
+    }
+
+    /// SIGTERM to every process at once (web servers drain, workers finish or release
+    /// their jobs), then waits for each.
+    func stopProcesses(_ nodes: [Node]) {
         let pids = nodes.compactMap { pid(of: $0) }
         for p in pids { Processes.signal(p, SIGTERM) }
         for p in pids { Processes.stop(p, grace: 20) }
@@ -425,7 +422,7 @@ public struct Cluster: Sendable {
     public func down() throws {
         let state = try loadState()
         let t = Date()
-        stopWeb(state.webServers + state.workers)
+        stopProcesses(state.webServers + state.workers)
         for node in state.nodes where node.role == "balancer" || node.role == "edge" {
             if let pid = pid(of: node) { Processes.stop(pid, grace: 10) }
         }

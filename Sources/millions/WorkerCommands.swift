@@ -43,8 +43,7 @@ struct JobsCommand: AsyncParsableCommand {
 
     /// Runs `body` with the queue of the configured engine (PostgreSQL pools running).
     static func withQueue<T: Sendable>(_ options: ConfigOptions, _ body: @escaping @Sendable (any JobQueue) async throws -> T) async throws -> T {
-        var settings = try Settings(try await options.reader())
-        settings.queueInProcessWorkers = 0
+        let settings = try Settings(try await options.reader())
         let logger = bootstrapLogging(.warning)
         let components = try await Components.build(settings: settings, logger: logger)
         if let set = components.replicaSet {

@@ -31,14 +31,7 @@ final class QueueClock: Sendable {
         case .sqlite:
             try await SQLiteStoreTests.withDatabase { db in try await body(SQLiteJobQueue(database: db, now: now), q) }
         case .postgres:
-            let topology = try PostgresTopology.shared()
-            var settings = PostgresSettings(nodes: topology.addresses)
-            settings.discoveryInterval = .milliseconds(200)
-            let set = try ReplicaSet(settings: settings, metrics: AppMetrics(), logger: quietLogger)
-            try await set.withRunning {
-                try await PostgresMigrations.migrate(set)
-                try await body(PostgresJobQueue(replicaSet: set, now: now), q)
-            }
+            try await withSharedReplicaSet { set in try await body(PostgresJobQueue(replicaSet: set, now: now), q) }
         }
     }
 
@@ -157,10 +150,7 @@ final class QueueClock: Sendable {
                 #expect(try await jobs.job(id: kept) != nil)
             }
         case .postgres:
-            let topology = try PostgresTopology.shared()
-            let set = try ReplicaSet(settings: PostgresSettings(nodes: topology.addresses), metrics: AppMetrics(), logger: quietLogger)
-            try await set.withRunning {
-                try await PostgresMigrations.migrate(set)
+            try await withSharedReplicaSet { set in
                 let now = Clock.secondsSince1970()
                 _ = try? await set.write("test") { c -> Int64 in
                     _ = try await PostgresJobQueue.enqueue(c, queue: q, payload: "{}", maxAttempts: 1, runAt: now, now: now)

@@ -23,15 +23,22 @@ func withStores(
                 try await body(SQLiteUserStore(database: db), SQLiteSessionStore(database: db, now: now))
             }
         case .postgres:
-            let topology = try PostgresTopology.shared()
-            var settings = PostgresSettings(nodes: topology.addresses)
-            settings.discoveryInterval = .milliseconds(200)
-            let set = try ReplicaSet(settings: settings, metrics: AppMetrics(), logger: quietLogger)
-            try await set.withRunning {
-                try await PostgresMigrations.migrate(set)
+            try await withSharedReplicaSet { set in
                 try await body(PostgresUserStore(replicaSet: set), PostgresSessionStore(replicaSet: set, now: now))
             }
         }
+    }
+}
+
+/// Runs `body` with a running, migrated replica set on the shared test topology.
+func withSharedReplicaSet(_ body: @escaping @Sendable (ReplicaSet) async throws -> Void) async throws {
+    let topology = try PostgresTopology.shared()
+    var settings = PostgresSettings(nodes: topology.addresses)
+    settings.discoveryInterval = .milliseconds(200)
+    let set = try ReplicaSet(settings: settings, metrics: AppMetrics(), logger: quietLogger)
+    try await set.withRunning {
+        try await PostgresMigrations.migrate(set)
+        try await body(set)
     }
 }
 
