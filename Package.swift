@@ -107,6 +107,20 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Photos: file storage (a folder, shared in a cluster) and the photo job kind.
+        .target(
+            name: "Photos",
+            dependencies: [
+                "MillionsCore",
+                "DataTier",
+                "Imaging",
+                "MessageQueue",
+                "Observability",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The shared session store: SQL tables (SQLite, PostgreSQL) or Redis.
         .target(
             name: "SessionTier",
@@ -153,7 +167,10 @@ let package = Package(
                 "CacheTier",
                 "RedisClient",
                 "MessageQueue",
+                "Photos",
+                "Imaging",
                 "Edge",
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
                 .product(name: "Mustache", package: "swift-mustache"),
@@ -242,6 +259,7 @@ let package = Package(
                 "RedisClient",
                 "MessageQueue",
                 "Imaging",
+                "Photos",
                 "Cluster",
                 "Bench",
                 "Edge",

@@ -22,8 +22,10 @@ static inline int mv_bands(VipsImage *in) { return vips_image_get_bands(in); }
 
 /// Shrink-on-load: JPEG and WebP decode at a fraction of their size when that suffices.
 static inline int mv_thumbnail_buffer(void *buf, size_t len, VipsImage **out, int width, int height) {
+    // 8.14 does not pass the fail_on property to the loader; the option string does,
+    // so a truncated file fails instead of becoming a grey thumbnail.
     return vips_thumbnail_buffer(buf, len, out, width, "height", height, "size", VIPS_SIZE_DOWN,
-                                 "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+                                 "option_string", "fail_on=error", NULL);
 }
 static inline int mv_autorot(VipsImage *in, VipsImage **out) { return vips_autorot(in, out, NULL); }
 static inline int mv_crop(VipsImage *in, VipsImage **out, int left, int top, int width, int height) {

@@ -81,6 +81,16 @@ public final class SQLiteDatabase: Service, Sendable {
                     CREATE INDEX jobs_leases ON jobs(state, lease_until);
                     """)
         }
+        // The current photo: its public variants, its stored original (for edits), and
+        // the job that made it (a newer job's photo is never replaced by an older one's).
+        m.registerMigration("3-photos") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE users ADD COLUMN photo TEXT;
+                    ALTER TABLE users ADD COLUMN photo_source TEXT;
+                    ALTER TABLE users ADD COLUMN photo_job INTEGER;
+                    """)
+        }
         return m
     }
 

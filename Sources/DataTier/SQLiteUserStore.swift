@@ -11,7 +11,7 @@ public struct SQLiteUserStore: UserStore {
     }
 
     static let columns =
-        "id, first_name, last_name, street_address, city, state, postal_code, phone_numbers"
+        "id, first_name, last_name, street_address, city, state, postal_code, phone_numbers, photo"
 
     public func create(_ account: NewAccount) async throws -> User {
         let now = Clock.secondsSince1970()
@@ -74,7 +74,7 @@ public struct SQLiteUserStore: UserStore {
                     p.address.postalCode, try Self.encodePhones(p.phoneNumbers), Clock.secondsSince1970(),
                     id.rawValue,
                 ])
-            return User(id: id, profile: p)
+            return User(id: id, profile: p, photo: current.photo)
         }
     }
 
@@ -146,6 +146,24 @@ public struct SQLiteUserStore: UserStore {
         }
     }
 
+    public func setPhoto(id: UserID, photo: Photo, source: String, job: Int64) async throws -> Bool {
+        try await db.pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE users SET photo = ?, photo_source = ?, photo_job = ?, updated_at = ?
+                    WHERE id = ? AND COALESCE(photo_job, 0) <= ?
+                    """,
+                arguments: [photo.jsonText, source, job, Clock.secondsSince1970(), id.rawValue, job])
+            return db.changesCount > 0
+        }
+    }
+
+    public func photoSource(id: UserID) async throws -> String? {
+        try await db.pool.read { db in
+            try String.fetchOne(db, sql: "SELECT photo_source FROM users WHERE id = ?", arguments: [id.rawValue])
+        }
+    }
+
     public func ping() async throws { try await db.ping() }
 
     static func user(from row: Row) throws -> User {
@@ -157,7 +175,8 @@ public struct SQLiteUserStore: UserStore {
             address: Address(
                 streetAddress: row["street_address"], city: row["city"], state: row["state"],
                 postalCode: row["postal_code"]),
-            phoneNumbers: try JSONDecoder().decode([String].self, from: Data(phones.utf8)))
+            phoneNumbers: try JSONDecoder().decode([String].self, from: Data(phones.utf8)),
+            photo: Photo.parse(row["photo"]))
     }
 
     static func encodePhones(_ phones: [String]) throws -> String {

@@ -1,3 +1,4 @@
+import Foundation
 import MillionsCore
 
 /// Where users and their log-in identities live. One implementation per engine;
@@ -24,6 +25,12 @@ public protocol UserStore: Sendable {
     /// many were inserted.
     func insertMany(_ accounts: [NewAccount]) async throws -> Int
 
+    /// Makes `photo` (made from the original `source` by job `job`) the user's current
+    /// photo, unless a newer job's photo is already there. False if not set.
+    func setPhoto(id: UserID, photo: Photo, source: String, job: Int64) async throws -> Bool
+    /// The stored original of the current photo (what edits apply to), read from the primary.
+    func photoSource(id: UserID) async throws -> String?
+
     /// Succeeds if the store can serve requests.
     func ping() async throws
 }
@@ -31,4 +38,12 @@ public protocol UserStore: Sendable {
 /// The id of a new user collided with an existing one; mint another and retry.
 public struct DuplicateIDError: Error, Sendable {
     public init() {}
+}
+
+extension Photo {
+    /// Reads the stored JSON text; nil if absent or unreadable.
+    public static func parse(_ text: String?) -> Photo? {
+        guard let text else { return nil }
+        return try? JSONDecoder().decode(Photo.self, from: Data(text.utf8))
+    }
 }

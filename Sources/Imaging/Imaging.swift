@@ -136,6 +136,7 @@ public enum Imaging {
     /// Format and size from the header, within `limits`; nothing is decoded.
     public static func probe(_ data: [UInt8], limits: ImageLimits = ImageLimits()) throws -> ImageInfo {
         try start()
+        mv_error_clear()  // warnings of earlier images must not read as this one's error
         guard data.count <= limits.maxBytes else { throw ImageError(.tooLarge, "images are limited to \(limits.maxBytes) bytes") }
         guard let format = ImageFormat.detect(data) else { throw ImageError(.notAnImage, "send a JPEG, PNG or WebP image") }
         return try data.withUnsafeBytes { raw in
@@ -236,4 +237,19 @@ public final class ImageProcessor: Sendable {
     }
 
     public func shutdown() async throws { try await pool.shutdownGracefully() }
+}
+
+extension ImageProcessor {
+    private static let sharedBox = Mutex<ImageProcessor?>(nil)
+
+    /// One processor per process, made on first use with `threads` threads: every web
+    /// server and worker in the process shares the same bound on image work.
+    public static func shared(threads: Int) -> ImageProcessor {
+        sharedBox.withLock { box in
+            if let p = box { return p }
+            let p = ImageProcessor(threads: threads)
+            box = p
+            return p
+        }
+    }
 }

@@ -71,6 +71,10 @@ extension User {
         w.beginArray()
         for p in phoneNumbers { w.string(p) }
         w.endArray()
+        if let photo {
+            w.key("photo")
+            photo.write(into: &w)
+        }
         w.endObject()
         return w.bytes
     }

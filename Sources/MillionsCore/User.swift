@@ -23,17 +23,24 @@ public struct User: Codable, Sendable, Equatable, Hashable {
     public var lastName: String
     public var address: Address
     public var phoneNumbers: [String]
+    /// The current profile photo's variants, once one has been processed.
+    public var photo: Photo?
 
-    public init(id: UserID, firstName: String, lastName: String, address: Address, phoneNumbers: [String]) {
+    public init(
+        id: UserID, firstName: String, lastName: String, address: Address, phoneNumbers: [String], photo: Photo? = nil
+    ) {
         self.id = id
         self.firstName = firstName
         self.lastName = lastName
         self.address = address
         self.phoneNumbers = phoneNumbers
+        self.photo = photo
     }
 
-    public init(id: UserID, profile p: Profile) {
-        self.init(id: id, firstName: p.firstName, lastName: p.lastName, address: p.address, phoneNumbers: p.phoneNumbers)
+    public init(id: UserID, profile p: Profile, photo: Photo? = nil) {
+        self.init(
+            id: id, firstName: p.firstName, lastName: p.lastName, address: p.address, phoneNumbers: p.phoneNumbers,
+            photo: photo)
     }
 
     /// The editable part of the user.
@@ -130,5 +137,35 @@ public struct Credentials: Sendable {
         self.passwordHash = passwordHash
         self.failedLogins = failedLogins
         self.lockedUntil = lockedUntil
+    }
+}
+
+/// A user's current profile photo: variant name → its immutable URL path
+/// (`/photos/<sha256>.jpg`). Encoded as a plain JSON object.
+public struct Photo: Codable, Sendable, Equatable, Hashable {
+    public var variants: [String: String]
+
+    public init(variants: [String: String]) { self.variants = variants }
+
+    public init(from decoder: any Decoder) throws {
+        variants = try decoder.singleValueContainer().decode([String: String].self)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(variants)
+    }
+
+    /// The JSON text stored in the database and shown in the user object.
+    public var jsonText: String {
+        var w = JSONWriter()
+        write(into: &w)
+        return String(decoding: w.bytes, as: UTF8.self)
+    }
+
+    func write(into w: inout JSONWriter) {
+        w.beginObject()
+        for name in variants.keys.sorted() { w.field(name, variants[name]!) }
+        w.endObject()
     }
 }

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// Matches replies to commands in order, so many commands can be in flight on one
 /// connection (pipelining). Pushes are out of band and skipped. Any error or close fails
@@ -47,6 +48,13 @@ final class RedisClientHandler: ChannelDuplexHandler {
         while let p = waiting.popFirst() { p.fail(error) }
         context.close(promise: nil)
     }
+}
+
+/// A one-way flag shared between the event loop and the caller.
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .relaxed) }
+    var isSet: Bool { value.load(ordering: .relaxed) }
 }
 
 /// One TCP connection to a Redis server, after the handshake (protocol, AUTH, SELECT).
@@ -128,7 +136,9 @@ final class RedisConnection: Sendable {
     }
 
     private static func send(_ commands: [RedisCommand], on channel: any Channel, timeout: TimeAmount) async throws -> [RESPValue] {
+        let timedOut = Flag()
         let timer = channel.eventLoop.scheduleTask(in: timeout) {
+            timedOut.set()
             channel.pipeline.fireErrorCaught(RedisError.timeout)
         }
         defer { timer.cancel() }
@@ -139,7 +149,9 @@ final class RedisConnection: Sendable {
             // A write that fails (closed channel) must fail the command too; completing a
             // promise twice is a no-op, so the handler and this may both try.
             let written = channel.eventLoop.makePromise(of: Void.self)
-            written.futureResult.whenFailure { _ in reply.fail(RedisError.closed) }
+            // On a stalled event loop the timer can close the channel before this write
+            // runs: report that as the timeout it is.
+            written.futureResult.whenFailure { _ in reply.fail(timedOut.isSet ? RedisError.timeout : RedisError.closed) }
             channel.write((command, reply), promise: written)
             replies.append(reply.futureResult)
         }

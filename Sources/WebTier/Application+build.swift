@@ -6,7 +6,9 @@ import Foundation
 import Hummingbird
 import HummingbirdBcrypt
 import Logging
+import Imaging
 import MessageQueue
+import Photos
 import MillionsCore
 import Mustache
 import NIOCore
@@ -37,6 +39,10 @@ public struct Components: Sendable {
     public let assets: AssetCatalog
     /// The job queue, in the data engine (SQLite or PostgreSQL).
     public let jobs: any JobQueue
+    /// Photo originals and variants.
+    public let photos: any PhotoStore
+    /// Bounded threads for image work (uploads' header checks, photo jobs).
+    public let images: ImageProcessor
     /// Set while the server drains at shutdown.
     public let drain = DrainState()
     let templates: MustacheLibrary
@@ -118,6 +124,8 @@ public struct Components: Sendable {
             memcached: memcached,
             userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
             jobs: replicaSet.map { PostgresJobQueue(replicaSet: $0) as any JobQueue } ?? SQLiteJobQueue(database: database!),
+            photos: try FolderPhotoStore(directory: settings.photosDirectory),
+            images: ImageProcessor.shared(threads: settings.photosThreads),
             templates: try await MustacheLibrary(directory: resources + "/templates"),
             decoyHash: Bcrypt.hash(Token.random(bytes: 16), cost: cost))
     }
@@ -137,7 +145,11 @@ public struct Components: Sendable {
         options.leaseSeconds = settings.queueLeaseSeconds
         options.graceSeconds = settings.queueGraceSeconds
         options.backoff = Backoff(baseSeconds: settings.queueBackoffBaseSeconds)
-        return Worker(queue: jobs, handlers: StandardHandlers.all, options: options, metrics: metrics, logger: logger)
+        var handlers = StandardHandlers.all
+        handlers[PhotoJobs.queue] = PhotoJobs.handler(
+            store: photos, users: users, processor: images, limits: settings.imageLimits, metrics: metrics,
+            invalidate: { [userCache] id in await userCache?.invalidate(id) })
+        return Worker(queue: jobs, handlers: handlers, options: options, metrics: metrics, logger: logger)
     }
 
     var service: UserService {
@@ -164,6 +176,10 @@ public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
     UsersController(service: service, body: body).addRoutes(to: router)
     PagesController(service: service, templates: c.templates, assets: c.assets, body: body).addRoutes(to: router)
     AssetsController(catalog: c.assets).addRoutes(to: router)
+    PhotosController(
+        service: service, jobs: c.jobs, photos: c.photos, images: c.images, settings: c.settings,
+        metrics: c.metrics, body: body
+    ).addRoutes(to: router)
     var writesAvailable: (@Sendable () -> Bool)? = nil
     if let set = c.replicaSet { writesAvailable = { set.primaryIndex != nil } }
     OperationsController(

@@ -127,6 +127,10 @@ struct PagesController {
         var page = try await base(title: "\(user.firstName) \(user.lastName)", session: session)
         page["user"] = Self.view(user)
         page["mine"] = session?.userID == user.id
+        if session?.userID == user.id, let job = request.uri.queryParameters["job"].flatMap({ Int64(String($0)) }) {
+            page["job"] = "\(job)"
+        }
+        page["maxPhotoMB"] = "\(service.settings.photosMaxBytes / (1024 * 1024))"
         return try render("profile", page, session: session)
     }
 
@@ -246,11 +250,13 @@ struct PagesController {
     }
 
     static func view(_ user: User) -> [String: Any] {
-        [
+        var view: [String: Any] = [
             "id": "\(user.id)", "firstName": user.firstName, "lastName": user.lastName,
             "streetAddress": user.address.streetAddress, "city": user.address.city, "state": user.address.state,
             "postalCode": user.address.postalCode, "phoneNumbers": user.phoneNumbers,
         ]
+        if let photo = user.photo { view["photo"] = photo.variants }
+        return view
     }
 
     static func formValues(_ user: User) -> [String: String] {

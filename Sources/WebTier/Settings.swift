@@ -1,5 +1,7 @@
 import Configuration
+import Foundation
 import DataTier
+import Imaging
 import SystemPackage
 import Logging
 import MillionsCore
@@ -62,6 +64,15 @@ public struct Settings: Sendable {
     public var queueGraceSeconds: Double
     public var queueMaxAttempts: Int
     public var queueBackoffBaseSeconds: Double
+
+    /// Folder of photo originals and variants; one shared folder for a whole cluster.
+    public var photosDirectory: String
+    /// Largest upload accepted, in bytes (the rest of the API keeps `http.maxBodyBytes`).
+    public var photosMaxBytes: Int
+    /// Largest image accepted, in pixels, judged from its header before decoding.
+    public var photosMaxPixels: Int
+    /// Threads for image work in this process (bounds its CPU and memory use).
+    public var photosThreads: Int
 
     public init(_ config: ConfigReader) throws {
         host = config.string(forKey: "http.host", default: "127.0.0.1")
@@ -132,6 +143,14 @@ public struct Settings: Sendable {
         queueMaxAttempts = config.int(forKey: "queue.maxAttempts", default: 5)
         queueBackoffBaseSeconds = config.double(forKey: "queue.backoffBaseSeconds", default: 1)
 
+        photosDirectory = config.string(forKey: "photos.directory", default: dataDirectory + "/photos")
+        photosMaxBytes = config.int(forKey: "photos.maxBytes", default: 10 * 1024 * 1024)
+        photosMaxPixels = config.int(forKey: "photos.maxPixels", default: 40_000_000)
+        photosThreads = config.int(forKey: "photos.threads", default: ProcessInfo.processInfo.activeProcessorCount)
+
+        try check(photosMaxBytes >= 1024 && photosMaxBytes <= 64 * 1024 * 1024, "photos.maxBytes must be 1 KiB...64 MiB")
+        try check(photosMaxPixels >= 1 && photosMaxPixels <= 200_000_000, "photos.maxPixels must be 1...200000000")
+        try check(photosThreads >= 1 && photosThreads <= 64, "photos.threads must be 1...64")
         try check(port >= 0 && port <= 65535, "http.port must be 0...65535")
         try check(queueInProcessWorkers >= 0 && queueInProcessWorkers <= 256, "queue.inProcessWorkers must be 0...256")
         try check(queueLeaseSeconds >= 0.5 && queueGraceSeconds >= 0, "queue.leaseSeconds ≥ 0.5, queue.graceSeconds ≥ 0")
@@ -178,9 +197,18 @@ public struct Settings: Sendable {
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
         "cache.memcached.retrySeconds", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
         "queue.inProcessWorkers", "queue.leaseSeconds", "queue.graceSeconds", "queue.maxAttempts", "queue.backoffBaseSeconds",
+        "photos.directory", "photos.maxBytes", "photos.maxPixels", "photos.threads",
     ]
 
     public var databasePath: String { dataDirectory + "/millions.sqlite" }
+
+    /// Bounds on uploaded images.
+    public var imageLimits: ImageLimits {
+        var limits = ImageLimits()
+        limits.maxBytes = photosMaxBytes
+        limits.maxPixels = photosMaxPixels
+        return limits
+    }
 }
 
 /// A configuration value that cannot work.

@@ -63,6 +63,10 @@ public enum PostgresMigrations {
                 "CREATE INDEX jobs_leases ON jobs (state, lease_until)",
             ]
         ),
+        (
+            "3-photos",
+            ["ALTER TABLE users ADD COLUMN photo text, ADD COLUMN photo_source text, ADD COLUMN photo_job bigint"]
+        ),
     ]
 
     /// Applies what is missing; returns every applied migration's name.

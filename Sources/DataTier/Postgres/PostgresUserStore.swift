@@ -9,12 +9,13 @@ public struct PostgresUserStore: UserStore {
 
     public init(replicaSet: ReplicaSet) { self.set = replicaSet }
 
-    typealias Row = (Int64, String, String, String, String, String, String, [String])
+    typealias Row = (Int64, String, String, String, String, String, String, [String], String?)
 
     static func user(_ r: Row) -> User {
         User(
             id: UserID(rawValue: r.0)!, firstName: r.1, lastName: r.2,
-            address: Address(streetAddress: r.3, city: r.4, state: r.5, postalCode: r.6), phoneNumbers: r.7)
+            address: Address(streetAddress: r.3, city: r.4, state: r.5, postalCode: r.6), phoneNumbers: r.7,
+            photo: Photo.parse(r.8))
     }
 
     public func create(_ account: NewAccount) async throws -> User {
@@ -45,7 +46,7 @@ public struct PostgresUserStore: UserStore {
         try await set.read("get_user") { client in
             let rows = try await client.query(
                 """
-                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers
+                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers, photo
                 FROM users WHERE id = \(id.rawValue)
                 """)
             for try await row in rows.decode(Row.self) { return Self.user(row) }
@@ -57,7 +58,7 @@ public struct PostgresUserStore: UserStore {
         try await set.read("recent_users") { client in
             let rows = try await client.query(
                 """
-                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers
+                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers, photo
                 FROM users ORDER BY id DESC LIMIT \(limit)
                 """)
             var out: [User] = []
@@ -71,7 +72,7 @@ public struct PostgresUserStore: UserStore {
         return try await set.write("update_user") { c in
             let rows = try await c.query(
                 """
-                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers
+                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers, photo
                 FROM users WHERE id = \(id.rawValue) FOR UPDATE
                 """, logger: logger)
             var current: User? = nil
@@ -86,7 +87,7 @@ public struct PostgresUserStore: UserStore {
                     updated_at = \(Clock.secondsSince1970())
                 WHERE id = \(id.rawValue)
                 """, logger: logger)
-            return User(id: id, profile: p)
+            return User(id: id, profile: p, photo: current.photo)
         }
     }
 
@@ -162,6 +163,30 @@ public struct PostgresUserStore: UserStore {
             var n = 0
             for try await _ in rows.decode(Int64.self) { n += 1 }
             return n
+        }
+    }
+
+    public func setPhoto(id: UserID, photo: Photo, source: String, job: Int64) async throws -> Bool {
+        let logger = self.logger
+        return try await set.write("set_photo") { c in
+            let rows = try await c.query(
+                """
+                UPDATE users SET photo = \(photo.jsonText), photo_source = \(source), photo_job = \(job),
+                    updated_at = \(Clock.secondsSince1970())
+                WHERE id = \(id.rawValue) AND COALESCE(photo_job, 0) <= \(job)
+                RETURNING id
+                """, logger: logger)
+            var changed = false
+            for try await _ in rows.decode(Int64.self) { changed = true }
+            return changed
+        }
+    }
+
+    public func photoSource(id: UserID) async throws -> String? {
+        try await set.readPrimary("photo_source") { client in
+            let rows = try await client.query("SELECT photo_source FROM users WHERE id = \(id.rawValue)")
+            for try await source in rows.decode(String?.self) { return source }
+            return nil
         }
     }
 

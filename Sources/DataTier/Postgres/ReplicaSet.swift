@@ -189,6 +189,15 @@ public final class ReplicaSet: Service {
         }
     }
 
+    /// The primary's index. When none is known (a slow query may have marked it failed a
+    /// moment ago), one fresh probe decides, rather than a 503 on stale news.
+    func currentPrimary() async throws -> Int {
+        if let i = primaryIndex { return i }
+        await discover()
+        guard let i = primaryIndex else { throw Self.noPrimary }
+        return i
+    }
+
     /// Asks the discovery loop to probe every node now.
     public func rediscoverSoon() { discoverNow.store(true, ordering: .relaxed) }
 
@@ -230,7 +239,7 @@ public final class ReplicaSet: Service {
     public func readPrimary<T: Sendable>(
         _ op: String, _ body: @escaping @Sendable (PostgresClient) async throws -> T
     ) async throws -> T {
-        guard let i = primaryIndex else { throw Self.noPrimary }
+        let i = try await currentPrimary()
         do {
             return try await run(i, op: op, role: "primary") { try await body(self.nodes[i].client) }
         } catch let error where Self.isNodeFailure(error) {
@@ -246,7 +255,7 @@ public final class ReplicaSet: Service {
     public func write<T: Sendable>(
         _ op: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
-        guard let i = primaryIndex else { throw Self.noPrimary }
+        let i = try await currentPrimary()
         let client = nodes[i].client
         let logger = self.logger
         do {

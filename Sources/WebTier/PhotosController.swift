@@ -1,0 +1,200 @@
+import DataTier
+import Edge
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Imaging
+import Logging
+import MessageQueue
+import MillionsCore
+import NIOCore
+import Observability
+import Photos
+import Prometheus
+import SessionTier
+
+/// Profile photos: upload (raw body or the page's multipart form), edits, job status,
+/// and the immutable variant files.
+struct PhotosController {
+    let service: UserService
+    let jobs: any JobQueue
+    let photos: any PhotoStore
+    let images: ImageProcessor
+    let settings: Settings
+    let metrics: AppMetrics
+    let body: JSONBody
+
+    static let immutable = "public, max-age=31536000, immutable"
+
+    func addRoutes(to router: Router<AppRequestContext>) {
+        router.post("/users/{id}/photo", use: upload)
+        router.post("/users/{id}/photo/edits", use: edit)
+        router.get("/jobs/{id}", use: job)
+        router.get("/photos/{name}", use: file)
+    }
+
+    // MARK: Routes
+
+    @Sendable func upload(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let id = try UsersController.userID(context)
+        let session = try await service.requireSession(request)
+        guard session.userID == id else { throw MillionsError(.forbidden, "you can only change your own photo") }
+        let type = request.headers[.contentType]?.lowercased() ?? ""
+        let image: [UInt8]
+        var fromForm = false
+        if type.hasPrefix("multipart/form-data") {
+            guard let boundary = MultipartForm.boundary(contentType: request.headers[.contentType] ?? "") else {
+                throw MillionsError(.badRequest, "multipart body without a boundary")
+            }
+            // Room for the form's other fields and part headers on top of the image.
+            let raw = try await JSONBody(maxBytes: settings.photosMaxBytes + 64 * 1024).collect(request)
+            let form = try MultipartForm(Array(raw.readableBytesView), boundary: boundary)
+            // A form can be posted from anywhere: it must carry the session's own token.
+            guard let token = form.text("csrf"), Token.constantTimeEquals(token, session.csrfToken) else {
+                throw MillionsError(.csrf, "the form has expired; reload the page and try again")
+            }
+            guard let part = form["photo"], !part.body.isEmpty else {
+                throw MillionsError(.validation, "choose a photo to upload", fields: [FieldError("photo", "is required")])
+            }
+            image = Array(part.body)
+            fromForm = true
+        } else if type.hasPrefix("image/") || type.hasPrefix("application/octet-stream") {
+            image = Array(try await JSONBody(maxBytes: settings.photosMaxBytes).collect(request).readableBytesView)
+        } else {
+            throw MillionsError(.unsupportedMediaType, "send the image as the body (image/jpeg, image/png, image/webp) or as multipart/form-data")
+        }
+        let info = try await probe(image)
+        let source = SHA256.hex(image) + "." + info.format.fileExtension
+        try await photos.put(image, name: source, kind: .original)
+        let payload = PhotoJobs.Payload(user: id.rawValue, source: source)
+        let jobID = try await PhotoJobs.enqueue(payload, on: jobs, maxAttempts: settings.queueMaxAttempts)
+        metrics.counter("photo_uploads", "Photo uploads accepted, by format", [("format", info.format.rawValue)]).increment()
+        context.logger.info(
+            "photo uploaded",
+            metadata: ["user_id": "\(id)", "job_id": "\(jobID)", "bytes": "\(image.count)", "size": "\(info.width)x\(info.height)"])
+        if fromForm, (request.headers[.accept] ?? "").contains("text/html") {
+            return Response.redirect(to: "/people/\(id)?job=\(jobID)", type: .normal)
+        }
+        return try accepted(jobID, payload)
+    }
+
+    @Sendable func edit(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let id = try UsersController.userID(context)
+        let session = try await service.requireSession(request)
+        guard session.userID == id else { throw MillionsError(.forbidden, "you can only change your own photo") }
+        let edits = try await body.decode(EditsRequest.self, from: request).edits
+        guard edits.crop != nil || edits.resize != nil || edits.sharpen != nil || edits.blur != nil else {
+            throw MillionsError(.validation, "give at least one of crop, resize, sharpen, blur")
+        }
+        guard let source = try await service.users.photoSource(id: id),
+            let original = try await photos.get(name: source, kind: .original)
+        else { throw MillionsError(.conflict, "upload a photo first") }
+        let info = try await probe(original)
+        do {
+            try edits.validate(width: info.width, height: info.height)
+        } catch let e as ImageError {
+            throw MillionsError(.validation, e.message)
+        }
+        let payload = PhotoJobs.Payload(user: id.rawValue, source: source, edits: edits)
+        let jobID = try await PhotoJobs.enqueue(payload, on: jobs, maxAttempts: settings.queueMaxAttempts)
+        context.logger.info("photo edit queued", metadata: ["user_id": "\(id)", "job_id": "\(jobID)"])
+        return try accepted(jobID, payload)
+    }
+
+    /// A photo job's state, for the user whose photo it is (404 for anyone else's).
+    @Sendable func job(_ request: Request, context: AppRequestContext) async throws -> Response {
+        guard let text = context.parameters.get("id"), let jobID = Int64(text), jobID > 0 else {
+            throw MillionsError(.invalidID, "job ids are positive integers")
+        }
+        let session = try await service.requireSession(request)
+        guard let job = try await jobs.job(id: jobID), job.queue == PhotoJobs.queue,
+            let payload = PhotoJobs.Payload.parse(job.payload), payload.user == session.userID.rawValue
+        else { throw MillionsError(.notFound, "no such job") }
+        return try Response.json(JobView(job, payload), headers: [.cacheControl: "no-store"])
+    }
+
+    /// A variant: immutable, so cached forever by browsers and the CDN.
+    @Sendable func file(_ request: Request, context: AppRequestContext) async throws -> Response {
+        guard let name = context.parameters.get("name"), PhotoName.isValid(name),
+            let bytes = try await photos.get(name: name, kind: .variant)
+        else { throw MillionsError(.notFound, "no such photo") }
+        let etag = "\"\(name.prefix(64))\""
+        var headers: HTTPFields = [.eTag: etag, .cacheControl: Self.immutable]
+        if AssetCatalog.ifNoneMatch(request.headers[.ifNoneMatch], matches: etag) {
+            return Response(status: .notModified, headers: headers)
+        }
+        headers[.contentType] = PhotoName.contentType(name)
+        headers[HTTPField.Name("X-Content-Type-Options")!] = "nosniff"
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    // MARK: Helpers
+
+    /// Format and size from the header only, within the configured bounds.
+    func probe(_ image: [UInt8]) async throws -> ImageInfo {
+        let limits = settings.imageLimits
+        do {
+            return try await images.run { try Imaging.probe(image, limits: limits) }
+        } catch let e as ImageError {
+            metrics.counter("photo_uploads_refused", "Images refused before queueing, by reason", [("reason", e.code.rawValue)])
+                .increment()
+            switch e.code {
+            case .notAnImage: throw MillionsError(.unsupportedMediaType, e.message)
+            case .tooLarge: throw MillionsError(.payloadTooLarge, e.message)
+            case .corrupt, .badEdit: throw MillionsError(.validation, "the image cannot be read: \(e.message)")
+            }
+        }
+    }
+
+    func accepted(_ jobID: Int64, _ payload: PhotoJobs.Payload) throws -> Response {
+        var view = JobView(id: jobID, state: "queued", attempts: 0)
+        view.url = "/jobs/\(jobID)"
+        return try Response.json(view, status: .accepted, headers: [.location: "/jobs/\(jobID)", .cacheControl: "no-store"])
+    }
+}
+
+/// `GET /jobs/{id}`: queued / running / done (with the variants) / failed (with the reason).
+struct JobView: Encodable {
+    var id: Int64
+    var kind = PhotoJobs.queue
+    var state: String
+    var attempts: Int
+    var url: String?
+    var photo: Photo?
+    var error: String?
+    var lastError: String?
+
+    init(id: Int64, state: String, attempts: Int) {
+        self.id = id
+        self.state = state
+        self.attempts = attempts
+        self.url = "/jobs/\(id)"
+    }
+
+    init(_ job: Job, _ payload: PhotoJobs.Payload) {
+        switch job.state {
+        case .ready: self.init(id: job.id, state: "queued", attempts: job.attempts)
+        case .running: self.init(id: job.id, state: "running", attempts: job.attempts)
+        case .done: self.init(id: job.id, state: "done", attempts: job.attempts)
+        case .dead: self.init(id: job.id, state: "failed", attempts: job.attempts)
+        }
+        switch job.state {
+        case .done: photo = PhotoJobs.photo(payload)
+        case .dead: error = job.lastError ?? "failed"
+        default: lastError = job.lastError
+        }
+    }
+}
+
+/// `{"crop":{x,y,width,height}, "resize":{width,height}, "sharpen":{sigma}, "blur":{sigma}}`.
+struct EditsRequest: StrictJSON {
+    var edits: Edits
+    init(from decoder: any Decoder) throws { edits = try Edits(from: decoder) }
+    static let allowedKeys: [String: Set<String>] = [
+        "": ["crop", "resize", "sharpen", "blur"],
+        "crop": ["x", "y", "width", "height"],
+        "resize": ["width", "height"],
+        "sharpen": ["sigma"],
+        "blur": ["sigma"],
+    ]
+}

@@ -1,0 +1,299 @@
+import DataTier
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import Imaging
+import MessageQueue
+import MillionsCore
+import MillionsTesting
+import NIOCore
+import Observability
+import Photos
+import Testing
+import WebTier
+
+/// Uploads a raw image as `session`'s user.
+func uploadPhoto(
+    _ client: any TestClientProtocol, user: String, session: String, _ bytes: [UInt8], type: String = "image/png"
+) async throws -> TestResponse {
+    try await client.execute(
+        uri: "/users/\(user)/photo", method: .post,
+        headers: [.contentType: type, .cookie: "millions_session=\(session)"], body: ByteBuffer(bytes: bytes))
+}
+
+/// Polls `/jobs/{id}` until the job is done or failed.
+func waitForJob(_ client: any TestClientProtocol, _ url: String, session: String, seconds: Double = 60) async throws -> [String: Any] {
+    for _ in 0..<Int(seconds * 20) {
+        let r = try await client.send(.get, url, cookies: ["millions_session": session])
+        #expect(r.status == .ok, "\(r.text)")
+        if let state = r.object["state"] as? String, state == "done" || state == "failed" { return r.object }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    Issue.record("job \(url) did not finish")
+    return [:]
+}
+
+/// A multipart/form-data body with the given text fields and one file.
+func multipart(boundary: String, fields: [String: String], file: (name: String, bytes: [UInt8])?) -> [UInt8] {
+    var body: [UInt8] = []
+    for (k, v) in fields.sorted(by: { $0.key < $1.key }) {
+        body += Array("--\(boundary)\r\nContent-Disposition: form-data; name=\"\(k)\"\r\n\r\n\(v)\r\n".utf8)
+    }
+    if let file {
+        body += Array("--\(boundary)\r\nContent-Disposition: form-data; name=\"\(file.name)\"; filename=\"me.png\"\r\nContent-Type: image/png\r\n\r\n".utf8)
+        body += file.bytes + Array("\r\n".utf8)
+    }
+    body += Array("--\(boundary)--\r\n".utf8)
+    return body
+}
+
+@Suite struct PhotoTests {
+    /// Upload → 202 with a job → the in-process workers make the variants → the profile
+    /// (JSON, cached before the job ran, and the page) shows them; the files are immutable.
+    @Test func anUploadBecomesTheProfilePhoto() async throws {
+        try await TestApp.run { client, components in
+            let (id, session) = try await signUpJohn(client)
+            // Warm the cache: the finished job must invalidate it.
+            #expect(try await client.send(.get, "/users/\(id)").object["photo"] == nil)
+            let original = try Imaging.testImage(width: 1200, height: 800, format: .png)
+            let r = try await uploadPhoto(client, user: id, session: session, original)
+            #expect(r.status == .accepted, "\(r.text)")
+            let location = try #require(r.headers[.location])
+            #expect(location.hasPrefix("/jobs/"))
+            #expect(r.object["state"] as? String == "queued" && r.object["url"] as? String == location)
+
+            let job = try await waitForJob(client, location, session: session)
+            #expect(job["state"] as? String == "done", "\(job)")
+            let variants = try #require(job["photo"] as? [String: String])
+            #expect(Set(variants.keys) == ["large", "medium", "small"])
+
+            let user = try await client.send(.get, "/users/\(id)")
+            #expect(user.object["photo"] as? [String: String] == variants)
+            #expect(user.text.hasSuffix(#""photo":{"large":"\#(variants["large"]!)","medium":"\#(variants["medium"]!)","small":"\#(variants["small"]!)"}}"#))
+
+            let expected = ["large": (1024, 683), "medium": (320, 213), "small": (96, 64)]
+            for (name, url) in variants {
+                #expect(url.range(of: #"^/photos/[0-9a-f]{64}\.jpg$"#, options: .regularExpression) != nil)
+                let file = try await client.send(.get, url)
+                #expect(file.status == .ok)
+                #expect(file.headers[.cacheControl] == "public, max-age=31536000, immutable")
+                #expect(file.headers[.contentType] == "image/jpeg")
+                let info = try Imaging.probe(Array(file.body.readableBytesView))
+                #expect(info.format == .jpeg && info.width == expected[name]!.0 && info.height == expected[name]!.1, "\(name) \(info)")
+                let etag = try #require(file.headers[.eTag])
+                #expect(try await client.send(.get, url, headers: [.ifNoneMatch: etag]).status == .notModified)
+            }
+            let page = try await client.send(.get, "/people/\(id)")
+            #expect(page.text.contains(#"src="\#(variants["medium"]!)""#))
+
+            // Content-addressed: the same photo again makes the same names, stored once.
+            let again = try await uploadPhoto(client, user: id, session: session, original)
+            let second = try await waitForJob(client, try #require(again.headers[.location]), session: session)
+            #expect(second["photo"] as? [String: String] == variants)
+            #expect(try await components.photos.list(kind: .variant).count == 3)
+            #expect(try await components.photos.list(kind: .original).count == 1)
+
+            let metrics = try await client.send(.get, "/metrics").text
+            #expect(metrics.contains(#"images_processed_total{operation="thumbnail"} 6"#))
+            #expect(metrics.contains(#"photo_uploads_total{format="png"} 2"#))
+            #expect(metrics.contains(#"jobs_total{queue="photo",outcome="done"} 2"#))
+        }
+    }
+
+    /// Edits apply to the original: crop, resize, sharpen, blur → an `edited` variant of
+    /// the asked size, and thumbnails of it.
+    @Test func editsMakeANewPhotoFromTheOriginal() async throws {
+        try await TestApp.run { client, _ in
+            let (id, session) = try await signUpJohn(client)
+            let cookie = ["millions_session": session]
+            let noPhoto = try await client.send(.post, "/users/\(id)/photo/edits", json: #"{"blur":{"sigma":2}}"#, cookies: cookie)
+            #expect(noPhoto.status == .conflict)
+            let upload = try await uploadPhoto(client, user: id, session: session, try Imaging.testImage(width: 1200, height: 800, format: .jpeg), type: "image/jpeg")
+            let first = try await waitForJob(client, try #require(upload.headers[.location]), session: session)
+            let edit = try await client.send(
+                .post, "/users/\(id)/photo/edits",
+                json: #"{"crop":{"x":100,"y":0,"width":800,"height":800},"resize":{"width":400,"height":400},"sharpen":{"sigma":1},"blur":{"sigma":1.5}}"#,
+                cookies: cookie)
+            #expect(edit.status == .accepted, "\(edit.text)")
+            let job = try await waitForJob(client, try #require(edit.headers[.location]), session: session)
+            #expect(job["state"] as? String == "done", "\(job)")
+            let variants = try #require(job["photo"] as? [String: String])
+            #expect(Set(variants.keys) == ["edited", "large", "medium", "small"])
+            #expect(variants["large"] != (first["photo"] as? [String: String])?["large"])
+            for (name, size) in [("edited", 400), ("large", 400), ("medium", 320), ("small", 96)] {
+                let file = try await client.send(.get, variants[name]!)
+                #expect(try Imaging.probe(Array(file.body.readableBytesView)) == ImageInfo(format: .jpeg, width: size, height: size), "\(name)")
+            }
+            #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == variants)
+            let metrics = try await client.send(.get, "/metrics").text
+            for op in ["crop", "resize", "sharpen", "blur"] {
+                #expect(metrics.contains(#"images_processed_total{operation="\#(op)"} 1"#), "\(op)")
+            }
+        }
+    }
+
+    /// Nothing a client sends about photos gets a 5xx.
+    @Test func badPhotoRequestsGetClear4xx() async throws {
+        try await TestApp.run(["photos.maxBytes": "65536"]) { client, components in
+            let (id, session) = try await signUpJohn(client)
+            let (otherID, otherSession) = try await signUpJohn(client, email: "jane@example.com")
+            let png = try Imaging.testImage(width: 64, height: 48, format: .png)
+
+            let notImage = try await uploadPhoto(client, user: id, session: session, Array("%PDF-1.7 not a picture".utf8))
+            #expect(notImage.status == .unsupportedMediaType && notImage.errorCode == "unsupported_media_type")
+            let bomb = try await uploadPhoto(client, user: id, session: session, PNGBomb.make(width: 50_000, height: 50_000))
+            #expect(bomb.status == .contentTooLarge && bomb.errorCode == "payload_too_large", "\(bomb.text)")
+            let big = try await uploadPhoto(client, user: id, session: session, [0xFF, 0xD8, 0xFF] + Array(repeating: 0, count: 70_000))
+            #expect(big.status == .contentTooLarge)
+            let header = try await uploadPhoto(client, user: id, session: session, [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3])
+            #expect(header.status == .unprocessableContent, "\(header.text)")
+            let text = try await uploadPhoto(client, user: id, session: session, png, type: "text/plain")
+            #expect(text.status == .unsupportedMediaType)
+            let anonymous = try await client.execute(uri: "/users/\(id)/photo", method: .post, headers: [.contentType: "image/png"], body: ByteBuffer(bytes: png))
+            #expect(anonymous.status == .unauthorized)
+            let someoneElses = try await uploadPhoto(client, user: otherID, session: session, png)
+            #expect(someoneElses.status == .forbidden)
+            #expect(try await uploadPhoto(client, user: "abc", session: session, png).status == .badRequest)
+
+            let cookie = ["millions_session": session]
+            let ok = try await uploadPhoto(client, user: id, session: session, png)
+            let url = try #require(ok.headers[.location])
+            _ = try await waitForJob(client, url, session: session)
+            for (json, status) in [
+                (#"{"crop":{"x":0,"y":0,"width":65,"height":10}}"#, HTTPResponse.Status.unprocessableContent),
+                (#"{"blur":{"sigma":99}}"#, .unprocessableContent),
+                (#"{"resize":{"width":0,"height":10}}"#, .unprocessableContent),
+                ("{}", .unprocessableContent),
+                (#"{"rotate":90}"#, .badRequest),
+                (#"{"crop":{"x":0,"y":0,"width":10,"height":10,"z":1}}"#, .badRequest),
+                (#"{"crop":{"x":"a"}}"#, .badRequest),
+                ("[1]", .badRequest),
+            ] {
+                let r = try await client.send(.post, "/users/\(id)/photo/edits", json: json, cookies: cookie)
+                #expect(r.status == status, "\(json) → \(r.status) \(r.text)")
+                #expect(r.errorCode != nil)
+            }
+
+            // Jobs are private to their user; malformed ids are 400.
+            #expect(try await client.send(.get, url, cookies: ["millions_session": otherSession]).status == .notFound)
+            #expect(try await client.send(.get, url).status == .unauthorized)
+            #expect(try await client.send(.get, "/jobs/abc", cookies: cookie).status == .badRequest)
+            #expect(try await client.send(.get, "/jobs/999999", cookies: cookie).status == .notFound)
+
+            // File names are hashes: anything else, including traversal, is not found.
+            for name in ["..%2F..%2Fetc%2Fpasswd", "%2e%2e", String(repeating: "a", count: 64) + ".jpg", "x.jpg", String(repeating: "A", count: 64) + ".jpg"] {
+                let r = try await client.send(.get, "/photos/\(name)")
+                #expect(r.status == .notFound, "\(name)")
+                #expect(r.errorCode == "not_found")
+            }
+            #expect(try await client.send(.get, "/photos/../millions.sqlite").status == .notFound)
+            #expect(try await components.photos.list(kind: .original).count == 1)
+        }
+    }
+
+    /// A file with a good header and broken data passes the upload check and fails its
+    /// job, once (no retries), with the reason.
+    @Test func aCorruptImageFailsItsJobWithAReason() async throws {
+        try await TestApp.run { client, _ in
+            let (id, session) = try await signUpJohn(client)
+            let good = try Imaging.testImage(width: 640, height: 480, format: .png)
+            let corrupt = Array(good.prefix(good.count / 3))
+            let r = try await uploadPhoto(client, user: id, session: session, corrupt)
+            #expect(r.status == .accepted, "\(r.text)")
+            let job = try await waitForJob(client, try #require(r.headers[.location]), session: session)
+            #expect(job["state"] as? String == "failed")
+            #expect(job["attempts"] as? Int == 1)
+            #expect((job["error"] as? String)?.hasPrefix("corrupt: ") == true, "\(job)")
+            #expect(job["photo"] == nil)
+            #expect(try await client.send(.get, "/users/\(id)").object["photo"] == nil)
+            #expect(try await client.send(.get, "/metrics").text.contains(#"image_failures_total{reason="corrupt"} 1"#))
+        }
+    }
+
+    /// The profile page's form: multipart with the session's CSRF token, then back to the
+    /// page, which knows the job.
+    @Test func thePageFormUploadsAsMultipart() async throws {
+        try await TestApp.run { client, _ in
+            let (id, session) = try await signUpJohn(client)
+            let cookie = ["millions_session": session]
+            let page = try await client.send(.get, "/people/\(id)", cookies: cookie)
+            #expect(page.text.contains(#"enctype="multipart/form-data""#))
+            let csrf = try #require(page.text.firstMatch(of: /name="csrf" value="([0-9a-f]+)"/)?.1)
+            let png = try Imaging.testImage(width: 300, height: 200, format: .png)
+            func post(_ fields: [String: String], file: [UInt8]?) async throws -> TestResponse {
+                try await client.execute(
+                    uri: "/users/\(id)/photo", method: .post,
+                    headers: [.contentType: "multipart/form-data; boundary=XyZ123", .cookie: "millions_session=\(session)", .accept: "text/html"],
+                    body: ByteBuffer(bytes: multipart(boundary: "XyZ123", fields: fields, file: file.map { ("photo", $0) })))
+            }
+            #expect(try await post([:], file: png).status == .forbidden)
+            #expect(try await post(["csrf": "0000"], file: png).status == .forbidden)
+            #expect(try await post(["csrf": String(csrf)], file: nil).status == .unprocessableContent)
+            let ok = try await post(["csrf": String(csrf)], file: png)
+            #expect(ok.status == .seeOther)
+            let location = try #require(ok.headers[.location])
+            let jobID = try #require(location.firstMatch(of: /\/people\/\d+\?job=(\d+)/)?.1)
+            let back = try await client.send(.get, location, cookies: cookie)
+            #expect(back.text.contains(#"data-job="\#(jobID)""#))
+            let job = try await waitForJob(client, "/jobs/\(jobID)", session: session)
+            #expect(job["state"] as? String == "done")
+            let garbage = try await client.execute(
+                uri: "/users/\(id)/photo", method: .post,
+                headers: [.contentType: "multipart/form-data; boundary=XyZ123", .cookie: "millions_session=\(session)"],
+                body: ByteBuffer(string: "--XyZ123\r\nno headers end"))
+            #expect(garbage.status == .badRequest)
+        }
+    }
+
+    /// Running one job twice writes the same variants once; an older job never replaces a
+    /// newer job's photo.
+    @Test func aJobRunTwiceMakesItsVariantsOnce() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let settings = try TestApp.settings(dataDirectory: dir, ["queue.inProcessWorkers": "0"])
+            let c = try await TestApp.components(settings)
+            let user = try await c.users.create(
+                NewAccount(id: UserIDGenerator().next(), email: "a@example.com", passwordHash: "x", profile: Profile(firstName: "A", lastName: "B")))
+            let bytes = try Imaging.testImage(width: 500, height: 500, format: .webp)
+            let source = SHA256.hex(bytes) + ".webp"
+            try await c.photos.put(bytes, name: source, kind: .original)
+            let payload = PhotoJobs.Payload(user: user.id.rawValue, source: source, edits: Edits(blur: .init(sigma: 2)))
+            let id = try await PhotoJobs.enqueue(payload, on: c.jobs, maxAttempts: 3)
+            let job = try #require(try await c.jobs.job(id: id))
+            let handler = PhotoJobs.handler(
+                store: c.photos, users: c.users, processor: c.images, limits: settings.imageLimits, metrics: AppMetrics(),
+                invalidate: { _ in })
+            try await handler(job)
+            let once = try await c.photos.list(kind: .variant)
+            try await handler(job)
+            #expect(try await c.photos.list(kind: .variant) == once)
+            #expect(once.count == 4)
+            #expect(Set(once) == Set(PhotoJobs.variantFiles(payload).values))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: settings.photosDirectory + "/tmp").isEmpty)
+            #expect(try await c.users.user(id: user.id)?.photo == PhotoJobs.photo(payload))
+            // An older job finishing late does not replace the newer photo.
+            let older = PhotoJobs.photo(PhotoJobs.Payload(user: user.id.rawValue, source: source))
+            #expect(try await !c.users.setPhoto(id: user.id, photo: older, source: source, job: id - 1))
+            #expect(try await c.users.user(id: user.id)?.photo == PhotoJobs.photo(payload))
+            #expect(try await c.users.photoSource(id: user.id) == source)
+            try c.database?.close()
+        }
+    }
+
+    /// The same flow on PostgreSQL: migration, transactional queue, photo columns.
+    @Test func photosWorkOnPostgres() async throws {
+        let topology = try PostgresTopology.shared()
+        try await TestApp.runPostgres(topology, ["queue.inProcessWorkers": "2", "cache.backend": "none"]) { client, _ in
+            let email = "photo-\(UUID().uuidString.prefix(8))@example.com"
+            let (id, session) = try await signUpJohn(client, email: email)
+            let r = try await uploadPhoto(client, user: id, session: session, try Imaging.testImage(width: 400, height: 300, format: .jpeg))
+            #expect(r.status == .accepted, "\(r.text)")
+            let job = try await waitForJob(client, try #require(r.headers[.location]), session: session)
+            #expect(job["state"] as? String == "done", "\(job)")
+            let photo = try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String]
+            #expect(photo != nil && photo == job["photo"] as? [String: String])
+            let edit = try await client.send(.post, "/users/\(id)/photo/edits", json: #"{"sharpen":{"sigma":1}}"#, cookies: ["millions_session": session])
+            #expect(edit.status == .accepted, "\(edit.text)")
+            #expect(try await waitForJob(client, try #require(edit.headers[.location]), session: session)["state"] as? String == "done")
+        }
+    }
+}
