@@ -67,6 +67,9 @@ public struct Cluster: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(state).write(to: URL(fileURLWithPath: statePath))
+        // Whatever the topology now is, Prometheus can scrape all of it.
+        try ServerConfigs.prometheus(web: state.webServers.map(\.port), workers: state.workers.map(\.port))
+            .write(toFile: dir + "/prometheus.yml", atomically: true, encoding: .utf8)
     }
 
     // MARK: - up
@@ -188,21 +191,26 @@ public struct Cluster: Sendable {
         return Node(name: "web\(index)", role: "web", port: port, pidFile: pidFile)
     }
 
-    /// A worker consumes the queue; it has no port (port 0 in the state).
+    /// A worker consumes the queue; its port serves only `/metrics` and `/healthz`.
     func startWorker(_ state: ClusterState, index: Int) throws -> Node {
         let pidFile = "\(run)/worker\(index).pid"
-        let argv = [binary, "worker", "--concurrency", "2"] + setFlags(webSettings(state, index: index))
+        let port = state.ports.worker(index)
+        let argv = [binary, "worker", "--concurrency", "2", "--metrics-port", String(port)] + setFlags(webSettings(state, index: index))
         let pid = try Processes.spawnDetached(argv, log: "\(logs)/worker\(index).log")
         try String(pid).write(toFile: pidFile, atomically: true, encoding: .utf8)
-        return Node(name: "worker\(index)", role: "worker", port: 0, pidFile: pidFile)
+        return Node(name: "worker\(index)", role: "worker", port: port, pidFile: pidFile)
     }
 
-    /// A worker has no port to probe: it counts as up if it is still running a second
-    /// after its start (a bad configuration or an unreachable database ends it sooner).
+    /// A worker is up once its metrics server answers (it starts after the queue is
+    /// reachable); one that exits at start (bad configuration) fails at once.
     func waitWorkers(_ nodes: [Node]) throws {
-        Processes.wait(seconds: 1) { nodes.contains { !(pid(of: $0).map(Processes.isAlive) ?? false) } }
-        for node in nodes where !(pid(of: node).map(Processes.isAlive) ?? false) {
-            throw Processes.Failure("\(node.name) exited at start (see \(logs)/\(node.name).log)")
+        for node in nodes {
+            let up = Processes.wait(seconds: 60, every: 0.1) {
+                !(pid(of: node).map(Processes.isAlive) ?? false) || Processes.httpStatus(port: node.port, path: "/healthz") == 200
+            }
+            guard up, pid(of: node).map(Processes.isAlive) ?? false else {
+                throw Processes.Failure("\(node.name) did not start (see \(logs)/\(node.name).log)")
+            }
         }
     }
 
@@ -211,7 +219,7 @@ public struct Cluster: Sendable {
     public func scale(workers target: Int) throws {
         var state = try loadState()
         guard state.stage.defaultWorkers > 0 else { throw Processes.Failure("the \(state.stage.rawValue) stage has no workers (try queued)") }
-        guard target >= 0, target <= 64 else { throw Processes.Failure("workers must be 0...64") }
+        guard target >= 0, target <= Ports.maxWorkers else { throw Processes.Failure("workers must be 0...\(Ports.maxWorkers)") }
         let current = state.workers
         if target > current.count {
             let added = try Self.freeIndices(named: "worker", taken: current, count: target - current.count)
@@ -301,7 +309,7 @@ public struct Cluster: Sendable {
                 case "web":
                     health = Processes.httpStatus(port: node.port, path: "/readyz", timeout: 1) == 200 ? "ready" : "unready"
                 case "worker":
-                    health = "running"
+                    health = Processes.httpStatus(port: node.port, path: "/healthz", timeout: 1) == 200 ? "running" : "unready"
                 case "balancer", "edge":
                     health = Processes.httpStatus(port: node.port, path: "/healthz", timeout: 1) == 200 ? "up" : "unready"
                 default:

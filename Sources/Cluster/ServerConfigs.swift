@@ -64,7 +64,7 @@ public enum ServerConfigs {
             """
     }
 
-    /// Varnish as the edge: caches the content-hashed assets (the app marks them
+    /// Varnish as the edge: caches the content-hashed assets and photo variants (the app marks them
     /// immutable), passes everything else (pages and API answers are per user or change
     /// on writes). The origin still serves every asset if the edge is gone.
     public static func varnish(backendPort: Int) -> String {
@@ -76,14 +76,14 @@ public enum ServerConfigs {
             .port = "\(backendPort)";
         }
         sub vcl_recv {
-            if (req.method == "GET" && (req.url ~ "^/assets/" || req.url == "/favicon.ico")) {
+            if (req.method == "GET" && (req.url ~ "^/(assets|photos)/" || req.url == "/favicon.ico")) {
                 unset req.http.Cookie;
                 return (hash);
             }
             return (pass);
         }
         sub vcl_backend_response {
-            if (bereq.url ~ "^/assets/") {
+            if (bereq.url ~ "^/(assets|photos)/") {
                 unset beresp.http.Set-Cookie;
             }
         }
@@ -96,5 +96,24 @@ public enum ServerConfigs {
         }
 
         """
+    }
+
+    /// A Prometheus scrape configuration for every web server and worker of the cluster
+    /// (`prometheus --config.file=.cluster/prometheus.yml` collects them all).
+    public static func prometheus(web: [Int], workers: [Int]) -> String {
+        func list(_ ports: [Int]) -> String { ports.map { "'127.0.0.1:\($0)'" }.joined(separator: ", ") }
+        return """
+            # Rendered by `millions cluster` whenever the topology changes.
+            global:
+              scrape_interval: 5s
+            scrape_configs:
+              - job_name: millions-web
+                static_configs:
+                  - targets: [\(list(web))]
+              - job_name: millions-worker
+                static_configs:
+                  - targets: [\(list(workers))]
+
+            """
     }
 }

@@ -79,11 +79,14 @@ public struct Ports: Codable, Sendable, Equatable {
     public var postgres: Int { base + 40 }
     public var memcached: Int { base + 50 }
     public var redis: Int { base + 60 }
+    /// Workers' metrics servers.
+    public func worker(_ i: Int) -> Int { base + 70 + i }
     public static let maxWebServers = 29
+    public static let maxWorkers = 29
 
     public init(base: Int) throws {
-        guard base >= 1024, base + 70 < 32768 else {
-            throw Processes.Failure("--base-port must be 1024...32697 (the cluster uses base…base+70, below 32768)")
+        guard base >= 1024, base + 100 < 32768 else {
+            throw Processes.Failure("--base-port must be 1024...32667 (the cluster uses base…base+99, below 32768)")
         }
         self.base = base
     }

@@ -29,7 +29,7 @@ public struct Components: Sendable {
     public let replicaSet: ReplicaSet?
     public let users: any UserStore
     public let sessions: any SessionStore
-    /// The Redis client, when `session.store` is `redis`.
+    /// The Redis client, when `session.store` or `queue.engine` is `redis`.
     public let redis: RedisClient?
     /// The in-process LRU, when `cache.backend` is `memory`.
     public let lru: LRUCache?
@@ -37,7 +37,7 @@ public struct Components: Sendable {
     public let memcached: MemcachedCache?
     public let userCache: ReadThrough<User>?
     public let assets: AssetCatalog
-    /// The job queue, in the data engine (SQLite or PostgreSQL).
+    /// The job queue: in the data engine (SQLite or PostgreSQL), or Redis Streams.
     public let jobs: any JobQueue
     /// Photo originals and variants.
     public let photos: any PhotoStore
@@ -72,7 +72,7 @@ public struct Components: Sendable {
             sessions = SQLiteSessionStore(database: db)
         }
         var redis: RedisClient? = nil
-        if settings.sessionStore == "redis" {
+        if settings.sessionStore == "redis" || settings.queueEngine == "redis" {
             var config = try RedisClient.Configuration(address: settings.redisAddress)
             config.password = settings.redisPassword
             config.database = settings.redisDatabase
@@ -82,7 +82,7 @@ public struct Components: Sendable {
             config.connectTimeout = config.timeout
             let client = RedisClient(configuration: config, metrics: metrics, logger: logger)
             redis = client
-            sessions = RedisSessionStore(redis: client)
+            if settings.sessionStore == "redis" { sessions = RedisSessionStore(redis: client) }
         }
         var lru: LRUCache? = nil
         var memcached: MemcachedCache? = nil
@@ -123,7 +123,8 @@ public struct Components: Sendable {
             users: users, sessions: sessions, redis: redis, lru: lru,
             memcached: memcached,
             userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
-            jobs: replicaSet.map { PostgresJobQueue(replicaSet: $0) as any JobQueue } ?? SQLiteJobQueue(database: database!),
+            jobs: redis.flatMap { r in settings.queueEngine == "redis" ? RedisJobQueue(redis: r) : nil }
+                ?? replicaSet.map { PostgresJobQueue(replicaSet: $0) as any JobQueue } ?? SQLiteJobQueue(database: database!),
             photos: try FolderPhotoStore(directory: settings.photosDirectory),
             images: ImageProcessor.shared(threads: settings.photosThreads),
             templates: try await MustacheLibrary(directory: resources + "/templates"),
@@ -199,9 +200,9 @@ public func buildApplication(
     var services: [any Service] = []
     if let database = c.database { services.append(database) }
     if let set = c.replicaSet { services.append(set) }
-    if let redis = c.redis {
-        services.append(redis)  // Redis expires sessions itself: no sweeper
-    } else {
+    if let redis = c.redis { services.append(redis) }
+    // Redis expires its sessions itself; SQL sessions need sweeping.
+    if c.settings.sessionStore != "redis" {
         services.append(SessionSweeper(store: c.sessions, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger))
     }
     if let memcached = c.memcached { services.append(memcached) }

@@ -58,6 +58,8 @@ public struct Settings: Sendable {
     public var cacheTTLSeconds: Int
     public var cacheNegativeTTLSeconds: Int
 
+    /// `sql` (a jobs table in the data engine) or `redis` (Redis Streams, at `redis.address`).
+    public var queueEngine: String
     /// Worker slots inside `millions serve` (default 2 on SQLite, 0 on PostgreSQL).
     public var queueInProcessWorkers: Int
     public var queueLeaseSeconds: Double
@@ -137,6 +139,7 @@ public struct Settings: Sendable {
         cacheTTLSeconds = config.int(forKey: "cache.ttlSeconds", default: 300)
         cacheNegativeTTLSeconds = config.int(forKey: "cache.negativeTtlSeconds", default: 5)
 
+        queueEngine = config.string(forKey: "queue.engine", default: "sql")
         queueInProcessWorkers = config.int(forKey: "queue.inProcessWorkers", default: dataEngine == "sqlite" ? 2 : 0)
         queueLeaseSeconds = config.double(forKey: "queue.leaseSeconds", default: 30)
         queueGraceSeconds = config.double(forKey: "queue.graceSeconds", default: 10)
@@ -152,6 +155,7 @@ public struct Settings: Sendable {
         try check(photosMaxPixels >= 1 && photosMaxPixels <= 200_000_000, "photos.maxPixels must be 1...200000000")
         try check(photosThreads >= 1 && photosThreads <= 64, "photos.threads must be 1...64")
         try check(port >= 0 && port <= 65535, "http.port must be 0...65535")
+        try check(["sql", "redis"].contains(queueEngine), "queue.engine must be sql or redis")
         try check(queueInProcessWorkers >= 0 && queueInProcessWorkers <= 256, "queue.inProcessWorkers must be 0...256")
         try check(queueLeaseSeconds >= 0.5 && queueGraceSeconds >= 0, "queue.leaseSeconds ≥ 0.5, queue.graceSeconds ≥ 0")
         try check(queueMaxAttempts >= 1 && queueBackoffBaseSeconds > 0, "queue.maxAttempts ≥ 1, queue.backoffBaseSeconds > 0")
@@ -196,7 +200,7 @@ public struct Settings: Sendable {
         "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
         "cache.memcached.retrySeconds", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
-        "queue.inProcessWorkers", "queue.leaseSeconds", "queue.graceSeconds", "queue.maxAttempts", "queue.backoffBaseSeconds",
+        "queue.engine", "queue.inProcessWorkers", "queue.leaseSeconds", "queue.graceSeconds", "queue.maxAttempts", "queue.backoffBaseSeconds",
         "photos.directory", "photos.maxBytes", "photos.maxPixels", "photos.threads",
     ]
 

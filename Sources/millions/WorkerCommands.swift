@@ -1,8 +1,12 @@
 import ArgumentParser
 import DataTier
 import Foundation
+import Hummingbird
 import Logging
 import MessageQueue
+import NIOCore
+import Observability
+import RedisClient
 import ServiceLifecycle
 import UnixSignals
 import WebTier
@@ -13,9 +17,11 @@ struct WorkerCommand: AsyncParsableCommand {
         commandName: "worker", abstract: "Run queue consumers (the worker tier) on the configured data engine.")
     @OptionGroup var options: ConfigOptions
     @Option(name: .long, help: "Jobs run at once.") var concurrency = 4
+    @Option(name: .long, help: "Serve /metrics and /healthz on this port (127.0.0.1), for scraping.") var metricsPort: Int?
 
     func validate() throws {
         guard concurrency >= 1 && concurrency <= 256 else { throw ValidationError("--concurrency must be 1...256") }
+        if let p = metricsPort, !(1...65535).contains(p) { throw ValidationError("--metrics-port must be 1...65535") }
     }
 
     func run() async throws {
@@ -27,11 +33,38 @@ struct WorkerCommand: AsyncParsableCommand {
         var services: [any Service] = []
         if let database = components.database { services.append(database) }
         if let set = components.replicaSet { services.append(set) }
+        if let redis = components.redis { services.append(redis) }
         services.append(worker)
+        if let port = metricsPort {
+            // Listed last, so it stops first and answers for as long as the worker runs.
+            services.append(Self.metricsServer(components, worker: worker, port: port, logger: logger))
+        }
         logger.info("worker started", metadata: ["worker": "\(worker.name)", "concurrency": "\(concurrency)"])
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+    }
+}
+
+extension WorkerCommand {
+    /// A small HTTP server with the worker's own figures: jobs by outcome, durations,
+    /// busy slots, queue depth, images processed; and liveness.
+    static func metricsServer(_ c: Components, worker: Worker, port: Int, logger: Logger) -> some Service {
+        let router = Router()
+        let metrics = c.metrics
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))
+        }
+        router.get("/healthz") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok","worker":"\#(worker.name)"}"#)))
+        }
+        return Application(
+            router: router, configuration: .init(address: .hostname("127.0.0.1", port: port), serverName: "millions-worker"),
+            logger: logger)
     }
 }
 
@@ -52,7 +85,10 @@ struct JobsCommand: AsyncParsableCommand {
                 return try await body(components.jobs)
             }
         }
-        defer { try? components.database?.close() }
+        defer {
+            try? components.database?.close()
+            components.redis?.close()
+        }
         return try await body(components.jobs)
     }
 

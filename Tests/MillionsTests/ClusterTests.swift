@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Bench
 import Cluster
 import Foundation
+import Imaging
 import MillionsTesting
 import NIOCore
 import NIOHTTP1
@@ -332,6 +333,43 @@ import Testing
                 done = Self.doneJobs(port: f.base + 40)
             }
             #expect(done == 50, "jobs done on \(db): \(done)")
+            // Each worker serves its own figures; together they account for every job.
+            let workers = try f.state().workers
+            var counted = 0
+            for w in workers {
+                let text = try #require(Processes.httpGet(port: w.port, path: "/metrics")?.body)
+                let line = text.split(separator: "\n").first { $0.hasPrefix(#"jobs_total{queue="noop",outcome="done"} "#) }
+                counted += line.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+                #expect(text.contains("worker_busy"))
+            }
+            #expect(counted == 50)
+            let scrape = try String(contentsOfFile: f.dir + "/prometheus.yml", encoding: .utf8)
+            for w in workers { #expect(scrape.contains("'127.0.0.1:\(w.port)'")) }
+
+            // A photo through the edge: the web server stores the original in the shared
+            // folder, a worker process makes the variants, Varnish caches them.
+            let (id, session) = try await Self.signUp(f.base, "queued-photo@example.com")
+            var upload = HTTPClientRequest(url: "http://127.0.0.1:\(f.base)/users/\(id)/photo")
+            upload.method = .POST
+            upload.headers.add(name: "Content-Type", value: "image/jpeg")
+            upload.headers.add(name: "Cookie", value: "millions_session=\(session)")
+            upload.body = .bytes(ByteBuffer(bytes: try Imaging.testImage(width: 1600, height: 1200, format: .jpeg)))
+            let accepted = try await HTTPClient.shared.execute(upload, timeout: .seconds(30))
+            #expect(accepted.status.code == 202)
+            let jobURL = try #require(accepted.headers["Location"].first)
+            var job: [String: Any] = [:]
+            for _ in 0..<150 {
+                let r = try await Self.request(f.base, .GET, jobURL, cookie: session)
+                job = (try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]) ?? [:]
+                if job["state"] as? String == "done" || job["state"] as? String == "failed" { break }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            #expect(job["state"] as? String == "done", "\(job)")
+            let small = try #require((job["photo"] as? [String: String])?["small"])
+            let first = try await Self.request(f.base, .GET, small)
+            #expect(first.status == 200 && first.headers["Cache-Control"].first == "public, max-age=31536000, immutable")
+            #expect(try await Self.request(f.base, .GET, small).headers["X-Cache"].first == "HIT")
+
             #expect(try await f.cluster("scale", "workers=3") == 0)
             #expect(try f.state().workers.map(\.name) == ["worker1", "worker2", "worker3"])
             #expect(try await f.cluster("scale", "workers=1") == 0)

@@ -296,4 +296,21 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             #expect(try await waitForJob(client, try #require(edit.headers[.location]), session: session)["state"] as? String == "done")
         }
     }
+
+    /// `queue.engine=redis`: the same photo flow with its jobs on Redis Streams.
+    @Test func photosRunOnTheRedisQueue() async throws {
+        try await RedisServer.with { server in
+            try await TestApp.run(["queue.engine": "redis", "redis.address": server.address]) { client, components in
+                #expect(components.jobs is RedisJobQueue)
+                let (id, session) = try await signUpJohn(client)
+                let r = try await uploadPhoto(client, user: id, session: session, try Imaging.testImage(width: 640, height: 480, format: .webp))
+                #expect(r.status == .accepted, "\(r.text)")
+                let job = try await waitForJob(client, try #require(r.headers[.location]), session: session)
+                #expect(job["state"] as? String == "done", "\(job)")
+                #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == job["photo"] as? [String: String])
+                let stats = try await components.jobs.stats().first { $0.queue == PhotoJobs.queue }
+                #expect(stats?.done == 1 && stats?.ready == 0 && stats?.running == 0)
+            }
+        }
+    }
 }

@@ -4,10 +4,14 @@ import Foundation
 import GRDB
 import Logging
 import MessageQueue
+import WebTier
+import Photos
+import Imaging
 import MillionsCore
 import MillionsTesting
 import Observability
 import PostgresNIO
+import RedisClient
 import ServiceLifecycle
 import Synchronization
 import Testing
@@ -19,11 +23,17 @@ final class QueueClock: Sendable {
     func advance(_ s: Double) { value.withLock { $0 += s } }
 }
 
-/// Both drivers through one suite: SQLite, and PostgreSQL on the shared real topology.
-/// Each test uses queues of its own, so runs can share a database.
+/// The queue drivers. `Engine` stays the SQL engines: the store suites use it too, and
+/// `enqueueJoinsTheCallersTransaction` has no Redis form. Redis runs over RESP3 (what the
+/// client asks for) and RESP2, whose replies have other shapes.
+enum QueueEngine: String, CaseIterable, Sendable { case sqlite, postgres, redis, redisResp2 }
+
+/// Every driver through one suite: SQLite, PostgreSQL on the shared real topology, and
+/// Redis (a fresh server per test). Each test uses queues of its own, so runs can share a
+/// database.
 @Suite struct QueueDriverSuite {
     static func withQueue(
-        _ engine: Engine, now: @escaping @Sendable () -> Double = { Clock.secondsSince1970() },
+        _ engine: QueueEngine, now: @escaping @Sendable () -> Double = { Clock.secondsSince1970() },
         _ body: @escaping @Sendable (any JobQueue, String) async throws -> Void
     ) async throws {
         let q = "q-\(UUID().uuidString.prefix(8))"
@@ -32,10 +42,27 @@ final class QueueClock: Sendable {
             try await SQLiteStoreTests.withDatabase { db in try await body(SQLiteJobQueue(database: db, now: now), q) }
         case .postgres:
             try await withSharedReplicaSet { set in try await body(PostgresJobQueue(replicaSet: set, now: now), q) }
+        case .redis, .redisResp2:
+            try await withRedis(protocolVersion: engine == .redis ? 3 : 2) { redis in
+                try await body(RedisJobQueue(redis: redis, prefix: "mq-\(q)", now: now), q)
+            }
         }
     }
 
-    @Test(arguments: Engine.allCases) func claimsInOrderAndCompletes(engine: Engine) async throws {
+    /// A fresh Redis server (appendonly, as `scripts/redis` starts it) and a client with
+    /// four pipelined connections, for one test.
+    static func withRedis(protocolVersion: Int = 3, _ body: (RedisClient) async throws -> Void) async throws {
+        try await RedisServer.with { server in
+            var config = try RedisClient.Configuration(address: server.address)
+            config.protocolVersion = protocolVersion
+            let redis = RedisClient(configuration: config, metrics: AppMetrics(), logger: quietLogger)
+            defer { redis.close() }
+            #expect(try await redis.negotiatedProtocol() == protocolVersion)
+            try await body(redis)
+        }
+    }
+
+    @Test(arguments: QueueEngine.allCases) func claimsInOrderAndCompletes(engine: QueueEngine) async throws {
         try await Self.withQueue(engine) { jobs, q in
             let a = try await jobs.enqueue(queue: q, payload: #"{"n":1}"#)
             let b = try await jobs.enqueue(queue: q, payload: #"{"n":2}"#)
@@ -53,7 +80,7 @@ final class QueueClock: Sendable {
 
     /// A worker that stops heartbeating loses its job to the next claim once the lease
     /// runs out; its late `complete` changes nothing.
-    @Test(arguments: Engine.allCases) func anExpiredLeaseHandsTheJobToAnotherWorker(engine: Engine) async throws {
+    @Test(arguments: QueueEngine.allCases) func anExpiredLeaseHandsTheJobToAnotherWorker(engine: QueueEngine) async throws {
         let clock = QueueClock()
         try await Self.withQueue(engine, now: { clock.now }) { jobs, q in
             let id = try await jobs.enqueue(queue: q, payload: "{}")
@@ -74,7 +101,7 @@ final class QueueClock: Sendable {
         }
     }
 
-    @Test(arguments: Engine.allCases) func failuresBackOffThenDieAndCanBeRetried(engine: Engine) async throws {
+    @Test(arguments: QueueEngine.allCases) func failuresBackOffThenDieAndCanBeRetried(engine: QueueEngine) async throws {
         let clock = QueueClock()
         try await Self.withQueue(engine, now: { clock.now }) { jobs, q in
             let id = try await jobs.enqueue(queue: q, payload: "{}", maxAttempts: 2, delaySeconds: 0)
@@ -98,7 +125,7 @@ final class QueueClock: Sendable {
         }
     }
 
-    @Test(arguments: Engine.allCases) func aLeaseLostOnTheLastAttemptIsDeadAndReleaseDoesNotCount(engine: Engine) async throws {
+    @Test(arguments: QueueEngine.allCases) func aLeaseLostOnTheLastAttemptIsDeadAndReleaseDoesNotCount(engine: QueueEngine) async throws {
         let clock = QueueClock()
         try await Self.withQueue(engine, now: { clock.now }) { jobs, q in
             let id = try await jobs.enqueue(queue: q, payload: "{}", maxAttempts: 1, delaySeconds: 0)
@@ -114,7 +141,7 @@ final class QueueClock: Sendable {
     }
 
     /// Eight workers claiming at once over 100 jobs: every job is handed out exactly once.
-    @Test(arguments: Engine.allCases) func concurrentClaimsNeverShareAJob(engine: Engine) async throws {
+    @Test(arguments: QueueEngine.allCases) func concurrentClaimsNeverShareAJob(engine: QueueEngine) async throws {
         try await Self.withQueue(engine) { jobs, q in
             for i in 0..<100 { try await jobs.enqueue(queue: q, payload: "{\"i\":\(i)}") }
             let claimed = try await withThrowingTaskGroup(of: [Int64].self) { group in
@@ -132,7 +159,8 @@ final class QueueClock: Sendable {
         }
     }
 
-    /// The job commits or rolls back with the write that causes it.
+    /// The job commits or rolls back with the write that causes it. SQL only: a Redis job
+    /// cannot join a transaction of the database the user's write goes to.
     @Test(arguments: Engine.allCases) func enqueueJoinsTheCallersTransaction(engine: Engine) async throws {
         struct Rollback: Error {}
         let q = "tx-\(UUID().uuidString.prefix(8))"
@@ -172,6 +200,81 @@ final class QueueClock: Sendable {
             try await jobs.enqueue(queue: q, payload: "{}")
             try await waited
             #expect(ContinuousClock.now - start < .seconds(10))
+        }
+    }
+
+    /// Redis: a consumer that claims a job and stalls (no heartbeat, no outcome) keeps its
+    /// stream entry pending; once the lease has run out, the next claim moves that same
+    /// pending entry to the new consumer (XCLAIM, a second delivery, attempt 2), and the
+    /// stalled consumer, holding nothing any more, leaves the group. Its late calls change
+    /// nothing.
+    @Test func redisReclaimsAStalledConsumersPendingEntry() async throws {
+        let clock = QueueClock()
+        try await Self.withRedis { redis in
+            let jobs = RedisJobQueue(redis: redis, prefix: "stall", now: { clock.now })
+            let q = "images"
+            let stream = jobs.streamKey(q)
+            /// Every pending entry of the queue's group: (entry id, consumer, deliveries).
+            func pending() async throws -> [(entry: String, consumer: String, deliveries: Int64)] {
+                let reply = try await redis.send(RedisCommand("XPENDING", stream, RedisJobQueue.group, "-", "+", "10"))
+                var out: [(entry: String, consumer: String, deliveries: Int64)] = []
+                for item in reply.elements ?? [] {
+                    let f = item.elements ?? []
+                    guard f.count == 4, let entry = f[0].string, let consumer = f[1].string, let deliveries = f[3].int else {
+                        Issue.record("unexpected XPENDING entry \(item)")
+                        continue
+                    }
+                    out.append((entry, consumer, deliveries))
+                }
+                return out
+            }
+            func consumers() async throws -> [String] {
+                let reply = try await redis.send(RedisCommand("XINFO", "CONSUMERS", stream, RedisJobQueue.group))
+                return (reply.elements ?? []).compactMap { $0["name"]?.string }
+            }
+
+            let id = try await jobs.enqueue(queue: q, payload: "{}")
+            let first = try #require(try await jobs.claim(queues: [q], worker: "stalled", leaseSeconds: 10))
+            #expect(first.id == id && first.attempts == 1)
+            let before = try await pending()
+            #expect(before.count == 1 && before.first?.consumer == "stalled" && before.first?.deliveries == 1)
+            clock.advance(5)
+            #expect(try await jobs.claim(queues: [q], worker: "rescuer", leaseSeconds: 10) == nil)
+            clock.advance(6)
+            let again = try #require(try await jobs.claim(queues: [q], worker: "rescuer", leaseSeconds: 10))
+            #expect(again.id == id && again.attempts == 2 && again.worker == "rescuer")
+            let after = try await pending()
+            #expect(after.count == 1 && after.first?.entry == before.first?.entry)
+            #expect(after.first?.consumer == "rescuer" && after.first?.deliveries == 2)
+            #expect(try await consumers() == ["rescuer"])
+
+            #expect(try await !jobs.heartbeat(id: id, worker: "stalled", leaseSeconds: 10))
+            try await jobs.complete(id: id, worker: "stalled")
+            try await jobs.fail(id: id, worker: "stalled", error: "late", retryAt: nil)
+            try await jobs.release(id: id, worker: "stalled")
+            let running = try #require(try await jobs.job(id: id))
+            #expect(running.state == .running && running.worker == "rescuer" && running.attempts == 2)
+
+            try await jobs.complete(id: id, worker: "rescuer")
+            #expect(try await jobs.job(id: id)?.state == .done)
+            #expect(try await pending().isEmpty)
+            #expect(try await redis.send(RedisCommand("XLEN", stream)).int == 0)
+            #expect(try await consumers().isEmpty)
+        }
+    }
+
+    /// Redis: a worker with several queues gets the oldest entry over all of them, as the SQL
+    /// drivers hand out the oldest due row, not its queues one after the other.
+    @Test func redisClaimsTheOldestEntryOverAllItsQueues() async throws {
+        try await Self.withRedis { redis in
+            let jobs = RedisJobQueue(redis: redis, prefix: "order")
+            var enqueued: [Int64] = []
+            for q in ["b", "a", "b", "a", "a", "b"] { enqueued.append(try await jobs.enqueue(queue: q, payload: "{}")) }
+            var claimed: [Int64] = []
+            while let job = try await jobs.claim(queues: ["a", "b"], worker: "w", leaseSeconds: 30) { claimed.append(job.id) }
+            #expect(claimed == enqueued)
+            let stats = try await jobs.stats()
+            #expect(stats.map(\.queue) == ["a", "b"] && stats.allSatisfy { $0.running == 3 && $0.ready == 0 })
         }
     }
 }
@@ -299,6 +402,40 @@ final class QueueClock: Sendable {
             #expect(try String(contentsOfFile: out, encoding: .utf8) == "job 1\n")
             let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("out.txt") }
             #expect(files == ["out.txt"])
+        }
+    }
+
+    /// The same for a photo job (a slow edit of a 12-megapixel photo): the second worker
+    /// makes the variants, each exists once, and the profile shows them.
+    @Test func aKilledWorkersPhotoJobIsFinishedByAnotherWithEachVariantOnce() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let binary = try EndToEndTests.binary()
+            let settings = try TestApp.settings(dataDirectory: dir, ["queue.inProcessWorkers": "0"])
+            let c = try await TestApp.components(settings)
+            let user = try await c.users.create(
+                NewAccount(id: UserIDGenerator().next(), email: "p@example.com", passwordHash: "x", profile: Profile(firstName: "P", lastName: "Q")))
+            let original = try Imaging.testImage(width: 4000, height: 3000, format: .jpeg)
+            let source = SHA256.hex(original) + ".jpg"
+            try await c.photos.put(original, name: source, kind: .original)
+            let payload = PhotoJobs.Payload(user: user.id.rawValue, source: source, edits: Edits(sharpen: .init(sigma: 2), blur: .init(sigma: 20)))
+            let id = try await PhotoJobs.enqueue(payload, on: c.jobs, maxAttempts: 5)
+            try c.database?.close()
+
+            let a = try Self.startWorker(binary, dir, log: "a.log")
+            #expect(try await Self.waitFor(20) { try Self.state(dir, id).state == "running" })
+            Processes.signal(a, SIGKILL)
+            #expect(try await Self.waitFor(10) { !Processes.isAlive(a) })
+            let variants = dir + "/photos/variants"
+            let before = try FileManager.default.contentsOfDirectory(atPath: variants)
+            let b = try Self.startWorker(binary, dir, log: "b.log")
+            defer { Processes.stop(b, grace: 10) }
+            #expect(try await Self.waitFor(60) { try Self.state(dir, id).state == "done" })
+            #expect(try Self.state(dir, id).attempts == 2)
+            let after = try FileManager.default.contentsOfDirectory(atPath: variants).sorted()
+            #expect(after == PhotoJobs.variantFiles(payload).values.sorted(), "before the kill: \(before)")
+            let check = try await TestApp.components(settings)
+            #expect(try await check.users.user(id: user.id)?.photo == PhotoJobs.photo(payload))
+            try check.database?.close()
         }
     }
 
