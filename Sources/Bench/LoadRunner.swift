@@ -57,6 +57,10 @@ final class Slot {
     /// False when the answer said `Connection: close`: the next request needs a new connection.
     var keepAlive = true
     var timeoutTask: Scheduled<Void>? = nil
+    /// For sources that want answers: the answer's headers and body so far.
+    let wantsAnswers: Bool
+    var answerHeaders = HTTPHeaders()
+    var answerBody = ByteBuffer()
     /// Open loop: requests whose time has come while the connection was busy.
     var waiting = CircularBuffer<NIODeadline>()
     var idleWaiters: [EventLoopPromise<Void>] = []
@@ -67,6 +71,7 @@ final class Slot {
         self.recorder = recorder
         self.source = source
         self.end = end
+        self.wantsAnswers = source.wantsAnswers
     }
 
     var closedLoop: Bool { options.rate == nil }
@@ -119,6 +124,7 @@ final class Slot {
         if let body = request.body { head.headers.add(name: "Content-Length", value: String(body.readableBytes)) }
         inFlight = intended
         status = 0
+        if wantsAnswers { answerBody.clear() }
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         if let body = request.body { channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
@@ -143,10 +149,11 @@ final class Slot {
             default: recorder.error("status 5xx")
             }
         }
-        next()
+        let pause = wantsAnswers ? source.received(status: status, headers: answerHeaders, body: answerBody) : .zero
+        next(after: pause)
     }
 
-    private func next() {
+    private func next(after pause: TimeAmount = .zero) {
         if !keepAlive {
             // The server is closing this connection (nginx does after `keepalive_requests`);
             // `closed()` reconnects and carries on.
@@ -159,7 +166,15 @@ final class Slot {
             for p in idleWaiters { p.succeed() }
             idleWaiters = []
         } else if closedLoop {
-            send(intended: .now())
+            if pause > .zero {
+                let slot = NIOLoopBound(self, eventLoop: loop)
+                loop.scheduleTask(in: pause) {
+                    let me = slot.value
+                    if !me.stopped { me.send(intended: .now()) }
+                }
+            } else {
+                send(intended: .now())
+            }
         } else if let next = waiting.popFirst() {
             send(intended: next)
         }
@@ -225,7 +240,9 @@ final class SlotHandler: ChannelInboundHandler {
         case .head(let head):
             slot.status = head.status.code
             slot.keepAlive = head.isKeepAlive
-        case .body: break
+            if slot.wantsAnswers { slot.answerHeaders = head.headers }
+        case .body(var part):
+            if slot.wantsAnswers { slot.answerBody.writeBuffer(&part) }
         case .end: slot.responded(at: .now())
         }
     }

@@ -28,6 +28,8 @@ public struct BenchResult: Codable, Sendable {
     /// Open loop: requests that were due but never sent (the server could not keep up).
     public var backlog: Int
     public var timeline: [Second]
+    /// The photos scenario: uploads, jobs, and upload → ready times.
+    public var photos: PhotoSummary?
 
     init(scenario: String, options: LoadOptions, histogram h: Histogram<UInt64>, perSecond: [Histogram<UInt64>], errors: [String: Int], backlog: Int) {
         self.scenario = scenario
@@ -61,6 +63,7 @@ public struct BenchResult: Codable, Sendable {
 
             """
         if backlog > 0 { out += "  backlog      \(backlog) requests never sent (the server fell behind the offered rate)\n" }
+        if let photos { out += photos.table }
         return out
     }
 

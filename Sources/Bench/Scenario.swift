@@ -22,6 +22,16 @@ public struct BenchRequest: Sendable {
 /// event loop, so it may keep mutable state (a random generator, a session) without locks.
 public protocol RequestSource {
     mutating func next() -> BenchRequest
+    /// True if the source follows up on answers (`received` gets each one, with its body).
+    var wantsAnswers: Bool { get }
+    /// The answer to the last request; returns how long to wait before the next one
+    /// (closed loop), e.g. between polls of a job.
+    mutating func received(status: UInt, headers: HTTPHeaders, body: ByteBuffer) -> TimeAmount
+}
+
+extension RequestSource {
+    public var wantsAnswers: Bool { false }
+    public mutating func received(status: UInt, headers: HTTPHeaders, body: ByteBuffer) -> TimeAmount { .zero }
 }
 
 /// A kind of traffic. To add one: conform to this, and name it in `millions bench`.
@@ -78,9 +88,6 @@ public struct KeySampler: Sendable {
         }
     }
 }
-
-
-
 
 
 /// `read`: `GET /users/{id}` over the seeded ids.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Bench
 import Cluster
 import Foundation
+import Imaging
 import NIOCore
 
 #if canImport(Glibc)
@@ -51,11 +52,12 @@ struct BenchCommand: AsyncParsableCommand {
 
         func run(_ scenario: any Scenario) async throws {
             let terminal = isatty(2) == 1
-            let result = try await LoadRunner.run(options, scenario: scenario) { second, count, p99, errors in
+            var result = try await LoadRunner.run(options, scenario: scenario) { second, count, p99, errors in
                 let line = String(format: "%3ds  %7d req/s  p99 %7.2f ms  errors %d", second, count, p99, errors)
                 FileHandle.standardError.write(Data((terminal ? "\r" + line : line + "\n").utf8))
             }
             if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+            if let photos = scenario as? PhotosScenario { result.photos = photos.outcomes.summary(seconds: Double(duration)) }
             print(result.table, terminator: "")
             if let json { try result.json().write(to: URL(fileURLWithPath: json)) }
             if let svg { try result.svg.write(toFile: svg, atomically: true, encoding: .utf8) }
@@ -95,11 +97,35 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     struct Photos: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Photo uploads and job polling (needs the photo API).")
+        static let configuration = CommandConfiguration(
+            abstract: "Each connection, one seeded user: upload a photo, poll its job until the variants are ready, repeat.")
         @OptionGroup var load: LoadFlags
+        @Option(name: .long, help: "Distinct photos, uploaded in turn.") var images = 4
+        @Option(name: .long, help: "Photo size, WIDTHxHEIGHT (noise JPEGs made with libvips).") var size = "1600x1200"
+        @Option(name: .customLong("poll-ms"), help: "Milliseconds between polls of a job.") var pollMS = 100
+
+        func validate() throws {
+            guard (1...64).contains(images) else { throw ValidationError("--images must be 1...64") }
+            guard dimensions != nil else { throw ValidationError("--size must be WIDTHxHEIGHT, each 16...8000") }
+            guard pollMS >= 1 else { throw ValidationError("--poll-ms must be positive") }
+        }
+
+        var dimensions: (Int, Int)? {
+            let parts = size.split(separator: "x").compactMap { Int($0) }
+            guard parts.count == 2, parts.allSatisfy({ (16...8000).contains($0) }) else { return nil }
+            return (parts[0], parts[1])
+        }
 
         func run() async throws {
-            throw ValidationError("the photos scenario needs the photo API and queue (issue 5), which this build does not have yet")
+            let ids = try Setup.ids(file: load.idsFile)
+            let users = try await Setup.logIn(host: load.host, port: load.port, ids: ids, count: load.connections)
+            let (w, h) = dimensions!
+            // Noise, one pixel narrower each: every upload is an original of its own.
+            var photos: [ByteBuffer] = []
+            for i in 0..<images {
+                photos.append(ByteBuffer(bytes: try Imaging.testImage(width: w - i, height: h, format: .jpeg)))
+            }
+            try await load.run(PhotosScenario(users: users, images: photos, pollInterval: .milliseconds(Int64(pollMS))))
         }
     }
 

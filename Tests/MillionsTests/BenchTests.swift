@@ -172,6 +172,21 @@ import Testing
                 #expect(parser.parse(), "SVG is not well-formed XML")
                 #expect(root.name == "svg")
             }
+            // photos: uploads, polls and finished jobs, counted from both sides.
+            let json = dir + "/photos.json"
+            #expect(try await Command.runOffPool([
+                binary, "bench", "photos", "--port", String(server.port), "--ids-file", ids, "-d", "3", "-c", "2",
+                "--size", "640x480", "--poll-ms", "50", "--json", json,
+            ]) == 0)
+            let result = try JSONDecoder().decode(BenchResult.self, from: Data(contentsOf: URL(fileURLWithPath: json)))
+            #expect(result.errors.isEmpty, "\(result.errors)")
+            let photos = try #require(result.photos)
+            #expect(photos.done >= 2 && photos.failed == 0 && photos.refused == 0, "\(photos)")
+            #expect(photos.accepted >= photos.done && photos.accepted <= photos.done + 2)
+            #expect(photos.readyP50Ms > 0 && photos.readyP50Ms <= photos.readyMaxMs)
+            let metrics = try await EndToEndTests.request(server.port, .GET, "/metrics").body
+            let uploads = metrics.split(separator: "\n").first { $0.hasPrefix(#"photo_uploads_total{format="jpeg"} "#) }
+            #expect(uploads.flatMap { Int($0.split(separator: " ").last ?? "") } == photos.accepted)
         }
     }
 }
