@@ -33,6 +33,19 @@ func waitForJob(_ client: any TestClientProtocol, _ url: String, session: String
     return [:]
 }
 
+/// A user, a stored original and a queued photo job for it, without the web tier.
+func stagePhotoJob(_ c: Components, _ image: [UInt8], edits: Edits?) async throws -> (User, PhotoJobs.Payload, Int64) {
+    let user = try await c.users.create(
+        NewAccount(
+            id: UserIDGenerator().next(), email: "staged-\(UUID().uuidString.prefix(8))@example.com", passwordHash: "x",
+            profile: Profile(firstName: "P", lastName: "Q")))
+    let info = try Imaging.probe(image)
+    let source = SHA256.hex(image) + "." + info.format.fileExtension
+    try await c.photos.put(image, name: source, kind: .original)
+    let payload = PhotoJobs.Payload(user: user.id.rawValue, source: source, edits: edits)
+    return (user, payload, try await PhotoJobs.enqueue(payload, on: c.jobs, maxAttempts: 5))
+}
+
 /// A multipart/form-data body with the given text fields and one file.
 func multipart(boundary: String, fields: [String: String], file: (name: String, bytes: [UInt8])?) -> [UInt8] {
     var body: [UInt8] = []
@@ -251,13 +264,9 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
         try await TestApp.withTemporaryDirectory { dir in
             let settings = try TestApp.settings(dataDirectory: dir, ["queue.inProcessWorkers": "0"])
             let c = try await TestApp.components(settings)
-            let user = try await c.users.create(
-                NewAccount(id: UserIDGenerator().next(), email: "a@example.com", passwordHash: "x", profile: Profile(firstName: "A", lastName: "B")))
-            let bytes = try Imaging.testImage(width: 500, height: 500, format: .webp)
-            let source = SHA256.hex(bytes) + ".webp"
-            try await c.photos.put(bytes, name: source, kind: .original)
-            let payload = PhotoJobs.Payload(user: user.id.rawValue, source: source, edits: Edits(blur: .init(sigma: 2)))
-            let id = try await PhotoJobs.enqueue(payload, on: c.jobs, maxAttempts: 3)
+            let (user, payload, id) = try await stagePhotoJob(
+                c, try Imaging.testImage(width: 500, height: 500, format: .webp), edits: Edits(blur: .init(sigma: 2)))
+            let source = payload.source
             let job = try #require(try await c.jobs.job(id: id))
             let handler = PhotoJobs.handler(
                 store: c.photos, users: c.users, processor: c.images, limits: settings.imageLimits, metrics: AppMetrics(),

@@ -412,13 +412,9 @@ enum QueueEngine: String, CaseIterable, Sendable { case sqlite, postgres, redis,
             let binary = try EndToEndTests.binary()
             let settings = try TestApp.settings(dataDirectory: dir, ["queue.inProcessWorkers": "0"])
             let c = try await TestApp.components(settings)
-            let user = try await c.users.create(
-                NewAccount(id: UserIDGenerator().next(), email: "p@example.com", passwordHash: "x", profile: Profile(firstName: "P", lastName: "Q")))
-            let original = try Imaging.testImage(width: 4000, height: 3000, format: .jpeg)
-            let source = SHA256.hex(original) + ".jpg"
-            try await c.photos.put(original, name: source, kind: .original)
-            let payload = PhotoJobs.Payload(user: user.id.rawValue, source: source, edits: Edits(sharpen: .init(sigma: 2), blur: .init(sigma: 20)))
-            let id = try await PhotoJobs.enqueue(payload, on: c.jobs, maxAttempts: 5)
+            let (user, payload, id) = try await stagePhotoJob(
+                c, try Imaging.testImage(width: 4000, height: 3000, format: .jpeg),
+                edits: Edits(sharpen: .init(sigma: 2), blur: .init(sigma: 20)))
             try c.database?.close()
 
             let a = try Self.startWorker(binary, dir, log: "a.log")
