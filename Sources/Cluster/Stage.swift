@@ -55,6 +55,9 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
         } else {
             s["cache.backend"] = self == .single ? "memory" : "none"
         }
+        // Every web server and worker shares one photo folder (a stand-in for a shared
+        // volume or object store): a worker reads the original a web server stored.
+        s["photos.directory"] = dataDirectory + "/photos"
         if usesPostgres {
             // Consumers run as their own processes (`millions worker`), not inside web servers.
             s["queue.inProcessWorkers"] = "0"
