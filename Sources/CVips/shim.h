@@ -9,10 +9,27 @@ static inline void mv_unref(VipsImage *image) { if (image) g_object_unref(image)
 static inline void mv_free(void *p) { g_free(p); }
 static inline const char *mv_error(void) { return vips_error_buffer(); }
 static inline void mv_error_clear(void) { vips_error_clear(); }
+static inline char *mv_error_copy(void) { return vips_error_buffer_copy(); }
+static inline int mv_orientation_swap(VipsImage *in) { return vips_image_get_orientation_swap(in) ? 1 : 0; }
+/// For tests: a JPEG that keeps an EXIF orientation tag (as phone pictures do).
+static inline int mv_jpeg_oriented(VipsImage *in, void **buf, size_t *len, int orientation) {
+    VipsImage *copy = NULL;
+    if (vips_copy(in, &copy, NULL)) return -1;
+    vips_image_set_int(copy, VIPS_META_ORIENTATION, orientation);
+    int r = vips_jpegsave_buffer(copy, buf, len, "Q", 90, NULL);
+    g_object_unref(copy);
+    return r;
+}
 static inline void mv_concurrency(int n) { vips_concurrency_set(n); }
 static inline void mv_cache_off(void) { vips_cache_set_max(0); }
 
 /// Reads the header only (pixels are decoded later, on demand); corrupt data fails then.
+/// Random access decodes the whole image into memory: needed when it must be rotated
+/// (an EXIF orientation other than 1), which reads rows out of order.
+static inline VipsImage *mv_new_from_buffer_random(const void *buf, size_t len) {
+    return vips_image_new_from_buffer(buf, len, "", "access", VIPS_ACCESS_RANDOM, "fail_on", VIPS_FAIL_ON_ERROR, NULL);
+}
+static inline int mv_orientation(VipsImage *in) { return vips_image_get_orientation(in); }
 static inline VipsImage *mv_new_from_buffer(const void *buf, size_t len) {
     return vips_image_new_from_buffer(buf, len, "", "access", VIPS_ACCESS_SEQUENTIAL, "fail_on", VIPS_FAIL_ON_ERROR, NULL);
 }

@@ -59,8 +59,9 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
         // volume or object store): a worker reads the original a web server stored.
         s["photos.directory"] = dataDirectory + "/photos"
         if usesPostgres {
-            // Consumers run as their own processes (`millions worker`), not inside web servers.
-            s["queue.inProcessWorkers"] = "0"
+            // With worker processes (queued), consumers run only there; before that stage,
+            // one slot per web server, so photos get processed in every stage.
+            s["queue.inProcessWorkers"] = defaultWorkers > 0 ? "0" : "1"
         }
         if redis {
             s["session.store"] = "redis"

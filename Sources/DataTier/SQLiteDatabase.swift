@@ -81,14 +81,16 @@ public final class SQLiteDatabase: Service, Sendable {
                     CREATE INDEX jobs_leases ON jobs(state, lease_until);
                     """)
         }
-        // The current photo: its public variants, its stored original (for edits), and
-        // the job that made it (a newer job's photo is never replaced by an older one's).
+        // The current photo's public variants; the newest uploaded original (what edits
+        // apply to); the last version handed to a job and the version shown, so a job that
+        // finishes late never replaces a newer photo.
         m.registerMigration("3-photos") { db in
             try db.execute(
                 sql: """
                     ALTER TABLE users ADD COLUMN photo TEXT;
                     ALTER TABLE users ADD COLUMN photo_source TEXT;
-                    ALTER TABLE users ADD COLUMN photo_job INTEGER;
+                    ALTER TABLE users ADD COLUMN photo_version INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE users ADD COLUMN photo_applied INTEGER NOT NULL DEFAULT 0;
                     """)
         }
         return m

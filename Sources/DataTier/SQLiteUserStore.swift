@@ -146,21 +146,29 @@ public struct SQLiteUserStore: UserStore {
         }
     }
 
-    public func setPhoto(id: UserID, photo: Photo, source: String, job: Int64) async throws -> Bool {
+    public func beginPhoto(id: UserID, source: String?) async throws -> PhotoTicket? {
         try await db.pool.write { db in
-            try db.execute(
+            try Row.fetchOne(
+                db,
                 sql: """
-                    UPDATE users SET photo = ?, photo_source = ?, photo_job = ?, updated_at = ?
-                    WHERE id = ? AND COALESCE(photo_job, 0) <= ?
+                    UPDATE users SET photo_version = photo_version + 1, photo_source = COALESCE(?, photo_source)
+                    WHERE id = ? AND COALESCE(?, photo_source) IS NOT NULL
+                    RETURNING photo_version, photo_source
                     """,
-                arguments: [photo.jsonText, source, job, Clock.secondsSince1970(), id.rawValue, job])
-            return db.changesCount > 0
+                arguments: [source, id.rawValue, source]
+            ).map { PhotoTicket(version: $0["photo_version"], source: $0["photo_source"]) }
         }
     }
 
-    public func photoSource(id: UserID) async throws -> String? {
-        try await db.pool.read { db in
-            try String.fetchOne(db, sql: "SELECT photo_source FROM users WHERE id = ?", arguments: [id.rawValue])
+    public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool {
+        try await db.pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE users SET photo = ?, photo_applied = ?, updated_at = ?
+                    WHERE id = ? AND photo_applied <= ?
+                    """,
+                arguments: [photo.jsonText, version, Clock.secondsSince1970(), id.rawValue, version])
+            return db.changesCount > 0
         }
     }
 

@@ -25,14 +25,26 @@ public protocol UserStore: Sendable {
     /// many were inserted.
     func insertMany(_ accounts: [NewAccount]) async throws -> Int
 
-    /// Makes `photo` (made from the original `source` by job `job`) the user's current
-    /// photo, unless a newer job's photo is already there. False if not set.
-    func setPhoto(id: UserID, photo: Photo, source: String, job: Int64) async throws -> Bool
-    /// The stored original of the current photo (what edits apply to), read from the primary.
-    func photoSource(id: UserID) async throws -> String?
+    /// Starts a new version of the user's photo: from the uploaded original `source`, or,
+    /// for an edit (`source` nil), from the newest upload. nil if there is no such user or
+    /// nothing to edit. Versions count per user, so they never go backwards.
+    func beginPhoto(id: UserID, source: String?) async throws -> PhotoTicket?
+    /// Makes `photo` (version `version`) the user's current photo, unless a newer version is
+    /// already shown. False if not set.
+    func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool
 
     /// Succeeds if the store can serve requests.
     func ping() async throws
+}
+
+/// A photo version to process: its number, and the original it starts from.
+public struct PhotoTicket: Sendable, Equatable {
+    public var version: Int64
+    public var source: String
+    public init(version: Int64, source: String) {
+        self.version = version
+        self.source = source
+    }
 }
 
 /// The id of a new user collided with an existing one; mint another and retry.

@@ -84,7 +84,10 @@ public struct Edits: Sendable, Codable, Equatable {
     /// Checks the edits against the (upright) image they will apply to.
     public func validate(width: Int, height: Int) throws {
         if let c = crop {
-            guard c.x >= 0, c.y >= 0, c.width >= 1, c.height >= 1, c.x + c.width <= width, c.y + c.height <= height else {
+            // No addition: x + width of client-sent values could overflow (and trap).
+            guard c.x >= 0, c.y >= 0, c.width >= 1, c.height >= 1, c.x < width, c.y < height, c.width <= width - c.x,
+                c.height <= height - c.y
+            else {
                 throw ImageError(.badEdit, "crop must lie inside the \(width)×\(height) image")
             }
         }
@@ -120,10 +123,11 @@ public enum Imaging {
         var height: Int { Int(mv_height(pointer)) }
     }
 
+    /// libvips keeps one error buffer per process: take a copy and clear it under its lock.
     static func lastError() -> String {
-        let message = String(cString: mv_error()).split(separator: "\n").first.map(String.init) ?? "unknown libvips error"
-        mv_error_clear()
-        return message
+        guard let copy = mv_error_copy() else { return "unknown libvips error" }
+        defer { mv_free(copy) }
+        return String(cString: copy).split(separator: "\n").first.map(String.init) ?? "unknown libvips error"
     }
 
     /// Runs an operation that writes a new image to `out`.
@@ -136,7 +140,6 @@ public enum Imaging {
     /// Format and size from the header, within `limits`; nothing is decoded.
     public static func probe(_ data: [UInt8], limits: ImageLimits = ImageLimits()) throws -> ImageInfo {
         try start()
-        mv_error_clear()  // warnings of earlier images must not read as this one's error
         guard data.count <= limits.maxBytes else { throw ImageError(.tooLarge, "images are limited to \(limits.maxBytes) bytes") }
         guard let format = ImageFormat.detect(data) else { throw ImageError(.notAnImage, "send a JPEG, PNG or WebP image") }
         return try data.withUnsafeBytes { raw in
@@ -144,7 +147,10 @@ public enum Imaging {
                 throw ImageError(.corrupt, "unreadable \(format.rawValue): \(lastError())")
             }
             let image = VipsRef(p)
-            let (w, h) = (image.width, image.height)
+            // The size as displayed: EXIF orientations 5–8 swap the sides, and edits apply
+            // to the upright image.
+            let swap = mv_orientation_swap(image.pointer) != 0
+            let (w, h) = swap ? (image.height, image.width) : (image.width, image.height)
             guard w <= limits.maxSide, h <= limits.maxSide, w * h <= limits.maxPixels else {
                 throw ImageError(.tooLarge, "\(w)×\(h) is more than \(limits.maxPixels) pixels or \(limits.maxSide) on a side")
             }
@@ -172,7 +178,12 @@ public enum Imaging {
         _ = try probe(data, limits: limits)
         return try data.withUnsafeBytes { raw in
             guard let p = mv_new_from_buffer(raw.baseAddress, raw.count) else { throw ImageError(.corrupt, lastError()) }
-            let loaded = VipsRef(p)
+            var loaded = VipsRef(p)
+            // A sideways picture is rotated, which reads rows out of order: load it whole.
+            if mv_orientation(loaded.pointer) > 1 {
+                guard let r = mv_new_from_buffer_random(raw.baseAddress, raw.count) else { throw ImageError(.corrupt, lastError()) }
+                loaded = VipsRef(r)
+            }
             // ARC may release a temporary before the C call returns: keep it explicitly.
             var image = try withExtendedLifetime(loaded) { try make { mv_autorot(loaded.pointer, $0) } }
             try edits.validate(width: image.width, height: image.height)
@@ -214,11 +225,19 @@ public enum Imaging {
         return Array(UnsafeRawBufferPointer(start: buffer, count: length))
     }
 
-    /// A width × height noise picture, encoded: for tests and benchmarks.
-    public static func testImage(width: Int, height: Int, format: ImageFormat) throws -> [UInt8] {
+    /// A width × height noise picture, encoded: for tests and benchmarks. A JPEG can carry
+    /// an EXIF `orientation` (1–8), as phone pictures do.
+    public static func testImage(width: Int, height: Int, format: ImageFormat, orientation: Int = 1) throws -> [UInt8] {
         try start()
         let image = try make { mv_test_image($0, Int32(width), Int32(height)) }
-        return try encode(image, format: format, quality: 90)
+        guard orientation != 1, format == .jpeg else { return try encode(image, format: format, quality: 90) }
+        var buffer: UnsafeMutableRawPointer? = nil
+        var length = 0
+        let status = mv_jpeg_oriented(image.pointer, &buffer, &length, Int32(orientation))
+        withExtendedLifetime(image) {}
+        guard status == 0, let buffer else { throw ImageError(.corrupt, lastError()) }
+        defer { mv_free(buffer) }
+        return Array(UnsafeRawBufferPointer(start: buffer, count: length))
     }
 }
 

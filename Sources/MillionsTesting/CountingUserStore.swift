@@ -33,9 +33,11 @@ public final class CountingUserStore: UserStore {
     }
     public func recordSuccessfulLogin(userID: UserID) async throws { try await inner.recordSuccessfulLogin(userID: userID) }
     public func insertMany(_ accounts: [NewAccount]) async throws -> Int { try await inner.insertMany(accounts) }
-    public func setPhoto(id: UserID, photo: Photo, source: String, job: Int64) async throws -> Bool {
-        try await inner.setPhoto(id: id, photo: photo, source: source, job: job)
+    public func beginPhoto(id: UserID, source: String?) async throws -> PhotoTicket? {
+        try await inner.beginPhoto(id: id, source: source)
     }
-    public func photoSource(id: UserID) async throws -> String? { try await inner.photoSource(id: id) }
+    public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool {
+        try await inner.setPhoto(id: id, photo: photo, version: version)
+    }
     public func ping() async throws { try await inner.ping() }
 }

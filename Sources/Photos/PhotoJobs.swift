@@ -11,14 +11,17 @@ import Prometheus
 public enum PhotoJobs {
     public static let queue = "photo"
 
-    /// What a photo job carries: whose photo, which stored original, which edits.
+    /// What a photo job carries: whose photo, which version of it, which stored original,
+    /// which edits.
     public struct Payload: Codable, Sendable, Equatable {
         public var user: Int64
+        public var version: Int64
         public var source: String
         public var edits: Edits?
 
-        public init(user: Int64, source: String, edits: Edits? = nil) {
+        public init(user: Int64, version: Int64, source: String, edits: Edits? = nil) {
             self.user = user
+            self.version = version
             self.source = source
             self.edits = edits
         }
@@ -123,7 +126,7 @@ public enum PhotoJobs {
                 if e.blur != nil { processed("blur") }
             }
             processed("thumbnail", sizes.count)
-            if try await users.setPhoto(id: user, photo: photo(p), source: p.source, job: job.id) {
+            if try await users.setPhoto(id: user, photo: photo(p), version: p.version) {
                 await invalidate(user)
             }
         }

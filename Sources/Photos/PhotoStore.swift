@@ -62,14 +62,25 @@ public struct FolderPhotoStore: PhotoStore {
         let temp = "\(directory)/tmp/\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
         try await NIOThreadPool.singleton.runIfActive {
             if FileManager.default.fileExists(atPath: target) { return }
-            guard FileManager.default.createFile(atPath: temp, contents: Data(bytes)) else {
-                throw PhotoStoreError("cannot write \(temp)")
+            guard FileManager.default.createFile(atPath: temp, contents: nil),
+                let handle = FileHandle(forWritingAtPath: temp)
+            else { throw PhotoStoreError("cannot create a photo file (errno \(errno))") }
+            do {
+                try handle.write(contentsOf: bytes)
+                // On disk before the name appears: a name is never replaced, so it must
+                // never point at a file a power loss left empty.
+                try handle.synchronize()
+                try handle.close()
+            } catch {
+                try? handle.close()
+                unlink(temp)
+                throw PhotoStoreError("cannot write a photo file: \(error.localizedDescription)")
             }
             // rename is atomic within one file system: the name appears complete or not at all.
             guard rename(temp, target) == 0 else {
                 let code = errno
                 unlink(temp)
-                throw PhotoStoreError("cannot rename to \(target): errno \(code)")
+                throw PhotoStoreError("cannot store a photo file (errno \(code))")
             }
         }
     }

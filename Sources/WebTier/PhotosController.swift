@@ -8,6 +8,7 @@ import Logging
 import MessageQueue
 import MillionsCore
 import NIOCore
+import NIOPosix
 import Observability
 import Photos
 import Prometheus
@@ -48,7 +49,10 @@ struct PhotosController {
             }
             // Room for the form's other fields and part headers on top of the image.
             let raw = try await JSONBody(maxBytes: settings.photosMaxBytes + 64 * 1024).collect(request)
-            let form = try MultipartForm(Array(raw.readableBytesView), boundary: boundary)
+            // Scanning megabytes is CPU work: off the cooperative pool.
+            let form = try await NIOThreadPool.singleton.runIfActive {
+                try MultipartForm(Array(raw.readableBytesView), boundary: boundary)
+            }
             // A form can be posted from anywhere: it must carry the session's own token.
             guard let token = form.text("csrf"), Token.constantTimeEquals(token, session.csrfToken) else {
                 throw MillionsError(.csrf, "the form has expired; reload the page and try again")
@@ -64,9 +68,12 @@ struct PhotosController {
             throw MillionsError(.unsupportedMediaType, "send the image as the body (image/jpeg, image/png, image/webp) or as multipart/form-data")
         }
         let info = try await probe(image)
-        let source = SHA256.hex(image) + "." + info.format.fileExtension
+        let source = try await images.run { SHA256.hex(image) } + "." + info.format.fileExtension
         try await photos.put(image, name: source, kind: .original)
-        let payload = PhotoJobs.Payload(user: id.rawValue, source: source)
+        guard let ticket = try await service.users.beginPhoto(id: id, source: source) else {
+            throw MillionsError(.notFound, "no such user")
+        }
+        let payload = PhotoJobs.Payload(user: id.rawValue, version: ticket.version, source: source)
         let jobID = try await PhotoJobs.enqueue(payload, on: jobs, maxAttempts: settings.queueMaxAttempts)
         metrics.counter("photo_uploads", "Photo uploads accepted, by format", [("format", info.format.rawValue)]).increment()
         context.logger.info(
@@ -86,8 +93,9 @@ struct PhotosController {
         guard edits.crop != nil || edits.resize != nil || edits.sharpen != nil || edits.blur != nil else {
             throw MillionsError(.validation, "give at least one of crop, resize, sharpen, blur")
         }
-        guard let source = try await service.users.photoSource(id: id),
-            let original = try await photos.get(name: source, kind: .original)
+        // Edits apply to the newest upload, even one still being processed.
+        guard let ticket = try await service.users.beginPhoto(id: id, source: nil),
+            let original = try await photos.get(name: ticket.source, kind: .original)
         else { throw MillionsError(.conflict, "upload a photo first") }
         let info = try await probe(original)
         do {
@@ -95,7 +103,7 @@ struct PhotosController {
         } catch let e as ImageError {
             throw MillionsError(.validation, e.message)
         }
-        let payload = PhotoJobs.Payload(user: id.rawValue, source: source, edits: edits)
+        let payload = PhotoJobs.Payload(user: id.rawValue, version: ticket.version, source: ticket.source, edits: edits)
         let jobID = try await PhotoJobs.enqueue(payload, on: jobs, maxAttempts: settings.queueMaxAttempts)
         context.logger.info("photo edit queued", metadata: ["user_id": "\(id)", "job_id": "\(jobID)"])
         return try accepted(jobID, payload)

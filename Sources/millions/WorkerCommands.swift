@@ -34,11 +34,13 @@ struct WorkerCommand: AsyncParsableCommand {
         if let database = components.database { services.append(database) }
         if let set = components.replicaSet { services.append(set) }
         if let redis = components.redis { services.append(redis) }
-        services.append(worker)
+        // Its background loop brings failed nodes back; the photo job invalidates through it.
+        if let memcached = components.memcached { services.append(memcached) }
         if let port = metricsPort {
-            // Listed last, so it stops first and answers for as long as the worker runs.
+            // Before the worker, so it stops after it: it answers while jobs drain.
             services.append(Self.metricsServer(components, worker: worker, port: port, logger: logger))
         }
+        services.append(worker)
         logger.info("worker started", metadata: ["worker": "\(worker.name)", "concurrency": "\(concurrency)"])
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -42,7 +42,8 @@ func stagePhotoJob(_ c: Components, _ image: [UInt8], edits: Edits?) async throw
     let info = try Imaging.probe(image)
     let source = SHA256.hex(image) + "." + info.format.fileExtension
     try await c.photos.put(image, name: source, kind: .original)
-    let payload = PhotoJobs.Payload(user: user.id.rawValue, source: source, edits: edits)
+    let ticket = try #require(try await c.users.beginPhoto(id: user.id, source: source))
+    let payload = PhotoJobs.Payload(user: user.id.rawValue, version: ticket.version, source: source, edits: edits)
     return (user, payload, try await PhotoJobs.enqueue(payload, on: c.jobs, maxAttempts: 5))
 }
 
@@ -174,6 +175,9 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             _ = try await waitForJob(client, url, session: session)
             for (json, status) in [
                 (#"{"crop":{"x":0,"y":0,"width":65,"height":10}}"#, HTTPResponse.Status.unprocessableContent),
+                // Sums of these would overflow: refused, not a crash.
+                (#"{"crop":{"x":9223372036854775807,"y":0,"width":1,"height":1}}"#, .unprocessableContent),
+                (#"{"crop":{"x":1,"y":1,"width":9223372036854775807,"height":9223372036854775807}}"#, .unprocessableContent),
                 (#"{"blur":{"sigma":99}}"#, .unprocessableContent),
                 (#"{"resize":{"width":0,"height":10}}"#, .unprocessableContent),
                 ("{}", .unprocessableContent),
@@ -279,11 +283,14 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             #expect(Set(once) == Set(PhotoJobs.variantFiles(payload).values))
             #expect(try FileManager.default.contentsOfDirectory(atPath: settings.photosDirectory + "/tmp").isEmpty)
             #expect(try await c.users.user(id: user.id)?.photo == PhotoJobs.photo(payload))
-            // An older job finishing late does not replace the newer photo.
-            let older = PhotoJobs.photo(PhotoJobs.Payload(user: user.id.rawValue, source: source))
-            #expect(try await !c.users.setPhoto(id: user.id, photo: older, source: source, job: id - 1))
+            // An older version finishing late does not replace the newer photo.
+            let older = PhotoJobs.photo(PhotoJobs.Payload(user: user.id.rawValue, version: payload.version - 1, source: source))
+            #expect(try await !c.users.setPhoto(id: user.id, photo: older, version: payload.version - 1))
             #expect(try await c.users.user(id: user.id)?.photo == PhotoJobs.photo(payload))
-            #expect(try await c.users.photoSource(id: user.id) == source)
+            #expect(id > 0)
+            // Versions count per user; an edit starts from the newest upload.
+            #expect(try await c.users.beginPhoto(id: user.id, source: nil) == PhotoTicket(version: payload.version + 1, source: source))
+            #expect(try await c.users.beginPhoto(id: UserID(rawValue: 12345)!, source: nil) == nil)
             try c.database?.close()
         }
     }
@@ -320,6 +327,58 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
                 let stats = try await components.jobs.stats().first { $0.queue == PhotoJobs.queue }
                 #expect(stats?.done == 1 && stats?.ready == 0 && stats?.running == 0)
             }
+        }
+    }
+
+    /// A phone picture stored sideways (EXIF orientation 6): edits are judged against the
+    /// upright image, as the worker applies them, and the variants come out upright.
+    @Test func editsFollowTheUprightImage() async throws {
+        try await TestApp.run { client, _ in
+            let (id, session) = try await signUpJohn(client)
+            let sideways = try Imaging.testImage(width: 800, height: 600, format: .jpeg, orientation: 6)
+            #expect(try Imaging.probe(sideways) == ImageInfo(format: .jpeg, width: 600, height: 800))
+            let upload = try await uploadPhoto(client, user: id, session: session, sideways, type: "image/jpeg")
+            let first = try await waitForJob(client, try #require(upload.headers[.location]), session: session)
+            let large = try #require((first["photo"] as? [String: String])?["large"])
+            #expect(try Imaging.probe(Array(try await client.send(.get, large).body.readableBytesView)) == ImageInfo(format: .jpeg, width: 600, height: 800))
+            let cookie = ["millions_session": session]
+            let tooWide = try await client.send(.post, "/users/\(id)/photo/edits", json: #"{"crop":{"x":0,"y":0,"width":800,"height":600}}"#, cookies: cookie)
+            #expect(tooWide.status == .unprocessableContent)
+            let upright = try await client.send(.post, "/users/\(id)/photo/edits", json: #"{"crop":{"x":0,"y":0,"width":600,"height":700}}"#, cookies: cookie)
+            #expect(upright.status == .accepted, "\(upright.text)")
+            let job = try await waitForJob(client, try #require(upright.headers[.location]), session: session)
+            let edited = try #require((job["photo"] as? [String: String])?["edited"], "\(job)")
+            #expect(try Imaging.probe(Array(try await client.send(.get, edited).body.readableBytesView)) == ImageInfo(format: .jpeg, width: 600, height: 700))
+        }
+    }
+
+    /// Upload, then edit before the upload's job has run: the edit applies to the new
+    /// upload, and its photo is the one shown, whichever job finishes last.
+    @Test func anEditRightAfterAnUploadEditsTheNewUpload() async throws {
+        try await TestApp.run(["queue.inProcessWorkers": "0"]) { client, components in
+            let (id, session) = try await signUpJohn(client)
+            let a = try Imaging.testImage(width: 400, height: 300, format: .png)
+            let b = try Imaging.testImage(width: 500, height: 300, format: .png)
+            _ = try await uploadPhoto(client, user: id, session: session, a)
+            _ = try await uploadPhoto(client, user: id, session: session, b)
+            let edit = try await client.send(
+                .post, "/users/\(id)/photo/edits", json: #"{"crop":{"x":0,"y":0,"width":450,"height":300}}"#,
+                cookies: ["millions_session": session])
+            #expect(edit.status == .accepted, "\(edit.text)")  // 450 fits B (500 wide), not A
+            // Run the three jobs newest first: the older ones must not replace the edit.
+            let handler = PhotoJobs.handler(
+                store: components.photos, users: components.users, processor: components.images,
+                limits: components.settings.imageLimits, metrics: AppMetrics(), invalidate: { _ in })
+            var jobs: [Job] = []
+            while let job = try await components.jobs.claim(queues: [PhotoJobs.queue], worker: "t", leaseSeconds: 60) { jobs.append(job) }
+            #expect(jobs.count == 3)
+            for job in jobs.reversed() {
+                try await handler(job)
+                try await components.jobs.complete(id: job.id, worker: "t")
+            }
+            let editPayload = try #require(PhotoJobs.Payload.parse(jobs[2].payload))
+            #expect(editPayload.source == SHA256.hex(b) + ".png")
+            #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == PhotoJobs.photo(editPayload).variants)
         }
     }
 }

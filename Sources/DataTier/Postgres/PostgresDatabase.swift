@@ -65,14 +65,21 @@ public enum PostgresMigrations {
         ),
         (
             "3-photos",
-            ["ALTER TABLE users ADD COLUMN photo text, ADD COLUMN photo_source text, ADD COLUMN photo_job bigint"]
+            [
+                """
+                ALTER TABLE users ADD COLUMN photo text, ADD COLUMN photo_source text,
+                    ADD COLUMN photo_version bigint NOT NULL DEFAULT 0, ADD COLUMN photo_applied bigint NOT NULL DEFAULT 0
+                """
+            ]
         ),
     ]
 
     /// Applies what is missing; returns every applied migration's name.
     @discardableResult
     public static func migrate(_ set: ReplicaSet) async throws -> [String] {
-        try await set.write("migrate") { connection in
+        // Not the query timeout: several processes starting at once wait for each other's
+        // advisory lock, and ALTER TABLE waits for its lock; a timeout here is no node failure.
+        try await set.write("migrate", timeout: .seconds(300)) { connection in
             let logger = Logger(label: "millions.migrate")
             try await connection.query("SELECT pg_advisory_xact_lock(727274)", logger: logger)
             try await connection.query(

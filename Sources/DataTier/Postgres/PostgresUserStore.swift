@@ -166,27 +166,34 @@ public struct PostgresUserStore: UserStore {
         }
     }
 
-    public func setPhoto(id: UserID, photo: Photo, source: String, job: Int64) async throws -> Bool {
+    public func beginPhoto(id: UserID, source: String?) async throws -> PhotoTicket? {
+        let logger = self.logger
+        return try await set.write("begin_photo") { c in
+            let rows = try await c.query(
+                """
+                UPDATE users SET photo_version = photo_version + 1, photo_source = COALESCE(\(source), photo_source)
+                WHERE id = \(id.rawValue) AND COALESCE(\(source), photo_source) IS NOT NULL
+                RETURNING photo_version, photo_source
+                """, logger: logger)
+            for try await (version, source) in rows.decode((Int64, String).self) {
+                return PhotoTicket(version: version, source: source)
+            }
+            return nil
+        }
+    }
+
+    public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool {
         let logger = self.logger
         return try await set.write("set_photo") { c in
             let rows = try await c.query(
                 """
-                UPDATE users SET photo = \(photo.jsonText), photo_source = \(source), photo_job = \(job),
-                    updated_at = \(Clock.secondsSince1970())
-                WHERE id = \(id.rawValue) AND COALESCE(photo_job, 0) <= \(job)
+                UPDATE users SET photo = \(photo.jsonText), photo_applied = \(version), updated_at = \(Clock.secondsSince1970())
+                WHERE id = \(id.rawValue) AND photo_applied <= \(version)
                 RETURNING id
                 """, logger: logger)
             var changed = false
             for try await _ in rows.decode(Int64.self) { changed = true }
             return changed
-        }
-    }
-
-    public func photoSource(id: UserID) async throws -> String? {
-        try await set.readPrimary("photo_source") { client in
-            let rows = try await client.query("SELECT photo_source FROM users WHERE id = \(id.rawValue)")
-            for try await source in rows.decode(String?.self) { return source }
-            return nil
         }
     }
 

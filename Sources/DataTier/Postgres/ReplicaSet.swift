@@ -190,12 +190,18 @@ public final class ReplicaSet: Service {
     }
 
     /// The primary's index. When none is known (a slow query may have marked it failed a
-    /// moment ago), one fresh probe decides, rather than a 503 on stale news.
+    /// moment ago), the discovery loop is asked for a fresh look and its result awaited
+    /// (about one probe's time), rather than a 503 on stale news. Every waiter shares that
+    /// one probe.
     func currentPrimary() async throws -> Int {
         if let i = primaryIndex { return i }
-        await discover()
-        guard let i = primaryIndex else { throw Self.noPrimary }
-        return i
+        rediscoverSoon()
+        let deadline = ContinuousClock.now + min(settings.queryTimeout, .seconds(2)) + .milliseconds(100)
+        while ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(25))
+            if let i = primaryIndex { return i }
+        }
+        throw Self.noPrimary
     }
 
     /// Asks the discovery loop to probe every node now.
@@ -252,14 +258,16 @@ public final class ReplicaSet: Service {
     /// Runs `body` in a transaction on the primary, then records the commit's WAL position
     /// for read-your-writes. Without a primary: 503 with Retry-After, never a retry on
     /// another node (a write is not idempotent).
+    /// `timeout` replaces `data.postgres.timeoutMs` for calls that may rightly wait long
+    /// (migrations wait for each other's lock and for DDL locks).
     public func write<T: Sendable>(
-        _ op: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+        _ op: String, timeout: Duration? = nil, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let i = try await currentPrimary()
         let client = nodes[i].client
         let logger = self.logger
         do {
-            let (result, lsn) = try await run(i, op: op, role: "write") {
+            let (result, lsn) = try await run(i, op: op, role: "write", timeout: timeout) {
                 let result: T
                 do {
                     result = try await client.withTransaction(logger: logger) { connection in
@@ -288,7 +296,7 @@ public final class ReplicaSet: Service {
     }
 
     private func run<T: Sendable>(
-        _ i: Int, op: String, role: String, _ body: @escaping @Sendable () async throws -> T
+        _ i: Int, op: String, role: String, timeout: Duration? = nil, _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
         let start = ContinuousClock.now
         // Each call holds one pooled connection while it runs: this is the pool's occupancy.
@@ -302,7 +310,7 @@ public final class ReplicaSet: Service {
                 [("node", nodes[i].name), ("role", role), ("op", op)]
             ).record(ContinuousClock.now - start)
         }
-        return try await withTimeout(settings.queryTimeout, body)
+        return try await withTimeout(timeout ?? settings.queryTimeout, body)
     }
 
     /// Errors that say the node is unusable (down, closed, timed out, or not in the role we
