@@ -56,5 +56,6 @@ public struct MeteredUserStore: UserStore {
     public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool {
         try await inner.setPhoto(id: id, photo: photo, version: version)
     }
+    public func photoSource(id: UserID) async throws -> String? { try await inner.photoSource(id: id) }
     public func ping() async throws { try await inner.ping() }
 }

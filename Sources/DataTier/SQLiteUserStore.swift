@@ -147,16 +147,25 @@ public struct SQLiteUserStore: UserStore {
     }
 
     public func beginPhoto(id: UserID, source: String?) async throws -> PhotoTicket? {
-        try await db.pool.write { db in
-            try Row.fetchOne(
-                db,
-                sql: """
-                    UPDATE users SET photo_version = photo_version + 1, photo_source = COALESCE(?, photo_source)
-                    WHERE id = ? AND COALESCE(?, photo_source) IS NOT NULL
-                    RETURNING photo_version, photo_source
-                    """,
-                arguments: [source, id.rawValue, source]
-            ).map { PhotoTicket(version: $0["photo_version"], source: $0["photo_source"]) }
+        try await db.pool.write { db in try Self.beginPhoto(db, id: id, source: source) }
+    }
+
+    /// `beginPhoto` inside a transaction the caller holds (to enqueue the job with it).
+    public static func beginPhoto(_ db: Database, id: UserID, source: String?) throws -> PhotoTicket? {
+        try Row.fetchOne(
+            db,
+            sql: """
+                UPDATE users SET photo_version = photo_version + 1, photo_source = COALESCE(?, photo_source)
+                WHERE id = ? AND COALESCE(?, photo_source) IS NOT NULL
+                RETURNING photo_version, photo_source
+                """,
+            arguments: [source, id.rawValue, source]
+        ).map { PhotoTicket(version: $0["photo_version"], source: $0["photo_source"]) }
+    }
+
+    public func photoSource(id: UserID) async throws -> String? {
+        try await db.pool.read { db in
+            try String.fetchOne(db, sql: "SELECT photo_source FROM users WHERE id = ?", arguments: [id.rawValue])
         }
     }
 

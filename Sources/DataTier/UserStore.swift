@@ -32,6 +32,8 @@ public protocol UserStore: Sendable {
     /// Makes `photo` (version `version`) the user's current photo, unless a newer version is
     /// already shown. False if not set.
     func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool
+    /// The newest uploaded original (what edits apply to), read from the primary.
+    func photoSource(id: UserID) async throws -> String?
 
     /// Succeeds if the store can serve requests.
     func ping() async throws

@@ -41,6 +41,8 @@ public struct Components: Sendable {
     public let jobs: any JobQueue
     /// Photo originals and variants.
     public let photos: any PhotoStore
+    /// New photo versions and their jobs, in one transaction where the queue allows.
+    public let photoRequests: any PhotoRequests
     /// Bounded threads for image work (uploads' header checks, photo jobs).
     public let images: ImageProcessor
     /// Set while the server drains at shutdown.
@@ -118,14 +120,20 @@ public struct Components: Sendable {
         }
         let resources = try Self.resourceDirectory()
         let cost = UInt8(settings.bcryptCost)
+        let jobs: any JobQueue = redis.flatMap { r in settings.queueEngine == "redis" ? RedisJobQueue(redis: r) : nil }
+            ?? replicaSet.map { PostgresJobQueue(replicaSet: $0) as any JobQueue } ?? SQLiteJobQueue(database: database!)
+        let photoRequests: any PhotoRequests =
+            if jobs is RedisJobQueue { SeparatePhotoRequests(users: users, jobs: jobs) }
+            else if let replicaSet { PostgresPhotoRequests(replicaSet: replicaSet) }
+            else { SQLitePhotoRequests(database: database!) }
         return Components(
             settings: settings, logger: logger, metrics: metrics, database: database, replicaSet: replicaSet,
             users: users, sessions: sessions, redis: redis, lru: lru,
             memcached: memcached,
             userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
-            jobs: redis.flatMap { r in settings.queueEngine == "redis" ? RedisJobQueue(redis: r) : nil }
-                ?? replicaSet.map { PostgresJobQueue(replicaSet: $0) as any JobQueue } ?? SQLiteJobQueue(database: database!),
+            jobs: jobs,
             photos: try FolderPhotoStore(directory: settings.photosDirectory),
+            photoRequests: photoRequests,
             images: ImageProcessor.shared(threads: settings.photosThreads),
             templates: try await MustacheLibrary(directory: resources + "/templates"),
             decoyHash: Bcrypt.hash(Token.random(bytes: 16), cost: cost))
@@ -178,7 +186,7 @@ public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
     PagesController(service: service, templates: c.templates, assets: c.assets, body: body).addRoutes(to: router)
     AssetsController(catalog: c.assets).addRoutes(to: router)
     PhotosController(
-        service: service, jobs: c.jobs, photos: c.photos, images: c.images, settings: c.settings,
+        service: service, jobs: c.jobs, requests: c.photoRequests, photos: c.photos, images: c.images, settings: c.settings,
         metrics: c.metrics, body: body
     ).addRoutes(to: router)
     var writesAvailable: (@Sendable () -> Bool)? = nil

@@ -19,6 +19,7 @@ import SessionTier
 struct PhotosController {
     let service: UserService
     let jobs: any JobQueue
+    let requests: any PhotoRequests
     let photos: any PhotoStore
     let images: ImageProcessor
     let settings: Settings
@@ -70,11 +71,10 @@ struct PhotosController {
         let info = try await probe(image)
         let source = try await images.run { SHA256.hex(image) } + "." + info.format.fileExtension
         try await photos.put(image, name: source, kind: .original)
-        guard let ticket = try await service.users.beginPhoto(id: id, source: source) else {
-            throw MillionsError(.notFound, "no such user")
-        }
-        let payload = PhotoJobs.Payload(user: id.rawValue, version: ticket.version, source: source)
-        let jobID = try await PhotoJobs.enqueue(payload, on: jobs, maxAttempts: settings.queueMaxAttempts)
+        // The new version and its job, in one transaction where the queue allows.
+        guard let made = try await requests.request(user: id, source: source, edits: nil, maxAttempts: settings.queueMaxAttempts)
+        else { throw MillionsError(.notFound, "no such user") }
+        let (payload, jobID) = made
         metrics.counter("photo_uploads", "Photo uploads accepted, by format", [("format", info.format.rawValue)]).increment()
         context.logger.info(
             "photo uploaded",
@@ -94,17 +94,19 @@ struct PhotosController {
             throw MillionsError(.validation, "give at least one of crop, resize, sharpen, blur")
         }
         // Edits apply to the newest upload, even one still being processed.
-        guard let ticket = try await service.users.beginPhoto(id: id, source: nil),
-            let original = try await photos.get(name: ticket.source, kind: .original)
-        else { throw MillionsError(.conflict, "upload a photo first") }
+        let noPhoto = MillionsError(.conflict, "upload a photo first")
+        guard let source = try await service.users.photoSource(id: id),
+            let original = try await photos.get(name: source, kind: .original)
+        else { throw noPhoto }
         let info = try await probe(original)
         do {
             try edits.validate(width: info.width, height: info.height)
         } catch let e as ImageError {
             throw MillionsError(.validation, e.message)
         }
-        let payload = PhotoJobs.Payload(user: id.rawValue, version: ticket.version, source: ticket.source, edits: edits)
-        let jobID = try await PhotoJobs.enqueue(payload, on: jobs, maxAttempts: settings.queueMaxAttempts)
+        guard let made = try await requests.request(user: id, source: nil, edits: edits, maxAttempts: settings.queueMaxAttempts)
+        else { throw noPhoto }
+        let (payload, jobID) = made
         context.logger.info("photo edit queued", metadata: ["user_id": "\(id)", "job_id": "\(jobID)"])
         return try accepted(jobID, payload)
     }

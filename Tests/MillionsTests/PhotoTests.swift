@@ -381,4 +381,42 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == PhotoJobs.photo(editPayload).variants)
         }
     }
+
+    /// A photo version and its job are written together or not at all (SQLite and
+    /// PostgreSQL: one transaction).
+    @Test(arguments: Engine.allCases) func aPhotoRequestIsAllOrNothing(engine: Engine) async throws {
+        // `isolated`: no other test writes to this queue, so its count is exact.
+        let check: @Sendable (Components, Bool) async throws -> Void = { c, isolated in
+            let before = try await c.jobs.stats().first { $0.queue == PhotoJobs.queue }?.ready ?? 0
+            let ghost = UserIDGenerator().next()
+            #expect(try await c.photoRequests.request(user: ghost, source: String(repeating: "a", count: 64) + ".png", edits: nil, maxAttempts: 3) == nil)
+            let user = try await c.users.create(
+                NewAccount(id: UserIDGenerator().next(), email: "req-\(UUID().uuidString.prefix(8))@example.com", passwordHash: "x", profile: Profile(firstName: "R", lastName: "Q")))
+            // An edit with nothing to edit: no version, no job.
+            #expect(try await c.photoRequests.request(user: user.id, source: nil, edits: Edits(blur: .init(sigma: 1)), maxAttempts: 3) == nil)
+            let after = try await c.jobs.stats().first { $0.queue == PhotoJobs.queue }?.ready ?? 0
+            if isolated { #expect(after == before) }
+            let source = String(repeating: "b", count: 64) + ".jpg"
+            let made = try #require(try await c.photoRequests.request(user: user.id, source: source, edits: nil, maxAttempts: 3))
+            #expect(made.payload == PhotoJobs.Payload(user: user.id.rawValue, version: 1, source: source))
+            let job = try #require(try await c.jobs.job(id: made.job))
+            #expect(PhotoJobs.Payload.parse(job.payload) == made.payload && job.maxAttempts == 3)
+            let edit = try #require(try await c.photoRequests.request(user: user.id, source: nil, edits: Edits(blur: .init(sigma: 1)), maxAttempts: 3))
+            #expect(edit.payload.version == 2 && edit.payload.source == source && edit.job > made.job)
+        }
+        switch engine {
+        case .sqlite:
+            try await TestApp.withTemporaryDirectory { dir in
+                let c = try await TestApp.components(try TestApp.settings(dataDirectory: dir, ["queue.inProcessWorkers": "0"]))
+                #expect(c.photoRequests is SQLitePhotoRequests)
+                try await check(c, true)
+                try c.database?.close()
+            }
+        case .postgres:
+            try await TestApp.runPostgres(try PostgresTopology.shared(), ["queue.inProcessWorkers": "0"]) { _, c in
+                #expect(c.photoRequests is PostgresPhotoRequests)
+                try await check(c, false)
+            }
+        }
+    }
 }

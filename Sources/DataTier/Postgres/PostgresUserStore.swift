@@ -168,16 +168,27 @@ public struct PostgresUserStore: UserStore {
 
     public func beginPhoto(id: UserID, source: String?) async throws -> PhotoTicket? {
         let logger = self.logger
-        return try await set.write("begin_photo") { c in
-            let rows = try await c.query(
-                """
-                UPDATE users SET photo_version = photo_version + 1, photo_source = COALESCE(\(source), photo_source)
-                WHERE id = \(id.rawValue) AND COALESCE(\(source), photo_source) IS NOT NULL
-                RETURNING photo_version, photo_source
-                """, logger: logger)
-            for try await (version, source) in rows.decode((Int64, String).self) {
-                return PhotoTicket(version: version, source: source)
-            }
+        return try await set.write("begin_photo") { c in try await Self.beginPhoto(c, id: id, source: source, logger: logger) }
+    }
+
+    /// `beginPhoto` inside a transaction the caller holds (to enqueue the job with it).
+    public static func beginPhoto(_ c: PostgresConnection, id: UserID, source: String?, logger: Logger) async throws -> PhotoTicket? {
+        let rows = try await c.query(
+            """
+            UPDATE users SET photo_version = photo_version + 1, photo_source = COALESCE(\(source), photo_source)
+            WHERE id = \(id.rawValue) AND COALESCE(\(source), photo_source) IS NOT NULL
+            RETURNING photo_version, photo_source
+            """, logger: logger)
+        for try await (version, source) in rows.decode((Int64, String).self) {
+            return PhotoTicket(version: version, source: source)
+        }
+        return nil
+    }
+
+    public func photoSource(id: UserID) async throws -> String? {
+        try await set.readPrimary("photo_source") { client in
+            let rows = try await client.query("SELECT photo_source FROM users WHERE id = \(id.rawValue)")
+            for try await source in rows.decode(String?.self) { return source }
             return nil
         }
     }
