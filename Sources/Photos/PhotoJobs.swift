@@ -88,11 +88,12 @@ public enum PhotoJobs {
         return out
     }
 
-    /// The handler for the `photo` queue. `invalidate` drops the user's cached profile
-    /// once the new photo is recorded.
+    /// The handler for the `photo` queue. `refresh` replaces the user's cached profile once
+    /// the new photo is recorded; it runs in the write's read-your-writes scope, so it reads
+    /// the profile from a node that has the write.
     public static func handler(
         store: any PhotoStore, users: any UserStore, processor: ImageProcessor, limits: ImageLimits,
-        metrics: AppMetrics, invalidate: @escaping @Sendable (UserID) async -> Void
+        metrics: AppMetrics, refresh: @escaping @Sendable (UserID) async -> Void
     ) -> JobHandler {
         { job in
             guard let p = Payload.parse(job.payload), PhotoName.isValid(p.source), let user = UserID(rawValue: p.user) else {
@@ -126,8 +127,10 @@ public enum PhotoJobs {
                 if e.blur != nil { processed("blur") }
             }
             processed("thumbnail", sizes.count)
-            if try await users.setPhoto(id: user, photo: photo(p), version: p.version) {
-                await invalidate(user)
+            try await ReadYourWrites.$current.withValue(ReadYourWrites()) {
+                if try await users.setPhoto(id: user, photo: photo(p), version: p.version) {
+                    await refresh(user)
+                }
             }
         }
     }

@@ -157,7 +157,14 @@ public struct Components: Sendable {
         var handlers = StandardHandlers.all
         handlers[PhotoJobs.queue] = PhotoJobs.handler(
             store: photos, users: users, processor: images, limits: settings.imageLimits, metrics: metrics,
-            invalidate: { [userCache] id in await userCache?.invalidate(id) })
+            refresh: { [userCache, users] id in
+                guard let userCache else { return }
+                await userCache.invalidate(id)
+                // Fill it again at once, from a node that has the photo (the job's
+                // read-your-writes scope), before a reader fills it from a replica that has
+                // not replayed the write yet.
+                _ = try? await userCache.get(id) { try await users.user(id: id) }
+            })
         return Worker(queue: jobs, handlers: handlers, options: options, metrics: metrics, logger: logger)
     }
 

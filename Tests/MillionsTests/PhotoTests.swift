@@ -67,7 +67,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
     @Test func anUploadBecomesTheProfilePhoto() async throws {
         try await TestApp.run { client, components in
             let (id, session) = try await signUpJohn(client)
-            // Warm the cache: the finished job must invalidate it.
+            // Warm the cache: the finished job must replace it.
             #expect(try await client.send(.get, "/users/\(id)").object["photo"] == nil)
             let original = try Imaging.testImage(width: 1200, height: 800, format: .png)
             let r = try await uploadPhoto(client, user: id, session: session, original)
@@ -274,7 +274,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             let job = try #require(try await c.jobs.job(id: id))
             let handler = PhotoJobs.handler(
                 store: c.photos, users: c.users, processor: c.images, limits: settings.imageLimits, metrics: AppMetrics(),
-                invalidate: { _ in })
+                refresh: { _ in })
             try await handler(job)
             let once = try await c.photos.list(kind: .variant)
             try await handler(job)
@@ -368,7 +368,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             // Run the three jobs newest first: the older ones must not replace the edit.
             let handler = PhotoJobs.handler(
                 store: components.photos, users: components.users, processor: components.images,
-                limits: components.settings.imageLimits, metrics: AppMetrics(), invalidate: { _ in })
+                limits: components.settings.imageLimits, metrics: AppMetrics(), refresh: { _ in })
             var jobs: [Job] = []
             while let job = try await components.jobs.claim(queues: [PhotoJobs.queue], worker: "t", leaseSeconds: 60) { jobs.append(job) }
             #expect(jobs.count == 3)
@@ -416,6 +416,29 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             try await TestApp.runPostgres(try PostgresTopology.shared(), ["queue.inProcessWorkers": "0"]) { _, c in
                 #expect(c.photoRequests is PostgresPhotoRequests)
                 try await check(c, false)
+            }
+        }
+    }
+
+    /// Replicas frozen (as if far behind): once the job is done, a reader with no session
+    /// (routed to a replica) still sees the new photo, because the worker filled the cache
+    /// from the primary, not a reader from a replica that lacks the write.
+    @Test func aFinishedPhotoIsSeenEvenWhileReplicasLag() async throws {
+        try await PostgresTopology.withFresh { t in
+            try await TestApp.runPostgres(t, ["queue.inProcessWorkers": "1", "cache.backend": "memory"]) { client, _ in
+                let (id, session) = try await signUpJohn(client, email: uniqueEmail("lag-photo"))
+                try await Task.sleep(for: .milliseconds(500))  // the replicas have the user
+                try t.pauseReplay("r1")
+                try t.pauseReplay("r2")
+                defer {
+                    try? t.resumeReplay("r1")
+                    try? t.resumeReplay("r2")
+                }
+                let r = try await uploadPhoto(client, user: id, session: session, try Imaging.testImage(width: 300, height: 200, format: .jpeg), type: "image/jpeg")
+                let job = try await waitForJob(client, try #require(r.headers[.location]), session: session)
+                #expect(job["state"] as? String == "done", "\(job)")
+                let seen = try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String]
+                #expect(seen != nil && seen == job["photo"] as? [String: String])
             }
         }
     }
