@@ -146,7 +146,8 @@ public struct Cluster: Sendable {
         if stage.defaultWorkers > 0 {
             let t = Date()
             for i in 1...stage.defaultWorkers { try add(try startWorker(state, index: i)) }
-            try waitWorkers(state.workers)
+            // A worker's metrics server starts once its queue is reachable.
+            try waitReady(state.workers, path: "/healthz")
             say("\(stage.defaultWorkers) workers running in \(seconds(since: t))")
         }
         if stage.balanced {
@@ -201,19 +202,6 @@ public struct Cluster: Sendable {
         return Node(name: "worker\(index)", role: "worker", port: port, pidFile: pidFile)
     }
 
-    /// A worker is up once its metrics server answers (it starts after the queue is
-    /// reachable); one that exits at start (bad configuration) fails at once.
-    func waitWorkers(_ nodes: [Node]) throws {
-        for node in nodes {
-            let up = Processes.wait(seconds: 60, every: 0.1) {
-                !(pid(of: node).map(Processes.isAlive) ?? false) || Processes.httpStatus(port: node.port, path: "/healthz") == 200
-            }
-            guard up, pid(of: node).map(Processes.isAlive) ?? false else {
-                throw Processes.Failure("\(node.name) did not start (see \(logs)/\(node.name).log)")
-            }
-        }
-    }
-
     /// Sets the number of worker processes. Removed ones get SIGTERM: their running jobs
     /// finish within the grace period or go back to the queue.
     public func scale(workers target: Int) throws {
@@ -226,7 +214,7 @@ public struct Cluster: Sendable {
                 .map { try startWorker(state, index: $0) }
             state.nodes += added
             try save(state)
-            try waitWorkers(added)
+            try waitReady(added, path: "/healthz")
         } else if target < current.count {
             let removed = Array(current.sorted { $0.name < $1.name }.suffix(current.count - target))
             stopProcesses(removed)
@@ -236,15 +224,17 @@ public struct Cluster: Sendable {
         say("workers: \(current.count) → \(target)")
     }
 
-    func waitReady(_ nodes: [Node]) throws {
+    /// Waits until each node answers 200 on `path` (web servers: `/readyz`, workers:
+    /// `/healthz`); a process that exits (a bad configuration) fails at once.
+    func waitReady(_ nodes: [Node], path: String = "/readyz") throws {
         for node in nodes {
-            let ready = Processes.wait(seconds: 60, every: 0.1) {
-                Processes.httpStatus(port: node.port, path: "/readyz") == 200
+            let alive = { pid(of: node).map(Processes.isAlive) ?? false }
+            let answered = Processes.wait(seconds: 60, every: 0.1) {
+                !alive() || Processes.httpStatus(port: node.port, path: path) == 200
             }
-            if !ready {
-                let alive = pid(of: node).map(Processes.isAlive) ?? false
+            guard answered, alive() else {
                 throw Processes.Failure(
-                    "\(node.name) on port \(node.port) is not ready (\(alive ? "running" : "exited"); see \(logs)/\(node.name).log)")
+                    "\(node.name) on port \(node.port) is not ready (\(alive() ? "running" : "exited"); see \(logs)/\(node.name).log)")
             }
         }
     }

@@ -26,11 +26,7 @@ public enum PhotoJobs {
             self.edits = edits
         }
 
-        public var json: String {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = .sortedKeys
-            return String(decoding: (try? encoder.encode(self)) ?? Data(), as: UTF8.self)
-        }
+        public var json: String { PhotoJobs.canonicalJSON(self) }
 
         public static func parse(_ text: String) -> Payload? {
             try? JSONDecoder().decode(Payload.self, from: Data(text.utf8))
@@ -49,11 +45,7 @@ public enum PhotoJobs {
     /// run writes the same names, so each variant exists once, and a changed input gets a
     /// new name, so a URL's content never changes (safe to cache forever).
     public static func variantFiles(_ p: Payload) -> [String: String] {
-        let edits = p.edits.map { e -> String in
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = .sortedKeys
-            return String(decoding: (try? encoder.encode(e)) ?? Data(), as: UTF8.self)
-        } ?? "-"
+        let edits = p.edits.map(canonicalJSON) ?? "-"
         var names = (p.edits == nil ? [] : ["edited"]) + sizes.map(\.name)
         names.sort()
         var out: [String: String] = [:]
@@ -62,6 +54,14 @@ public enum PhotoJobs {
             out[name] = SHA256.hex("\(recipeVersion)\n\(p.source)\n\(edits)\n\(name)\n\(size)\nq\(jpegQuality)") + ".jpg"
         }
         return out
+    }
+
+    /// JSON with sorted keys: the same value always gives the same text (variant names
+    /// hash it).
+    static func canonicalJSON(_ value: some Encodable) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self)
     }
 
     /// The variants as the user object shows them: name → URL path.

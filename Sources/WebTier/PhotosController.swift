@@ -74,7 +74,7 @@ struct PhotosController {
         // The new version and its job, in one transaction where the queue allows.
         guard let made = try await requests.request(user: id, source: source, edits: nil, maxAttempts: settings.queueMaxAttempts)
         else { throw MillionsError(.notFound, "no such user") }
-        let (payload, jobID) = made
+        let jobID = made.job
         metrics.counter("photo_uploads", "Photo uploads accepted, by format", [("format", info.format.rawValue)]).increment()
         context.logger.info(
             "photo uploaded",
@@ -82,7 +82,7 @@ struct PhotosController {
         if fromForm, (request.headers[.accept] ?? "").contains("text/html") {
             return Response.redirect(to: "/people/\(id)?job=\(jobID)", type: .normal)
         }
-        return try accepted(jobID, payload)
+        return try accepted(jobID)
     }
 
     @Sendable func edit(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -106,9 +106,9 @@ struct PhotosController {
         }
         guard let made = try await requests.request(user: id, source: nil, edits: edits, maxAttempts: settings.queueMaxAttempts)
         else { throw noPhoto }
-        let (payload, jobID) = made
+        let jobID = made.job
         context.logger.info("photo edit queued", metadata: ["user_id": "\(id)", "job_id": "\(jobID)"])
-        return try accepted(jobID, payload)
+        return try accepted(jobID)
     }
 
     /// A photo job's state, for the user whose photo it is (404 for anyone else's).
@@ -156,10 +156,10 @@ struct PhotosController {
         }
     }
 
-    func accepted(_ jobID: Int64, _ payload: PhotoJobs.Payload) throws -> Response {
-        var view = JobView(id: jobID, state: "queued", attempts: 0)
-        view.url = "/jobs/\(jobID)"
-        return try Response.json(view, status: .accepted, headers: [.location: "/jobs/\(jobID)", .cacheControl: "no-store"])
+    func accepted(_ jobID: Int64) throws -> Response {
+        try Response.json(
+            JobView(id: jobID, state: "queued", attempts: 0), status: .accepted,
+            headers: [.location: "/jobs/\(jobID)", .cacheControl: "no-store"])
     }
 }
 
@@ -183,15 +183,18 @@ struct JobView: Encodable {
 
     init(_ job: Job, _ payload: PhotoJobs.Payload) {
         switch job.state {
-        case .ready: self.init(id: job.id, state: "queued", attempts: job.attempts)
-        case .running: self.init(id: job.id, state: "running", attempts: job.attempts)
-        case .done: self.init(id: job.id, state: "done", attempts: job.attempts)
-        case .dead: self.init(id: job.id, state: "failed", attempts: job.attempts)
-        }
-        switch job.state {
-        case .done: photo = PhotoJobs.photo(payload)
-        case .dead: error = job.lastError ?? "failed"
-        default: lastError = job.lastError
+        case .ready:
+            self.init(id: job.id, state: "queued", attempts: job.attempts)
+            lastError = job.lastError
+        case .running:
+            self.init(id: job.id, state: "running", attempts: job.attempts)
+            lastError = job.lastError
+        case .done:
+            self.init(id: job.id, state: "done", attempts: job.attempts)
+            photo = PhotoJobs.photo(payload)
+        case .dead:
+            self.init(id: job.id, state: "failed", attempts: job.attempts)
+            error = job.lastError ?? "failed"
         }
     }
 }
