@@ -13,12 +13,21 @@ struct ObservabilityMiddleware: RouterMiddleware {
     typealias Context = AppRequestContext
     let metrics: AppMetrics
     let drain: DrainState
+    let inFlight: Gauge
+
+    init(metrics: AppMetrics, drain: DrainState) {
+        self.metrics = metrics
+        self.drain = drain
+        inFlight = metrics.gauge("http_server_requests_in_flight", "Requests being handled now")
+    }
 
     func handle(
         _ request: Request, context: AppRequestContext,
         next: (Request, AppRequestContext) async throws -> Response
     ) async throws -> Response {
         let start = ContinuousClock.now
+        inFlight.increment()
+        defer { inFlight.decrement() }
         var context = context
         let requestID = Self.requestID(from: request.headers[.xRequestID])
         context.requestID = requestID

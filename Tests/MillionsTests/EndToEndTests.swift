@@ -119,7 +119,13 @@ import Testing
                 // Graceful shutdown: a request in flight when SIGTERM arrives still completes.
                 async let inFlight = Self.request(
                     port, .POST, "/users", json: john.replacingOccurrences(of: "john@", with: "late@"))
-                try await Task.sleep(for: .milliseconds(50))
+                // SIGTERM once the server is handling it (the metrics request itself is one
+                // more), not after a guessed delay that a loaded machine can outlast.
+                for _ in 0..<200 {
+                    let text = try await Self.request(port, .GET, "/metrics").body
+                    if text.contains("http_server_requests_in_flight 2") { break }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
                 server.process.terminate()  // SIGTERM
                 #expect(try await inFlight.status == 201)
                 #expect(try await server.waitForExit() == 0)

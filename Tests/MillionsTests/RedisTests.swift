@@ -172,13 +172,15 @@ import Testing
     /// call works on a fresh one.
     @Test func timesOutAndRecovers() async throws {
         try await RedisServer.with { server in
-            let redis = try client(server, timeoutMS: 200)
+            // Wide margins (a loaded CI machine can take a few hundred ms to connect): the
+            // reply comes 2 s late against a 0.7 s timeout.
+            let redis = try client(server, timeoutMS: 700)
             defer { redis.close() }
             try await redis.ping()
             await #expect(throws: RedisError(.timeout, "no reply in time")) {
-                try await redis.send(RedisCommand("BLPOP", "empty-list", "0.6"))
+                try await redis.send(RedisCommand("BLPOP", "empty-list", "2"))
             }
-            try await Task.sleep(for: .milliseconds(600))
+            try await Task.sleep(for: .milliseconds(2000))
             for _ in 0..<4 { try await redis.ping() }
         }
     }
