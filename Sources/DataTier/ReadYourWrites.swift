@@ -9,7 +9,7 @@ public final class ReadYourWrites: Sendable {
     @TaskLocal public static var current: ReadYourWrites?
 
     private let lsn: Mutex<UInt64>
-    private let wrote = Mutex(false)
+    private let raised = Mutex(false)
 
     public init(minimumLSN: UInt64 = 0) {
         self.lsn = Mutex(minimumLSN)
@@ -17,13 +17,24 @@ public final class ReadYourWrites: Sendable {
 
     /// The write position this request's reads must see (0: none).
     public var minimumLSN: UInt64 { lsn.withLock { $0 } }
-    /// True if this request committed a write.
-    public var didWrite: Bool { wrote.withLock { $0 } }
+    /// True if this request committed a write, or learned of one it must see from now on.
+    public var advanced: Bool { raised.withLock { $0 } }
 
     /// Records a committed write's position.
     public func wrote(at position: UInt64) {
         lsn.withLock { $0 = max($0, position) }
-        wrote.withLock { $0 = true }
+        raised.withLock { $0 = true }
+    }
+
+    /// Records a write made elsewhere (a job's result) that this client has been told of,
+    /// so its next reads see it too.
+    public func learned(of position: UInt64) {
+        let higher = lsn.withLock { current in
+            guard position > current else { return false }
+            current = position
+            return true
+        }
+        if higher { raised.withLock { $0 = true } }
     }
 }
 

@@ -93,6 +93,11 @@ public final class SQLiteDatabase: Service, Sendable {
                     ALTER TABLE users ADD COLUMN photo_applied INTEGER NOT NULL DEFAULT 0;
                     """)
         }
+        // Where a job's result was committed, so a client told "done" reads it (always 0
+        // on SQLite, which has no replicas; kept so every engine stores the same job).
+        m.registerMigration("4-job-result-position") { db in
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN result_lsn INTEGER NOT NULL DEFAULT 0")
+        }
         return m
     }
 

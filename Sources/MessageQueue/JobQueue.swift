@@ -18,10 +18,14 @@ public struct Job: Sendable, Equatable {
     public var worker: String?
     public var lastError: String?
     public var createdAt: Double
+    /// Where the job's result was committed: the WAL position (LSN) of the last database
+    /// write its handler made, on PostgreSQL; 0 when none, or on an engine without
+    /// replicas. A client that learns the job is done must read from there on.
+    public var resultPosition: UInt64
 
     public init(
         id: Int64, queue: String, payload: String, state: State, attempts: Int, maxAttempts: Int, runAt: Double,
-        leaseUntil: Double?, worker: String?, lastError: String?, createdAt: Double
+        leaseUntil: Double?, worker: String?, lastError: String?, createdAt: Double, resultPosition: UInt64 = 0
     ) {
         self.id = id
         self.queue = queue
@@ -34,6 +38,7 @@ public struct Job: Sendable, Equatable {
         self.worker = worker
         self.lastError = lastError
         self.createdAt = createdAt
+        self.resultPosition = resultPosition
     }
 }
 
@@ -63,7 +68,8 @@ public protocol JobQueue: Sendable {
     func claim(queues: [String], worker: String, leaseSeconds: Double) async throws -> Job?
     /// Extends the lease; false if the job is no longer this worker's (lease lost).
     func heartbeat(id: Int64, worker: String, leaseSeconds: Double) async throws -> Bool
-    func complete(id: Int64, worker: String) async throws
+    /// Marks the job done, with the commit position of its result (see `Job.resultPosition`).
+    func complete(id: Int64, worker: String, resultPosition: UInt64) async throws
     /// Records a failed run: retried at `retryAt`, or dead when nil.
     func fail(id: Int64, worker: String, error: String, retryAt: Double?) async throws
     /// Gives a job back without counting the run (graceful shutdown).
@@ -78,6 +84,11 @@ public protocol JobQueue: Sendable {
 }
 
 extension JobQueue {
+    /// Marks the job done; its handler wrote nothing a replica could lag behind on.
+    public func complete(id: Int64, worker: String) async throws {
+        try await complete(id: id, worker: worker, resultPosition: 0)
+    }
+
     @discardableResult
     public func enqueue(queue: String, payload: String) async throws -> Int64 {
         try await enqueue(queue: queue, payload: payload, maxAttempts: 5, delaySeconds: 0)

@@ -16,8 +16,9 @@ public struct PostgresJobQueue: JobQueue {
         self.now = now
     }
 
-    typealias JobRow = (Int64, String, String, String, Int32, Int32, Double, Double?, String?, String?, Double)
-    static let columns = "id, queue, payload, state, attempts, max_attempts, run_at, lease_until, worker, last_error, created_at"
+    typealias JobRow = (Int64, String, String, String, Int32, Int32, Double, Double?, String?, String?, Double, Int64)
+    static let columns =
+        "id, queue, payload, state, attempts, max_attempts, run_at, lease_until, worker, last_error, created_at, result_lsn"
 
     /// Claims, heartbeats and outcomes skip the commit's fsync: lost in a crash, they only
     /// make a job run again, which at-least-once delivery allows. Enqueues keep it.
@@ -28,7 +29,8 @@ public struct PostgresJobQueue: JobQueue {
     static func job(_ r: JobRow) -> Job {
         Job(
             id: r.0, queue: r.1, payload: r.2, state: Job.State(rawValue: r.3) ?? .dead, attempts: Int(r.4),
-            maxAttempts: Int(r.5), runAt: r.6, leaseUntil: r.7, worker: r.8, lastError: r.9, createdAt: r.10)
+            maxAttempts: Int(r.5), runAt: r.6, leaseUntil: r.7, worker: r.8, lastError: r.9, createdAt: r.10,
+            resultPosition: UInt64(bitPattern: r.11))
     }
 
     static func jobs(_ rows: PostgresRowSequence) async throws -> [Job] {
@@ -103,12 +105,16 @@ public struct PostgresJobQueue: JobQueue {
         }
     }
 
-    public func complete(id: Int64, worker: String) async throws {
+    public func complete(id: Int64, worker: String, resultPosition: UInt64) async throws {
         let now = now()
+        let position = Int64(bitPattern: resultPosition)
         try await set.write("job_complete") { c in
             try await Self.relaxed(c)
             try await c.query(
-                "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = \(now) WHERE id = \(id) AND worker = \(worker) AND state = 'running'",
+                """
+                UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = \(now), result_lsn = \(position)
+                WHERE id = \(id) AND worker = \(worker) AND state = 'running'
+                """,
                 logger: Logger(label: "millions.queue"))
         }
     }

@@ -97,7 +97,8 @@ public struct RedisJobQueue: JobQueue {
         }
         return Job(
             id: id, queue: queue, payload: payload, state: state, attempts: attempts, maxAttempts: maxAttempts, runAt: runAt,
-            leaseUntil: number("leaseUntil"), worker: text("worker"), lastError: text("lastError"), createdAt: createdAt)
+            leaseUntil: number("leaseUntil"), worker: text("worker"), lastError: text("lastError"), createdAt: createdAt,
+            resultPosition: text("resultLSN").flatMap { UInt64($0) } ?? 0)
     }
 
     static func flag(_ reply: RESPValue, _ script: String) throws -> Bool {
@@ -127,8 +128,9 @@ public struct RedisJobQueue: JobQueue {
         return try Self.flag(reply, "heartbeat")
     }
 
-    public func complete(id: Int64, worker: String) async throws {
-        _ = try await eval(Self.completeScript, [String(id), worker, String(self.now()), String(doneRetentionSeconds)])
+    public func complete(id: Int64, worker: String, resultPosition: UInt64) async throws {
+        _ = try await eval(
+            Self.completeScript, [String(id), worker, String(self.now()), String(doneRetentionSeconds), String(resultPosition)])
     }
 
     public func fail(id: Int64, worker: String, error: String, retryAt: Double?) async throws {
@@ -385,14 +387,14 @@ public struct RedisJobQueue: JobQueue {
     /// ARGV: prefix, id, worker, now, retention seconds (0: forever). Returns 1 if it counted.
     static let completeScript =
         prelude + #"""
-        local id, worker, now, keep = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+        local id, worker, now, keep, position = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
         local job = redis.call('HMGET', jobkey(id), 'state', 'worker', 'queue', 'entry')
         if job[1] ~= 'running' or job[2] ~= worker then return 0 end
         local q = job[3]
         redis.call('ZREM', qkey('leases', q), id)
         drop(id, q, job[4])
         forget(q, worker)
-        redis.call('HSET', jobkey(id), 'state', 'done', 'finishedAt', now)
+        redis.call('HSET', jobkey(id), 'state', 'done', 'finishedAt', now, 'resultLSN', position)
         redis.call('HDEL', jobkey(id), 'leaseUntil')
         redis.call('HINCRBY', qkey('counts', q), 'done', 1)
         if keep > 0 then redis.call('EXPIRE', jobkey(id), keep) end

@@ -1,3 +1,4 @@
+import DataTier
 import Foundation
 import Logging
 import Observability
@@ -99,7 +100,9 @@ public final class Worker: Service, Sendable {
         log[metadataKey: "job_id"] = "\(job.id)"
         log[metadataKey: "queue"] = "\(job.queue)"
         let start = ContinuousClock.now
-        let work = Task { try await handler(job) }
+        // The handler's writes record their commit positions here; the job keeps the last.
+        let written = ReadYourWrites()
+        let work = Task { try await ReadYourWrites.$current.withValue(written) { try await handler(job) } }
         let heartbeat = Task {
             while !Task.isCancelled {
                 try await Task.sleep(for: .milliseconds(Int(options.leaseSeconds * 1000 / 3)))
@@ -138,7 +141,7 @@ public final class Worker: Service, Sendable {
         do {
             switch outcome {
             case .done:
-                try await queue.complete(id: job.id, worker: name)
+                try await queue.complete(id: job.id, worker: name, resultPosition: written.advanced ? written.minimumLSN : 0)
                 count("done")
                 log.info("job done", metadata: ["attempt": "\(job.attempts)"])
             case .failed(let error):

@@ -127,7 +127,8 @@ public enum PhotoJobs {
                 if e.blur != nil { processed("blur") }
             }
             processed("thumbnail", sizes.count)
-            try await ReadYourWrites.$current.withValue(ReadYourWrites()) {
+            // The worker's scope when there is one, so the job records the write's position.
+            try await ReadYourWrites.$current.withValue(ReadYourWrites.current ?? ReadYourWrites()) {
                 if try await users.setPhoto(id: user, photo: photo(p), version: p.version) {
                     await refresh(user)
                 }

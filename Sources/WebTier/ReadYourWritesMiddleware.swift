@@ -18,7 +18,7 @@ struct ReadYourWritesMiddleware: RouterMiddleware {
         let incoming = request.cookies[Self.cookie].flatMap { UInt64($0.value, radix: 16) } ?? 0
         let ryw = ReadYourWrites(minimumLSN: incoming)
         var response = try await ReadYourWrites.$current.withValue(ryw) { try await next(request, context) }
-        if ryw.didWrite {
+        if ryw.advanced {
             response.setCookie(
                 Cookie(
                     name: Self.cookie, value: String(ryw.minimumLSN, radix: 16), maxAge: Self.maxAge, path: "/",

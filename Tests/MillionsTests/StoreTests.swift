@@ -163,7 +163,7 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
         try await Self.withDatabase { db in
             let mode = try await db.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
             #expect(mode == "wal")
-            #expect(try db.appliedMigrations() == ["1-users-and-sessions", "2-jobs", "3-photos"])
+            #expect(try db.appliedMigrations() == ["1-users-and-sessions", "2-jobs", "3-photos", "4-job-result-position"])
         }
     }
 }

@@ -72,6 +72,8 @@ public enum PostgresMigrations {
                 """
             ]
         ),
+        // The WAL position of a job's result: a client told "done" reads from there on.
+        ("4-job-result-position", ["ALTER TABLE jobs ADD COLUMN result_lsn bigint NOT NULL DEFAULT 0"]),
     ]
 
     /// Applies what is missing; returns every applied migration's name.
