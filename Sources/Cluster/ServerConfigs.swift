@@ -1,5 +1,11 @@
 /// Renders the configuration files of the real servers a cluster runs.
 public enum ServerConfigs {
+    /// How long nginx keeps an idle connection to a web server. The web servers' drain and
+    /// idle timeout are both longer (see `DrainService`): only nginx closes an idle one.
+    public static let upstreamKeepaliveSeconds = 1
+    /// A web server's drain behind nginx: three times nginx's idle timeout.
+    public static let drainSeconds = 3 * upstreamKeepaliveSeconds
+
     /// nginx as the load balancer: passive health checks (a server that fails is out for
     /// `fail_timeout`), idempotent requests retried on another server when one fails,
     /// keep-alive to the web servers, request ids created or passed through, and the
@@ -35,8 +41,9 @@ public enum ServerConfigs {
                     keepalive 64;
                     # nginx, not the web server, closes idle connections: a server that
                     # closed one could race a request nginx is sending on it. Shorter than
-                    # a web server's drain (3 s), so a draining server's are gone by then.
-                    keepalive_timeout 1s;
+                    # a web server's drain (\(drainSeconds) s) and idle timeout (75 s), so a
+                    # draining server's idle connections are gone before it stops.
+                    keepalive_timeout \(upstreamKeepaliveSeconds)s;
                 }
                 server {
                     listen 127.0.0.1:\(listen);

@@ -38,7 +38,7 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     func webSettings(_ ports: Ports, dataDirectory: String) -> [String: String] {
         var s: [String: String] = [:]
         // Behind a balancer, leave it cleanly at SIGTERM (see DrainService).
-        if balanced { s["http.drainSeconds"] = "3" }
+        if balanced { s["http.drainSeconds"] = String(ServerConfigs.drainSeconds) }
         if usesPostgres {
             s["data.engine"] = "postgres"
             s["data.postgres.nodes"] = ([ports.postgres] + (0..<replicas).map { ports.postgres + 1 + $0 })

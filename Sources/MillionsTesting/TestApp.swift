@@ -12,8 +12,11 @@ public enum TestApp {
     /// Settings for a test: defaults, a temp data folder, port 0, and `overrides`
     /// (configuration keys to values).
     public static func settings(dataDirectory: String, _ overrides: [String: String] = [:]) throws -> Settings {
+        // Timeouts wide enough that a machine busy with the rest of the suite (or a CPU hog)
+        // is not taken for a dead server; failure tests kill servers, which fails fast.
         var values: [String: String] = [
             "data.directory": dataDirectory, "http.port": "0", "auth.bcryptCost": "4", "log.level": "warning",
+            "redis.timeoutMs": "5000", "cache.memcached.timeoutMs": "3000",
         ]
         values.merge(overrides) { _, new in new }
         let flags = Dictionary(uniqueKeysWithValues: values.map { (ConfigSources.environmentName($0.key), $0.value) })
@@ -35,7 +38,7 @@ public enum TestApp {
     ) throws -> Settings {
         var o = [
             "data.engine": "postgres", "data.postgres.nodes": topology.addresses.joined(separator: ","),
-            "data.postgres.discoveryMs": "200", "data.postgres.timeoutMs": "1000",
+            "data.postgres.discoveryMs": "200", "data.postgres.timeoutMs": "5000",
         ]
         o.merge(overrides) { _, new in new }
         return try settings(dataDirectory: dataDirectory, o)

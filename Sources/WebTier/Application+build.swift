@@ -205,13 +205,9 @@ public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
     return router
 }
 
-/// The web server: Hummingbird on the configured address, with the database and the
-/// session sweeper as services that stop after the server has drained.
-public func buildApplication(
-    _ c: Components, onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
-) throws -> some ApplicationProtocol {
-    let router = try buildRouter(c)
-    // Listed before the server, so they stop after it has drained.
+/// The services the web tier's engines run (pools, sweeper, in-process workers), in the
+/// order they start; they stop in reverse, after the server has drained.
+public func engineServices(_ c: Components) -> [any Service] {
     var services: [any Service] = []
     if let database = c.database { services.append(database) }
     if let set = c.replicaSet { services.append(set) }
@@ -223,11 +219,29 @@ public func buildApplication(
     if let memcached = c.memcached { services.append(memcached) }
     // Stops after the server and before the database closes.
     if c.settings.queueInProcessWorkers > 0 { services.append(c.worker(concurrency: c.settings.queueInProcessWorkers)) }
+    return services
+}
+
+/// The web server: Hummingbird on the configured address. With `withEngineServices` (tests),
+/// the engines' services run inside the application; `millions serve` runs them beside it
+/// in its own group, so the server can close its listener for a drain without stopping them.
+public func buildApplication(
+    _ c: Components, withEngineServices: Bool = true,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) throws -> some ApplicationProtocol {
+    let router = try buildRouter(c)
+    let services = withEngineServices ? engineServices(c) : []
+    let drain = c.drain
+    let idle = c.settings.idleTimeoutSeconds
     var app = Application(
         router: router,
+        server: .http1(configuration: .init(idleTimeout: idle > 0 ? .milliseconds(Int64(idle * 1000)) : nil)),
         configuration: .init(address: .hostname(c.settings.host, port: c.settings.port), serverName: "millions"),
         services: services,
-        onServerRunning: onServerRunning,
+        onServerRunning: { channel in
+            drain.listening(on: channel)
+            await onServerRunning(channel)
+        },
         logger: c.logger)
     if let set = c.replicaSet {
         // Services are running by now: find the primary, then bring the schema up to date.

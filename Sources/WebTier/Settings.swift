@@ -15,8 +15,11 @@ public struct Settings: Sendable {
     public var host: String
     public var port: Int
     public var maxBodyBytes: Int
-    /// Seconds to drain (refuse new connections, close kept-alive ones) at SIGTERM before stopping.
+    /// Seconds to drain at SIGTERM before stopping (see `DrainService`).
     public var drainSeconds: Double
+    /// Seconds a kept-alive connection may sit idle before the server closes it (0: never).
+    /// Longer than any proxy's idle timeout in front, so the proxy is the one that closes.
+    public var idleTimeoutSeconds: Double
     public var dataDirectory: String
     /// `sqlite` (embedded) or `postgres`.
     public var dataEngine: String
@@ -81,6 +84,7 @@ public struct Settings: Sendable {
         port = config.int(forKey: "http.port", default: 8080)
         maxBodyBytes = config.int(forKey: "http.maxBodyBytes", default: 64 * 1024)
         drainSeconds = config.double(forKey: "http.drainSeconds", default: 0)
+        idleTimeoutSeconds = config.double(forKey: "http.idleTimeoutSeconds", default: 75)
         dataDirectory = config.string(forKey: "data.directory", default: "./data")
         dataEngine = config.string(forKey: "data.engine", default: "sqlite")
         postgres = PostgresSettings(
@@ -160,6 +164,7 @@ public struct Settings: Sendable {
         try check(queueLeaseSeconds >= 0.5 && queueGraceSeconds >= 0, "queue.leaseSeconds ≥ 0.5, queue.graceSeconds ≥ 0")
         try check(queueMaxAttempts >= 1 && queueBackoffBaseSeconds > 0, "queue.maxAttempts ≥ 1, queue.backoffBaseSeconds > 0")
         try check(drainSeconds >= 0 && drainSeconds <= 300, "http.drainSeconds must be 0...300")
+        try check(idleTimeoutSeconds >= 0 && idleTimeoutSeconds <= 3600, "http.idleTimeoutSeconds must be 0...3600")
         try check(["sqlite", "postgres"].contains(dataEngine), "data.engine must be sqlite or postgres")
         try check(dataEngine != "postgres" || !postgres.nodes.isEmpty, "data.postgres.nodes must list host:port pairs")
         try check(postgres.connectionsPerNode >= 1, "data.postgres.connectionsPerNode must be positive")
@@ -188,7 +193,7 @@ public struct Settings: Sendable {
 
     /// Every key `Settings` reads, with its default, in README order.
     public static let documentedKeys: [String] = [
-        "http.host", "http.port", "http.maxBodyBytes", "http.trustedProxies", "http.drainSeconds", "data.directory", "data.engine", "data.postgres.nodes",
+        "http.host", "http.port", "http.maxBodyBytes", "http.trustedProxies", "http.drainSeconds", "http.idleTimeoutSeconds", "data.directory", "data.engine", "data.postgres.nodes",
         "data.postgres.user", "data.postgres.password", "data.postgres.database", "data.postgres.connectionsPerNode",
         "data.postgres.timeoutMs", "data.postgres.discoveryMs", "data.postgres.maxLagBytes",
         "data.postgres.maxLagSeconds", "log.level",

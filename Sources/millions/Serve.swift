@@ -20,7 +20,7 @@ struct Serve: AsyncParsableCommand {
         let logger = bootstrapLogging(settings.logLevel)
         let components = try await Components.build(settings: settings, logger: logger)
         let drain = DrainService(state: components.drain, seconds: settings.drainSeconds, logger: logger)
-        let app = try buildApplication(components) { channel in
+        let app = try buildApplication(components, withEngineServices: false) { channel in
             // Tests and scripts read the real port from this line when --port 0.
             logger.info(
                 "listening",
@@ -30,8 +30,11 @@ struct Serve: AsyncParsableCommand {
                 ])
         }
         let group = ServiceGroup(
-            // The drain runs first at SIGTERM (services stop in reverse order).
-            configuration: .init(services: [app, drain], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            // The drain runs first at SIGTERM (services stop in reverse order), then the
+            // server, then the engines it uses.
+            configuration: .init(
+                services: engineServices(components) + [WebServerService(app), drain],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         logger.info("stopped")
     }

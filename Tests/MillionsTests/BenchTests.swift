@@ -86,7 +86,7 @@ import Testing
             options.connections = 4
             options.duration = .seconds(2)
             let r = try await LoadRunner.run(options, scenario: Fixed(path: "/ok"))
-            #expect(r.requests > 200)
+            #expect(r.requests > 10)  // counting is checked here, not speed
             #expect(r.errors.isEmpty)
             #expect(r.timeline.count == 2)
             #expect(r.timeline.map(\.requests).reduce(0, +) == r.requests)
@@ -102,7 +102,8 @@ import Testing
             options.duration = .seconds(2)
             options.rate = 200
             let r = try await LoadRunner.run(options, scenario: Fixed(path: "/ok"))
-            #expect(r.requests >= 380 && r.requests <= 402, "\(r.requests)")
+            // Never more than the schedule allows; a stalled machine may send a few less.
+            #expect(r.requests >= 300 && r.requests <= 402, "\(r.requests)")
             #expect(r.errors.isEmpty && r.backlog == 0)
         }
     }

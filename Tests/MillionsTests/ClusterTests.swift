@@ -72,11 +72,19 @@ import Testing
         }
     }
 
-    static func request(_ port: Int, _ method: HTTPMethod, _ path: String, json: String? = nil, cookie: String? = nil)
-        async throws -> (status: UInt, headers: HTTPHeaders, body: String)
-    {
-        try await EndToEndTests.request(port, method, path, json: json, cookie: cookie)
+    static func request(
+        _ port: Int, _ method: HTTPMethod, _ path: String, json: String? = nil, cookie: String? = nil, fresh: Bool = false
+    ) async throws -> (status: UInt, headers: HTTPHeaders, body: String) {
+        try await EndToEndTests.request(port, method, path, json: json, cookie: cookie, client: fresh ? freshClient : .shared)
     }
+
+    /// A client that uses each connection once: a resend must not pick another pooled
+    /// connection that the same reload closed.
+    static let freshClient: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.maximumUsesPerConnection = 1
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
 
     static func signUpBody(_ email: String) -> String {
         #"{"email":"\#(email)","password":"correct horse battery","firstName":"John","lastName":"Smith","address":{"streetAddress":"21 2nd Street","city":"New York","state":"NY","postalCode":"10021"},"phoneNumbers":["212 555-1234"]}"#
@@ -111,11 +119,12 @@ import Testing
                 for i in 0..<(readers + writers) {
                     let write = i >= readers
                     group.addTask {
-                        func send() async throws -> (status: UInt, headers: HTTPHeaders, body: String) {
+                        func send(fresh: Bool = false) async throws -> (status: UInt, headers: HTTPHeaders, body: String) {
                             write
                                 ? try await ClusterTests.request(
-                                    port, .POST, "/sessions", json: #"{"email":"\#(email)","password":"correct horse battery"}"#)
-                                : try await ClusterTests.request(port, .GET, "/users/\(userID)")
+                                    port, .POST, "/sessions", json: #"{"email":"\#(email)","password":"correct horse battery"}"#,
+                                    fresh: fresh)
+                                : try await ClusterTests.request(port, .GET, "/users/\(userID)", fresh: fresh)
                         }
                         while !self.stop.load(ordering: .relaxed) {
                             do {
@@ -124,15 +133,15 @@ import Testing
                                     r = try await send()
                                 } catch let error as HTTPClientError where error == .remoteConnectionClosed {
                                     self.resent.add(1, ordering: .relaxed)
-                                    r = try await send()
+                                    r = try await send(fresh: true)
                                 } catch let error as ChannelError where error == .ioOnClosedChannel {
                                     self.resent.add(1, ordering: .relaxed)
-                                    r = try await send()
+                                    r = try await send(fresh: true)
                                 } catch let error as IOError where error.errnoCode == ECONNRESET {
                                     // The same close, when the request's bytes were already in
                                     // the socket: the kernel answers with a reset.
                                     self.resent.add(1, ordering: .relaxed)
-                                    r = try await send()
+                                    r = try await send(fresh: true)
                                 }
                                 if r.status >= 500 || (r.status != 200 && r.status != 201) {
                                     self.failures.withLock { $0.append("\(write ? "POST" : "GET") \(r.status): \(r.body.prefix(120))") }
@@ -150,19 +159,24 @@ import Testing
         }
     }
 
-    /// Runs load while `drill` runs, plus a moment before and after.
+    /// Runs load while `drill` runs, plus 30 requests before it and 60 after it, counted
+    /// rather than timed so a slow machine still sends them (each wait bounded: a minute).
+    /// `until` keeps the load going after the drill until it holds (also bounded).
     static func underLoad(
-        port: Int, userID: Int, email: String, readers: Int = 6, writers: Int = 1, _ drill: () async throws -> Void
+        port: Int, userID: Int, email: String, readers: Int = 6, writers: Int = 1,
+        until: @escaping @Sendable (Load) -> Bool = { _ in true }, _ drill: () async throws -> Void
     ) async throws -> Load {
         let load = Load()
         let task = Task { await load.run(port: port, userID: userID, email: email, readers: readers, writers: writers) }
-        try await Task.sleep(for: .milliseconds(700))
+        func sent() -> Int { load.ok.load(ordering: .relaxed) + load.failures.withLock { $0.count } }
+        for _ in 0..<600 where sent() < 30 { try await Task.sleep(for: .milliseconds(100)) }
         do { try await drill() } catch {
             load.stop.store(true, ordering: .relaxed)
             await task.value
             throw error
         }
-        try await Task.sleep(for: .milliseconds(700))
+        let afterDrill = sent()
+        for _ in 0..<600 where sent() - afterDrill < 60 || !until(load) { try await Task.sleep(for: .milliseconds(100)) }
         load.stop.store(true, ordering: .relaxed)
         await task.value
         print(
@@ -228,7 +242,7 @@ import Testing
             let graceful = try await Self.underLoad(port: f.base, userID: id, email: "load@example.com") {
                 Processes.signal(terminated, SIGTERM)
                 var gone = false
-                for _ in 0..<200 where !gone {
+                for _ in 0..<600 where !gone {
                     try await Task.sleep(for: .milliseconds(100))
                     gone = !Processes.isAlive(terminated)
                 }
@@ -255,9 +269,11 @@ import Testing
         let f = try Fixture(base: 19400)
         try await f.withCluster("load-balanced", web: 1) {
             let (id, _) = try await Self.signUp(f.base, "scale@example.com")
-            let up = try await Self.underLoad(port: f.base, userID: id, email: "scale@example.com") {
-                #expect(try await f.cluster("scale", "web=3") == 0)
-                try await Task.sleep(for: .seconds(1))
+            let up = try await Self.underLoad(
+                port: f.base, userID: id, email: "scale@example.com", until: { $0.upstreams.withLock { $0.count } == 3 }
+            ) {
+                let status = try await f.cluster("scale", "web=3")
+                #expect(status == 0)
             }
             #expect(up.failures.withLock { $0 } == [])
             #expect(up.upstreams.withLock { $0.count } == 3)
@@ -285,7 +301,7 @@ import Testing
             #expect(refused.headers["Retry-After"].first != nil)
             #expect(try await f.cluster("failover") == 0)
             var created: UInt = 0
-            for _ in 0..<50 where created != 201 {
+            for _ in 0..<300 where created != 201 {
                 try await Task.sleep(for: .milliseconds(200))
                 created = try await Self.request(f.base, .POST, "/users", json: Self.signUpBody("after@example.com")).status
             }
@@ -328,7 +344,7 @@ import Testing
             #expect(try await Command.runOffPool([f.binary, "jobs", "enqueue", "noop", "--count", "50"] + flags) == 0)
             let db = "127.0.0.1:\(f.base + 40)"
             var done = 0
-            for _ in 0..<100 where done < 50 {
+            for _ in 0..<300 where done < 50 {
                 try await Task.sleep(for: .milliseconds(200))
                 done = Self.doneJobs(port: f.base + 40)
             }
@@ -358,7 +374,7 @@ import Testing
             #expect(accepted.status.code == 202)
             let jobURL = try #require(accepted.headers["Location"].first)
             var job: [String: Any] = [:]
-            for _ in 0..<150 {
+            for _ in 0..<300 {
                 let r = try await Self.request(f.base, .GET, jobURL, cookie: session)
                 job = (try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]) ?? [:]
                 if job["state"] as? String == "done" || job["state"] as? String == "failed" { break }

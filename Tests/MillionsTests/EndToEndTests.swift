@@ -47,7 +47,7 @@ import Testing
             process.standardOutput = FileHandle.nullDevice
             try process.run()
             // The server logs the port it bound; wait for that line.
-            for _ in 0..<300 {
+            for _ in 0..<600 {
                 let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
                 for line in text.split(separator: "\n") where line.contains("\"msg\":\"listening\"") {
                     let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
@@ -59,11 +59,11 @@ import Testing
                 try await Task.sleep(for: .milliseconds(100))
             }
             process.terminate()
-            throw TestFailure("server did not report its port within 30 s")
+            throw TestFailure("server did not report its port within 60 s")
         }
 
         /// Waits for the process to exit; returns its status.
-        func waitForExit(seconds: Int = 20) async throws -> Int32 {
+        func waitForExit(seconds: Int = 60) async throws -> Int32 {
             for _ in 0..<(seconds * 10) {
                 if !process.isRunning { return process.terminationStatus }
                 try await Task.sleep(for: .milliseconds(100))
@@ -74,7 +74,8 @@ import Testing
     }
 
     static func request(
-        _ port: Int, _ method: HTTPMethod, _ path: String, json: String? = nil, cookie: String? = nil
+        _ port: Int, _ method: HTTPMethod, _ path: String, json: String? = nil, cookie: String? = nil,
+        client: HTTPClient = .shared
     ) async throws -> (status: UInt, headers: HTTPHeaders, body: String) {
         var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
         request.method = method
@@ -83,7 +84,7 @@ import Testing
             request.body = .bytes(ByteBuffer(string: json))
         }
         if let cookie { request.headers.add(name: "Cookie", value: "millions_session=\(cookie)") }
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        let response = try await client.execute(request, timeout: .seconds(30))
         let body = try await response.body.collect(upTo: 1 << 20)
         return (response.status.code, response.headers, String(buffer: body))
     }
@@ -121,7 +122,7 @@ import Testing
                     port, .POST, "/users", json: john.replacingOccurrences(of: "john@", with: "late@"))
                 // SIGTERM once the server is handling it (the metrics request itself is one
                 // more), not after a guessed delay that a loaded machine can outlast.
-                for _ in 0..<200 {
+                for _ in 0..<6000 {  // bounded: a minute
                     let text = try await Self.request(port, .GET, "/metrics").body
                     if text.contains("http_server_requests_in_flight 2") { break }
                     try await Task.sleep(for: .milliseconds(10))

@@ -172,10 +172,11 @@ import WebTier
             #expect(try await cache.get("a") == .hit(Array("one".utf8)))
 
             // Unconditional set and TTL expiry. memcached's clock ticks in whole seconds, so a
-            // 1 s TTL can end at once: use 3 s and wait past it.
-            #expect(try await cache.set("b", [1, 2, 3], ttl: .seconds(3), lease: nil))
+            // TTL can end up to a second early: 10 s leaves a loaded machine room for the
+            // read that must hit; waiting past it is always safe.
+            #expect(try await cache.set("b", [1, 2, 3], ttl: .seconds(10), lease: nil))
             #expect(try await cache.get("b") == .hit([1, 2, 3]))
-            try await Task.sleep(for: .milliseconds(4100))
+            try await Task.sleep(for: .milliseconds(11_100))
             guard case .miss = try await cache.get("b") else { Issue.record("expected expiry"); return }
         }
     }
@@ -308,14 +309,15 @@ import WebTier
         }
     }
 
-    /// 2 servers × 25 concurrent readers of one cold key, database reads slowed to 100 ms.
+    /// 2 servers × 25 concurrent readers of one cold key, database reads slowed to 300 ms
+    /// (long enough that a loaded machine still starts every reader before the first read ends).
     static func stampede(_ servers: MemcachedServers, protection: Bool) async throws -> Int {
         let total = Mutex(0)
         try await twoServers(servers, [
             "cache.stampedeProtection": protection ? "true" : "false", "cache.leaseWaitMs": "5000",
             // A busy machine must not look like a dead cache: a timeout falls through to the database.
             "cache.memcached.timeoutMs": "3000",
-        ], delay: .milliseconds(100)) {
+        ], delay: .milliseconds(300)) {
             a, b, storeA, storeB in
             let (id, _) = try await signUpJohn(a)
             storeA.resetReads()
@@ -390,7 +392,7 @@ import WebTier
                         // Load goes on until the node is out and 100 more reads were served
                         // (bounded), however slow a busy machine makes the requests.
                         let servedAtKill = served.value
-                        for _ in 0..<150 where memcached.nodes[1].isUp || served.value - servedAtKill < 100 {
+                        for _ in 0..<600 where memcached.nodes[1].isUp || served.value - servedAtKill < 100 {
                             try await Task.sleep(for: .milliseconds(100))
                         }
                         stop.add()
@@ -403,7 +405,7 @@ import WebTier
                     // Back on its port, it is probed, flushed and put back in the ring.
                     try servers.restart(1)
                     var rejoined = false
-                    for _ in 0..<50 where !rejoined {
+                    for _ in 0..<600 where !rejoined {
                         try await Task.sleep(for: .milliseconds(100))
                         rejoined = memcached.nodes[1].isUp
                     }

@@ -55,7 +55,7 @@ import WebTier
     static func replicaSet(_ t: PostgresTopology, maxLagBytes: UInt64 = 16 << 20) throws -> ReplicaSet {
         var s = PostgresSettings(nodes: t.addresses)
         s.discoveryInterval = .milliseconds(100)
-        s.queryTimeout = .milliseconds(1000)
+        s.queryTimeout = .seconds(3)  // a loaded machine is not a dead node
         s.maxLagBytes = maxLagBytes
         return try ReplicaSet(settings: s, metrics: AppMetrics(), logger: quietLogger)
     }
@@ -75,7 +75,7 @@ import WebTier
             let store = PostgresUserStore(replicaSet: set)
             let user = try await store.create(StoreSuite.account(uniqueEmail("repl")))
             var seen: User? = nil
-            for _ in 0..<50 where seen == nil {
+            for _ in 0..<1200 where seen == nil {  // up to a minute on a loaded machine
                 seen = try await store.user(id: user.id)  // no read-your-writes scope: replicas
                 if seen == nil { try await Task.sleep(for: .milliseconds(50)) }
             }
@@ -92,10 +92,11 @@ import WebTier
 
     @Test func readYourWritesWhileReplicasArePaused() async throws {
         let t = try PostgresTopology.shared()
-        try await TestApp.runPostgres(t, ["cache.backend": "none"]) { client, components in
+        // Replicas paused stay in rotation however long a loaded machine takes.
+        try await TestApp.runPostgres(t, ["cache.backend": "none", "data.postgres.maxLagSeconds": "3600"]) { client, components in
             let (id, session) = try await signUpJohn(client, email: uniqueEmail("ryw"))
             // Let the replicas have the new user, then freeze them.
-            try await Task.sleep(for: .milliseconds(500))
+            try await waitUntilReplicasReplay(components.replicaSet!, try await primaryPosition(components.replicaSet!))
             try t.pauseReplay("r1")
             try t.pauseReplay("r2")
             defer {
@@ -105,8 +106,9 @@ import WebTier
             let patch = try await client.send(
                 .patch, "/users/\(id)", json: #"{"lastName":"Written"}"#, cookies: ["millions_session": session])
             #expect(patch.status == .ok)
+            // Discovery's view of a replica is never ahead of it, so whatever it has seen
+            // yet, no replica qualifies for this position.
             let lsn = try #require(patch.cookie("millions_lsn"))
-            try await Task.sleep(for: .milliseconds(300))  // discovery sees the replicas behind
 
             // The writer reads its write (from the primary; no replica has it).
             let before = Self.routed(components.metrics, "read_your_writes_fallback")
@@ -136,13 +138,16 @@ import WebTier
                     a.email = uniqueEmail("lag\(i)")
                     return a
                 })
-                try await Task.sleep(for: .milliseconds(400))
-                let r1 = set.statuses[1]
-                #expect(r1.lagBytes > 4096)
+                var r1Behind = false
+                for _ in 0..<600 where !r1Behind {  // discovery notices (bounded: a minute)
+                    try await Task.sleep(for: .milliseconds(100))
+                    r1Behind = set.statuses[1].lagBytes > 4096
+                }
+                #expect(r1Behind)
                 // Other tests write to the shared primary too, so r2 may be briefly past the
                 // small bound as well; it must come back, and r1 must never be chosen.
                 var r2Chosen = false
-                for _ in 0..<50 where !r2Chosen {
+                for _ in 0..<600 where !r2Chosen {
                     let picks = (0..<20).map { set.router.choose(set.statuses, minimumLSN: 0, spread: $0) }
                     #expect(!picks.contains(.replica(1)))
                     r2Chosen = picks.contains(.replica(2))
@@ -155,7 +160,7 @@ import WebTier
             }
             try t.resumeReplay("r1")
             var back = false
-            for _ in 0..<50 where !back {
+            for _ in 0..<600 where !back {
                 try await Task.sleep(for: .milliseconds(100))
                 back = (0..<20).map { set.router.choose(set.statuses, minimumLSN: 0, spread: $0) }.contains(.replica(1))
             }
@@ -163,29 +168,37 @@ import WebTier
         }
     }
 
-    /// Readers loop over `ids` for `seconds`, while `during` runs; returns (ok, failed).
+    /// Six readers loop over `ids` while `during` runs, and go on until 100 more reads were
+    /// made after it (bounded: a minute), however slow a busy machine makes them.
+    /// Returns (ok, failed, reads after `during`).
     static func readUnderLoad(
-        _ store: PostgresUserStore, _ ids: [UserID], seconds: Double, during: @Sendable () async throws -> Void
-    ) async throws -> (Int, Int) {
-        let counts = Mutex((0, 0))
-        try await withThrowingTaskGroup(of: (Int, Int).self) { group in
-            let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        _ store: PostgresUserStore, _ ids: [UserID], during: @Sendable () async throws -> Void
+    ) async throws -> (ok: Int, failed: Int, after: Int) {
+        let good = Counter(), bad = Counter(), stop = Counter()
+        var after = 0
+        try await withThrowingTaskGroup(of: Void.self) { group in
             for w in 0..<6 {
                 group.addTask {
-                    var good = 0, bad = 0, i = w
-                    while ContinuousClock.now < deadline {
+                    var i = w
+                    while stop.value == 0 {
                         do {
-                            if try await store.user(id: ids[i % ids.count]) != nil { good += 1 } else { bad += 1 }
-                        } catch { bad += 1 }
+                            if try await store.user(id: ids[i % ids.count]) != nil { good.add() } else { bad.add() }
+                        } catch { bad.add() }
                         i += 1
                     }
-                    return (good, bad)
                 }
             }
+            // Some reads before, so the readers are running when `during` acts.
+            for _ in 0..<600 where good.value + bad.value < 50 { try await Task.sleep(for: .milliseconds(100)) }
             try await during()
-            for try await (g, b) in group { counts.withLock { $0.0 += g; $0.1 += b } }
+            let atEvent = good.value + bad.value
+            for _ in 0..<600 where good.value + bad.value - atEvent < 100 { try await Task.sleep(for: .milliseconds(100)) }
+            stop.add()
+            try await group.waitForAll()
+            after = good.value + bad.value - atEvent
         }
-        return counts.withLock { $0 }
+        let (ok, failed) = (good.value, bad.value)
+        return (ok, failed, after)
     }
 
     @Test func killingAReplicaFailsNoRead() async throws {
@@ -196,14 +209,16 @@ import WebTier
                 let store = PostgresUserStore(replicaSet: set)
                 var ids: [UserID] = []
                 for i in 0..<20 { ids.append(try await store.create(StoreSuite.account("k\(i)@example.com")).id) }
-                try await Task.sleep(for: .milliseconds(500))
-                let (ok, failed) = try await Self.readUnderLoad(store, ids, seconds: 2) {
-                    try await Task.sleep(for: .milliseconds(500))
-                    try t.kill("r1")
-                }
+                try await waitUntilReplicasReplay(set, try await primaryPosition(set))
+                let (ok, failed, after) = try await Self.readUnderLoad(store, ids) { try t.kill("r1") }
                 #expect(failed == 0)
-                #expect(ok > 100)
-                #expect(!set.statuses[1].reachable)
+                #expect(ok > 0 && after >= 100)
+                var noticed = false
+                for _ in 0..<600 where !noticed {
+                    noticed = !set.statuses[1].reachable
+                    if !noticed { try await Task.sleep(for: .milliseconds(100)) }
+                }
+                #expect(noticed)
             }
         }
     }
@@ -215,15 +230,16 @@ import WebTier
                 let store = PostgresUserStore(replicaSet: set)
                 var ids: [UserID] = []
                 for i in 0..<20 { ids.append(UserID(try await signUpJohn(client, email: "p\(i)@example.com").id)!) }
-                try await Task.sleep(for: .milliseconds(500))
-                let (ok, failed) = try await Self.readUnderLoad(store, ids, seconds: 2) {
-                    try await Task.sleep(for: .milliseconds(500))
-                    try t.kill("primary")
-                }
+                try await waitUntilReplicasReplay(set, try await primaryPosition(set))
+                let (ok, failed, after) = try await Self.readUnderLoad(store, ids) { try t.kill("primary") }
                 #expect(failed == 0)
-                #expect(ok > 100)
-                try await Task.sleep(for: .milliseconds(300))
-                #expect(set.primaryIndex == nil)
+                #expect(ok > 0 && after >= 100)
+                var noticed = false
+                for _ in 0..<600 where !noticed {
+                    noticed = set.primaryIndex == nil
+                    if !noticed { try await Task.sleep(for: .milliseconds(100)) }
+                }
+                #expect(noticed)
 
                 let write = try await client.send(.post, "/users", json: john.replacingOccurrences(of: "john@", with: "late@"))
                 #expect(write.status == .serviceUnavailable)
@@ -257,7 +273,7 @@ import WebTier
 
                 // The web tier finds the new primary by itself; writes resume.
                 var firstWrite: Duration? = nil
-                for i in 0..<100 where firstWrite == nil {
+                for i in 0..<600 where firstWrite == nil {
                     let r = try await client.send(.post, "/users", json: john.replacingOccurrences(of: "john@", with: "after\(i)@"))
                     if r.status == .created { firstWrite = ContinuousClock.now - killed } else { try await Task.sleep(for: .milliseconds(100)) }
                 }
@@ -270,7 +286,7 @@ import WebTier
 
                 // The other replica follows the new primary.
                 var following = false
-                for _ in 0..<100 where !following {
+                for _ in 0..<600 where !following {
                     try await Task.sleep(for: .milliseconds(100))
                     let s = set.statuses
                     following = s.contains { $0.role == .replica && $0.reachable && $0.lagBytes == 0 }
@@ -304,13 +320,16 @@ import WebTier
                             }
                         }
                     }
-                    try await Task.sleep(for: .milliseconds(1500))
+                    // Kill once writes are flowing (bounded: a minute), not after a fixed time.
+                    for _ in 0..<600 where acknowledged.ids.withLock({ $0.count }) < 50 {
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
                     try t.kill("primary")
                     try await group.waitForAll()
                 }
             }
             let ids = acknowledged.ids.withLock { $0 }
-            #expect(ids.count > 20)
+            #expect(ids.count >= 50)
             let operatorSet = try Self.replicaSet(t)
             try await operatorSet.withRunning(requirePrimary: false) {
                 _ = try await Failover.promoteBestReplica(operatorSet, logger: Logger(label: "test"))
