@@ -163,7 +163,7 @@ import Testing
     /// rather than timed so a slow machine still sends them (each wait bounded: a minute).
     /// `until` keeps the load going after the drill until it holds (also bounded).
     static func underLoad(
-        port: Int, userID: Int, email: String, readers: Int = 6, writers: Int = 1,
+        port: Int, userID: Int, email: String, readers: Int = 6, writers: Int = 2,
         until: @escaping @Sendable (Load) -> Bool = { _ in true }, _ drill: () async throws -> Void
     ) async throws -> Load {
         let load = Load()
