@@ -4,25 +4,20 @@ import Foundation
 import Glibc
 #endif
 
-/// One process of a running cluster, as recorded in `state.json`.
-public struct Node: Codable, Sendable, Equatable {
-    public var name: String
-    /// web, balancer, edge, db, cache, sessions
-    public var role: String
-    public var port: Int
-    /// Where the process keeps its pid (servers that daemonize write it themselves).
-    public var pidFile: String
-}
-
 /// What `up` started, so later commands (status, scale, kill, down) can find it.
 public struct ClusterState: Codable, Sendable {
-    public var stage: Stage
     public var ports: Ports
     /// The user's `--set` keys, given to every web server.
     public var settings: [String: String]
-    public var nodes: [Node]
-    public var webServers: [Node] { nodes.filter { $0.role == "web" } }
-    public var workers: [Node] { nodes.filter { $0.role == "worker" } }
+    /// The nodes running now (scaling changes them).
+    public var topology: Topology
+    public var stage: Stage { topology.stage }
+    public var nodes: [Node] {
+        get { topology.nodes }
+        set { topology.nodes = newValue }
+    }
+    public var webServers: [Node] { topology.nodes(.web) }
+    public var workers: [Node] { topology.nodes(.worker) }
 }
 
 /// A node's state as `status` reports it.
@@ -68,7 +63,7 @@ public struct Cluster: Sendable {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(state).write(to: URL(fileURLWithPath: statePath))
         // Whatever the topology now is, Prometheus can scrape all of it.
-        try ServerConfigs.prometheus(web: state.webServers.map(\.port), workers: state.workers.map(\.port))
+        try ServerConfigs.prometheus(web: state.webServers.map(\.address), workers: state.workers.map(\.address))
             .write(toFile: dir + "/prometheus.yml", atomically: true, encoding: .utf8)
     }
 
@@ -81,100 +76,113 @@ public struct Cluster: Sendable {
         if let existing = try? loadState(), existing.nodes.contains(where: { pid(of: $0).map(Processes.isAlive) ?? false }) {
             throw Processes.Failure("a \(existing.stage.rawValue) cluster is already up in \(dir); run `millions cluster down` first")
         }
-        let web = webServers ?? stage.defaultWebServers
-        guard web >= 1, web <= Ports.maxWebServers, stage.balanced || web == 1 else {
-            throw Processes.Failure(
-                stage.balanced ? "--web must be 1...\(Ports.maxWebServers)" : "the \(stage.rawValue) stage has one web server")
+        if let web = webServers {
+            guard web >= 1, web <= Ports.maxWebServers, stage.balanced || web == 1 else {
+                throw Processes.Failure(
+                    stage.balanced ? "--web must be 1...\(Ports.maxWebServers)" : "the \(stage.rawValue) stage has one web server")
+            }
         }
         let ports = try Ports(base: basePort)
-        var planned = [ports.site] + (stage.balanced ? (1...web).map(ports.web) : [])
-        if stage.edge { planned.append(ports.balancerBehindEdge) }
-        if stage.usesPostgres { planned += (0...stage.replicas).map { ports.postgres + $0 } }
-        planned += (0..<stage.memcachedNodes).map { ports.memcached + $0 }
-        if stage.redis { planned.append(ports.redis) }
-        if let busy = planned.first(where: Processes.portOpen) {
-            throw Processes.Failure("port \(busy) is in use; choose another --base-port")
+        let topology = stage.topology(web: webServers, Layout(ports: ports, dir: dir))
+        if let busy = topology.nodes.first(where: { Processes.portOpen($0.port) }) {
+            throw Processes.Failure("port \(busy.port) (for \(busy.name)) is in use; choose another --base-port")
         }
+        try checkReachableByServiceUsers(topology)
         for d in [dir, logs, run] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
         chmod(run, 0o1777)  // memcached writes its pid file after dropping to its own user
 
-        var state = ClusterState(stage: stage, ports: ports, settings: settings, nodes: [])
-        // Saved after every server, so `down` can clean up after a failed `up`.
-        func add(_ node: Node) throws {
-            state.nodes.append(node)
-            try save(state)
-        }
+        // Saved before anything starts, so `down` can clean up after a failed `up` (it
+        // stops by pid file and script, which skip what never started). Every node's
+        // settings come from the whole topology, not from the part already running.
+        let state = ClusterState(ports: ports, settings: settings, topology: topology)
         try save(state)
-
-        if stage.usesPostgres {
+        for role in Role.allCases {
+            let nodes = topology.nodes(role)
+            guard !nodes.isEmpty else { continue }
             let t = Date()
-            try script("postgres", ["start", String(stage.replicas)], env: pgEnv(ports))
-            try add(Node(name: "postgres-primary", role: "db", port: ports.postgres, pidFile: "\(dir)/pg/primary/postmaster.pid"))
-            for r in 0..<stage.replicas {
-                try add(
-                    Node(name: "postgres-r\(r + 1)", role: "db", port: ports.postgres + 1 + r, pidFile: "\(dir)/pg/r\(r + 1)/postmaster.pid"))
-            }
-            say("postgres: primary + \(stage.replicas) replicas ready in \(seconds(since: t))")
+            try start(nodes, role, state)
+            say(startedLine(role, nodes) + " in \(seconds(since: t))")
         }
-        for i in 0..<stage.memcachedNodes {
-            let port = ports.memcached + i
-            try script("memcached", ["start", String(port), "64"], env: ["MILLIONS_RUN_DIR": run])
-            try add(Node(name: "memcached\(i + 1)", role: "cache", port: port, pidFile: "\(run)/memcached-\(port).pid"))
-        }
-        if stage.redis {
-            try script("redis", ["start", String(ports.redis)], env: ["MILLIONS_RUN_DIR": run])
-            try add(Node(name: "redis", role: "sessions", port: ports.redis, pidFile: "\(run)/redis-\(ports.redis)/redis.pid"))
-        }
-        if stage.usesPostgres {
-            // Once, before several servers start at the same moment.
-            let t = Date()
-            let status = try Processes.run(
-                [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state, index: 0)), log: "\(logs)/migrate.log")
-            guard status == 0 else { throw Processes.Failure("millions migrate failed (exit \(status))") }
-            say("schema migrated in \(seconds(since: t))")
-        }
-        let t = Date()
-        var webNodes: [Node] = []
-        for i in 1...web {
-            let node = try startWebServer(state, index: i)
-            webNodes.append(node)
-            try add(node)
-        }
-        try waitReady(webNodes)
-        say("\(web) web server\(web == 1 ? "" : "s") ready in \(seconds(since: t))")
-
-        if stage.defaultWorkers > 0 {
-            let t = Date()
-            for i in 1...stage.defaultWorkers { try add(try startWorker(state, index: i)) }
-            // A worker's metrics server starts once its queue is reachable.
-            try waitReady(state.workers, path: "/healthz")
-            say("\(stage.defaultWorkers) workers running in \(seconds(since: t))")
-        }
-        if stage.balanced {
-            let listen = stage.edge ? ports.balancerBehindEdge : ports.site
-            try startNginx(listen: listen, webPorts: webNodes.map(\.port))
-            try add(Node(name: "nginx", role: "balancer", port: listen, pidFile: "\(nginxDir)/nginx.pid"))
-        }
-        if stage.edge {
-            try startVarnish(ports)
-            try add(Node(name: "varnish", role: "edge", port: ports.site, pidFile: "\(run)/varnish.pid"))
-        }
+        let entry = try entryNode(state)
         // Bounds here are for a machine that is busy (a CPU hog, the test suite): waits end as soon as the condition holds.
-        guard Processes.wait(seconds: 60, every: 0.1, until: { Processes.httpStatus(port: ports.site, path: "/readyz") == 200 }) else {
-            throw Processes.Failure("the site on port \(ports.site) did not become ready")
+        guard Processes.wait(seconds: 60, every: 0.1, until: { Processes.httpStatus(port: entry.port, path: "/readyz") == 200 }) else {
+            throw Processes.Failure("the site on \(entry.address) did not become ready")
         }
         let took = Date().timeIntervalSince(started)
         say("stage \(stage.rawValue) up in \(String(format: "%.1f", took)) s: \(stage.summary)")
-        say("site: http://127.0.0.1:\(ports.site)/")
+        say("site: http://\(entry.address)/")
         return took
+    }
+
+    /// Starts the nodes of one role and waits until they serve.
+    func start(_ nodes: [Node], _ role: Role, _ state: ClusterState) throws {
+        switch role {
+        case .database:
+            let replicas = nodes.count - 1
+            try script("postgres", ["start", String(replicas)], env: pgEnv(state.ports))
+            // Once, before several servers start at the same moment.
+            let status = try Processes.run(
+                [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state)), log: "\(logs)/migrate.log")
+            guard status == 0 else { throw Processes.Failure("millions migrate failed (exit \(status))") }
+        case .cache:
+            for n in nodes { try script("memcached", ["start", String(n.port), "64"], env: ["MILLIONS_RUN_DIR": run]) }
+        case .sessions:
+            for n in nodes { try script("redis", ["start", String(n.port)], env: ["MILLIONS_RUN_DIR": run]) }
+        case .web:
+            for n in nodes { try startWebServer(state, n) }
+            try waitReady(nodes)
+        case .worker:
+            for n in nodes { try startWorker(state, n) }
+            // A worker's metrics server starts once its queue is reachable.
+            try waitReady(nodes, path: "/healthz")
+        case .balancer:
+            try startNginx(nodes[0], upstreams: state.webServers)
+        case .edge:
+            try startVarnish(nodes[0], backend: try state.topology.nodes(.balancer).first.orThrow("the edge needs a balancer"))
+        }
+    }
+
+    func startedLine(_ role: Role, _ nodes: [Node]) -> String {
+        switch role {
+        case .database: "postgres: primary + \(nodes.count - 1) replicas ready, schema migrated"
+        case .cache: "memcached ×\(nodes.count) up"
+        case .sessions: "redis up"
+        case .web: "\(nodes.count) web server\(nodes.count == 1 ? "" : "s") ready"
+        case .worker: "\(nodes.count) workers running"
+        case .balancer: "nginx up"
+        case .edge: "varnish up"
+        }
+    }
+
+    func entryNode(_ state: ClusterState) throws -> Node {
+        try state.topology.entry.orThrow("the topology has no web server")
+    }
+
+    /// The servers drop root for their own users (postgres, memcache, nobody), which must
+    /// reach the cluster folder: refuse at once, naming the folder, rather than fail later
+    /// inside initdb or nginx with "Permission denied" in a log file.
+    func checkReachableByServiceUsers(_ topology: Topology) throws {
+        guard geteuid() == 0, topology.nodes.contains(where: { $0.role != .web && $0.role != .worker }) else { return }
+        var url = URL(fileURLWithPath: dir)
+        while true {
+            var info = stat()
+            if stat(url.path, &info) == 0, info.st_mode & 0o001 == 0 {
+                throw Processes.Failure(
+                    "\(url.path) is not traversable by other users (mode \(String(info.st_mode & 0o777, radix: 8))), and the "
+                        + "cluster's servers run as postgres, memcache and nobody inside \(dir). Use a folder they can reach, "
+                        + "e.g. --dir /tmp/millions-cluster, or `chmod o+x \(url.path)`.")
+            }
+            if url.path == "/" { break }
+            url.deleteLastPathComponent()
+        }
     }
 
     // MARK: - web servers
 
     /// The configuration every web server of the cluster runs with (what `seed` and
     /// `migrate` need to reach the same data).
-    public func webSettings(_ state: ClusterState, index: Int = 1) -> [String: String] {
-        var s = state.stage.webSettings(state.ports, dataDirectory: dir + "/data")
+    public func webSettings(_ state: ClusterState) -> [String: String] {
+        var s = state.topology.appSettings(dataDirectory: dir + "/data")
         s.merge(state.settings) { _, user in user }
         return s
     }
@@ -183,38 +191,31 @@ public struct Cluster: Sendable {
         settings.sorted { $0.key < $1.key }.flatMap { ["--set", "\($0.key)=\($0.value)"] }
     }
 
-    func startWebServer(_ state: ClusterState, index: Int) throws -> Node {
-        // Without a balancer the only web server is the site.
-        let port = state.stage.balanced ? state.ports.web(index) : state.ports.site
-        let pidFile = "\(run)/web\(index).pid"
-        let argv = [binary, "serve", "--host", "127.0.0.1", "--port", String(port)] + setFlags(webSettings(state, index: index))
-        let pid = try Processes.spawnDetached(argv, log: "\(logs)/web\(index).log")
-        try String(pid).write(toFile: pidFile, atomically: true, encoding: .utf8)
-        return Node(name: "web\(index)", role: "web", port: port, pidFile: pidFile)
+    func startWebServer(_ state: ClusterState, _ node: Node) throws {
+        let argv = [binary, "serve", "--host", node.host, "--port", String(node.port)] + setFlags(webSettings(state))
+        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
+        try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
 
-    /// A worker consumes the queue; its port serves only `/metrics` and `/healthz`.
-    func startWorker(_ state: ClusterState, index: Int) throws -> Node {
-        let pidFile = "\(run)/worker\(index).pid"
-        let port = state.ports.worker(index)
-        let argv = [binary, "worker", "--concurrency", "2", "--metrics-port", String(port)] + setFlags(webSettings(state, index: index))
-        let pid = try Processes.spawnDetached(argv, log: "\(logs)/worker\(index).log")
-        try String(pid).write(toFile: pidFile, atomically: true, encoding: .utf8)
-        return Node(name: "worker\(index)", role: "worker", port: port, pidFile: pidFile)
+    func startWorker(_ state: ClusterState, _ node: Node) throws {
+        let argv = [binary, "worker", "--concurrency", "2", "--metrics-port", String(node.port)] + setFlags(webSettings(state))
+        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
+        try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
 
     /// Sets the number of worker processes. Removed ones get SIGTERM: their running jobs
     /// finish within the grace period or go back to the queue.
     public func scale(workers target: Int) throws {
         var state = try loadState()
-        guard state.stage.defaultWorkers > 0 else { throw Processes.Failure("the \(state.stage.rawValue) stage has no workers (try queued)") }
+        guard state.stage.hasWorkers else { throw Processes.Failure("the \(state.stage.rawValue) stage has no workers (try queued)") }
         guard target >= 0, target <= Ports.maxWorkers else { throw Processes.Failure("workers must be 0...\(Ports.maxWorkers)") }
         let current = state.workers
         if target > current.count {
-            let added = try Self.freeIndices(named: "worker", taken: current, count: target - current.count)
-                .map { try startWorker(state, index: $0) }
+            let added = Self.freeIndices(named: "worker", taken: current, count: target - current.count)
+                .map { layout(state).worker($0) }
             state.nodes += added
             try save(state)
+            for n in added { try startWorker(state, n) }
             try waitReady(added, path: "/healthz")
         } else if target < current.count {
             let removed = Array(current.sorted { $0.name < $1.name }.suffix(current.count - target))
@@ -242,26 +243,24 @@ public struct Cluster: Sendable {
 
     // MARK: - nginx and Varnish
 
-    func startNginx(listen: Int, webPorts: [Int]) throws {
+    func startNginx(_ node: Node, upstreams: [Node]) throws {
         for d in ["", "/tmp/body", "/tmp/proxy", "/tmp/fastcgi", "/tmp/uwsgi", "/tmp/scgi"] {
             try FileManager.default.createDirectory(atPath: nginxDir + d, withIntermediateDirectories: true)
             chmod(nginxDir + d, 0o777)  // workers run as nobody when started by root
         }
-        try writeNginxConfig(listen: listen, webPorts: webPorts)
+        try writeNginxConfig(node, upstreams: upstreams)
         let status = try Processes.run(["/usr/sbin/nginx", "-e", "\(nginxDir)/error.log", "-c", "\(nginxDir)/nginx.conf"])
         guard status == 0 else { throw Processes.Failure("nginx did not start (see \(nginxDir)/error.log)") }
-        guard Processes.wait(seconds: 60, until: { Processes.portOpen(listen) }) else {
-            throw Processes.Failure("nginx is not listening on \(listen)")
+        guard Processes.wait(seconds: 60, until: { Processes.portOpen(node.port) }) else {
+            throw Processes.Failure("nginx is not listening on \(node.address)")
         }
     }
 
-    func writeNginxConfig(listen: Int, webPorts: [Int]) throws {
-        try ServerConfigs.nginx(listen: listen, webPorts: webPorts, dir: nginxDir)
+    func writeNginxConfig(_ node: Node, upstreams: [Node]) throws {
+        try ServerConfigs.nginx(listen: node.address, upstreams: upstreams.map(\.address), dir: nginxDir)
             .write(toFile: "\(nginxDir)/nginx.conf", atomically: true, encoding: .utf8)
     }
 
-    /// Reloads nginx and waits until the workers that ran the old configuration have
-    /// finished their requests and exited; from then on no request reaches a removed server.
     func reloadNginx() throws {
         guard let master = readPid("\(nginxDir)/nginx.pid") else { throw Processes.Failure("nginx is not running") }
         let old = children(of: master)
@@ -274,16 +273,16 @@ public struct Cluster: Sendable {
         if !done { throw Processes.Failure("nginx's old workers did not finish within 60 s") }
     }
 
-    func startVarnish(_ ports: Ports) throws {
+    func startVarnish(_ node: Node, backend: Node) throws {
         let vcl = "\(dir)/varnish.vcl"
-        try ServerConfigs.varnish(backendPort: ports.balancerBehindEdge).write(toFile: vcl, atomically: true, encoding: .utf8)
+        try ServerConfigs.varnish(backend: backend).write(toFile: vcl, atomically: true, encoding: .utf8)
         let status = try Processes.run([
-            "/usr/sbin/varnishd", "-a", "127.0.0.1:\(ports.site)", "-f", vcl, "-n", "\(dir)/varnish",
-            "-P", "\(run)/varnish.pid", "-s", "malloc,64m", "-T", "none",
+            "/usr/sbin/varnishd", "-a", node.address, "-f", vcl, "-n", "\(dir)/varnish",
+            "-P", node.pidFile, "-s", "malloc,64m", "-T", "none",
         ], log: "\(logs)/varnish.log")
         guard status == 0 else { throw Processes.Failure("varnishd did not start (exit \(status))") }
-        guard Processes.wait(seconds: 60, until: { Processes.portOpen(ports.site) }) else {
-            throw Processes.Failure("varnish is not listening on \(ports.site)")
+        guard Processes.wait(seconds: 60, until: { Processes.portOpen(node.port) }) else {
+            throw Processes.Failure("varnish is not listening on \(node.address)")
         }
     }
 
@@ -297,13 +296,13 @@ public struct Cluster: Sendable {
             var health = "down"
             if alive {
                 switch node.role {
-                case "web":
+                case .web:
                     health = Processes.httpStatus(port: node.port, path: "/readyz", timeout: 1) == 200 ? "ready" : "unready"
-                case "worker":
+                case .worker:
                     health = Processes.httpStatus(port: node.port, path: "/healthz", timeout: 1) == 200 ? "running" : "unready"
-                case "balancer", "edge":
+                case .balancer, .edge:
                     health = Processes.httpStatus(port: node.port, path: "/healthz", timeout: 1) == 200 ? "up" : "unready"
-                default:
+                case .database, .cache, .sessions:
                     health = Processes.portOpen(node.port) ? "up" : "unready"
                 }
             }
@@ -312,13 +311,11 @@ public struct Cluster: Sendable {
     }
 
     public static func table(_ rows: [NodeStatus]) -> String {
-        var out = "node              role      pid      address           health\n"
+        func col(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
+        var out = col("node", 18) + col("role", 10) + col("site", 6) + col("address", 18) + col("pid", 9) + "health\n"
         for r in rows {
-            out +=
-                r.node.name.padding(toLength: 18, withPad: " ", startingAt: 0)
-                + r.node.role.padding(toLength: 10, withPad: " ", startingAt: 0)
-                + (r.pid.map(String.init) ?? "-").padding(toLength: 9, withPad: " ", startingAt: 0)
-                + (r.node.port > 0 ? "127.0.0.1:\(r.node.port)" : "-").padding(toLength: 18, withPad: " ", startingAt: 0) + r.health + "\n"
+            out += col(r.node.name, 18) + col(r.node.role.rawValue, 10) + col(r.node.site, 6) + col(r.node.address, 18)
+                + col(r.pid.map(String.init) ?? "-", 9) + r.health + "\n"
         }
         return out
     }
@@ -330,17 +327,18 @@ public struct Cluster: Sendable {
     /// No request fails either way.
     public func scale(web target: Int) throws {
         var state = try loadState()
-        guard state.stage.balanced else { throw Processes.Failure("the \(state.stage.rawValue) stage has no load balancer to scale behind") }
+        guard let balancer = state.topology.nodes(.balancer).first else {
+            throw Processes.Failure("the \(state.stage.rawValue) stage has no load balancer to scale behind")
+        }
         guard target >= 1, target <= Ports.maxWebServers else { throw Processes.Failure("web must be 1...\(Ports.maxWebServers)") }
         let current = state.webServers
-        let listen = state.stage.edge ? state.ports.balancerBehindEdge : state.ports.site
         if target > current.count {
-            let added = try Self.freeIndices(named: "web", taken: current, count: target - current.count)
-                .map { try startWebServer(state, index: $0) }
+            let added = Self.freeIndices(named: "web", taken: current, count: target - current.count).map { layout(state).web($0) }
             state.nodes += added
             try save(state)
+            for n in added { try startWebServer(state, n) }
             try waitReady(added)
-            try writeNginxConfig(listen: listen, webPorts: state.webServers.map(\.port))
+            try writeNginxConfig(balancer, upstreams: state.webServers)
             try reloadNginx()
             say("web servers: \(current.count) → \(target) (\(added.map(\.name).joined(separator: ", ")) added)")
         } else if target < current.count {
@@ -352,7 +350,7 @@ public struct Cluster: Sendable {
             }
             let keep = Array(ordered.prefix(target))
             let removed = current.filter { r in !keep.contains(r) }
-            try writeNginxConfig(listen: listen, webPorts: keep.map(\.port).sorted())
+            try writeNginxConfig(balancer, upstreams: keep.sorted { $0.port < $1.port })
             try reloadNginx()
             stopProcesses(removed)
             state.nodes.removeAll { removed.contains($0) }
@@ -385,13 +383,13 @@ public struct Cluster: Sendable {
             throw Processes.Failure("no node \(name); nodes: \(state.nodes.map(\.name).joined(separator: ", "))")
         }
         switch node.role {
-        case "db":
+        case .database:
             try script("postgres", ["kill", String(node.name.dropFirst("postgres-".count))], env: pgEnv(state.ports))
-        case "cache":
+        case .cache:
             try script("memcached", ["kill", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
-        case "sessions":
+        case .sessions:
             try script("redis", ["kill", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
-        default:
+        case .web, .worker, .balancer, .edge:
             guard let pid = pid(of: node), Processes.isAlive(pid) else { throw Processes.Failure("\(name) is not running") }
             Processes.signal(pid, SIGKILL)
             Processes.wait(seconds: 10) { !Processes.isAlive(pid) }
@@ -406,8 +404,9 @@ public struct Cluster: Sendable {
     /// by themselves.
     public func failover() throws {
         let state = try loadState()
-        guard state.stage.replicas > 0 else { throw Processes.Failure("the \(state.stage.rawValue) stage has no replicas") }
-        let nodes = state.nodes.filter { $0.role == "db" }.map { "127.0.0.1:\($0.port)" }.joined(separator: ",")
+        let databases = state.topology.nodes(.database)
+        guard databases.count > 1 else { throw Processes.Failure("the \(state.stage.rawValue) stage has no replicas") }
+        let nodes = databases.map(\.address).joined(separator: ",")
         let t = Date()
         let status = try Processes.run(
             [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(nodes)"], log: "\(logs)/failover.log")
@@ -421,18 +420,21 @@ public struct Cluster: Sendable {
     public func down() throws {
         let state = try loadState()
         let t = Date()
-        stopProcesses(state.webServers + state.workers)
-        for node in state.nodes where node.role == "balancer" || node.role == "edge" {
-            if let pid = pid(of: node) { Processes.stop(pid, grace: 10) }
-        }
-        for node in state.nodes where node.role == "cache" {
-            try? script("memcached", ["stop", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
-        }
-        for node in state.nodes where node.role == "sessions" {
-            try? script("redis", ["stop", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
-        }
-        if state.stage.usesPostgres {
-            try? script("postgres", ["destroy"], env: pgEnv(state.ports))
+        // In reverse start order: the entry first, the data last.
+        for role in Role.allCases.reversed() {
+            let nodes = state.topology.nodes(role)
+            switch role {
+            case .edge, .balancer:
+                for node in nodes { if let pid = pid(of: node) { Processes.stop(pid, grace: 10) } }
+            case .worker, .web:
+                stopProcesses(nodes)
+            case .sessions:
+                for node in nodes { try? script("redis", ["stop", String(node.port)], env: ["MILLIONS_RUN_DIR": run]) }
+            case .cache:
+                for node in nodes { try? script("memcached", ["stop", String(node.port)], env: ["MILLIONS_RUN_DIR": run]) }
+            case .database:
+                if !nodes.isEmpty { try? script("postgres", ["destroy"], env: pgEnv(state.ports)) }
+            }
         }
         let leftovers = state.nodes.filter { node in
             node.port > 0 ? Processes.portOpen(node.port) : (pid(of: node).map(Processes.isAlive) ?? false)
@@ -447,6 +449,8 @@ public struct Cluster: Sendable {
     }
 
     // MARK: - helpers
+
+    func layout(_ state: ClusterState) -> Layout { Layout(ports: state.ports, dir: dir) }
 
     func pgEnv(_ ports: Ports) -> [String: String] {
         ["MILLIONS_PG_DIR": dir + "/pg", "MILLIONS_PG_PORT": String(ports.postgres)]
@@ -494,5 +498,12 @@ public struct Cluster: Sendable {
             }
         }
         throw Processes.Failure("cannot find the project's scripts/ folder; set MILLIONS_SCRIPTS")
+    }
+}
+
+extension Optional {
+    func orThrow(_ message: String) throws -> Wrapped {
+        guard let self else { throw Processes.Failure(message) }
+        return self
     }
 }

@@ -10,8 +10,8 @@ public enum ServerConfigs {
     /// `fail_timeout`), idempotent requests retried on another server when one fails,
     /// keep-alive to the web servers, request ids created or passed through, and the
     /// client's address and scheme forwarded.
-    public static func nginx(listen: Int, webPorts: [Int], dir: String, workers: Int = 2) -> String {
-        let servers = webPorts.map { "        server 127.0.0.1:\($0) max_fails=1 fail_timeout=2s;" }.joined(separator: "\n")
+    public static func nginx(listen: String, upstreams: [String], dir: String, workers: Int = 2) -> String {
+        let servers = upstreams.map { "        server \($0) max_fails=1 fail_timeout=2s;" }.joined(separator: "\n")
         return """
             # Rendered by `millions cluster`; edits are overwritten on the next scale.
             worker_processes \(workers);
@@ -46,7 +46,7 @@ public enum ServerConfigs {
                     keepalive_timeout \(upstreamKeepaliveSeconds)s;
                 }
                 server {
-                    listen 127.0.0.1:\(listen);
+                    listen \(listen);
                     location / {
                         proxy_pass http://web;
                         proxy_http_version 1.1;
@@ -74,13 +74,13 @@ public enum ServerConfigs {
     /// Varnish as the edge: caches the content-hashed assets and photo variants (the app marks them
     /// immutable), passes everything else (pages and API answers are per user or change
     /// on writes). The origin still serves every asset if the edge is gone.
-    public static func varnish(backendPort: Int) -> String {
+    public static func varnish(backend: Node) -> String {
         """
         vcl 4.1;
         # Rendered by `millions cluster`.
         backend origin {
-            .host = "127.0.0.1";
-            .port = "\(backendPort)";
+            .host = "\(backend.host)";
+            .port = "\(backend.port)";
         }
         sub vcl_recv {
             if (req.method == "GET" && (req.url ~ "^/(assets|photos)/" || req.url == "/favicon.ico")) {
@@ -107,8 +107,8 @@ public enum ServerConfigs {
 
     /// A Prometheus scrape configuration for every web server and worker of the cluster
     /// (`prometheus --config.file=.cluster/prometheus.yml` collects them all).
-    public static func prometheus(web: [Int], workers: [Int]) -> String {
-        func list(_ ports: [Int]) -> String { ports.map { "'127.0.0.1:\($0)'" }.joined(separator: ", ") }
+    public static func prometheus(web: [String], workers: [String]) -> String {
+        func list(_ addresses: [String]) -> String { addresses.map { "'\($0)'" }.joined(separator: ", ") }
         return """
             # Rendered by `millions cluster` whenever the topology changes.
             global:

@@ -1,5 +1,5 @@
-/// A stage of the journey (ARCHITECTURE.md §4): which real servers run, and how the web
-/// servers are configured. Every stage runs the same binary with different settings.
+/// A stage of the journey (ARCHITECTURE.md §4): which real servers run, as a `Topology`.
+/// Every stage runs the same binary with settings derived from its topology.
 public enum Stage: String, CaseIterable, Codable, Sendable {
     case single
     case separateDB = "separate-db"
@@ -9,18 +9,42 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     case stateless
     case queued
 
-    /// PostgreSQL runs as its own server (else SQLite inside the web server).
-    public var usesPostgres: Bool { self != .single }
-    public var replicas: Int { [.replicated, .cached, .stateless, .queued].contains(self) ? 2 : 0 }
+    /// The stage's nodes: what runs, on which port, where. `web` overrides the number of
+    /// web servers behind a balancer.
+    public func topology(web: Int? = nil, _ layout: Layout) -> Topology {
+        let l = layout
+        let nodes: [Node]
+        switch self {
+        case .single:
+            nodes = [l.web(1, isEntry: true)]
+        case .separateDB:
+            nodes = l.databases(replicas: 0) + [l.web(1, isEntry: true)]
+        case .loadBalanced:
+            nodes = l.databases(replicas: 0) + l.webs(web ?? 2) + [l.balancer(behindEdge: false)]
+        case .replicated:
+            nodes = l.databases(replicas: 2) + l.webs(web ?? 2) + [l.balancer(behindEdge: false)]
+        case .cached:
+            nodes = l.databases(replicas: 2) + l.caches(2) + l.webs(web ?? 2) + [l.balancer(behindEdge: true), l.edge()]
+        case .stateless:
+            nodes = Stage.cached.topology(web: web, l).nodes + [l.sessions()]
+        case .queued:
+            nodes = Stage.stateless.topology(web: web, l).nodes + l.workers(2)
+        }
+        return Topology(stage: self, nodes: nodes.sorted { $0.role < $1.role })
+    }
+
+    /// The stage as it comes up by default (ports from 8080, no folder): for the figures
+    /// below, which describe the stage rather than a running cluster.
+    var standard: Topology { topology(Layout(ports: Ports.standard, dir: "")) }
+    public var replicas: Int { max(0, standard.nodes(.database).count - 1) }
     /// nginx in front of several web servers.
-    public var balanced: Bool { ![.single, .separateDB].contains(self) }
-    public var memcachedNodes: Int { [.cached, .stateless, .queued].contains(self) ? 2 : 0 }
+    public var balanced: Bool { !standard.nodes(.balancer).isEmpty }
     /// Varnish as the edge (CDN) in front of nginx.
-    public var edge: Bool { [.cached, .stateless, .queued].contains(self) }
-    public var redis: Bool { [.stateless, .queued].contains(self) }
+    public var edge: Bool { !standard.nodes(.edge).isEmpty }
     /// `millions worker` processes consuming the PostgreSQL queue.
-    public var defaultWorkers: Int { self == .queued ? 2 : 0 }
-    public var defaultWebServers: Int { balanced ? 2 : 1 }
+    public var defaultWorkers: Int { standard.nodes(.worker).count }
+    public var hasWorkers: Bool { defaultWorkers > 0 }
+    public var defaultWebServers: Int { standard.nodes(.web).count }
 
     public var summary: String {
         switch self {
@@ -33,42 +57,64 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
         case .queued: "as stateless, with worker processes on the PostgreSQL queue"
         }
     }
+}
 
-    /// Configuration keys for every web server of the stage (on top of the user's own).
-    func webSettings(_ ports: Ports, dataDirectory: String) -> [String: String] {
-        var s: [String: String] = [:]
-        // Behind a balancer, leave it cleanly at SIGTERM (see DrainService).
-        if balanced { s["http.drainSeconds"] = String(ServerConfigs.drainSeconds) }
-        if usesPostgres {
-            s["data.engine"] = "postgres"
-            s["data.postgres.nodes"] = ([ports.postgres] + (0..<replicas).map { ports.postgres + 1 + $0 })
-                .map { "127.0.0.1:\($0)" }.joined(separator: ",")
-        } else {
-            s["data.directory"] = dataDirectory
-        }
-        // An in-process cache is only correct with one web server: with several, a write
-        // on one would leave stale copies on the others. The cached stage shares memcached.
-        if memcachedNodes > 0 {
-            s["cache.backend"] = "memcached"
-            s["cache.memcached.nodes"] = (0..<memcachedNodes).map { "127.0.0.1:\(ports.memcached + $0)" }
-                .joined(separator: ",")
-        } else {
-            s["cache.backend"] = self == .single ? "memory" : "none"
-        }
-        // Every web server and worker shares one photo folder (a stand-in for a shared
-        // volume or object store): a worker reads the original a web server stored.
-        s["photos.directory"] = dataDirectory + "/photos"
-        if usesPostgres {
-            // With worker processes (queued), consumers run only there; before that stage,
-            // one slot per web server, so photos get processed in every stage.
-            s["queue.inProcessWorkers"] = defaultWorkers > 0 ? "0" : "1"
-        }
-        if redis {
-            s["session.store"] = "redis"
-            s["redis.address"] = "127.0.0.1:\(ports.redis)"
-        }
-        return s
+/// Where a cluster's nodes go: their ports, host, site, and the files under the cluster
+/// folder where each keeps its pid. Every node is on this machine's loopback, in one site.
+public struct Layout: Sendable {
+    public var ports: Ports
+    public var dir: String
+    public let host = "127.0.0.1"
+    public let site = "dc1"
+
+    public init(ports: Ports, dir: String) {
+        self.ports = ports
+        self.dir = dir
     }
+
+    var run: String { dir + "/run" }
+
+    func node(_ name: String, _ role: Role, _ port: Int, pidFile: String) -> Node {
+        Node(name: name, role: role, host: host, site: site, port: port, pidFile: pidFile)
+    }
+
+    /// The primary, then `replicas` replicas (scripts/postgres's node names and ports).
+    public func databases(replicas: Int) -> [Node] {
+        [node("postgres-primary", .database, ports.postgres, pidFile: "\(dir)/pg/primary/postmaster.pid")]
+            + (0..<replicas).map { r in
+                node("postgres-r\(r + 1)", .database, ports.postgres + 1 + r, pidFile: "\(dir)/pg/r\(r + 1)/postmaster.pid")
+            }
+    }
+
+    public func caches(_ count: Int) -> [Node] {
+        (0..<count).map { i in
+            node("memcached\(i + 1)", .cache, ports.memcached + i, pidFile: "\(run)/memcached-\(ports.memcached + i).pid")
+        }
+    }
+
+    public func sessions() -> Node {
+        node("redis", .sessions, ports.redis, pidFile: "\(run)/redis-\(ports.redis)/redis.pid")
+    }
+
+    /// Web server `index`; without a balancer the only web server is the site itself.
+    public func web(_ index: Int, isEntry: Bool = false) -> Node {
+        node("web\(index)", .web, isEntry ? ports.site : ports.web(index), pidFile: "\(run)/web\(index).pid")
+    }
+
+    public func webs(_ count: Int) -> [Node] { (1...max(1, count)).map { web($0) } }
+
+    /// A worker's port serves only `/metrics` and `/healthz`.
+    public func worker(_ index: Int) -> Node {
+        node("worker\(index)", .worker, ports.worker(index), pidFile: "\(run)/worker\(index).pid")
+    }
+
+    public func workers(_ count: Int) -> [Node] { (0..<count).map { worker($0 + 1) } }
+
+    public func balancer(behindEdge: Bool) -> Node {
+        node("nginx", .balancer, behindEdge ? ports.balancerBehindEdge : ports.site, pidFile: "\(dir)/nginx/nginx.pid")
+    }
+
+    public func edge() -> Node { node("varnish", .edge, ports.site, pidFile: "\(run)/varnish.pid") }
 }
 
 /// Where everything listens, from one base port. All below 32768, so no port collides
@@ -87,6 +133,7 @@ public struct Ports: Codable, Sendable, Equatable {
     public func worker(_ i: Int) -> Int { base + 70 + i }
     public static let maxWebServers = 29
     public static let maxWorkers = 29
+    static let standard = try! Ports(base: 8080)
 
     public init(base: Int) throws {
         guard base >= 1024, base + 100 < 32768 else {

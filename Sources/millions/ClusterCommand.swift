@@ -54,7 +54,7 @@ struct ClusterCommand: ParsableCommand {
         func run() throws {
             let cluster = try location.cluster()
             let state = try cluster.loadState()
-            print("stage \(state.stage.rawValue): http://127.0.0.1:\(state.ports.site)/")
+            print("stage \(state.stage.rawValue): http://\(state.topology.entry?.address ?? "-")/")
             print(Cluster.table(try cluster.status()), terminator: "")
         }
     }

@@ -195,7 +195,7 @@ import Testing
                 #expect(try await f.cluster("status") == 0)
                 let state = try f.state()
                 #expect(state.webServers.count == stage.defaultWebServers)
-                for n in state.nodes where n.role != "worker" {
+                for n in state.nodes where n.role != .worker {
                     #expect(Processes.portOpen(n.port), "\(stage): \(n.name) not listening")
                 }
                 #expect(state.workers.count == stage.defaultWorkers)
@@ -259,7 +259,7 @@ import Testing
             #expect(abrupt.failures.withLock { $0 }.filter { $0.hasPrefix("GET") } == [])
             #expect(abrupt.ok.load(ordering: .relaxed) > 50)
             let rows = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in }).status()
-            #expect(rows.filter { $0.node.role == "web" }.map(\.health) == ["down", "down", "ready"])
+            #expect(rows.filter { $0.node.role == .web }.map(\.health) == ["down", "down", "ready"])
         }
     }
 
@@ -390,7 +390,7 @@ import Testing
             #expect(try f.state().workers.map(\.name) == ["worker1", "worker2", "worker3"])
             #expect(try await f.cluster("scale", "workers=1") == 0)
             let rows = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in }).status()
-            #expect(rows.filter { $0.node.role == "worker" }.map(\.health) == ["running"])
+            #expect(rows.filter { $0.node.role == .worker }.map(\.health) == ["running"])
         }
     }
 

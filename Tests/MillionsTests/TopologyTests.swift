@@ -1,0 +1,73 @@
+import Cluster
+import Foundation
+import Testing
+
+/// Stages as data: what each topology holds, and the configuration derived from it.
+@Suite struct TopologyTests {
+    static let layout = Layout(ports: try! Ports(base: 19000), dir: "/tmp/c")
+
+    @Test func eachStageHasTheChaptersNodes() {
+        func roles(_ stage: Stage) -> [Role: Int] {
+            Dictionary(stage.topology(Self.layout).nodes.map { ($0.role, 1) }, uniquingKeysWith: +)
+        }
+        #expect(roles(.single) == [.web: 1])
+        #expect(roles(.separateDB) == [.database: 1, .web: 1])
+        #expect(roles(.loadBalanced) == [.database: 1, .web: 2, .balancer: 1])
+        #expect(roles(.replicated) == [.database: 3, .web: 2, .balancer: 1])
+        #expect(roles(.cached) == [.database: 3, .cache: 2, .web: 2, .balancer: 1, .edge: 1])
+        #expect(roles(.stateless) == [.database: 3, .cache: 2, .sessions: 1, .web: 2, .balancer: 1, .edge: 1])
+        #expect(roles(.queued) == [.database: 3, .cache: 2, .sessions: 1, .web: 2, .worker: 2, .balancer: 1, .edge: 1])
+        for stage in Stage.allCases {
+            let t = stage.topology(web: stage.balanced ? 5 : nil, Self.layout)
+            // Names and addresses are unique; nodes come in start order; the entry is the site's port.
+            #expect(Set(t.nodes.map(\.name)).count == t.nodes.count, "\(stage)")
+            #expect(Set(t.nodes.map(\.address)).count == t.nodes.count, "\(stage)")
+            #expect(t.nodes.map(\.role) == t.nodes.map(\.role).sorted(), "\(stage)")
+            #expect(t.entry?.port == 19000, "\(stage)")
+            #expect(t.nodes(.web).count == (stage.balanced ? 5 : 1), "\(stage)")
+            #expect(t.nodes.allSatisfy { $0.site == "dc1" && $0.host == "127.0.0.1" })
+        }
+    }
+
+    /// The web servers' settings name the topology's own nodes, by address.
+    @Test func settingsComeFromTheNodes() {
+        let queued = Stage.queued.topology(Self.layout)
+        let s = queued.appSettings(dataDirectory: "/tmp/c/data")
+        #expect(s["data.engine"] == "postgres")
+        #expect(s["data.postgres.nodes"] == "127.0.0.1:19040,127.0.0.1:19041,127.0.0.1:19042")
+        #expect(s["cache.backend"] == "memcached" && s["cache.memcached.nodes"] == "127.0.0.1:19050,127.0.0.1:19051")
+        #expect(s["session.store"] == "redis" && s["redis.address"] == "127.0.0.1:19060")
+        #expect(s["queue.inProcessWorkers"] == "0")
+        #expect(s["http.drainSeconds"] == String(ServerConfigs.drainSeconds))
+
+        let single = Stage.single.topology(Self.layout).appSettings(dataDirectory: "/tmp/c/data")
+        #expect(single["data.engine"] == nil && single["data.directory"] == "/tmp/c/data")
+        #expect(single["cache.backend"] == "memory" && single["http.drainSeconds"] == nil)
+        let replicated = Stage.replicated.topology(Self.layout).appSettings(dataDirectory: "/tmp/c/data")
+        #expect(replicated["cache.backend"] == "none" && replicated["queue.inProcessWorkers"] == "1")
+
+        // nginx and Varnish are rendered from nodes too.
+        let nginx = ServerConfigs.nginx(
+            listen: queued.nodes(.balancer)[0].address, upstreams: queued.nodes(.web).map(\.address), dir: "/tmp/c/nginx")
+        #expect(nginx.contains("server 127.0.0.1:19011 max_fails=1") && nginx.contains("server 127.0.0.1:19012 max_fails=1"))
+        #expect(nginx.contains("listen 127.0.0.1:19001;"))
+        let vcl = ServerConfigs.varnish(backend: queued.nodes(.balancer)[0])
+        #expect(vcl.contains(#".host = "127.0.0.1";"#) && vcl.contains(#".port = "19001";"#))
+    }
+
+    /// Root runs the servers as postgres, memcache and nobody: a cluster folder they cannot
+    /// reach is refused at once, naming the folder, before anything starts.
+    @Test func aFolderTheServersCannotReachIsRefusedAtOnce() throws {
+        try #require(geteuid() == 0, "this test needs root (the servers drop to their own users only when started by root)")
+        let parent = NSTemporaryDirectory() + "millions-private-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(atPath: parent) }
+        let cluster = Cluster(dir: parent + "/cluster", binary: "/bin/false", scripts: "/nonexistent", say: { _ in })
+        #expect {
+            try cluster.up(stage: .replicated, webServers: nil, basePort: 19900, settings: [:])
+        } throws: { error in
+            "\(error)".contains(parent) && "\(error)".contains("--dir")
+        }
+        #expect(!FileManager.default.fileExists(atPath: parent + "/cluster"), "nothing was created")
+    }
+}
