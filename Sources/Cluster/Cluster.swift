@@ -11,6 +11,8 @@ public struct ClusterState: Codable, Sendable {
     public var settings: [String: String]
     /// The nodes running now (scaling changes them).
     public var topology: Topology
+    /// Set when every node runs on a host of its own (`up --hosts`).
+    public var hosts: HostsPlan?
     public var stage: Stage { topology.stage }
     public var nodes: [Node] {
         get { topology.nodes }
@@ -71,7 +73,9 @@ public struct Cluster: Sendable {
 
     /// Starts every server of `stage` and waits until each is ready. Returns seconds taken.
     @discardableResult
-    public func up(stage: Stage, webServers: Int?, basePort: Int, settings: [String: String]) throws -> Double {
+    public func up(
+        stage: Stage, webServers: Int?, basePort: Int, settings: [String: String], hosts: Bool = false, cpus: Double? = nil
+    ) throws -> Double {
         let started = Date()
         if let existing = try? loadState(), existing.nodes.contains(where: { pid(of: $0).map(Processes.isAlive) ?? false }) {
             throw Processes.Failure("a \(existing.stage.rawValue) cluster is already up in \(dir); run `millions cluster down` first")
@@ -83,19 +87,34 @@ public struct Cluster: Sendable {
             }
         }
         let ports = try Ports(base: basePort)
-        let topology = stage.topology(web: webServers, Layout(ports: ports, dir: dir))
-        if let busy = topology.nodes.first(where: { Processes.portOpen($0.port) }) {
+        var plan: HostsPlan? = nil
+        if hosts {
+            let largest = Stage.allCases.map { $0.standard.nodes.count }.max() ?? 1
+            let budget = HostsPlan.defaultBudget(hostsInLargestStage: largest)
+            let prefix = Self.hostPrefix(dir)
+            plan = HostsPlan(
+                prefix: prefix, subnet: try HostNetwork.freeSubnet(preferred: Int(Self.fnv(dir) % 254) + 1),
+                cpus: cpus ?? budget.cpus, memoryBytes: budget.memoryBytes)
+            // What a crashed earlier `up` in this folder left behind.
+            try HostNetwork(prefix: prefix, subnet: 1).removeAll()
+        }
+        let topology = stage.topology(web: webServers, Layout(ports: ports, dir: dir, subnet: plan?.subnet))
+        if plan == nil, let busy = topology.nodes.first(where: { Processes.portOpen($0.port) }) {
             throw Processes.Failure("port \(busy.port) (for \(busy.name)) is in use; choose another --base-port")
         }
         try checkReachableByServiceUsers(topology)
-        for d in [dir, logs, run] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        for d in [dir, logs, run, dir + "/hosts"] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
         chmod(run, 0o1777)  // memcached writes its pid file after dropping to its own user
 
         // Saved before anything starts, so `down` can clean up after a failed `up` (it
         // stops by pid file and script, which skip what never started). Every node's
         // settings come from the whole topology, not from the part already running.
-        let state = ClusterState(ports: ports, settings: settings, topology: topology)
+        let state = ClusterState(ports: ports, settings: settings, topology: topology, hosts: plan)
         try save(state)
+        if let plan {
+            try HostNetwork(prefix: plan.prefix, subnet: plan.subnet).create()
+            say("hosts: \(topology.nodes.count) on bridge \(plan.prefix)br, 198.18.\(plan.subnet).0/24, \(plan.cpus) cores and \(plan.memoryBytes >> 20) MiB each")
+        }
         for role in Role.allCases {
             let nodes = topology.nodes(role)
             guard !nodes.isEmpty else { continue }
@@ -105,7 +124,7 @@ public struct Cluster: Sendable {
         }
         let entry = try entryNode(state)
         // Bounds here are for a machine that is busy (a CPU hog, the test suite): waits end as soon as the condition holds.
-        guard Processes.wait(seconds: 60, every: 0.1, until: { Processes.httpStatus(port: entry.port, path: "/readyz") == 200 }) else {
+        guard Processes.wait(seconds: 60, every: 0.1, until: { Processes.httpStatus(host: entry.host, port: entry.port, path: "/readyz") == 200 }) else {
             throw Processes.Failure("the site on \(entry.address) did not become ready")
         }
         let took = Date().timeIntervalSince(started)
@@ -116,18 +135,19 @@ public struct Cluster: Sendable {
 
     /// Starts the nodes of one role and waits until they serve.
     func start(_ nodes: [Node], _ role: Role, _ state: ClusterState) throws {
+        try addHosts(nodes, state)
         switch role {
         case .database:
             let replicas = nodes.count - 1
-            try script("postgres", ["start", String(replicas)], env: pgEnv(state.ports))
+            try script("postgres", ["start", String(replicas)], env: pgEnv(state))
             // Once, before several servers start at the same moment.
             let status = try Processes.run(
                 [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state)), log: "\(logs)/migrate.log")
             guard status == 0 else { throw Processes.Failure("millions migrate failed (exit \(status))") }
         case .cache:
-            for n in nodes { try script("memcached", ["start", String(n.port), "64"], env: ["MILLIONS_RUN_DIR": run]) }
+            for n in nodes { try script("memcached", ["start", String(n.port), "64"], env: serverEnv(n, state)) }
         case .sessions:
-            for n in nodes { try script("redis", ["start", String(n.port)], env: ["MILLIONS_RUN_DIR": run]) }
+            for n in nodes { try script("redis", ["start", String(n.port)], env: serverEnv(n, state)) }
         case .web:
             for n in nodes { try startWebServer(state, n) }
             try waitReady(nodes)
@@ -136,10 +156,114 @@ public struct Cluster: Sendable {
             // A worker's metrics server starts once its queue is reachable.
             try waitReady(nodes, path: "/healthz")
         case .balancer:
-            try startNginx(nodes[0], upstreams: state.webServers)
+            try startNginx(nodes[0], upstreams: state.webServers, state)
         case .edge:
-            try startVarnish(nodes[0], backend: try state.topology.nodes(.balancer).first.orThrow("the edge needs a balancer"))
+            try startVarnish(nodes[0], backend: try state.topology.nodes(.balancer).first.orThrow("the edge needs a balancer"), state)
         }
+    }
+
+    // MARK: - hosts
+
+    /// With hosts: a namespace and cgroup for each node, and `hosts/NAME`, the command that
+    /// runs its arguments there (what scripts and processes are started through).
+    func addHosts(_ nodes: [Node], _ state: ClusterState) throws {
+        guard let plan = state.hosts else { return }
+        let net = try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+        for n in nodes {
+            let host = plan.host(n)
+            try net.add(host)
+            let path = "\(dir)/hosts/\(n.name)"
+            try net.wrapperScript(on: host).write(toFile: path, atomically: true, encoding: .utf8)
+            chmod(path, 0o755)
+        }
+    }
+
+    /// The prefix that runs a command on `node`'s host (nothing on loopback).
+    func on(_ node: Node, _ state: ClusterState) -> [String] {
+        state.hosts == nil ? [] : ["\(dir)/hosts/\(node.name)"]
+    }
+
+    /// memcached's and Redis's scripts: where to listen and how to get onto the host.
+    func serverEnv(_ node: Node, _ state: ClusterState) -> [String: String] {
+        var env = ["MILLIONS_RUN_DIR": run]
+        if state.hosts != nil {
+            env["MILLIONS_BIND"] = node.host
+            env["MILLIONS_WRAP"] = "\(dir)/hosts/\(node.name)"
+        }
+        return env
+    }
+
+    func network(_ state: ClusterState) throws -> HostNetwork {
+        let plan = try state.hosts.orThrow("the cluster in \(dir) has no hosts (start it with `up --hosts`)")
+        return try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+    }
+
+    func hostNode(_ name: String, _ state: ClusterState) throws -> (HostNetwork, NodeHost) {
+        let net = try network(state)
+        let node = try state.topology.node(named: name).orThrow(
+            "no node \(name); nodes: \(state.nodes.map(\.name).joined(separator: ", "))")
+        return (net, state.hosts!.host(node))
+    }
+
+    /// Cuts a node's host off the network; it keeps running (`heal` reconnects it).
+    public func partition(_ name: String) throws {
+        let state = try loadState()
+        let (net, host) = try hostNode(name, state)
+        try net.partition(host)
+        say("\(name) (\(host.address)) cut off the network")
+    }
+
+    public func heal(_ name: String) throws {
+        let state = try loadState()
+        let (net, host) = try hostNode(name, state)
+        try net.heal(host)
+        say("\(name) (\(host.address)) back on the network")
+    }
+
+    /// Runs a command on a node's host, with this terminal; returns its exit status.
+    public func exec(_ name: String, _ argv: [String]) throws -> Int32 {
+        let state = try loadState()
+        let node = try state.topology.node(named: name).orThrow("no node \(name)")
+        return try Processes.run(on(node, state) + argv)
+    }
+
+    /// Vertical scaling: sets the CPU budget (cores) of nodes, by name or by role, live.
+    public func scale(cpus: [String: Double]) throws {
+        var state = try loadState()
+        guard var plan = state.hosts else { throw Processes.Failure("CPU budgets need hosts (start the cluster with `up --hosts`)") }
+        let net = try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+        for (target, cores) in cpus {
+            guard cores > 0, cores <= Double(ProcessInfo.processInfo.activeProcessorCount) else {
+                throw Processes.Failure("--cpu \(target): cores must be more than 0 and at most this machine's")
+            }
+            let nodes = state.nodes.filter { $0.name == target || $0.role.rawValue == target }
+            guard !nodes.isEmpty else { throw Processes.Failure("no node or role \(target)") }
+            for n in nodes {
+                plan.cpusByNode[n.name] = cores
+                try net.setBudget(plan.host(n))
+                say("\(n.name): \(cores) cores")
+            }
+        }
+        state.hosts = plan
+        try save(state)
+    }
+
+    /// CPU seconds each node's host has used (hosts only).
+    public func cpuSeconds() throws -> [String: Double] {
+        let state = try loadState()
+        let net = try network(state)
+        var out: [String: Double] = [:]
+        for n in state.nodes { out[n.name] = net.cpuSeconds(state.hosts!.host(n)) }
+        return out
+    }
+
+    static func fnv(_ text: String) -> UInt64 {
+        text.utf8.reduce(14_695_981_039_346_656_037 as UInt64) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 }
+    }
+
+    /// Kernel object names come from the cluster folder, so `down` finds them after a crash.
+    static func hostPrefix(_ dir: String) -> String {
+        "m" + String(String(fnv(dir), radix: 36).suffix(5))
     }
 
     func startedLine(_ role: Role, _ nodes: [Node]) -> String {
@@ -192,13 +316,14 @@ public struct Cluster: Sendable {
     }
 
     func startWebServer(_ state: ClusterState, _ node: Node) throws {
-        let argv = [binary, "serve", "--host", node.host, "--port", String(node.port)] + setFlags(webSettings(state))
+        let argv = on(node, state) + [binary, "serve", "--host", node.host, "--port", String(node.port)] + setFlags(webSettings(state))
         let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
         try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
 
     func startWorker(_ state: ClusterState, _ node: Node) throws {
-        let argv = [binary, "worker", "--concurrency", "2", "--metrics-port", String(node.port)] + setFlags(webSettings(state))
+        let argv = on(node, state) + [binary, "worker", "--concurrency", "2", "--metrics-host", node.host, "--metrics-port", String(node.port)]
+            + setFlags(webSettings(state))
         let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
         try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
@@ -215,11 +340,13 @@ public struct Cluster: Sendable {
                 .map { layout(state).worker($0) }
             state.nodes += added
             try save(state)
+            try addHosts(added, state)
             for n in added { try startWorker(state, n) }
             try waitReady(added, path: "/healthz")
         } else if target < current.count {
             let removed = Array(current.sorted { $0.name < $1.name }.suffix(current.count - target))
             stopProcesses(removed)
+            try removeHosts(removed, state)
             state.nodes.removeAll { removed.contains($0) }
             try save(state)
         }
@@ -232,7 +359,7 @@ public struct Cluster: Sendable {
         for node in nodes {
             let alive = { pid(of: node).map(Processes.isAlive) ?? false }
             let answered = Processes.wait(seconds: 60, every: 0.1) {
-                !alive() || Processes.httpStatus(port: node.port, path: path) == 200
+                !alive() || Processes.httpStatus(host: node.host, port: node.port, path: path) == 200
             }
             guard answered, alive() else {
                 throw Processes.Failure(
@@ -243,15 +370,15 @@ public struct Cluster: Sendable {
 
     // MARK: - nginx and Varnish
 
-    func startNginx(_ node: Node, upstreams: [Node]) throws {
+    func startNginx(_ node: Node, upstreams: [Node], _ state: ClusterState) throws {
         for d in ["", "/tmp/body", "/tmp/proxy", "/tmp/fastcgi", "/tmp/uwsgi", "/tmp/scgi"] {
             try FileManager.default.createDirectory(atPath: nginxDir + d, withIntermediateDirectories: true)
             chmod(nginxDir + d, 0o777)  // workers run as nobody when started by root
         }
         try writeNginxConfig(node, upstreams: upstreams)
-        let status = try Processes.run(["/usr/sbin/nginx", "-e", "\(nginxDir)/error.log", "-c", "\(nginxDir)/nginx.conf"])
+        let status = try Processes.run(on(node, state) + ["/usr/sbin/nginx", "-e", "\(nginxDir)/error.log", "-c", "\(nginxDir)/nginx.conf"])
         guard status == 0 else { throw Processes.Failure("nginx did not start (see \(nginxDir)/error.log)") }
-        guard Processes.wait(seconds: 60, until: { Processes.portOpen(node.port) }) else {
+        guard Processes.wait(seconds: 60, until: { Processes.portOpen(host: node.host, port: node.port) }) else {
             throw Processes.Failure("nginx is not listening on \(node.address)")
         }
     }
@@ -273,15 +400,15 @@ public struct Cluster: Sendable {
         if !done { throw Processes.Failure("nginx's old workers did not finish within 60 s") }
     }
 
-    func startVarnish(_ node: Node, backend: Node) throws {
+    func startVarnish(_ node: Node, backend: Node, _ state: ClusterState) throws {
         let vcl = "\(dir)/varnish.vcl"
         try ServerConfigs.varnish(backend: backend).write(toFile: vcl, atomically: true, encoding: .utf8)
-        let status = try Processes.run([
+        let status = try Processes.run(on(node, state) + [
             "/usr/sbin/varnishd", "-a", node.address, "-f", vcl, "-n", "\(dir)/varnish",
             "-P", node.pidFile, "-s", "malloc,64m", "-T", "none",
         ], log: "\(logs)/varnish.log")
         guard status == 0 else { throw Processes.Failure("varnishd did not start (exit \(status))") }
-        guard Processes.wait(seconds: 60, until: { Processes.portOpen(node.port) }) else {
+        guard Processes.wait(seconds: 60, until: { Processes.portOpen(host: node.host, port: node.port) }) else {
             throw Processes.Failure("varnish is not listening on \(node.address)")
         }
     }
@@ -297,13 +424,13 @@ public struct Cluster: Sendable {
             if alive {
                 switch node.role {
                 case .web:
-                    health = Processes.httpStatus(port: node.port, path: "/readyz", timeout: 1) == 200 ? "ready" : "unready"
+                    health = Processes.httpStatus(host: node.host, port: node.port, path: "/readyz", timeout: 1) == 200 ? "ready" : "unready"
                 case .worker:
-                    health = Processes.httpStatus(port: node.port, path: "/healthz", timeout: 1) == 200 ? "running" : "unready"
+                    health = Processes.httpStatus(host: node.host, port: node.port, path: "/healthz", timeout: 1) == 200 ? "running" : "unready"
                 case .balancer, .edge:
-                    health = Processes.httpStatus(port: node.port, path: "/healthz", timeout: 1) == 200 ? "up" : "unready"
+                    health = Processes.httpStatus(host: node.host, port: node.port, path: "/healthz", timeout: 1) == 200 ? "up" : "unready"
                 case .database, .cache, .sessions:
-                    health = Processes.portOpen(node.port) ? "up" : "unready"
+                    health = Processes.portOpen(host: node.host, port: node.port, timeout: 1) ? "up" : "unready"
                 }
             }
             return NodeStatus(node: node, pid: alive ? pid : nil, health: health)
@@ -312,9 +439,9 @@ public struct Cluster: Sendable {
 
     public static func table(_ rows: [NodeStatus]) -> String {
         func col(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
-        var out = col("node", 18) + col("role", 10) + col("site", 6) + col("address", 18) + col("pid", 9) + "health\n"
+        var out = col("node", 18) + col("role", 10) + col("site", 6) + col("address", 22) + col("pid", 9) + "health\n"
         for r in rows {
-            out += col(r.node.name, 18) + col(r.node.role.rawValue, 10) + col(r.node.site, 6) + col(r.node.address, 18)
+            out += col(r.node.name, 18) + col(r.node.role.rawValue, 10) + col(r.node.site, 6) + col(r.node.address, 22)
                 + col(r.pid.map(String.init) ?? "-", 9) + r.health + "\n"
         }
         return out
@@ -336,6 +463,7 @@ public struct Cluster: Sendable {
             let added = Self.freeIndices(named: "web", taken: current, count: target - current.count).map { layout(state).web($0) }
             state.nodes += added
             try save(state)
+            try addHosts(added, state)
             for n in added { try startWebServer(state, n) }
             try waitReady(added)
             try writeNginxConfig(balancer, upstreams: state.webServers)
@@ -353,6 +481,7 @@ public struct Cluster: Sendable {
             try writeNginxConfig(balancer, upstreams: keep.sorted { $0.port < $1.port })
             try reloadNginx()
             stopProcesses(removed)
+            try removeHosts(removed, state)
             state.nodes.removeAll { removed.contains($0) }
             try save(state)
             say("web servers: \(current.count) → \(target) (\(removed.map(\.name).joined(separator: ", ")) drained and stopped)")
@@ -384,11 +513,11 @@ public struct Cluster: Sendable {
         }
         switch node.role {
         case .database:
-            try script("postgres", ["kill", String(node.name.dropFirst("postgres-".count))], env: pgEnv(state.ports))
+            try script("postgres", ["kill", String(node.name.dropFirst("postgres-".count))], env: pgEnv(state))
         case .cache:
-            try script("memcached", ["kill", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
+            try script("memcached", ["kill", String(node.port)], env: serverEnv(node, state))
         case .sessions:
-            try script("redis", ["kill", String(node.port)], env: ["MILLIONS_RUN_DIR": run])
+            try script("redis", ["kill", String(node.port)], env: serverEnv(node, state))
         case .web, .worker, .balancer, .edge:
             guard let pid = pid(of: node), Processes.isAlive(pid) else { throw Processes.Failure("\(name) is not running") }
             Processes.signal(pid, SIGKILL)
@@ -429,31 +558,56 @@ public struct Cluster: Sendable {
             case .worker, .web:
                 stopProcesses(nodes)
             case .sessions:
-                for node in nodes { try? script("redis", ["stop", String(node.port)], env: ["MILLIONS_RUN_DIR": run]) }
+                for node in nodes { try? script("redis", ["stop", String(node.port)], env: serverEnv(node, state)) }
             case .cache:
-                for node in nodes { try? script("memcached", ["stop", String(node.port)], env: ["MILLIONS_RUN_DIR": run]) }
+                for node in nodes { try? script("memcached", ["stop", String(node.port)], env: serverEnv(node, state)) }
             case .database:
-                if !nodes.isEmpty { try? script("postgres", ["destroy"], env: pgEnv(state.ports)) }
+                if !nodes.isEmpty { try? script("postgres", ["destroy"], env: pgEnv(state)) }
             }
         }
-        let leftovers = state.nodes.filter { node in
-            node.port > 0 ? Processes.portOpen(node.port) : (pid(of: node).map(Processes.isAlive) ?? false)
+        // Then the hosts: namespaces, links, bridge, cgroups (killing anything left in them).
+        var hostLeftovers: [String] = []
+        if let plan = state.hosts {
+            let net = try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+            try? net.removeAll()
+            hostLeftovers = (try? net.leftovers()) ?? ["cannot list the hosts' network objects"]
         }
+        // On hosts, no port check: a namespace that is gone takes its sockets with it, and
+        // an address of a removed bridge may be routed elsewhere (and even answer).
+        let leftovers = state.nodes.filter { node in
+            (pid(of: node).map(Processes.isAlive) ?? false) || (state.hosts == nil && Processes.portOpen(node.port))
+        }.map(\.name) + hostLeftovers
         for item in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where item != "logs" {
             try? FileManager.default.removeItem(atPath: dir + "/" + item)
         }
         if !leftovers.isEmpty {
-            throw Processes.Failure("still running after down: \(leftovers.map(\.name).joined(separator: ", "))")
+            throw Processes.Failure("still running after down: \(leftovers.joined(separator: ", "))")
         }
         say("stage \(state.stage.rawValue) down in \(seconds(since: t)); logs kept in \(logs)")
     }
 
     // MARK: - helpers
 
-    func layout(_ state: ClusterState) -> Layout { Layout(ports: state.ports, dir: dir) }
+    func layout(_ state: ClusterState) -> Layout { Layout(ports: state.ports, dir: dir, subnet: state.hosts?.subnet) }
 
-    func pgEnv(_ ports: Ports) -> [String: String] {
-        ["MILLIONS_PG_DIR": dir + "/pg", "MILLIONS_PG_PORT": String(ports.postgres)]
+    func pgEnv(_ state: ClusterState) -> [String: String] {
+        var env = ["MILLIONS_PG_DIR": dir + "/pg", "MILLIONS_PG_PORT": String(state.ports.postgres)]
+        if state.hosts != nil {
+            env["MILLIONS_PG_HOSTS"] = state.topology.nodes(.database)
+                .map { "\($0.name.dropFirst("postgres-".count))=\($0.host)" }.joined(separator: " ")
+            env["MILLIONS_WRAP_DIR"] = dir + "/hosts"
+        }
+        return env
+    }
+
+    /// Removes the hosts of nodes that have stopped (after `scale` down).
+    func removeHosts(_ nodes: [Node], _ state: ClusterState) throws {
+        guard let plan = state.hosts else { return }
+        let net = try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+        for n in nodes {
+            try net.remove(plan.host(n))
+            try? FileManager.default.removeItem(atPath: "\(dir)/hosts/\(n.name)")
+        }
     }
 
     func script(_ name: String, _ args: [String], env: [String: String]) throws {

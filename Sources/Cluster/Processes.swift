@@ -123,30 +123,64 @@ public enum Processes {
         defer { Glibc.close(fd) }
         var addr = loopback(port)
         return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         } == 0
     }
 
-    /// `GET path` over HTTP/1.0 to 127.0.0.1:`port`; the status code, or nil if nothing
+    /// Whether something accepts TCP connections on `host:port` within `timeout` seconds
+    /// (a host cut off the network drops the handshake: no answer, rather than a refusal).
+    public static func portOpen(host: String, port: Int, timeout: Double = 2) -> Bool {
+        guard let fd = connect(host: host, port: port, timeout: timeout) else { return false }
+        Glibc.close(fd)
+        return true
+    }
+
+    /// A connected (blocking) socket to `host:port`, or nil if none within `timeout` seconds.
+    static func connect(host: String, port: Int, timeout: Double) -> Int32? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        var addr = loopback(port)
+        addr.sin_addr.s_addr = inet_addr(host)
+        let started = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        var ok = started == 0
+        if !ok && errno == EINPROGRESS {
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            if poll(&p, 1, Int32(timeout * 1000)) == 1 {
+                var error: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
+                ok = error == 0
+            }
+        }
+        guard ok else {
+            Glibc.close(fd)
+            return nil
+        }
+        _ = fcntl(fd, F_SETFL, flags)
+        return fd
+    }
+
+    /// `GET path` over HTTP/1.0 to `host:port`; the status code, or nil if nothing
     /// answered within `timeout` seconds.
-    public static func httpStatus(port: Int, path: String, timeout: Double = 2) -> Int? {
-        httpGet(port: port, path: path, timeout: timeout, readBody: false)?.status
+    public static func httpStatus(host: String = "127.0.0.1", port: Int, path: String, timeout: Double = 2) -> Int? {
+        httpGet(host: host, port: port, path: path, timeout: timeout, readBody: false)?.status
     }
 
     /// `GET path` over HTTP/1.0: status and body (read until the server closes).
-    public static func httpGet(port: Int, path: String, timeout: Double = 5, readBody: Bool = true) -> (status: Int, body: String)? {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return nil }
+    public static func httpGet(
+        host: String = "127.0.0.1", port: Int, path: String, timeout: Double = 5, readBody: Bool = true
+    ) -> (status: Int, body: String)? {
+        // Connected within the timeout: a host cut off the network never answers.
+        guard let fd = connect(host: host, port: port, timeout: timeout) else { return nil }
         defer { Glibc.close(fd) }
         var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1_000_000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = loopback(port)
-        let connected = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { return nil }
-        let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: millions-cluster\r\n\r\n".utf8)
+        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host)\r\nUser-Agent: millions-cluster\r\n\r\n".utf8)
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
             return nil
         }

@@ -59,36 +59,53 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     }
 }
 
-/// Where a cluster's nodes go: their ports, host, site, and the files under the cluster
-/// folder where each keeps its pid. Every node is on this machine's loopback, in one site.
+/// Where a cluster's nodes go: their ports, host address, site, and the files under the
+/// cluster folder where each keeps its pid. On loopback every node is at 127.0.0.1; with
+/// hosts (`subnet`), each node has an address of its own in `198.18.<subnet>.0/24`, from
+/// a fixed plan by role, so a node added later (`scale`) gets the same address every time.
 public struct Layout: Sendable {
     public var ports: Ports
     public var dir: String
-    public let host = "127.0.0.1"
+    public var subnet: Int?
     public let site = "dc1"
 
-    public init(ports: Ports, dir: String) {
+    public init(ports: Ports, dir: String, subnet: Int? = nil) {
         self.ports = ports
         self.dir = dir
+        self.subnet = subnet
     }
 
     var run: String { dir + "/run" }
 
-    func node(_ name: String, _ role: Role, _ port: Int, pidFile: String) -> Node {
-        Node(name: name, role: role, host: host, site: site, port: port, pidFile: pidFile)
+    /// The last byte of each node's host address: .1 is the machine itself (the bridge).
+    static func hostNumber(_ role: Role, index: Int) -> Int {
+        switch role {
+        case .balancer: 2
+        case .edge: 3
+        case .database: 10 + index  // the primary is index 0
+        case .cache: 20 + index
+        case .sessions: 30
+        case .web: 40 + index  // up to Ports.maxWebServers
+        case .worker: 70 + index  // up to Ports.maxWorkers
+        }
+    }
+
+    func node(_ name: String, _ role: Role, _ port: Int, index: Int = 0, pidFile: String) -> Node {
+        let host = subnet.map { "198.18.\($0).\(Self.hostNumber(role, index: index))" } ?? "127.0.0.1"
+        return Node(name: name, role: role, host: host, site: site, port: port, pidFile: pidFile)
     }
 
     /// The primary, then `replicas` replicas (scripts/postgres's node names and ports).
     public func databases(replicas: Int) -> [Node] {
         [node("postgres-primary", .database, ports.postgres, pidFile: "\(dir)/pg/primary/postmaster.pid")]
             + (0..<replicas).map { r in
-                node("postgres-r\(r + 1)", .database, ports.postgres + 1 + r, pidFile: "\(dir)/pg/r\(r + 1)/postmaster.pid")
+                node("postgres-r\(r + 1)", .database, ports.postgres + 1 + r, index: r + 1, pidFile: "\(dir)/pg/r\(r + 1)/postmaster.pid")
             }
     }
 
     public func caches(_ count: Int) -> [Node] {
         (0..<count).map { i in
-            node("memcached\(i + 1)", .cache, ports.memcached + i, pidFile: "\(run)/memcached-\(ports.memcached + i).pid")
+            node("memcached\(i + 1)", .cache, ports.memcached + i, index: i + 1, pidFile: "\(run)/memcached-\(ports.memcached + i).pid")
         }
     }
 
@@ -98,14 +115,14 @@ public struct Layout: Sendable {
 
     /// Web server `index`; without a balancer the only web server is the site itself.
     public func web(_ index: Int, isEntry: Bool = false) -> Node {
-        node("web\(index)", .web, isEntry ? ports.site : ports.web(index), pidFile: "\(run)/web\(index).pid")
+        node("web\(index)", .web, isEntry ? ports.site : ports.web(index), index: index, pidFile: "\(run)/web\(index).pid")
     }
 
     public func webs(_ count: Int) -> [Node] { (1...max(1, count)).map { web($0) } }
 
     /// A worker's port serves only `/metrics` and `/healthz`.
     public func worker(_ index: Int) -> Node {
-        node("worker\(index)", .worker, ports.worker(index), pidFile: "\(run)/worker\(index).pid")
+        node("worker\(index)", .worker, ports.worker(index), index: index, pidFile: "\(run)/worker\(index).pid")
     }
 
     public func workers(_ count: Int) -> [Node] { (0..<count).map { worker($0 + 1) } }

@@ -48,8 +48,13 @@ public struct Topology: Codable, Sendable, Equatable {
     /// (the user's `--set` keys go on top, in `Cluster`).
     public func appSettings(dataDirectory: String) -> [String: String] {
         var s: [String: String] = [:]
-        // Behind a balancer, leave it cleanly at SIGTERM (see DrainService).
-        if !nodes(.balancer).isEmpty { s["http.drainSeconds"] = String(ServerConfigs.drainSeconds) }
+        // Behind a balancer, leave it cleanly at SIGTERM (see DrainService), and believe
+        // the client address it forwards (from its host's address).
+        let balancers = nodes(.balancer)
+        if !balancers.isEmpty {
+            s["http.drainSeconds"] = String(ServerConfigs.drainSeconds)
+            s["http.trustedProxies"] = (["127.0.0.1", "::1"] + balancers.map(\.host).filter { $0 != "127.0.0.1" }).joined(separator: ",")
+        }
         let databases = nodes(.database)
         if databases.isEmpty {
             s["data.directory"] = dataDirectory

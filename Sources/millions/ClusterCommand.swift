@@ -7,7 +7,7 @@ struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
         abstract: "Bring a stage of the journey up on this machine, inspect, scale, break and stop it.",
-        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Failover.self, Down.self])
+        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Partition.self, Heal.self, Exec.self, Failover.self, Down.self])
 
     struct Where: ParsableArguments {
         @Option(name: .long, help: "Folder for every server's data, configuration, pid and log files.")
@@ -31,6 +31,10 @@ struct ClusterCommand: ParsableCommand {
         @Option(name: .customLong("base-port"), help: "The site's port; the servers use the next 70.") var basePort = 8080
         @Option(name: .customLong("set"), help: ArgumentHelp("A configuration key for every web server.", valueName: "key=value"))
         var settings: [String] = []
+        @Flag(name: .long, help: "Every node on a host of its own: a network namespace on a bridge (198.18.N.0/24), with a CPU budget and a memory limit (needs root).")
+        var hosts = false
+        @Option(name: .long, help: "Cores each host may use (default: the largest stage's hosts share this machine's cores, half a core left over).")
+        var cpus: Double?
 
         func run() throws {
             guard let stage = Stage(rawValue: stage) else {
@@ -42,7 +46,9 @@ struct ClusterCommand: ParsableCommand {
                 extra[String(item[..<eq])] = String(item[item.index(after: eq)...])
             }
             let cluster = try location.cluster()
-            try cluster.up(stage: stage, webServers: web, basePort: basePort, settings: extra)
+            if cpus != nil && !hosts { throw ValidationError("--cpus needs --hosts") }
+            if let cpus, !(cpus > 0) { throw ValidationError("--cpus must be more than 0") }
+            try cluster.up(stage: stage, webServers: web, basePort: basePort, settings: extra, hosts: hosts, cpus: cpus)
             print(Cluster.table(try cluster.status()), terminator: "")
         }
     }
@@ -60,12 +66,23 @@ struct ClusterCommand: ParsableCommand {
     }
 
     struct Scale: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Change the number of web servers or workers, e.g. `scale web=3 workers=4`.")
+        static let configuration = CommandConfiguration(
+            abstract: "Change the number of web servers or workers (`scale web=3 workers=4`), or a host's CPU budget (`scale --cpu web1=0.5`, `--cpu web=1`).")
         @OptionGroup var location: Where
-        @Argument(help: "web=N and/or workers=M.") var targets: [String]
+        @Argument(help: "web=N and/or workers=M.") var targets: [String] = []
+        @Option(name: .long, help: ArgumentHelp("Cores for a node or every node of a role (hosts only).", valueName: "name=cores"))
+        var cpu: [String] = []
 
         func run() throws {
             let cluster = try location.cluster()
+            var budgets: [String: Double] = [:]
+            for item in cpu {
+                let parts = item.split(separator: "=")
+                guard parts.count == 2, let cores = Double(parts[1]) else { throw ValidationError("expected --cpu name=cores, got \(item)") }
+                budgets[String(parts[0])] = cores
+            }
+            if targets.isEmpty && budgets.isEmpty { throw ValidationError("nothing to scale: give web=N, workers=M or --cpu name=cores") }
+            if !budgets.isEmpty { try cluster.scale(cpus: budgets) }
             for target in targets {
                 let parts = target.split(separator: "=")
                 guard parts.count == 2, let n = Int(parts[1]) else { throw ValidationError("expected web=N, got \(target)") }
@@ -84,6 +101,40 @@ struct ClusterCommand: ParsableCommand {
         @Argument var node: String
 
         func run() throws { try location.cluster().kill(node) }
+    }
+
+    struct Partition: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cut a node's host off the network; it keeps running (hosts only).")
+        @OptionGroup var location: Where
+        @Argument var node: String
+
+        func run() throws { try location.cluster().partition(node) }
+    }
+
+    struct Heal: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Put a partitioned node's host back on the network.")
+        @OptionGroup var location: Where
+        @Argument var node: String
+
+        func run() throws { try location.cluster().heal(node) }
+    }
+
+    struct Exec: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a command on a node's host, e.g. `exec web1 -- curl -s http://198.18.N.10:8120/`.")
+        @OptionGroup var location: Where
+        @Argument var node: String
+        @Argument(parsing: .captureForPassthrough) var command: [String] = []
+
+        func run() throws {
+            let argv = command.first == "--" ? Array(command.dropFirst()) : command
+            guard !argv.isEmpty else { throw ValidationError("give a command after --") }
+            // A bare name is found on PATH, as a shell would.
+            let path = argv[0].contains("/") ? argv[0] : (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+                .split(separator: ":").map { "\($0)/\(argv[0])" }.first { FileManager.default.isExecutableFile(atPath: $0) } ?? argv[0]
+            let status = try location.cluster().exec(node, [path] + argv.dropFirst())
+            if status != 0 { throw ExitCode(status) }
+        }
     }
 
     struct Failover: ParsableCommand {

@@ -17,7 +17,8 @@ struct WorkerCommand: AsyncParsableCommand {
         commandName: "worker", abstract: "Run queue consumers (the worker tier) on the configured data engine.")
     @OptionGroup var options: ConfigOptions
     @Option(name: .long, help: "Jobs run at once.") var concurrency = 4
-    @Option(name: .long, help: "Serve /metrics and /healthz on this port (127.0.0.1), for scraping.") var metricsPort: Int?
+    @Option(name: .long, help: "Serve /metrics and /healthz on this port, for scraping.") var metricsPort: Int?
+    @Option(name: .long, help: "The address the metrics port listens on.") var metricsHost = "127.0.0.1"
 
     func validate() throws {
         guard concurrency >= 1 && concurrency <= 256 else { throw ValidationError("--concurrency must be 1...256") }
@@ -38,7 +39,7 @@ struct WorkerCommand: AsyncParsableCommand {
         if let memcached = components.memcached { services.append(memcached) }
         if let port = metricsPort {
             // Before the worker, so it stops after it: it answers while jobs drain.
-            services.append(Self.metricsServer(components, worker: worker, port: port, logger: logger))
+            services.append(Self.metricsServer(components, worker: worker, host: metricsHost, port: port, logger: logger))
         }
         services.append(worker)
         logger.info("worker started", metadata: ["worker": "\(worker.name)", "concurrency": "\(concurrency)"])
@@ -51,7 +52,7 @@ struct WorkerCommand: AsyncParsableCommand {
 extension WorkerCommand {
     /// A small HTTP server with the worker's own figures: jobs by outcome, durations,
     /// busy slots, queue depth, images processed; and liveness.
-    static func metricsServer(_ c: Components, worker: Worker, port: Int, logger: Logger) -> some Service {
+    static func metricsServer(_ c: Components, worker: Worker, host: String, port: Int, logger: Logger) -> some Service {
         let router = Router()
         let metrics = c.metrics
         router.get("/metrics") { _, _ in
@@ -65,7 +66,7 @@ extension WorkerCommand {
                 body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok","worker":"\#(worker.name)"}"#)))
         }
         return Application(
-            router: router, configuration: .init(address: .hostname("127.0.0.1", port: port), serverName: "millions-worker"),
+            router: router, configuration: .init(address: .hostname(host, port: port), serverName: "millions-worker"),
             logger: logger)
     }
 }

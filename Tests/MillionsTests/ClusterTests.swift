@@ -29,9 +29,10 @@ import Testing
             try await Command.runOffPool([binary, "cluster"] + args + ["--dir", dir])
         }
 
-        func up(_ stage: String, web: Int? = nil) async throws {
+        func up(_ stage: String, web: Int? = nil, hosts: Bool = false) async throws {
             var args = ["up", "--stage", stage, "--base-port", String(base), "--set", "auth.bcryptCost=4", "--set", "log.level=warning"]
             if let web { args += ["--web", String(web)] }
+            if hosts { args.append("--hosts") }
             let status = try await Command.runOffPool([binary, "cluster"] + args + ["--dir", dir])
             guard status == 0 else {
                 _ = try? await cluster("down")
@@ -50,8 +51,8 @@ import Testing
         }
 
         /// Runs `body`, then `down`, which must succeed and leave no process and no port.
-        func withCluster(_ stage: String, web: Int? = nil, _ body: () async throws -> Void) async throws {
-            try await up(stage, web: web)
+        func withCluster(_ stage: String, web: Int? = nil, hosts: Bool = false, _ body: () async throws -> Void) async throws {
+            try await up(stage, web: web, hosts: hosts)
             let state = try state()
             let nodes = state.nodes
             let pids = nodes.compactMap { n in (try? String(contentsOfFile: n.pidFile, encoding: .utf8)).flatMap { Int32($0.split(separator: "\n").first ?? "") } }
@@ -65,17 +66,23 @@ import Testing
             let finalState = try? self.state()
             #expect(finalState == nil, "down removes the state")
             for pid in pids { #expect(!Processes.isAlive(pid), "pid \(pid) still running after down") }
-            for n in nodes + (finalState?.nodes ?? []) where n.port > 0 {
+            // (On hosts, the namespaces are gone with their sockets: checked below.)
+            for n in nodes + (finalState?.nodes ?? []) where n.port > 0 && n.host == "127.0.0.1" {
                 #expect(!Processes.portOpen(n.port), "\(n.name) still listening on \(n.port)")
             }
             #expect(!Processes.portOpen(state.ports.site))
+            if let plan = state.hosts {
+                // No namespace, link, bridge or cgroup of the cluster's hosts is left.
+                #expect(try HostNetwork(prefix: plan.prefix, subnet: plan.subnet).leftovers() == [])
+            }
         }
     }
 
     static func request(
-        _ port: Int, _ method: HTTPMethod, _ path: String, json: String? = nil, cookie: String? = nil, fresh: Bool = false
+        _ port: Int, _ method: HTTPMethod, _ path: String, json: String? = nil, cookie: String? = nil, fresh: Bool = false,
+        host: String = "127.0.0.1"
     ) async throws -> (status: UInt, headers: HTTPHeaders, body: String) {
-        try await EndToEndTests.request(port, method, path, json: json, cookie: cookie, client: fresh ? freshClient : .shared)
+        try await EndToEndTests.request(port, method, path, json: json, cookie: cookie, client: fresh ? freshClient : .shared, host: host)
     }
 
     /// A client that uses each connection once: a resend must not pick another pooled
@@ -90,8 +97,8 @@ import Testing
         #"{"email":"\#(email)","password":"correct horse battery","firstName":"John","lastName":"Smith","address":{"streetAddress":"21 2nd Street","city":"New York","state":"NY","postalCode":"10021"},"phoneNumbers":["212 555-1234"]}"#
     }
 
-    static func signUp(_ port: Int, _ email: String) async throws -> (id: Int, session: String) {
-        let r = try await request(port, .POST, "/users", json: signUpBody(email))
+    static func signUp(_ port: Int, _ email: String, host: String = "127.0.0.1") async throws -> (id: Int, session: String) {
+        let r = try await request(port, .POST, "/users", json: signUpBody(email), host: host)
         try #require(r.status == 201, "sign-up answered \(r.status): \(r.body)")
         let object = try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]
         let id = try #require(object?["id"] as? Int)
@@ -114,7 +121,7 @@ import Testing
         let upstreams = Mutex<Set<String>>([])
         let stop = Atomic<Bool>(false)
 
-        func run(port: Int, userID: Int, email: String, readers: Int, writers: Int) async {
+        func run(host: String, port: Int, userID: Int, email: String, readers: Int, writers: Int) async {
             await withTaskGroup(of: Void.self) { group in
                 for i in 0..<(readers + writers) {
                     let write = i >= readers
@@ -123,8 +130,8 @@ import Testing
                             write
                                 ? try await ClusterTests.request(
                                     port, .POST, "/sessions", json: #"{"email":"\#(email)","password":"correct horse battery"}"#,
-                                    fresh: fresh)
-                                : try await ClusterTests.request(port, .GET, "/users/\(userID)", fresh: fresh)
+                                    fresh: fresh, host: host)
+                                : try await ClusterTests.request(port, .GET, "/users/\(userID)", fresh: fresh, host: host)
                         }
                         while !self.stop.load(ordering: .relaxed) {
                             do {
@@ -163,11 +170,11 @@ import Testing
     /// rather than timed so a slow machine still sends them (each wait bounded: a minute).
     /// `until` keeps the load going after the drill until it holds (also bounded).
     static func underLoad(
-        port: Int, userID: Int, email: String, readers: Int = 6, writers: Int = 2,
+        host: String = "127.0.0.1", port: Int, userID: Int, email: String, readers: Int = 6, writers: Int = 2,
         until: @escaping @Sendable (Load) -> Bool = { _ in true }, _ drill: () async throws -> Void
     ) async throws -> Load {
         let load = Load()
-        let task = Task { await load.run(port: port, userID: userID, email: email, readers: readers, writers: writers) }
+        let task = Task { await load.run(host: host, port: port, userID: userID, email: email, readers: readers, writers: writers) }
         func sent() -> Int { load.ok.load(ordering: .relaxed) + load.failures.withLock { $0.count } }
         for _ in 0..<600 where sent() < 30 { try await Task.sleep(for: .milliseconds(100)) }
         do { try await drill() } catch {
@@ -306,6 +313,52 @@ import Testing
                 created = try await Self.request(f.base, .POST, "/users", json: Self.signUpBody("after@example.com")).status
             }
             #expect(created == 201)
+        }
+    }
+
+    /// `replicated` and `cached` with every node on a host of its own: the site answers at
+    /// the edge's host address (not on loopback), each node has its own address, a replica
+    /// cut off the network under load fails no read, a killed web server fails no read, a
+    /// command runs on a host, and `down` leaves no namespace, link or cgroup.
+    @Test func replicatedAndCachedRunOnHosts() async throws {
+        try #require(geteuid() == 0, "hosts need root (network namespaces, a bridge, cgroups); CI runs as root")
+        for stage in ["replicated", "cached"] {
+            let f = try Fixture(base: 19800)
+            try await f.withCluster(stage, hosts: true) {
+                let state = try f.state()
+                let entry = try #require(state.topology.entry)
+                let plan = try #require(state.hosts)
+                #expect(entry.host == "198.18.\(plan.subnet).\(stage == "cached" ? 3 : 2)")
+                #expect(Set(state.nodes.map(\.host)).count == state.nodes.count, "one host per node")
+                #expect(!Processes.portOpen(host: "127.0.0.1", port: entry.port, timeout: 1), "the site is not on this machine's loopback")
+                let (id, _) = try await Self.signUp(entry.port, "\(stage)-hosts@example.com", host: entry.host)
+                #expect(try await Self.request(entry.port, .GET, "/users/\(id)", host: entry.host).status == 200)
+                let rows = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in }).status()
+                #expect(rows.allSatisfy { $0.health != "down" && $0.health != "unready" }, "\(rows.map { "\($0.node.name) \($0.health)" })")
+
+                // A web server's host reaches the primary at its address.
+                let primary = try #require(state.topology.node(named: "postgres-primary"))
+                let probe = "import socket,sys\ns=socket.socket()\ns.settimeout(5)\nsys.exit(s.connect_ex(('\(primary.host)',\(primary.port))))"
+                #expect(try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, "web2", "--", "python3", "-c", probe]) == 0)
+
+                if stage == "replicated" {
+                    let cut = try await Self.underLoad(host: entry.host, port: entry.port, userID: id, email: "\(stage)-hosts@example.com") {
+                        let status = try await f.cluster("partition", "postgres-r1")
+                        #expect(status == 0)
+                    }
+                    #expect(try await f.cluster("heal", "postgres-r1") == 0)
+                    #expect(cut.failures.withLock { $0 }.filter { $0.hasPrefix("GET") } == [])
+                    #expect(cut.failures.withLock { $0 } == [])
+                } else {
+                    let killed = try await Self.underLoad(host: entry.host, port: entry.port, userID: id, email: "\(stage)-hosts@example.com") {
+                        let status = try await f.cluster("kill", "web1")
+                        #expect(status == 0)
+                    }
+                    #expect(killed.failures.withLock { $0 }.filter { $0.hasPrefix("GET") } == [])
+                }
+                #expect(try await f.cluster("scale", "--cpu", "web=0.5") == 0)
+                #expect(try f.state().hosts?.cpusByNode["web2"] == 0.5)
+            }
         }
     }
 

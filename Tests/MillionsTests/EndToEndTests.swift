@@ -75,9 +75,9 @@ import Testing
 
     static func request(
         _ port: Int, _ method: HTTPMethod, _ path: String, json: String? = nil, cookie: String? = nil,
-        client: HTTPClient = .shared
+        client: HTTPClient = .shared, host: String = "127.0.0.1"
     ) async throws -> (status: UInt, headers: HTTPHeaders, body: String) {
-        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
+        var request = HTTPClientRequest(url: "http://\(host):\(port)\(path)")
         request.method = method
         if let json {
             request.headers.add(name: "Content-Type", value: "application/json")

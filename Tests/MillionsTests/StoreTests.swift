@@ -35,6 +35,8 @@ func withSharedReplicaSet(_ body: @escaping @Sendable (ReplicaSet) async throws 
     let topology = try PostgresTopology.shared()
     var settings = PostgresSettings(nodes: topology.addresses)
     settings.discoveryInterval = .milliseconds(200)
+    // The shared topology serves every suite at once: a busy machine is not a dead node.
+    settings.queryTimeout = .seconds(10)
     let set = try ReplicaSet(settings: settings, metrics: AppMetrics(), logger: quietLogger)
     try await set.withRunning {
         try await PostgresMigrations.migrate(set)

@@ -209,6 +209,15 @@ public final class ReplicaSet: Service {
 
     /// Marks a node unusable until discovery sees it again, and asks for discovery soon.
     func markFailed(_ i: Int, _ error: any Error) {
+        // A call that only ran out of time says the node is slow (a busy machine), not
+        // gone: it is not taken out of rotation (the primary stays the primary for other
+        // writers); discovery looks at once, and its probe decides.
+        if error is TimeoutError {
+            discoverNow.store(true, ordering: .relaxed)
+            metrics.counter("db_node_timeouts", "Calls that ran out of time on a node", [("node", nodes[i].name)]).increment()
+            logger.warning("postgres node slow", metadata: ["node": "\(nodes[i].name)", "error": "\(String(reflecting: error))"])
+            return
+        }
         status.withLock { $0[i].reachable = false }
         discoverNow.store(true, ordering: .relaxed)
         metrics.counter("db_node_failures", "Queries that failed because a node was unusable", [("node", nodes[i].name)])
@@ -250,7 +259,7 @@ public final class ReplicaSet: Service {
             return try await run(i, op: op, role: "primary") { try await body(self.nodes[i].client) }
         } catch let error where Self.isNodeFailure(error) {
             markFailed(i, error)
-            throw Self.noPrimary
+            throw error is TimeoutError ? Self.timedOut : Self.noPrimary
         }
     }
 
@@ -287,8 +296,12 @@ public final class ReplicaSet: Service {
             return result
         } catch let error where Self.isNodeFailure(error) {
             markFailed(i, error)
-            throw Self.noPrimary
+            throw error is TimeoutError ? Self.timedOut : Self.noPrimary
         }
+    }
+
+    static var timedOut: MillionsError {
+        MillionsError(.unavailable, "the database did not answer in time", retryAfter: 2)
     }
 
     static var noPrimary: MillionsError {
