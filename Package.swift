@@ -197,6 +197,11 @@ let package = Package(
         // `millions cluster`: stages, server configuration, processes, failure drills.
         .target(
             name: "Cluster",
+            dependencies: [
+                // The delaying relay that emulates a WAN link.
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         // `millions bench`: a load generator on SwiftNIO, HDR histograms, the journey.

@@ -159,6 +159,8 @@ public struct Cluster: Sendable {
             try startNginx(nodes[0], upstreams: state.webServers, state)
         case .edge:
             try startVarnish(nodes[0], backend: try state.topology.nodes(.balancer).first.orThrow("the edge needs a balancer"), state)
+        case .client:
+            break  // a host only: `cluster exec client -- …` runs the load generator there
         }
     }
 
@@ -262,6 +264,7 @@ public struct Cluster: Sendable {
     }
 
     /// Kernel object names come from the cluster folder, so `down` finds them after a crash.
+    /// Always "m" and 5 characters: no prefix of another cluster's (tests use "x…").
     static func hostPrefix(_ dir: String) -> String {
         "m" + String(String(fnv(dir), radix: 36).suffix(5))
     }
@@ -275,6 +278,7 @@ public struct Cluster: Sendable {
         case .worker: "\(nodes.count) workers running"
         case .balancer: "nginx up"
         case .edge: "varnish up"
+        case .client: "client host ready"
         }
     }
 
@@ -286,7 +290,7 @@ public struct Cluster: Sendable {
     /// reach the cluster folder: refuse at once, naming the folder, rather than fail later
     /// inside initdb or nginx with "Permission denied" in a log file.
     func checkReachableByServiceUsers(_ topology: Topology) throws {
-        guard geteuid() == 0, topology.nodes.contains(where: { $0.role != .web && $0.role != .worker }) else { return }
+        guard geteuid() == 0, topology.nodes.contains(where: { ![.web, .worker, .client].contains($0.role) }) else { return }
         var url = URL(fileURLWithPath: dir)
         while true {
             var info = stat()
@@ -421,7 +425,9 @@ public struct Cluster: Sendable {
             let pid = pid(of: node)
             let alive = pid.map(Processes.isAlive) ?? false
             var health = "down"
-            if alive {
+            if node.role == .client {
+                health = FileManager.default.fileExists(atPath: "\(dir)/hosts/\(node.name)") ? "up" : "down"
+            } else if alive {
                 switch node.role {
                 case .web:
                     health = Processes.httpStatus(host: node.host, port: node.port, path: "/readyz", timeout: 1) == 200 ? "ready" : "unready"
@@ -431,6 +437,8 @@ public struct Cluster: Sendable {
                     health = Processes.httpStatus(host: node.host, port: node.port, path: "/healthz", timeout: 1) == 200 ? "up" : "unready"
                 case .database, .cache, .sessions:
                     health = Processes.portOpen(host: node.host, port: node.port, timeout: 1) ? "up" : "unready"
+                case .client:
+                    break
                 }
             }
             return NodeStatus(node: node, pid: alive ? pid : nil, health: health)
@@ -441,7 +449,8 @@ public struct Cluster: Sendable {
         func col(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
         var out = col("node", 18) + col("role", 10) + col("site", 6) + col("address", 22) + col("pid", 9) + "health\n"
         for r in rows {
-            out += col(r.node.name, 18) + col(r.node.role.rawValue, 10) + col(r.node.site, 6) + col(r.node.address, 22)
+            out += col(r.node.name, 18) + col(r.node.role.rawValue, 10) + col(r.node.site, 6)
+                + col(r.node.port > 0 ? r.node.address : r.node.host, 22)
                 + col(r.pid.map(String.init) ?? "-", 9) + r.health + "\n"
         }
         return out
@@ -518,6 +527,8 @@ public struct Cluster: Sendable {
             try script("memcached", ["kill", String(node.port)], env: serverEnv(node, state))
         case .sessions:
             try script("redis", ["kill", String(node.port)], env: serverEnv(node, state))
+        case .client:
+            throw Processes.Failure("the client host runs no server (partition it instead)")
         case .web, .worker, .balancer, .edge:
             guard let pid = pid(of: node), Processes.isAlive(pid) else { throw Processes.Failure("\(name) is not running") }
             Processes.signal(pid, SIGKILL)
@@ -563,6 +574,8 @@ public struct Cluster: Sendable {
                 for node in nodes { try? script("memcached", ["stop", String(node.port)], env: serverEnv(node, state)) }
             case .database:
                 if !nodes.isEmpty { try? script("postgres", ["destroy"], env: pgEnv(state)) }
+            case .client:
+                break
             }
         }
         // Then the hosts: namespaces, links, bridge, cgroups (killing anything left in them).

@@ -299,6 +299,8 @@ public struct HostsPlan: Codable, Sendable, Equatable {
     /// Cores each host may use (a cap, by cgroup quota), and its memory limit.
     public var cpus: Double
     public var memoryBytes: UInt64
+    /// The client host's budget (the load generator's): what is left over for it.
+    public var clientCpus: Double = 0.5
     /// Budgets changed by `scale --cpu`, by node name.
     public var cpusByNode: [String: Double] = [:]
 
@@ -322,6 +324,8 @@ public struct HostsPlan: Codable, Sendable, Equatable {
     }
 
     public func host(_ node: Node) -> NodeHost {
-        NodeHost(name: node.name, address: node.host, cpus: cpusByNode[node.name] ?? cpus, memoryBytes: memoryBytes)
+        NodeHost(
+            name: node.name, address: node.host, cpus: cpusByNode[node.name] ?? (node.role == .client ? clientCpus : cpus),
+            memoryBytes: memoryBytes)
     }
 }

@@ -12,25 +12,29 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     /// The stage's nodes: what runs, on which port, where. `web` overrides the number of
     /// web servers behind a balancer.
     public func topology(web: Int? = nil, _ layout: Layout) -> Topology {
-        let l = layout
-        let nodes: [Node]
+        // With hosts, clients get a host of their own too, outside the servers' budget.
+        let clients = layout.subnet == nil ? [] : [layout.client()]
+        return Topology(stage: self, nodes: (servers(web: web, layout) + clients).sorted { $0.role < $1.role })
+    }
+
+    /// The stage's servers; each stage is the one before it plus what it adds.
+    func servers(web: Int?, _ l: Layout) -> [Node] {
         switch self {
         case .single:
-            nodes = [l.web(1, isEntry: true)]
+            return [l.web(1, isEntry: true)]
         case .separateDB:
-            nodes = l.databases(replicas: 0) + [l.web(1, isEntry: true)]
+            return l.databases(replicas: 0) + [l.web(1, isEntry: true)]
         case .loadBalanced:
-            nodes = l.databases(replicas: 0) + l.webs(web ?? 2) + [l.balancer(behindEdge: false)]
+            return l.databases(replicas: 0) + l.webs(web ?? 2) + [l.balancer(behindEdge: false)]
         case .replicated:
-            nodes = l.databases(replicas: 2) + l.webs(web ?? 2) + [l.balancer(behindEdge: false)]
+            return l.databases(replicas: 2) + l.webs(web ?? 2) + [l.balancer(behindEdge: false)]
         case .cached:
-            nodes = l.databases(replicas: 2) + l.caches(2) + l.webs(web ?? 2) + [l.balancer(behindEdge: true), l.edge()]
+            return l.databases(replicas: 2) + l.caches(2) + l.webs(web ?? 2) + [l.balancer(behindEdge: true), l.edge()]
         case .stateless:
-            nodes = Stage.cached.topology(web: web, l).nodes + [l.sessions()]
+            return Stage.cached.servers(web: web, l) + [l.sessions()]
         case .queued:
-            nodes = Stage.stateless.topology(web: web, l).nodes + l.workers(2)
+            return Stage.stateless.servers(web: web, l) + l.workers(2)
         }
-        return Topology(stage: self, nodes: nodes.sorted { $0.role < $1.role })
     }
 
     /// The stage as it comes up by default (ports from 8080, no folder): for the figures
@@ -87,6 +91,7 @@ public struct Layout: Sendable {
         case .sessions: 30
         case .web: 40 + index  // up to Ports.maxWebServers
         case .worker: 70 + index  // up to Ports.maxWorkers
+        case .client: 100
         }
     }
 
@@ -132,6 +137,9 @@ public struct Layout: Sendable {
     }
 
     public func edge() -> Node { node("varnish", .edge, ports.site, pidFile: "\(run)/varnish.pid") }
+
+    /// A host with no server, for `cluster exec client -- millions bench …`.
+    public func client() -> Node { node("client", .client, 0, pidFile: "") }
 }
 
 /// Where everything listens, from one base port. All below 32768, so no port collides

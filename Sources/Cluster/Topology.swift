@@ -9,6 +9,8 @@ public enum Role: String, Codable, Sendable, CaseIterable, Comparable {
     case worker
     case balancer
     case edge
+    /// Where the load generator and the drills' clients run (with hosts): no server.
+    case client
 
     public static func < (a: Role, b: Role) -> Bool {
         allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!

@@ -336,10 +336,15 @@ import Testing
                 let rows = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in }).status()
                 #expect(rows.allSatisfy { $0.health != "down" && $0.health != "unready" }, "\(rows.map { "\($0.node.name) \($0.health)" })")
 
-                // A web server's host reaches the primary at its address.
+                // A web server's host reaches the primary at its address; the client host
+                // (the load generator's, with its own budget) reaches the site.
+                func probe(_ node: Node) -> String {
+                    "import socket,sys\ns=socket.socket()\ns.settimeout(5)\nsys.exit(s.connect_ex(('\(node.host)',\(node.port))))"
+                }
                 let primary = try #require(state.topology.node(named: "postgres-primary"))
-                let probe = "import socket,sys\ns=socket.socket()\ns.settimeout(5)\nsys.exit(s.connect_ex(('\(primary.host)',\(primary.port))))"
-                #expect(try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, "web2", "--", "python3", "-c", probe]) == 0)
+                #expect(try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, "web2", "--", "python3", "-c", probe(primary)]) == 0)
+                #expect(try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, "client", "--", "python3", "-c", probe(entry)]) == 0)
+                #expect(state.topology.nodes(.client).map(\.host) == ["198.18.\(plan.subnet).100"])
 
                 if stage == "replicated" {
                     let cut = try await Self.underLoad(host: entry.host, port: entry.port, userID: id, email: "\(stage)-hosts@example.com") {

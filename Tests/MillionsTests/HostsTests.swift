@@ -7,8 +7,9 @@ import Testing
 @Suite(.serialized) struct HostsTests {
     static func network(_ prefix: String, subnet: Int) throws -> HostNetwork {
         try #require(geteuid() == 0, "HostsTests need root (network namespaces, a bridge, cgroups)")
-        let net = try HostNetwork(prefix: prefix, subnet: subnet)
-        try net.removeAll()  // what an earlier crashed run left
+        try HostNetwork(prefix: prefix, subnet: subnet).removeAll()  // what an earlier crashed run left
+        // A subnet no running cluster uses.
+        let net = try HostNetwork(prefix: prefix, subnet: try HostNetwork.freeSubnet(preferred: subnet))
         try net.create()
         return net
     }
@@ -28,7 +29,7 @@ import Testing
     }
 
     @Test func hostsHaveTheirOwnAddressesAndLoopbackAndCanBeCutOff() throws {
-        let net = try Self.network("mht1", subnet: 201)
+        let net = try Self.network("xht1", subnet: 201)
         defer { try? net.removeAll() }
         let a = NodeHost(name: "a", address: net.address(10), cpus: 0.5, memoryBytes: 256 << 20)
         let b = NodeHost(name: "b", address: net.address(11), cpus: 0.5, memoryBytes: 256 << 20)
@@ -58,7 +59,7 @@ import Testing
     /// enforced by the kernel per 100 ms period; one period of slack), however long the
     /// loaded machine takes; the budget changes live.
     @Test func aHostsCPUBudgetIsEnforcedAndChangesLive() throws {
-        let net = try Self.network("mht2", subnet: 202)
+        let net = try Self.network("xht2", subnet: 202)
         defer { try? net.removeAll() }
         var host = NodeHost(name: "busy", address: net.address(10), cpus: 0.2, memoryBytes: 128 << 20)
         try net.add(host)
@@ -74,20 +75,20 @@ import Testing
 
         host.cpus = 1.5
         try net.setBudget(host)
-        let quota = try String(contentsOfFile: "/sys/fs/cgroup/cpu/millions-mht2/busy/cpu.cfs_quota_us", encoding: .utf8)
-        let max = try? String(contentsOfFile: "/sys/fs/cgroup/millions-mht2/busy/cpu.max", encoding: .utf8)
+        let quota = try String(contentsOfFile: "/sys/fs/cgroup/cpu/millions-xht2/busy/cpu.cfs_quota_us", encoding: .utf8)
+        let max = try? String(contentsOfFile: "/sys/fs/cgroup/millions-xht2/busy/cpu.max", encoding: .utf8)
         #expect(quota.hasPrefix("150000") || (max?.hasPrefix("150000 100000") ?? false))
     }
 
     /// `removeAll` from a fresh value (as after a crash that lost all state) finds and
     /// removes every namespace, link, bridge and cgroup, killing what still runs.
     @Test func removeAllLeavesNothingEvenAfterACrash() throws {
-        let net = try Self.network("mht3", subnet: 203)
+        let net = try Self.network("xht3", subnet: 203)
         let host = NodeHost(name: "h", address: net.address(10), cpus: 0.5, memoryBytes: 64 << 20)
         try net.add(host)
         let pid = try Processes.spawnDetached(net.command(on: host, ["/bin/sleep", "600"]), log: "/dev/null")
         #expect(Processes.wait(seconds: 60) { !(try! net.leftovers()).isEmpty })
-        let again = try HostNetwork(prefix: "mht3", subnet: 203)
+        let again = try HostNetwork(prefix: "xht3", subnet: 1)  // only the prefix matters
         try again.removeAll()
         #expect(try again.leftovers() == [])
         #expect(Processes.wait(seconds: 60) { Processes.reap(pid); return !Processes.isAlive(pid) })

@@ -29,6 +29,23 @@ import Testing
         }
     }
 
+    /// With hosts, every node has an address of its own from the plan by role, a client
+    /// host joins, and the settings name the host addresses.
+    @Test func onHostsEachNodeHasItsOwnAddress() {
+        let t = Stage.queued.topology(web: 3, Layout(ports: try! Ports(base: 19000), dir: "/tmp/c", subnet: 7))
+        let byName = Dictionary(uniqueKeysWithValues: t.nodes.map { ($0.name, $0.host) })
+        #expect(byName["nginx"] == "198.18.7.2" && byName["varnish"] == "198.18.7.3")
+        #expect(byName["postgres-primary"] == "198.18.7.10" && byName["postgres-r2"] == "198.18.7.12")
+        #expect(byName["memcached1"] == "198.18.7.21" && byName["redis"] == "198.18.7.30")
+        #expect(byName["web3"] == "198.18.7.43" && byName["worker2"] == "198.18.7.72" && byName["client"] == "198.18.7.100")
+        #expect(Set(byName.values).count == t.nodes.count)
+        let s = t.appSettings(dataDirectory: "/tmp/c/data")
+        #expect(s["data.postgres.nodes"] == "198.18.7.10:19040,198.18.7.11:19041,198.18.7.12:19042")
+        #expect(s["redis.address"] == "198.18.7.30:19060")
+        #expect(s["http.trustedProxies"] == "127.0.0.1,::1,198.18.7.2")
+        #expect(t.entry?.name == "varnish")
+    }
+
     /// The web servers' settings name the topology's own nodes, by address.
     @Test func settingsComeFromTheNodes() {
         let queued = Stage.queued.topology(Self.layout)

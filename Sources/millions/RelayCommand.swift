@@ -1,0 +1,47 @@
+import ArgumentParser
+import Cluster
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// `millions relay`: a WAN link between two sites, emulated in user space.
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "A TCP relay that delays every byte by a one-way delay (plus jitter) in each direction: an emulated WAN link.")
+    @Option(name: .long, help: ArgumentHelp("Where to listen.", valueName: "host:port")) var listen: String
+    @Option(name: .long, help: ArgumentHelp("Where to relay to.", valueName: "host:port")) var to: String
+    @Option(name: .customLong("delay-ms"), help: "One-way delay, each direction.") var delayMs: Double
+    @Option(name: .customLong("jitter-ms"), help: "Extra delay, uniform in 0…this; order is kept.") var jitterMs: Double = 0
+
+    static func address(_ text: String) throws -> (String, Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port),
+            colon != text.startIndex
+        else { throw ValidationError("expected host:port, got \(text)") }
+        return (String(text[..<colon]), port)
+    }
+
+    func run() async throws {
+        let (listenHost, listenPort) = try Self.address(listen)
+        let (targetHost, targetPort) = try Self.address(to)
+        guard delayMs >= 0, jitterMs >= 0, delayMs + jitterMs <= 10_000 else { throw ValidationError("delay and jitter must be 0…10000 ms") }
+        let logger = bootstrapLogging(.info)
+        let relay = try await DelayRelay(
+            .init(listenHost: listenHost, listenPort: listenPort, targetHost: targetHost, targetPort: targetPort, delayMs: delayMs, jitterMs: jitterMs))
+        logger.info(
+            "relay listening",
+            metadata: ["listen": "\(listenHost):\(relay.port)", "to": "\(to)", "delay_ms": "\(delayMs)", "jitter_ms": "\(jitterMs)"])
+        let group = ServiceGroup(
+            configuration: .init(services: [RelayService(relay: relay)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// Keeps the relay until SIGTERM, then closes it.
+struct RelayService: Service {
+    let relay: DelayRelay
+    func run() async throws {
+        try? await gracefulShutdown()
+        try await relay.close()
+    }
+}
