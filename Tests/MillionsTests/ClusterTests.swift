@@ -318,7 +318,8 @@ import Testing
 
     /// `replicated` and `cached` with every node on a host of its own: the site answers at
     /// the edge's host address (not on loopback), each node has its own address, a replica
-    /// cut off the network under load fails no read, a killed web server fails no read, a
+    /// cut off the network under load fails no request, the primary killed then failed over
+    /// across hosts (503 + Retry-After meanwhile), a killed web server fails no read, a
     /// command runs on a host, and `down` leaves no namespace, link or cgroup.
     @Test func replicatedAndCachedRunOnHosts() async throws {
         try #require(geteuid() == 0, "hosts need root (network namespaces, a bridge, cgroups); CI runs as root")
@@ -354,6 +355,20 @@ import Testing
                     #expect(try await f.cluster("heal", "postgres-r1") == 0)
                     #expect(cut.failures.withLock { $0 }.filter { $0.hasPrefix("GET") } == [])
                     #expect(cut.failures.withLock { $0 } == [])
+
+                    // The primary killed on its host: reads go on, writes answer 503 with
+                    // Retry-After; failover across hosts; writes work again.
+                    #expect(try await f.cluster("kill", "postgres-primary") == 0)
+                    #expect(try await Self.request(entry.port, .GET, "/users/\(id)", host: entry.host).status == 200)
+                    let refused = try await Self.request(entry.port, .POST, "/users", json: Self.signUpBody("during-hosts@example.com"), host: entry.host)
+                    #expect(refused.status == 503 && refused.headers["Retry-After"].first != nil)
+                    #expect(try await f.cluster("failover") == 0)
+                    var created: UInt = 0
+                    for _ in 0..<300 where created != 201 {
+                        created = try await Self.request(entry.port, .POST, "/users", json: Self.signUpBody("after-hosts@example.com"), host: entry.host).status
+                        if created != 201 { try await Task.sleep(for: .milliseconds(200)) }
+                    }
+                    #expect(created == 201)
                 } else {
                     let killed = try await Self.underLoad(host: entry.host, port: entry.port, userID: id, email: "\(stage)-hosts@example.com") {
                         let status = try await f.cluster("kill", "web1")
