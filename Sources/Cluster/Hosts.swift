@@ -93,14 +93,18 @@ public struct HostNetwork: Sendable {
     /// `argv` as a command that runs on `host`: it joins the host's cgroup, then its
     /// namespace, then execs (same pid, so pid files and signals work as on loopback).
     public func command(on host: NodeHost, _ argv: [String]) -> [String] {
-        let join = cgroups.procsFiles(cgroup(host)).map { "echo $$ > \($0)" }.joined(separator: " && ")
-        return ["/bin/sh", "-c", "\(join) && exec \(Self.ip) netns exec \(namespace(host)) \"$@\"", "sh"] + argv
+        ["/bin/sh", "-c", joinAndExec(host), "sh"] + argv
     }
 
     /// The same as a script: `#!/bin/sh` that joins the host and execs its arguments there.
     public func wrapperScript(on host: NodeHost) -> String {
+        "#!/bin/sh\n# Runs its arguments on host \(host.name) (\(host.address)).\n\(joinAndExec(host))\n"
+    }
+
+    /// Shell: this process joins the host's cgroup, then execs `"$@"` in its namespace.
+    func joinAndExec(_ host: NodeHost) -> String {
         let join = cgroups.procsFiles(cgroup(host)).map { "echo $$ > \($0)" }.joined(separator: " && ")
-        return "#!/bin/sh\n# Runs its arguments on host \(host.name) (\(host.address)).\n\(join) && exec \(Self.ip) netns exec \(namespace(host)) \"$@\"\n"
+        return "\(join) && exec \(Self.ip) netns exec \(namespace(host)) \"$@\""
     }
 
     /// Removes one host (its processes must have stopped): namespace, veth, cgroup.
@@ -112,10 +116,7 @@ public struct HostNetwork: Sendable {
 
     /// A subnet no interface of this machine uses yet, trying `preferred` first.
     public static func freeSubnet(preferred: Int) throws -> Int {
-        let log = NSTemporaryDirectory() + "millions-ip-\(getpid())-addr.log"
-        defer { try? FileManager.default.removeItem(atPath: log) }
-        _ = try Processes.run([ip, "-o", "addr", "show"], log: log)
-        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let text = try run("-o", "addr", "show")
         for k in 0..<254 {
             let subnet = (preferred - 1 + k) % 254 + 1
             if !text.contains(" 198.18.\(subnet).") { return subnet }
@@ -134,12 +135,12 @@ public struct HostNetwork: Sendable {
     /// still runs in them. Safe to run again, and after a crash.
     public func removeAll() throws {
         for ns in try namespaces() {
-            for pid in try output([Self.ip, "netns", "pids", ns]).split(whereSeparator: \.isNewline).compactMap({ Int32($0) }) {
+            for pid in try ip("netns", "pids", ns).split(whereSeparator: \.isNewline).compactMap({ Int32($0) }) {
                 Glibc.kill(pid, SIGKILL)
             }
             try ip("netns", "delete", ns)
         }
-        for link in try links() where link != bridge { try? ip("link", "delete", link) }
+        for link in try links() where link != bridge { _ = try? ip("link", "delete", link) }
         if linkExists(bridge) { try ip("link", "delete", bridge) }
         try cgroups.removeTree(cgroup)
     }
@@ -150,14 +151,14 @@ public struct HostNetwork: Sendable {
     }
 
     func namespaces() throws -> [String] {
-        try output([Self.ip, "netns", "list"]).split(whereSeparator: \.isNewline)
+        try ip("netns", "list").split(whereSeparator: \.isNewline)
             .compactMap { $0.split(separator: " ").first.map(String.init) }
             .filter { $0.hasPrefix(prefix + "-") }
     }
 
     func links() throws -> [String] {
         // "12: mc1v10@if11: <BROADCAST…": the name is the second field, before any "@".
-        try output([Self.ip, "-o", "link", "show"]).split(whereSeparator: \.isNewline).compactMap { line in
+        try ip("-o", "link", "show").split(whereSeparator: \.isNewline).compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count > 1 else { return nil }
             let name = String(fields[1].dropLast().split(separator: "@").first ?? "")
@@ -167,22 +168,21 @@ public struct HostNetwork: Sendable {
 
     func linkExists(_ name: String) -> Bool { (try? Processes.run([Self.ip, "link", "show", name], log: "/dev/null")) == 0 }
 
-    func ip(_ args: String...) throws {
-        let log = NSTemporaryDirectory() + "millions-ip-\(getpid()).log"
-        defer { try? FileManager.default.removeItem(atPath: log) }
-        let status = try Processes.run([Self.ip] + args, log: log)
-        guard status == 0 else {
-            let message = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            throw Processes.Failure("ip \(args.joined(separator: " ")) failed: \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
-        }
-    }
+    @discardableResult
+    func ip(_ args: String...) throws -> String { try Self.run(args) }
 
-    func output(_ argv: [String]) throws -> String {
-        let log = NSTemporaryDirectory() + "millions-ip-\(getpid())-out.log"
+    static func run(_ args: String...) throws -> String { try run(args) }
+
+    /// Runs `ip ARGS`; its output, or a failure carrying what it printed.
+    static func run(_ args: [String]) throws -> String {
+        let log = NSTemporaryDirectory() + "millions-ip-\(getpid())-\(UUID().uuidString).log"
         defer { try? FileManager.default.removeItem(atPath: log) }
-        let status = try Processes.run(argv, log: log)
-        guard status == 0 else { throw Processes.Failure("\(argv.joined(separator: " ")) failed (exit \(status))") }
-        return (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let status = try Processes.run([ip] + args, log: log)
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        guard status == 0 else {
+            throw Processes.Failure("ip \(args.joined(separator: " ")) failed: \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        return text
     }
 }
 

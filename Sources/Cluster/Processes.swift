@@ -117,15 +117,7 @@ public enum Processes {
     }
 
     /// Whether something accepts TCP connections on 127.0.0.1:`port`.
-    public static func portOpen(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { Glibc.close(fd) }
-        var addr = loopback(port)
-        return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-    }
+    public static func portOpen(_ port: Int) -> Bool { portOpen(host: "127.0.0.1", port: port) }
 
     /// Whether something accepts TCP connections on `host:port` within `timeout` seconds
     /// (a host cut off the network drops the handshake: no answer, rather than a refusal).
@@ -141,8 +133,7 @@ public enum Processes {
         guard fd >= 0 else { return nil }
         let flags = fcntl(fd, F_GETFL)
         _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
-        var addr = loopback(port)
-        addr.sin_addr.s_addr = inet_addr(host)
+        var addr = address(host, port)
         let started = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -199,11 +190,11 @@ public enum Processes {
         return (status, body)
     }
 
-    private static func loopback(_ port: Int) -> sockaddr_in {
+    private static func address(_ host: String, _ port: Int) -> sockaddr_in {
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_addr.s_addr = inet_addr(host)
         return addr
     }
 }

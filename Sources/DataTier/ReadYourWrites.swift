@@ -27,14 +27,16 @@ public final class ReadYourWrites: Sendable {
     }
 
     /// Records a write made elsewhere (a job's result) that this client has been told of,
-    /// so its next reads see it too.
-    public func learned(of position: UInt64) {
+    /// so its next reads see it too. True if that raised the position.
+    @discardableResult
+    public func learned(of position: UInt64) -> Bool {
         let higher = lsn.withLock { current in
             guard position > current else { return false }
             current = position
             return true
         }
         if higher { raised.withLock { $0 = true } }
+        return higher
     }
 }
 

@@ -122,15 +122,10 @@ struct PhotosController {
         else { throw MillionsError(.notFound, "no such job") }
         // The worker's write is not this session's: once the session is told "done", its
         // reads must see the result, so its read-your-writes position moves past it.
-        if job.state == .done, job.resultPosition > 0, let ryw = ReadYourWrites.current {
-            let before = ryw.minimumLSN
-            ryw.learned(of: job.resultPosition)
-            if ryw.minimumLSN > before {
-                metrics.counter(
-                    "read_your_writes_raised", "Client positions raised to an asynchronous write they learned of",
-                    [("source", "job")]
-                ).increment()
-            }
+        if job.state == .done, job.resultPosition > 0, ReadYourWrites.current?.learned(of: job.resultPosition) == true {
+            metrics.counter(
+                "read_your_writes_raised", "Client positions raised to an asynchronous write they learned of", [("source", "job")]
+            ).increment()
         }
         return try Response.json(JobView(job, payload), headers: [.cacheControl: "no-store"])
     }

@@ -96,12 +96,11 @@ import Testing
     func client(_ server: RedisServer, protocolVersion: Int = 3, password: String? = nil, timeoutMS: Int64 = 10_000)
         throws -> RedisClient
     {
-        var config = try RedisClient.Configuration(address: server.address)
+        var config = try RedisClient.Configuration.forTests(server)
         config.protocolVersion = protocolVersion
         config.password = password
         config.connections = 2
         config.timeout = .milliseconds(timeoutMS)
-        config.connectTimeout = .seconds(10)
         return RedisClient(configuration: config, metrics: AppMetrics(), logger: Self.logger)
     }
 
