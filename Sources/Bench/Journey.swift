@@ -3,10 +3,24 @@ import Foundation
 import NIOCore
 
 /// `millions bench journey`: every stage brought up, seeded, warmed and measured with the
-/// same scenario, then brought down; one row per stage.
+/// same scenario, then brought down; one row per stage. With hosts, every node runs on a
+/// host with the same CPU budget and the load generator on the client host, so a stage
+/// that adds machines adds capacity; each row says how busy each tier was.
 public struct Journey: Sendable {
+    /// One tier's CPU while measured: cores used (CPU seconds per second) and, with hosts,
+    /// the cores its hosts may use.
+    public struct TierCPU: Codable, Sendable {
+        public var tier: String
+        public var nodes: Int
+        public var cores: Double
+        public var budget: Double?
+        /// cores ÷ budget: 1 is saturated.
+        public var utilization: Double? { budget.flatMap { $0 > 0 ? cores / $0 : nil } }
+    }
+
     public struct Row: Codable, Sendable {
         public var stage: String
+        public var hosts: Bool
         public var requestsPerSecond: Double
         public var p50Ms: Double
         public var p99Ms: Double
@@ -19,6 +33,10 @@ public struct Journey: Sendable {
         public var errors: Int
         public var upSeconds: Double
         public var seedSeconds: Double
+        /// Per tier, in start order, the load generator ("client") last.
+        public var cpu: [TierCPU]
+        /// The tier closest to its budget (hosts), or using the most CPU (loopback).
+        public var busiest: String?
     }
 
     public var stages: [Stage]
@@ -33,6 +51,13 @@ public struct Journey: Sendable {
     public var scripts: String
     /// Extra configuration for every web server (e.g. log.level).
     public var settings: [String: String]
+    /// Every node on a host of its own (`cluster up --hosts`), `cpus` cores each.
+    public var hosts = false
+    public var cpus: Double? = nil
+    /// Web servers in the balanced stages (nil: each stage's default).
+    public var webServers: Int? = nil
+    /// Before the warm-up, read every seeded id once (see `ScanScenario`).
+    public var warmPass = true
 
     public init(
         stages: [Stage], users: Int, connections: Int, duration: Int, warmup: Int, distribution: KeySampler.Distribution,
@@ -55,9 +80,11 @@ public struct Journey: Sendable {
         var rows: [Row] = []
         for stage in stages {
             let cluster = Cluster(dir: dir, binary: binary, scripts: scripts, say: { say("  " + $0) })
-            say("== \(stage.rawValue): \(stage.summary)")
-            let upSeconds = try cluster.up(stage: stage, webServers: nil, basePort: basePort, settings: settings)
+            say("== \(stage.rawValue)\(hosts ? " on hosts" : ""): \(stage.summary)")
             do {
+                let web = stage.balanced ? webServers : nil
+                let upSeconds = try cluster.up(
+                    stage: stage, webServers: web, basePort: basePort, settings: settings, hosts: hosts, cpus: cpus)
                 rows.append(try await measure(stage, cluster, upSeconds: upSeconds, say: say))
             } catch {
                 try? cluster.down()
@@ -78,18 +105,33 @@ public struct Journey: Sendable {
         guard status == 0 else { throw BenchError("seeding failed (see \(dir)/logs/seed.log)") }
         let seedSeconds = Date().timeIntervalSince(seedStart)
         say("  seeded \(users) users in \(String(format: "%.1f", seedSeconds)) s")
-        let scenario = ReadScenario(ids: try Setup.ids(file: idsFile), distribution: distribution)
-        var options = LoadOptions(port: state.ports.site)
-        options.connections = connections
-        if warmup > 0 {
-            options.duration = .seconds(Int64(warmup))
-            _ = try await LoadRunner.run(options, scenario: scenario)
+        // API reads are dynamic content: they go to the balancer, not through the CDN.
+        guard let entry = state.topology.dynamicEntry else { throw BenchError("the topology has no web server") }
+        let ids = try Setup.ids(file: idsFile)
+        if warmPass {
+            let started = Date()
+            var options = LoadOptions(port: entry.port)
+            options.host = entry.host
+            options.connections = connections
+            options.duration = .seconds(3600)
+            let scan = try await LoadRunner.run(options, scenario: ScanScenario(ids: ids, connections: connections))
+            say("  warm pass: \(scan.requests) reads (every id once) in \(String(format: "%.1f", Date().timeIntervalSince(started))) s, \(scan.errorCount) errors")
         }
-        let webPorts = state.webServers.map(\.port)
-        let before = Metrics.scrape(webPorts)
-        options.duration = .seconds(Int64(duration))
-        let result = try await LoadRunner.run(options, scenario: scenario)
-        let after = Metrics.scrape(webPorts)
+        if warmup > 0 { _ = try await load(entry, ids: ids, idsFile: idsFile, seconds: warmup, state) }
+
+        // CPU is sampled inside the run, a second after its start and before its end, so
+        // the load generator's start and the servers' idle tail are not averaged in.
+        let margin = duration >= 6 ? 1.0 : 0.0
+        let webNodes = state.webServers
+        let before = Metrics.scrape(webNodes)
+        async let running = load(entry, ids: ids, idsFile: idsFile, seconds: duration, state)
+        try await Task.sleep(for: .seconds(margin))
+        let cpu0 = try cluster.cpuSeconds(), client0 = Self.ownCPUSeconds(), t0 = Date()
+        try await Task.sleep(for: .seconds(Double(duration) - 2 * margin))
+        let cpu1 = try cluster.cpuSeconds(), client1 = Self.ownCPUSeconds(), t1 = Date()
+        let result = try await running
+        let after = Metrics.scrape(webNodes)
+
         let d = after.minus(before)
         let requests = max(d.value("http_server_requests_total"), 1)
         let hits = d.value("cache_hits_total"), misses = d.value("cache_misses_total")
@@ -99,35 +141,103 @@ public struct Journey: Sendable {
         let reads = d.samples.filter { $0.name == "db_query_duration_seconds_count" && ($0.labels["role"] == "read" || $0.labels["role"] == "primary") }
         let allQueries = reads.map(\.value).reduce(0, +)
         let replica = reads.filter { $0.labels["role"] == "read" && !primaries.contains($0.labels["node"] ?? "") }.map(\.value).reduce(0, +)
+
+        let seconds = max(t1.timeIntervalSince(t0), 0.001)
+        let budgets = try cluster.budgets()
+        var tiers: [TierCPU] = Role.allCases.compactMap { role in
+            let nodes = state.topology.nodes(role)
+            guard !nodes.isEmpty, role != .client || hosts else { return nil }
+            let used = nodes.map { (cpu1[$0.name] ?? 0) - (cpu0[$0.name] ?? 0) }.reduce(0, +)
+            return TierCPU(
+                tier: role.rawValue, nodes: nodes.count, cores: used / seconds,
+                budget: hosts ? nodes.map { budgets[$0.name] ?? 0 }.reduce(0, +) : nil)
+        }
+        // On loopback the load generator is this process.
+        if !hosts { tiers.append(TierCPU(tier: "client", nodes: 1, cores: (client1 - client0) / seconds, budget: nil)) }
+        let busiest = hosts ? tiers.max { ($0.utilization ?? 0) < ($1.utilization ?? 0) } : tiers.max { $0.cores < $1.cores }
+
         let row = Row(
-            stage: stage.rawValue, requestsPerSecond: result.requestsPerSecond, p50Ms: result.latencyMs.p50,
+            stage: stage.rawValue, hosts: hosts, requestsPerSecond: result.requestsPerSecond, p50Ms: result.latencyMs.p50,
             p99Ms: result.latencyMs.p99,
             databaseReadsPer1000: d.value("user_store_calls_total", where: ["op": "read"]) / requests * 1000,
             cacheHitRatio: hits + misses > 0 ? hits / (hits + misses) : nil,
-            replicaShare: stage.replicas > 0 && allQueries > 0 ? replica / allQueries : nil,
-            errors: result.errorCount, upSeconds: upSeconds, seedSeconds: seedSeconds)
+            replicaShare: stage.replicas > 0 && allQueries >= requests / 100 ? replica / allQueries : nil,
+            errors: result.errorCount, upSeconds: upSeconds, seedSeconds: seedSeconds, cpu: tiers, busiest: busiest?.tier)
         say("  \(Int(row.requestsPerSecond)) req/s, p99 \(Format.ms(row.p99Ms)) ms, \(Format.number(row.databaseReadsPer1000)) db reads / 1k requests")
+        say("  CPU: \(Self.cpuText(row))")
         return row
     }
 
+    /// The read scenario for `seconds`: in this process on loopback; with hosts, as
+    /// `millions bench read` on the client host, so the load generator has a budget too.
+    func load(_ entry: Node, ids: [Int64], idsFile: String, seconds: Int, _ state: ClusterState) async throws -> BenchResult {
+        guard hosts else {
+            var options = LoadOptions(port: entry.port)
+            options.host = entry.host
+            options.connections = connections
+            options.duration = .seconds(Int64(seconds))
+            return try await LoadRunner.run(options, scenario: ReadScenario(ids: ids, distribution: distribution))
+        }
+        let json = dir + "/logs/client-result.json"
+        try? FileManager.default.removeItem(atPath: json)
+        let zipf: Double = if case .zipf(let e) = distribution { e } else { 0 }
+        let argv = [
+            dir + "/hosts/client", binary, "bench", "read", "--host", entry.host, "--port", String(entry.port), "--ids-file", idsFile,
+            "--connections", String(connections), "--duration", String(seconds), "--zipf", String(zipf), "--json", json,
+        ]
+        let log = dir + "/logs/client.log"
+        // Off the cooperative pool: this blocks until the load generator exits.
+        let status = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
+            Thread.detachNewThread { c.resume(with: Result { try Processes.run(argv, log: log) }) }
+        }
+        guard status == 0, let data = FileManager.default.contents(atPath: json) else {
+            throw BenchError("the load generator on the client host failed (exit \(status); see \(log))")
+        }
+        return try JSONDecoder().decode(BenchResult.self, from: data)
+    }
+
+    static func ownCPUSeconds() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        func s(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+        return s(usage.ru_utime) + s(usage.ru_stime)
+    }
+
+    /// "web ×2 0.25/0.25 · db 0.04/0.13 · …": cores used, and of what budget with hosts.
+    static func cpuText(_ row: Row) -> String {
+        row.cpu.map { t in
+            let count = t.nodes > 1 ? " ×\(t.nodes)" : ""
+            let budget = t.budget.map { "/" + String(format: "%.2f", $0) } ?? ""
+            return "\(t.tier)\(count) \(String(format: "%.2f", t.cores))\(budget)"
+        }.joined(separator: " · ")
+    }
+
     public static func table(_ rows: [Row]) -> String {
-        var out = "| stage | requests/s | p50 ms | p99 ms | db reads / 1k req | cache hit ratio | replica share | errors |\n"
-        out += "|---|---|---|---|---|---|---|---|\n"
+        var out = "| stage | requests/s | p50 ms | p99 ms | db reads / 1k req | cache hit ratio | replica share | errors | CPU cores used\(rows.contains { $0.hosts } ? " / budget" : "") | busiest |\n"
+        out += "|---|---|---|---|---|---|---|---|---|---|\n"
         for r in rows {
             out +=
-                "| \(r.stage) | \(Format.number(r.requestsPerSecond)) | \(Format.ms(r.p50Ms)) | \(Format.ms(r.p99Ms)) | \(Format.number(r.databaseReadsPer1000)) | \(r.cacheHitRatio.map { String(format: "%.3f", $0) } ?? "–") | \(r.replicaShare.map { String(format: "%.0f%%", $0 * 100) } ?? "–") | \(r.errors) |\n"
+                "| \(r.stage) | \(Format.number(r.requestsPerSecond)) | \(Format.ms(r.p50Ms)) | \(Format.ms(r.p99Ms)) | \(Format.number(r.databaseReadsPer1000)) | \(r.cacheHitRatio.map { String(format: "%.3f", $0) } ?? "–") | \(r.replicaShare.map { String(format: "%.0f%%", $0 * 100) } ?? "–") | \(r.errors) | \(cpuText(r)) | \(r.busiest ?? "–") |\n"
         }
         return out
     }
 
     public static func svg(_ rows: [Row], title: String) -> String {
-        SVGChart.bars(
+        // The bottleneck: with hosts, how close the busiest tier is to its budget.
+        let busiest = rows.map { r in r.cpu.first { $0.tier == r.busiest } }
+        let hosts = rows.contains { $0.hosts }
+        return SVGChart.bars(
             title: title, categories: rows.map(\.stage),
             panels: [
                 ("requests/s", "#2f6fb0", rows.map(\.requestsPerSecond)),
                 ("p99 latency, ms", "#c0392b", rows.map(\.p99Ms)),
                 ("database reads per 1,000 requests", "#8e44ad", rows.map(\.databaseReadsPer1000)),
-            ])
+                (
+                    hosts ? "busiest tier: CPU used ÷ its budget" : "busiest tier: cores used", "#27ae60",
+                    busiest.map { ($0.flatMap { hosts ? $0.utilization : $0.cores }) ?? 0 }
+                ),
+            ],
+            notes: [3: busiest.map { t in t.map { "\($0.tier) \(String(format: hosts ? "%.0f%%" : "%.2f", hosts ? ($0.utilization ?? 0) * 100 : $0.cores))" } ?? "–" }])
     }
 }
 
@@ -135,15 +245,16 @@ public struct Journey: Sendable {
 struct Metrics {
     var samples: [(name: String, labels: [String: String], value: Double)] = []
 
-    static func scrape(_ ports: [Int]) -> Metrics {
+    static func scrape(_ nodes: [Node]) -> Metrics {
         var m = Metrics()
-        for port in ports {
-            guard let (status, body) = Processes.httpGet(port: port, path: "/metrics"), status == 200 else { continue }
+        for node in nodes {
+            guard let (status, body) = Processes.httpGet(host: node.host, port: node.port, path: "/metrics"), status == 200 else { continue }
             for line in body.split(separator: "\n") where !line.hasPrefix("#") {
                 guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
                 let series = line[..<space]
                 var name = String(series)
-                var labels: [String: String] = [:]
+                // Each server's series apart: two servers report the same labels.
+                var labels: [String: String] = ["_server": node.name]
                 if let brace = series.firstIndex(of: "{") {
                     name = String(series[..<brace])
                     for pair in series[series.index(after: brace)...].dropLast().split(separator: ",") {

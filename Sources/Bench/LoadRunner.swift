@@ -2,6 +2,7 @@ import Histogram
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 
 /// How to load a server.
 public struct LoadOptions: Sendable {
@@ -40,6 +41,11 @@ final class LoopRecorder {
     func error(_ kind: String) { errors[kind, default: 0] += 1 }
 }
 
+/// How many connections of a run have finished their source.
+final class Finished: Sendable {
+    let value = Atomic<Int>(0)
+}
+
 /// One keep-alive connection's loop of requests; reconnects when the server closes it.
 /// Every method runs on `loop`.
 final class Slot {
@@ -64,9 +70,12 @@ final class Slot {
     /// Open loop: requests whose time has come while the connection was busy.
     var waiting = CircularBuffer<NIODeadline>()
     var idleWaiters: [EventLoopPromise<Void>] = []
+    /// Connections whose source finished, across the run.
+    let done: Finished
 
-    init(loop: any EventLoop, options: LoadOptions, recorder: LoopRecorder, source: any RequestSource, end: NIODeadline) {
+    init(loop: any EventLoop, options: LoadOptions, recorder: LoopRecorder, source: any RequestSource, end: NIODeadline, done: Finished) {
         self.loop = loop
+        self.done = done
         self.options = options
         self.recorder = recorder
         self.source = source
@@ -113,6 +122,10 @@ final class Slot {
     }
 
     func send(intended: NIODeadline) {
+        if source.finished {
+            finish()
+            return
+        }
         guard let channel, channel.isActive, inFlight == nil else {
             if !closedLoop { waiting.append(intended) }
             return
@@ -214,6 +227,16 @@ final class Slot {
         }
     }
 
+    /// The source is done: this connection stops, and counts itself done.
+    func finish() {
+        guard !stopped else { return }
+        stopped = true
+        channel?.close(promise: nil)
+        for p in idleWaiters { p.succeed() }
+        idleWaiters = []
+        done.value.add(1, ordering: .relaxed)
+    }
+
     /// Stops sending; completes once the request in flight (if any) is answered or closed.
     func stop() -> EventLoopFuture<Void> {
         stopped = true
@@ -274,13 +297,14 @@ public enum LoadRunner {
         for loop in loops {
             recorders.append(try await loop.submit { NIOLoopBound(LoopRecorder(start: start), eventLoop: loop) }.get())
         }
+        let done = Finished()
         var slots: [NIOLoopBound<Slot>] = []
         for i in 0..<options.connections {
             let loop = loops[i % loops.count]
             let recorder = recorders[i % loops.count]
             let slot = try await loop.submit {
                 let slot = Slot(
-                    loop: loop, options: options, recorder: recorder.value, source: scenario.source(connection: i), end: end)
+                    loop: loop, options: options, recorder: recorder.value, source: scenario.source(connection: i), end: end, done: done)
                 return NIOLoopBound(slot, eventLoop: loop)
             }.get()
             slots.append(slot)
@@ -321,6 +345,7 @@ public enum LoadRunner {
                 errors += e
             }
             progress(second, count, Double(p99) / 1000, errors)
+            if done.value.load(ordering: .relaxed) == options.connections { break }
         }
         for (i, slot) in slots.enumerated() {
             let loop = loops[i % loops.count]

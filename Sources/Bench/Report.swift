@@ -154,7 +154,10 @@ public enum SVGChart {
     }
 
     /// Bars per category, one panel per measure (the journey chart).
-    public static func bars(title: String, categories: [String], panels: [(label: String, color: String, values: [Double])]) -> String {
+    /// `notes[p]`, if given, replaces the numbers over panel p's bars.
+    public static func bars(
+        title: String, categories: [String], panels: [(label: String, color: String, values: [Double])], notes: [Int: [String]] = [:]
+    ) -> String {
         let width = 900.0, panelHeight = 200.0, left = 70.0, right = 20.0, top = 64.0, gap = 70.0
         let height = top + Double(panels.count) * (panelHeight + gap)
         var svg = header(title: title, width: width, height: height, left: left)
@@ -169,7 +172,8 @@ public enum SVGChart {
                 let h = v / yMax * panelHeight
                 let x = left + Double(i) * slot + slot * 0.15
                 svg += "<rect x=\"\(x)\" y=\"\(y0 + panelHeight - h)\" width=\"\(slot * 0.7)\" height=\"\(h)\" fill=\"\(panel.color)\"/>"
-                svg += "<text x=\"\(x + slot * 0.35)\" y=\"\(y0 + panelHeight - h - 4)\" text-anchor=\"middle\">\(escape(Format.number(v)))</text>"
+                let note = notes[p].flatMap { i < $0.count ? $0[i] : nil } ?? Format.number(v)
+                svg += "<text x=\"\(x + slot * 0.35)\" y=\"\(y0 + panelHeight - h - 4)\" text-anchor=\"middle\">\(escape(note))</text>"
                 svg += "<text x=\"\(x + slot * 0.35)\" y=\"\(y0 + panelHeight + 16)\" text-anchor=\"middle\">\(escape(categories[i]))</text>\n"
             }
         }

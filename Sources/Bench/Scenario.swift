@@ -27,10 +27,14 @@ public protocol RequestSource {
     /// The answer to the last request; returns how long to wait before the next one
     /// (closed loop), e.g. between polls of a job.
     mutating func received(status: UInt, headers: HTTPHeaders, body: ByteBuffer) -> TimeAmount
+    /// True when the source has nothing more to send (a scan); its connection then stops,
+    /// and the run ends early once every connection has.
+    var finished: Bool { get }
 }
 
 extension RequestSource {
     public var wantsAnswers: Bool { false }
+    public var finished: Bool { false }
     public mutating func received(status: UInt, headers: HTTPHeaders, body: ByteBuffer) -> TimeAmount { .zero }
 }
 
@@ -114,6 +118,32 @@ public struct ReadScenario: Scenario {
     public func source(connection index: Int) -> any RequestSource {
         Source(scenario: self, rng: SplitMix64(seed: seed &+ UInt64(index) &* 7919))
     }
+}
+
+/// `GET /users/{id}` for every id once, the ids shared out among the connections: warms
+/// every cache the way a site that has run for a while is warm (what was read within a
+/// TTL is cached), so a short measured run does not count first reads of the tail.
+public struct ScanScenario: Scenario {
+    public let name = "scan"
+    let ids: [Int64]
+    let connections: Int
+
+    public init(ids: [Int64], connections: Int) {
+        self.ids = ids
+        self.connections = max(1, connections)
+    }
+
+    struct Source: RequestSource {
+        let scenario: ScanScenario
+        var index: Int
+        var finished: Bool { index >= scenario.ids.count }
+        mutating func next() -> BenchRequest {
+            defer { index += scenario.connections }
+            return BenchRequest(.GET, "/users/\(scenario.ids[index])")
+        }
+    }
+
+    public func source(connection index: Int) -> any RequestSource { Source(scenario: self, index: index) }
 }
 
 /// `mixed`: reads of other users, updates of one's own profile through a logged-in

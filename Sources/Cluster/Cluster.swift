@@ -89,8 +89,7 @@ public struct Cluster: Sendable {
         let ports = try Ports(base: basePort)
         var plan: HostsPlan? = nil
         if hosts {
-            let largest = Stage.allCases.map { $0.standard.nodes.count }.max() ?? 1
-            let budget = HostsPlan.defaultBudget(hostsInLargestStage: largest)
+            let budget = Self.defaultHostBudget
             let prefix = Self.hostPrefix(dir)
             plan = HostsPlan(
                 prefix: prefix, subnet: try HostNetwork.freeSubnet(preferred: Int(Self.fnv(dir) % 254) + 1),
@@ -131,6 +130,11 @@ public struct Cluster: Sendable {
         say("stage \(stage.rawValue) up in \(String(format: "%.1f", took)) s: \(stage.summary)")
         say("site: http://\(entry.address)/")
         return took
+    }
+
+    /// Every host's budget unless `--cpus` says otherwise: the same for every stage.
+    public static var defaultHostBudget: (cpus: Double, memoryBytes: UInt64) {
+        HostsPlan.defaultBudget(hostsInLargestStage: Stage.allCases.map { $0.standard.nodes.count }.max() ?? 1)
     }
 
     /// Starts the nodes of one role and waits until they serve.
@@ -250,13 +254,26 @@ public struct Cluster: Sendable {
         try save(state)
     }
 
-    /// CPU seconds each node's host has used (hosts only).
+    /// CPU seconds each node has used so far: its host's cgroup with hosts (everything that
+    /// ever ran there), else its process and the live processes below it.
     public func cpuSeconds() throws -> [String: Double] {
         let state = try loadState()
-        let net = try network(state)
         var out: [String: Double] = [:]
-        for n in state.nodes { out[n.name] = net.cpuSeconds(state.hosts!.host(n)) }
+        if let plan = state.hosts {
+            let net = try network(state)
+            for n in state.nodes { out[n.name] = net.cpuSeconds(plan.host(n)) }
+        } else {
+            let table = ProcessTable()
+            for n in state.nodes { out[n.name] = pid(of: n).flatMap(table.treeCPUSeconds) }
+        }
         return out
+    }
+
+    /// Each node's CPU budget in cores (hosts only; 0 is unlimited).
+    public func budgets() throws -> [String: Double] {
+        let state = try loadState()
+        guard let plan = state.hosts else { return [:] }
+        return Dictionary(uniqueKeysWithValues: state.nodes.map { ($0.name, plan.host($0).cpus) })
     }
 
     static func fnv(_ text: String) -> UInt64 {
@@ -265,7 +282,7 @@ public struct Cluster: Sendable {
 
     /// Kernel object names come from the cluster folder, so `down` finds them after a crash.
     /// Always "m" and 5 characters: no prefix of another cluster's (tests use "x…").
-    static func hostPrefix(_ dir: String) -> String {
+    public static func hostPrefix(_ dir: String) -> String {
         "m" + String(String(fnv(dir), radix: 36).suffix(5))
     }
 
@@ -388,7 +405,11 @@ public struct Cluster: Sendable {
     }
 
     func writeNginxConfig(_ node: Node, upstreams: [Node]) throws {
-        try ServerConfigs.nginx(listen: node.address, upstreams: upstreams.map(\.address), dir: nginxDir)
+        // A worker per core the host has: on a host of a fraction of a core, a second
+        // worker only adds switches between them.
+        let cores = (try? loadState())?.hosts.map { $0.host(node).cpus } ?? 0
+        let workers = cores > 0 ? max(1, Int(cores.rounded(.up))) : 2
+        try ServerConfigs.nginx(listen: node.address, upstreams: upstreams.map(\.address), dir: nginxDir, workers: workers)
             .write(toFile: "\(nginxDir)/nginx.conf", atomically: true, encoding: .utf8)
     }
 
@@ -639,16 +660,7 @@ public struct Cluster: Sendable {
 
     /// Child processes of `pid`, from /proc.
     func children(of pid: Int32) -> Set<Int32> {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        var out: Set<Int32> = []
-        for e in entries {
-            guard let child = Int32(e), let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8),
-                let close = stat.lastIndex(of: ")")
-            else { continue }
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            if fields.count > 1, Int32(fields[1]) == pid, fields[0] != "Z" { out.insert(child) }
-        }
-        return out
+        Set(ProcessTable().entries.filter { $0.value.parent == pid && !$0.value.zombie }.keys)
     }
 
     func seconds(since t: Date) -> String { String(format: "%.1f s", Date().timeIntervalSince(t)) }

@@ -198,3 +198,43 @@ public enum Processes {
         return addr
     }
 }
+
+/// A snapshot of /proc: each process's parent and CPU time, to find a server's children
+/// and to account the CPU of a node on loopback (with hosts, its cgroup does that).
+struct ProcessTable {
+    struct Entry {
+        var parent: Int32
+        var zombie: Bool
+        /// User + system time, in seconds.
+        var cpuSeconds: Double
+    }
+    var entries: [Int32: Entry] = [:]
+
+    init() {
+        let tick = Double(sysconf(Int32(_SC_CLK_TCK)))
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(name), let stat = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { continue }
+            // After "pid (comm)": state, ppid, … utime (12th), stime (13th).
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 12, let parent = Int32(fields[1]) else { continue }
+            let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
+            entries[pid] = Entry(parent: parent, zombie: fields[0] == "Z", cpuSeconds: ticks / tick)
+        }
+    }
+
+    /// CPU seconds of `pid` and every live process below it (a server and its workers or
+    /// backends; what exited in between is not counted).
+    func treeCPUSeconds(_ pid: Int32) -> Double? {
+        guard entries[pid] != nil else { return nil }
+        var children: [Int32: [Int32]] = [:]
+        for (p, e) in entries { children[e.parent, default: []].append(p) }
+        var total = 0.0, stack = [pid]
+        while let p = stack.popLast() {
+            total += entries[p]?.cpuSeconds ?? 0
+            stack += children[p] ?? []
+        }
+        return total
+    }
+}

@@ -46,6 +46,10 @@ public struct Topology: Codable, Sendable, Equatable {
     /// The node clients use: the edge, else the balancer, else the only web server.
     public var entry: Node? { nodes(.edge).first ?? nodes(.balancer).first ?? nodes(.web).first }
 
+    /// Where dynamic requests (the API, per-user pages) go in the chapter's design: the
+    /// balancer, else the only web server. The edge is a CDN, for static content.
+    public var dynamicEntry: Node? { nodes(.balancer).first ?? nodes(.web).first }
+
     /// The configuration every web server and worker runs with, derived from the nodes
     /// (the user's `--set` keys go on top, in `Cluster`).
     public func appSettings(dataDirectory: String) -> [String: String] {

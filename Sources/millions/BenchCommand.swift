@@ -144,8 +144,25 @@ struct BenchCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Cluster folder.") var dir = ".cluster"
         @Option(name: .customLong("set"), help: ArgumentHelp("A configuration key for every web server.", valueName: "key=value"))
         var settings: [String] = []
+        @Flag(name: .long, help: "Every node on a host of its own (network namespace + CPU budget), the load generator on the client host; needs root.")
+        var hosts = false
+        @Option(name: .long, help: "With --hosts: cores per host (default: the largest stage fits the machine with room for the client).")
+        var cpus: Double?
+        @Option(name: .long, help: "Web servers in the stages with a balancer (default: each stage's own).") var web: Int?
+        @Flag(name: .customLong("cold"), help: "Skip the warm pass (every seeded id read once before the warm-up): measure cold caches.")
+        var cold = false
         @Option(name: .long) var json: String?
         @Option(name: .long) var svg: String?
+        @Option(name: .long, help: "Print the table (and --svg) from a saved --json file instead of running; the other flags only title the chart.")
+        var render: String?
+
+        func validate() throws {
+            guard cpus == nil || hosts else { throw ValidationError("--cpus needs --hosts") }
+            guard cpus.map({ $0 > 0 }) ?? true else { throw ValidationError("--cpus must be positive") }
+            guard duration >= 1, warmup >= 0, users >= 1, connections >= 1 else {
+                throw ValidationError("--duration, --users and --connections must be positive, --warmup 0 or more")
+            }
+        }
 
         func run() async throws {
             let chosen = try stages.split(separator: ",").map { name in
@@ -159,16 +176,25 @@ struct BenchCommand: AsyncParsableCommand {
                 extra[String(kv[0])] = String(kv[1])
             }
             let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-            let journey = Journey(
+            var journey = Journey(
                 stages: chosen, users: users, connections: connections, duration: duration, warmup: warmup,
                 distribution: zipf == 0 ? .uniform : .zipf(exponent: zipf), basePort: basePort,
                 dir: URL(fileURLWithPath: dir).standardizedFileURL.path, binary: binary,
                 scripts: try Cluster.findScripts(binary: binary), settings: extra)
-            let rows = try await journey.run { line in
-                print(line)
-                fflush(nil)
+            journey.hosts = hosts
+            journey.cpus = cpus
+            journey.webServers = web
+            journey.warmPass = !cold
+            let rows: [Journey.Row]
+            if let render {
+                rows = try JSONDecoder().decode([Journey.Row].self, from: Data(contentsOf: URL(fileURLWithPath: render)))
+            } else {
+                rows = try await journey.run { line in
+                    print(line)
+                    fflush(nil)
+                }
+                print("")
             }
-            print("")
             print(Journey.table(rows), terminator: "")
             if let json {
                 let encoder = JSONEncoder()
@@ -176,7 +202,10 @@ struct BenchCommand: AsyncParsableCommand {
                 try encoder.encode(rows).write(to: URL(fileURLWithPath: json))
             }
             if let svg {
-                let title = "millions bench journey: read, Zipf \(zipf), \(users) users, \(connections) connections, \(duration) s per stage"
+                // The budget per host, from the rows (they may come from --render).
+                let perHost = rows.first?.cpu.first.flatMap { t in t.budget.map { $0 / Double(t.nodes) } }
+                let place = perHost.map { "on hosts (\(String(format: "%.3g", $0)) cores each)" } ?? "on loopback"
+                let title = "millions bench journey \(place): read, Zipf \(zipf), \(users) users, \(connections) connections, \(duration) s per stage"
                 try Journey.svg(rows, title: title).write(toFile: svg, atomically: true, encoding: .utf8)
             }
         }

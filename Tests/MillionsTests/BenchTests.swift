@@ -95,6 +95,34 @@ import Testing
         }
     }
 
+    /// The warm pass: every id read exactly once across the connections, and the run ends
+    /// when they are done rather than at its (long) duration.
+    @Test func aScanReadsEveryIdOnceAndEnds() async throws {
+        let seen = Mutex<[String: Int]>([:])
+        let router = Router()
+        router.get("/users/:id") { _, context -> String in
+            let id = context.parameters.get("id") ?? "?"
+            seen.withLock { $0[id, default: 0] += 1 }
+            return "{}"
+        }
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        try await app.test(.live) { client in
+            var options = LoadOptions(port: try #require(client.port))
+            options.connections = 7
+            options.duration = .seconds(3600)
+            let ids = (1...1000).map { Int64($0) * 3 }
+            let r = try await LoadRunner.run(options, scenario: ScanScenario(ids: ids, connections: 7))
+            #expect(r.requests == 1000 && r.errors.isEmpty)
+            let counts = seen.withLock { $0 }
+            #expect(counts.count == 1000 && counts.values.allSatisfy { $0 == 1 })
+            #expect(Set(counts.keys) == Set(ids.map(String.init)))
+            // More connections than ids: the idle ones finish at once.
+            options.connections = 16
+            let few = try await LoadRunner.run(options, scenario: ScanScenario(ids: [1, 2, 3], connections: 16))
+            #expect(few.requests == 3)
+        }
+    }
+
     @Test func openLoopHoldsTheRate() async throws {
         try await Self.withServer { port in
             var options = LoadOptions(port: port)

@@ -29,8 +29,9 @@ import Testing
             try await Command.runOffPool([binary, "cluster"] + args + ["--dir", dir])
         }
 
-        func up(_ stage: String, web: Int? = nil, hosts: Bool = false) async throws {
+        func up(_ stage: String, web: Int? = nil, hosts: Bool = false, settings: [String: String] = [:]) async throws {
             var args = ["up", "--stage", stage, "--base-port", String(base), "--set", "auth.bcryptCost=4", "--set", "log.level=warning"]
+            for (k, v) in settings.sorted(by: { $0.key < $1.key }) { args += ["--set", "\(k)=\(v)"] }
             if let web { args += ["--web", String(web)] }
             if hosts { args.append("--hosts") }
             let status = try await Command.runOffPool([binary, "cluster"] + args + ["--dir", dir])
@@ -51,8 +52,10 @@ import Testing
         }
 
         /// Runs `body`, then `down`, which must succeed and leave no process and no port.
-        func withCluster(_ stage: String, web: Int? = nil, hosts: Bool = false, _ body: () async throws -> Void) async throws {
-            try await up(stage, web: web, hosts: hosts)
+        func withCluster(
+            _ stage: String, web: Int? = nil, hosts: Bool = false, settings: [String: String] = [:], _ body: () async throws -> Void
+        ) async throws {
+            try await up(stage, web: web, hosts: hosts, settings: settings)
             let state = try state()
             let nodes = state.nodes
             let pids = nodes.compactMap { n in (try? String(contentsOfFile: n.pidFile, encoding: .utf8)).flatMap { Int32($0.split(separator: "\n").first ?? "") } }
@@ -375,6 +378,20 @@ import Testing
                         #expect(status == 0)
                     }
                     #expect(killed.failures.withLock { $0 }.filter { $0.hasPrefix("GET") } == [])
+
+                    // The cache tier: one memcached host cut off, the other killed; reads
+                    // fall back to the database meanwhile and none fails.
+                    let cut = try await Self.underLoad(host: entry.host, port: entry.port, userID: id, email: "\(stage)-hosts@example.com") {
+                        let status = try await f.cluster("partition", "memcached1")
+                        #expect(status == 0)
+                    }
+                    #expect(cut.failures.withLock { $0 }.filter { $0.hasPrefix("GET") } == [])
+                    #expect(try await f.cluster("heal", "memcached1") == 0)
+                    let gone = try await Self.underLoad(host: entry.host, port: entry.port, userID: id, email: "\(stage)-hosts@example.com") {
+                        let status = try await f.cluster("kill", "memcached2")
+                        #expect(status == 0)
+                    }
+                    #expect(gone.failures.withLock { $0 }.filter { $0.hasPrefix("GET") } == [])
                 }
                 #expect(try await f.cluster("scale", "--cpu", "web=0.5") == 0)
                 #expect(try f.state().hosts?.cpusByNode["web2"] == 0.5)
@@ -404,6 +421,32 @@ import Testing
             #expect(rows[0].databaseReadsPer1000 < rows[1].databaseReadsPer1000)
             #expect(try String(contentsOfFile: dir + "/j.svg", encoding: .utf8).hasPrefix("<svg"))
             #expect(!Processes.portOpen(19600))
+        }
+    }
+
+    /// The journey on hosts: the load generator on the client host, CPU per tier from the
+    /// cgroups with each tier's budget, the bottleneck named, and nothing left behind.
+    @Test func journeyOnHostsReportsCPUPerTier() async throws {
+        try #require(geteuid() == 0, "hosts need root (network namespaces, a bridge, cgroups); CI runs as root")
+        try await TestApp.withTemporaryDirectory { dir in
+            let binary = try EndToEndTests.binary()
+            let status = try await Command.runOffPool([
+                binary, "bench", "journey", "--hosts", "--stages", "load-balanced", "--web", "2", "--users", "300", "-d", "3",
+                "--warmup", "1", "-c", "8", "--base-port", "19500", "--dir", dir + "/cluster", "--json", dir + "/j.json",
+                "--set", "auth.bcryptCost=4",
+            ])
+            #expect(status == 0)
+            let rows = try JSONDecoder().decode([Journey.Row].self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/j.json")))
+            let row = try #require(rows.first)
+            #expect(row.hosts && row.errors == 0 && row.requestsPerSecond > 1)
+            #expect(row.cpu.map(\.tier) == ["db", "web", "balancer", "client"])
+            let budget = Cluster.defaultHostBudget.cpus
+            #expect(row.cpu.first { $0.tier == "web" }?.budget == 2 * budget)
+            #expect(row.cpu.first { $0.tier == "client" }?.budget == 0.5)
+            #expect(row.cpu.first { $0.tier == "web" }.map { $0.cores > 0 } == true, "the web servers did work: \(row.cpu)")
+            #expect(row.busiest != nil)
+            let prefix = Cluster.hostPrefix(URL(fileURLWithPath: dir + "/cluster").standardizedFileURL.path)
+            #expect(try HostNetwork(prefix: prefix, subnet: 1).leftovers() == [])
         }
     }
 
@@ -465,6 +508,55 @@ import Testing
             let rows = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in }).status()
             #expect(rows.filter { $0.node.role == .worker }.map(\.health) == ["running"])
         }
+    }
+
+    /// The worker drill on hosts: jobs running on both worker hosts, one worker killed
+    /// with -9; once its leases run out the other worker finishes them: every job done,
+    /// each file written, no job lost.
+    @Test func queuedOnHostsLosesNoJobWhenAWorkerDies() async throws {
+        try #require(geteuid() == 0, "hosts need root (network namespaces, a bridge, cgroups); CI runs as root")
+        let f = try Fixture(base: 19900)
+        try await f.withCluster("queued", hosts: true, settings: ["queue.leaseSeconds": "10"]) {
+            let state = try f.state()
+            let primary = try #require(state.topology.node(named: "postgres-primary"))
+            let flags = ["--set", "data.engine=postgres", "--set", "data.postgres.nodes=\(primary.address)", "--log-level", "warning"]
+            let out = f.dir + "/touched"
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let jobs = 8
+            for i in 0..<jobs {
+                let payload = #"{"path":"\#(out)/\#(i)","ms":3000}"#
+                #expect(try await Command.runOffPool([f.binary, "jobs", "enqueue", "touch", payload] + flags) == 0)
+            }
+            // Both worker processes (2 slots each; a worker is named host-pid-random) have
+            // claimed jobs before one dies.
+            var running: [String] = []
+            for _ in 0..<600 where Set(running).count < 2 {
+                running = Self.query(primary, "SELECT DISTINCT substring(worker from '-([0-9]+)-[0-9]+$') FROM jobs WHERE state = 'running'")
+                if Set(running).count < 2 { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(try await f.cluster("kill", "worker1") == 0)
+            var done = 0
+            for _ in 0..<1200 where done < jobs {
+                try await Task.sleep(for: .milliseconds(200))
+                done = Self.doneJobs(primary)
+            }
+            #expect(done == jobs, "jobs done: \(done) of \(jobs)")
+            let files = try FileManager.default.contentsOfDirectory(atPath: out).sorted()
+            #expect(files == (0..<jobs).map(String.init).sorted())
+        }
+    }
+
+    /// One column of a query on a PostgreSQL node, through psql.
+    static func query(_ node: Node, _ sql: String) -> [String] {
+        let out = NSTemporaryDirectory() + "query-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let script = "psql -h \(node.host) -p \(node.port) -U postgres -d millions -Atc \"\(sql)\" > \(out)"
+        guard (try? Processes.run(["/bin/bash", "-c", script])) == 0 else { return [] }
+        return ((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").split(whereSeparator: \.isNewline).map(String.init)
+    }
+
+    static func doneJobs(_ node: Node) -> Int {
+        Int(query(node, "SELECT count(*) FROM jobs WHERE state = 'done'").first ?? "") ?? -1
     }
 
     static func doneJobs(port: Int) -> Int {
