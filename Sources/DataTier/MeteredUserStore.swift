@@ -45,8 +45,8 @@ public struct MeteredUserStore: UserStore {
         logins.increment()
         return try await inner.credentials(email: email)
     }
-    public func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double? {
-        try await inner.recordFailedLogin(userID: userID, now: now, throttle: throttle)
+    public func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
+        try await inner.reserveLoginAttempt(userID: userID, now: now, throttle: throttle)
     }
     public func recordSuccessfulLogin(userID: UserID) async throws { try await inner.recordSuccessfulLogin(userID: userID) }
     public func insertMany(_ accounts: [NewAccount]) async throws -> Int { try await inner.insertMany(accounts) }

@@ -99,17 +99,25 @@ public struct SQLiteUserStore: UserStore {
         }
     }
 
-    public func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double? {
+    public func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
+        // One write transaction: SQLite has one writer at a time, so both statements are atomic.
         try await db.pool.write { db in
             guard
                 let failures = try Int.fetchOne(
-                    db, sql: "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ? RETURNING failed_logins",
-                    arguments: [userID.rawValue])
-            else { return nil }
-            guard let lock = throttle.lockSeconds(afterFailures: failures) else { return nil }
-            let until = now + lock
-            try db.execute(sql: "UPDATE users SET locked_until = ? WHERE id = ?", arguments: [until, userID.rawValue])
-            return until
+                    db,
+                    sql: """
+                        UPDATE users SET failed_logins = failed_logins + 1
+                        WHERE id = ? AND (locked_until IS NULL OR locked_until <= ?) RETURNING failed_logins
+                        """,
+                    arguments: [userID.rawValue, now])
+            else {
+                let until = try Double.fetchOne(db, sql: "SELECT locked_until FROM users WHERE id = ?", arguments: [userID.rawValue])
+                return until.map { .locked(until: $0) } ?? .granted  // no such user: the password check fails
+            }
+            if let lock = throttle.lockSeconds(afterFailures: failures) {
+                try db.execute(sql: "UPDATE users SET locked_until = ? WHERE id = ?", arguments: [now + lock, userID.rawValue])
+            }
+            return .granted
         }
     }
 

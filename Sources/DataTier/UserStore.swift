@@ -17,8 +17,10 @@ public protocol UserStore: Sendable {
 
     /// The log-in identity for a normalized email.
     func credentials(email: String) async throws -> Credentials?
-    /// Counts a failed log-in and applies the throttle; returns the lock's end, if any.
-    func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double?
+    /// Counts a log-in attempt before its password is checked, and applies the throttle, in
+    /// one atomic step: parallel guesses cannot all pass a check made before any of them
+    /// is counted. Refused while the account is locked. A correct password then resets it.
+    func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt
     func recordSuccessfulLogin(userID: UserID) async throws
 
     /// Bulk insert for seeding; accounts whose id or email exists are skipped. Returns how
@@ -60,4 +62,12 @@ extension Photo {
         guard let text else { return nil }
         return try? JSONDecoder().decode(Photo.self, from: Data(text.utf8))
     }
+}
+
+/// What `reserveLoginAttempt` decided.
+public enum LoginAttempt: Sendable, Equatable {
+    /// The password may be checked; the attempt is counted as failed until it succeeds.
+    case granted
+    /// The account is locked until then (seconds since 1970).
+    case locked(until: Double)
 }

@@ -32,6 +32,9 @@ public enum Validate {
                 FieldError(
                     "password",
                     "must be at least \(Limits.passwordMin) characters and at most \(Limits.passwordMaxBytes) bytes"))
+        } else if password.utf8.contains(0) {
+            // bcrypt stops at a NUL: "\0zzzzzzz" would be the empty password.
+            errors.append(FieldError("password", "must not contain NUL"))
         }
     }
 
@@ -58,17 +61,29 @@ public enum Validate {
         }
     }
 
-    /// Trimmed length within bounds and no control characters.
+    /// Length within bounds, counted in characters and in bytes (a character may carry any
+    /// number of combining marks: 4 bytes a character at most), and no control, bidi
+    /// override or invisible characters.
     static func text(_ value: String, _ field: String, min: Int, max: Int, into errors: inout [FieldError]) {
         let count = value.count
-        if count < min || count > max {
-            errors.append(FieldError(field, min > 0 ? "must be \(min) to \(max) characters" : "must be at most \(max) characters"))
+        if count < min || count > max || value.utf8.count > max * 4 {
+            errors.append(
+                FieldError(
+                    field, (min > 0 ? "must be \(min) to \(max) characters" : "must be at most \(max) characters") + " (\(max * 4) bytes)"))
         } else if value.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
             errors.append(FieldError(field, "must not contain control characters"))
+        } else if value.unicodeScalars.contains(where: { hidden.contains($0.value) }) {
+            errors.append(FieldError(field, "must not contain bidirectional controls or invisible characters"))
         } else if min > 0 && value.allSatisfy(\.isWhitespace) {
             errors.append(FieldError(field, "must not be blank"))
         }
     }
+
+    /// Bidirectional controls (they can make a name display as something else) and
+    /// zero-width characters that only hide text. Joiners (U+200C, U+200D) stay: scripts and
+    /// emoji need them.
+    static let hidden: Set<UInt32> = Set(
+        [0x061C, 0x200B, 0x200E, 0x200F, 0x2060, 0xFEFF] + Array(0x202A...0x202E) + Array(0x2066...0x2069))
 
     /// Throws a validation error if any field is invalid.
     public static func throwing(_ errors: [FieldError]) throws {

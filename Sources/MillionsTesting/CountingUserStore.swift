@@ -28,8 +28,8 @@ public final class CountingUserStore: UserStore {
     public func update(id: UserID, patch: ProfilePatch) async throws -> User? { try await inner.update(id: id, patch: patch) }
     public func delete(id: UserID) async throws -> Bool { try await inner.delete(id: id) }
     public func credentials(email: String) async throws -> Credentials? { try await inner.credentials(email: email) }
-    public func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double? {
-        try await inner.recordFailedLogin(userID: userID, now: now, throttle: throttle)
+    public func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
+        try await inner.reserveLoginAttempt(userID: userID, now: now, throttle: throttle)
     }
     public func recordSuccessfulLogin(userID: UserID) async throws { try await inner.recordSuccessfulLogin(userID: userID) }
     public func insertMany(_ accounts: [NewAccount]) async throws -> Int { try await inner.insertMany(accounts) }

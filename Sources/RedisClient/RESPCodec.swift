@@ -49,6 +49,8 @@ public struct RESPLimits: Sendable {
     public var maxLineBytes = 64 * 1024
     public var maxElements = 1_000_000
     public var maxDepth = 32
+    /// Bytes a reply may take while it is still arriving (a bulk string at its limit fits).
+    public var maxReplyBytes = 80 * 1024 * 1024
     public init() {}
 }
 
@@ -109,7 +111,8 @@ public enum RESPParser {
             let count = try integer(line)
             if count == -1, type == UInt8(ascii: "*") { return .null }
             let isMap = type == UInt8(ascii: "%") || type == UInt8(ascii: "|")
-            guard count >= 0, count * (isMap ? 2 : 1) <= limits.maxElements else {
+            // Divided, not multiplied: a map's count times two can overflow (and trap).
+            guard count >= 0, count <= limits.maxElements / (isMap ? 2 : 1) else {
                 throw RedisError(.protocolError, "aggregate of \(count) elements out of bounds")
             }
             var items: [RESPValue] = []
@@ -124,7 +127,9 @@ public enum RESPParser {
             case UInt8(ascii: "%"):
                 return .map(stride(from: 0, to: items.count, by: 2).map { RESPValue.Pair(items[$0], items[$0 + 1]) })
             case UInt8(ascii: "|"):
-                return try value(&b, limits, depth: depth)
+                // The annotated value counts one level deeper: a run of attributes is
+                // nesting too, and would otherwise recurse without bound.
+                return try value(&b, limits, depth: depth + 1)
             default: return .array(items)
             }
         default:
@@ -160,7 +165,12 @@ struct RESPValueDecoder: ByteToMessageDecoder {
     let limits: RESPLimits
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let value = try RESPParser.parse(&buffer, limits: limits) else { return .needMoreData }
+        guard let value = try RESPParser.parse(&buffer, limits: limits) else {
+            guard buffer.readableBytes <= limits.maxReplyBytes else {
+                throw RedisError(.protocolError, "reply larger than \(limits.maxReplyBytes) bytes")
+            }
+            return .needMoreData
+        }
         context.fireChannelRead(wrapInboundOut(value))
         return .continue
     }

@@ -121,7 +121,7 @@ public struct Settings: Sendable {
         bcryptCost = config.int(forKey: "auth.bcryptCost", default: 10)
         loginThrottle = LoginThrottle(
             freeAttempts: config.int(forKey: "auth.freeFailedLogins", default: 5),
-            baseLockSeconds: 1,
+            baseLockSeconds: config.double(forKey: "auth.baseLockSeconds", default: 1),
             maxLockSeconds: config.double(forKey: "auth.maxLockSeconds", default: 900))
 
         cacheBackend = config.string(forKey: "cache.backend", default: "memory")
@@ -178,6 +178,9 @@ public struct Settings: Sendable {
         try check(redisTimeoutMS >= 1, "redis.timeoutMs must be positive")
         try check(bcryptCost >= 4 && bcryptCost <= 16, "auth.bcryptCost must be 4...16")
         try check(loginThrottle.freeAttempts >= 1, "auth.freeFailedLogins must be at least 1")
+        try check(
+            loginThrottle.baseLockSeconds > 0 && loginThrottle.maxLockSeconds >= loginThrottle.baseLockSeconds,
+            "auth.baseLockSeconds must be positive and at most auth.maxLockSeconds")
         try check(cacheMaxEntries >= 1 && cacheMaxBytes >= 4096, "cache.maxEntries ≥ 1 and cache.maxBytes ≥ 4096")
         try check(cacheTTLSeconds >= 1 && cacheNegativeTTLSeconds >= 0, "cache TTLs must be positive")
         try check(["memory", "memcached", "none"].contains(cacheBackend), "cache.backend must be memory, memcached or none")
@@ -200,7 +203,7 @@ public struct Settings: Sendable {
         "session.ttlSeconds", "session.cookieName", "session.secureCookies", "session.sweepSeconds",
         "session.store", "redis.address", "redis.password", "redis.database", "redis.protocol", "redis.connections",
         "redis.timeoutMs",
-        "auth.bcryptCost", "auth.freeFailedLogins", "auth.maxLockSeconds",
+        "auth.bcryptCost", "auth.freeFailedLogins", "auth.baseLockSeconds", "auth.maxLockSeconds",
         "cache.backend", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
         "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",

@@ -53,20 +53,25 @@ struct UserService: Sendable {
     func logIn(email rawEmail: String, password: String) async throws -> (User, Session) {
         let email = Validate.normalizedEmail(rawEmail)
         let wrong = MillionsError(.unauthenticated, "email or password is wrong")
+        // No account's password has a NUL (sign-up refuses it), and bcrypt would stop at
+        // one: "secret123\0anything" must not pass for "secret123".
+        guard !password.utf8.contains(0) else { throw wrong }
         guard let creds = try await users.credentials(email: email) else {
             _ = try await verify(password, decoyHash)
             throw wrong
         }
         let now = Clock.secondsSince1970()
-        if let until = creds.lockedUntil, until > now {
-            throw MillionsError(
-                .tooManyRequests, "too many failed log-ins; try again later", retryAfter: Int((until - now).rounded(.up)))
+        func locked(_ until: Double) -> MillionsError {
+            MillionsError(.tooManyRequests, "too many failed log-ins; try again later", retryAfter: max(1, Int((until - now).rounded(.up))))
         }
-        guard try await verify(password, creds.passwordHash) else {
-            _ = try await users.recordFailedLogin(userID: creds.userID, now: now, throttle: settings.loginThrottle)
-            throw wrong
+        if let until = creds.lockedUntil, until > now { throw locked(until) }
+        // Counted before bcrypt (as failed until it succeeds), so parallel guesses cannot
+        // all pass the lock check: at most the throttle's free attempts reach the hash.
+        if case .locked(let until) = try await users.reserveLoginAttempt(userID: creds.userID, now: now, throttle: settings.loginThrottle) {
+            throw locked(until)
         }
-        if creds.failedLogins > 0 { try await users.recordSuccessfulLogin(userID: creds.userID) }
+        guard try await verify(password, creds.passwordHash) else { throw wrong }
+        try await users.recordSuccessfulLogin(userID: creds.userID)
         guard let user = try await users.user(id: creds.userID) else { throw wrong }
         let session = try await sessions.create(userID: user.id, ttl: settings.sessionTTLSeconds)
         return (user, session)

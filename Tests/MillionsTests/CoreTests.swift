@@ -80,6 +80,26 @@ import Testing
         var errors: [FieldError] = []
         Validate.password(String(repeating: "é", count: 40), into: &errors)  // 80 bytes
         #expect(errors.map(\.field) == ["password"])
+        errors = []
+        Validate.password("\u{0}zzzzzzz", into: &errors)  // bcrypt would see ""
+        #expect(errors.map(\.message) == ["must not contain NUL"])
+    }
+
+    /// Names limited in bytes too (one character can carry thousands of combining marks),
+    /// and no bidi overrides or invisible characters; joiners, as in emoji, stay.
+    @Test func namesAreBoundedInBytesAndRefuseHiddenCharacters() {
+        func errors(_ name: String) -> [String] {
+            var e: [FieldError] = []
+            Validate.profile(Profile(firstName: name, lastName: "B"), into: &e)
+            return e.map(\.field)
+        }
+        #expect(errors("a" + String(repeating: "\u{301}", count: 25_000)) == ["firstName"])
+        #expect(errors("evil\u{202E}gnp.exe") == ["firstName"])
+        #expect(errors("ad\u{200B}min") == ["firstName"])
+        #expect(errors("\u{2067}x") == ["firstName"])
+        #expect(errors("Zoë 👩‍👩‍👧") == [])
+        #expect(errors("می\u{200C}خواهم") == [])
+        #expect(errors(String(repeating: "é", count: 100)) == [])
     }
 }
 

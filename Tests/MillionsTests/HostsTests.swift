@@ -75,9 +75,17 @@ import Testing
 
         host.cpus = 1.5
         try net.setBudget(host)
-        let quota = try String(contentsOfFile: "/sys/fs/cgroup/cpu/millions-xht2/busy/cpu.cfs_quota_us", encoding: .utf8)
+        // 1.5 cores: 30 ms of every 20 ms period (a short period: see CGroups.period).
+        let quota = try? String(contentsOfFile: "/sys/fs/cgroup/cpu/millions-xht2/busy/cpu.cfs_quota_us", encoding: .utf8)
+        let period = try? String(contentsOfFile: "/sys/fs/cgroup/cpu/millions-xht2/busy/cpu.cfs_period_us", encoding: .utf8)
         let max = try? String(contentsOfFile: "/sys/fs/cgroup/millions-xht2/busy/cpu.max", encoding: .utf8)
-        #expect(quota.hasPrefix("150000") || (max?.hasPrefix("150000 100000") ?? false))
+        #expect((quota?.hasPrefix("30000") == true && period?.hasPrefix("20000") == true) || (max?.hasPrefix("30000 20000") ?? false))
+
+        // Programs on the host learn its budget (millions sizes its thread pools by it).
+        let out = NSTemporaryDirectory() + "xht2-env-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        #expect(try Processes.run(net.command(on: host, ["/bin/sh", "-c", "echo $MILLIONS_CPUS > \(out)"])) == 0)
+        #expect(try String(contentsOfFile: out, encoding: .utf8) == "1.5\n")
     }
 
     /// `removeAll` from a fresh value (as after a crash that lost all state) finds and

@@ -6,8 +6,9 @@ import Logging
 import MillionsCore
 import MillionsTesting
 import NIOCore
+import NIOEmbedded
 import Observability
-import RedisClient
+@testable import RedisClient
 import SessionTier
 import Testing
 @testable import WebTier
@@ -73,10 +74,30 @@ import Testing
         for bad in [
             "?what\r\n", ":12x\r\n", "$5\r\nhelloXX", "+no lf\rx", "#x\r\n", ",abc\r\n", "$11\r\n", "*4\r\n",
             "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n", "+" + String(repeating: "a", count: 40), "=5\r\nhello\r\n", "$-2\r\n",
+            // A map's or attribute's count times two overflowed and trapped.
+            "%4611686018427387904\r\n", "|4611686018427387904\r\n", "%9223372036854775807\r\n", "*9223372036854775807\r\n",
+            // A run of attributes is nesting too.
+            String(repeating: "|1\r\n+k\r\n+v\r\n", count: 5) + "+x\r\n",
         ] {
             var b = ByteBuffer(string: bad)
             #expect(throws: RedisError.self, "\(bad)") { _ = try RESPParser.parse(&b, limits: small) }
         }
+        // The same counts under the default limits.
+        for bad in ["%4611686018427387904\r\n", "|4611686018427387904\r\n", String(repeating: "|1\r\n+k\r\n+v\r\n", count: 100_000)] {
+            var b = ByteBuffer(string: bad)
+            #expect(throws: RedisError.self) { _ = try RESPParser.parse(&b) }
+        }
+    }
+
+    /// A reply still arriving may not grow past its bound (a server that never ends one).
+    @Test func boundsAReplyWhileItArrives() throws {
+        var limits = RESPLimits()
+        limits.maxReplyBytes = 64
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(RESPValueDecoder(limits: limits)))
+        try channel.writeInbound(ByteBuffer(string: "*3\r\n+short\r\n"))
+        #expect(try channel.readInbound(as: RESPValue.self) == nil)
+        #expect(throws: RedisError.self) { try channel.writeInbound(ByteBuffer(string: "+" + String(repeating: "a", count: 80))) }
+        _ = try? channel.finish()
     }
 
     @Test func readsMapsFromBothProtocols() {

@@ -95,11 +95,17 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
             let email = uniqueEmail("lock")
             let user = try await store.create(Self.account(email))
             let throttle = LoginThrottle(freeAttempts: 2, baseLockSeconds: 1, maxLockSeconds: 60)
-            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == nil)
-            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == 101)
-            #expect(try await store.recordFailedLogin(userID: user.id, now: 100, throttle: throttle) == 102)
+            func attempt(_ now: Double) async throws -> LoginAttempt {
+                try await store.reserveLoginAttempt(userID: user.id, now: now, throttle: throttle)
+            }
+            #expect(try await attempt(100) == .granted)
+            #expect(try await attempt(100) == .granted)  // the second counted attempt locks for 1 s
+            #expect(try await attempt(100) == .locked(until: 101))
+            #expect(try await attempt(100.5) == .locked(until: 101))
+            #expect(try await attempt(101) == .granted)  // the third: 2 s
+            #expect(try await attempt(102) == .locked(until: 103))
             let creds = try #require(try await store.credentials(email: email))
-            #expect(creds.failedLogins == 3 && creds.lockedUntil == 102)
+            #expect(creds.failedLogins == 3 && creds.lockedUntil == 103)
             try await store.recordSuccessfulLogin(userID: user.id)
             let reset = try #require(try await store.credentials(email: email))
             #expect(reset.failedLogins == 0 && reset.lockedUntil == nil)

@@ -250,6 +250,38 @@ func signUpJohn(_ client: any TestClientProtocol, email: String = "john@example.
         }
     }
 
+    /// Parallel guesses: the lock is taken before bcrypt, so at most the free attempts are
+    /// checked against the hash (before, every guess read the account unlocked and was
+    /// checked, and a right guess among them logged in on a locked account).
+    @Test func parallelGuessesCannotPassTheLock() async throws {
+        try await TestApp.run(["auth.freeFailedLogins": "3", "auth.bcryptCost": "8", "auth.baseLockSeconds": "600"]) { client, _ in
+            _ = try await signUpJohn(client)
+            let wrong = #"{"email":"john@example.com","password":"wrong password"}"#
+            let statuses = try await withThrowingTaskGroup(of: HTTPResponse.Status.self) { group in
+                for _ in 0..<40 { group.addTask { try await client.send(.post, "/sessions", json: wrong).status } }
+                return try await group.reduce(into: [HTTPResponse.Status]()) { $0.append($1) }
+            }
+            #expect(statuses.filter { $0 == .unauthorized }.count == 3, "\(statuses)")
+            #expect(statuses.filter { $0 == .tooManyRequests }.count == 37)
+            let right = try await client.send(.post, "/sessions", json: #"{"email":"john@example.com","password":"correct horse"}"#)
+            #expect(right.status == .tooManyRequests)
+        }
+    }
+
+    /// bcrypt stops at a NUL: neither a sign-up with one nor a log-in that appends one to
+    /// the right password gets through.
+    @Test func aNulInAPasswordIsRefused() async throws {
+        try await TestApp.run { client, _ in
+            let nul = try await client.send(
+                .post, "/users", json: #"{"email":"nul@example.com","password":"\u0000zzzzzzz","firstName":"A","lastName":"B"}"#)
+            #expect(nul.status == .unprocessableContent)
+            _ = try await signUpJohn(client)
+            let appended = try await client.send(.post, "/sessions", json: #"{"email":"john@example.com","password":"correct horse\u0000x"}"#)
+            #expect(appended.status == .unauthorized)
+            #expect(try await client.send(.post, "/sessions", json: #"{"email":"john@example.com","password":"correct horse"}"#).status == .created)
+        }
+    }
+
     @Test func expiredSessionsAreRefused() async throws {
         try await TestApp.run(["session.ttlSeconds": "60"]) { client, components in
             let (_, session) = try await signUpJohn(client)

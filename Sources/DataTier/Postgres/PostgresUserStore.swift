@@ -115,18 +115,30 @@ public struct PostgresUserStore: UserStore {
         }
     }
 
-    public func recordFailedLogin(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> Double? {
+    public func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
         let logger = self.logger
-        return try await set.write("failed_login") { c in
+        let (free, base, cap) = (throttle.freeAttempts, throttle.baseLockSeconds, throttle.maxLockSeconds)
+        return try await set.write("login_attempt") { c in
+            // One statement, so the count and the lock it implies change together under the
+            // row's lock: a parallel attempt sees both or neither (LoginThrottle's rule in SQL).
             let rows = try await c.query(
-                "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = \(userID.rawValue) RETURNING failed_logins",
+                """
+                UPDATE users SET failed_logins = failed_logins + 1,
+                    locked_until = CASE WHEN failed_logins + 1 >= \(free)
+                        THEN \(now) + LEAST(\(base) * power(2, LEAST(failed_logins + 1 - \(free), 30)), \(cap))
+                        ELSE locked_until END
+                WHERE id = \(userID.rawValue) AND (locked_until IS NULL OR locked_until <= \(now))
+                RETURNING failed_logins
+                """,
                 logger: logger)
-            var failures: Int32? = nil
-            for try await n in rows.decode(Int32.self) { failures = n }
-            guard let failures, let lock = throttle.lockSeconds(afterFailures: Int(failures)) else { return nil }
-            let until = now + lock
-            try await c.query("UPDATE users SET locked_until = \(until) WHERE id = \(userID.rawValue)", logger: logger)
-            return until
+            var granted = false
+            for try await _ in rows.decode(Int32.self) { granted = true }
+            if granted { return .granted }
+            var until: Double? = nil
+            for try await u in try await c.query("SELECT locked_until FROM users WHERE id = \(userID.rawValue)", logger: logger)
+                .decode(Double?.self)
+            { until = u }
+            return until.map { .locked(until: $0) } ?? .granted  // no such user: the password check fails
         }
     }
 
