@@ -5,6 +5,8 @@ import RedisClient
 /// `SessionStore` on Redis: one key per session holding `userID:csrf`, expiring by
 /// itself after `ttl` seconds of inactivity (every use refreshes the expiry with
 /// `GETEX … EX`), plus a set per user of that user's session keys, for log-out-everywhere.
+/// A use pushes the set's expiry back too (never forward), so the set outlives every live
+/// session and "delete all" finds them all.
 public struct RedisSessionStore: SessionStore {
     let redis: RedisClient
     let prefix: String
@@ -37,7 +39,8 @@ public struct RedisSessionStore: SessionStore {
 
     public func session(id: String, ttl: Double) async throws -> Session? {
         guard Session.isWellFormed(id) else { return nil }
-        let reply = try await redis.send(RedisCommand("GETEX", key(Session.hash(id)), "EX", String(Int(ttl.rounded(.up)))))
+        let reply = try await redis.send(
+            RedisCommand("EVAL", Self.touch, "1", key(Session.hash(id)), String(Int(ttl.rounded(.up))), prefix + "user-sessions:"))
         guard let value = reply.string, let colon = value.firstIndex(of: ":"),
             let raw = Int64(value[..<colon]), let userID = UserID(rawValue: raw)
         else { return nil }
@@ -65,6 +68,17 @@ public struct RedisSessionStore: SessionStore {
     public func purgeExpired() async throws -> Int { 0 }
 
     public func ping() async throws { try await redis.ping() }
+
+    /// Refreshes a session and its user's set in one round trip: `GETEX` the session, then
+    /// `EXPIRE … GT` the set named by the user id before the colon in its value.
+    static let touch = """
+        local v = redis.call('GETEX', KEYS[1], 'EX', ARGV[1])
+        if v then
+          local colon = string.find(v, ':', 1, true)
+          if colon then redis.call('EXPIRE', ARGV[2] .. string.sub(v, 1, colon - 1), ARGV[1], 'GT') end
+        end
+        return v
+        """
 
     /// A transaction answers OK, QUEUED…, then EXEC's array (nil if it was aborted).
     static func check(_ replies: [RESPValue]) throws {

@@ -273,6 +273,27 @@ import Testing
             #expect(try await store.session(id: used.id, ttl: 100) != nil)
         }
     }
+
+    /// A session kept alive by use keeps its user's set alive too: "delete all sessions"
+    /// (account deletion) still finds it after the set's first expiry would have passed.
+    @Test func aUsedSessionKeepsItsUsersSetAlive() async throws {
+        try await RedisServer.with { server in
+            let redis = RedisClient(
+                configuration: try .forTests(server), metrics: AppMetrics(), logger: RedisClientTests.logger)
+            defer { redis.close() }
+            let store = RedisSessionStore(redis: redis)
+            let user = try #require(UserID(rawValue: 9))
+            let s = try await store.create(userID: user, ttl: 60)
+            let set = "millions:user-sessions:9"
+            #expect(try await redis.send(RedisCommand("TTL", set)).int ?? 0 <= 60)
+            #expect(try await store.session(id: s.id, ttl: 1000) != nil)
+            #expect(try await redis.send(RedisCommand("TTL", set)).int ?? 0 > 900, "the set's expiry moved with the session's")
+            #expect(try await store.session(id: s.id, ttl: 10) != nil)
+            #expect(try await redis.send(RedisCommand("TTL", set)).int ?? 0 > 900, "and never forward")
+            try await store.deleteAll(userID: user)
+            #expect(try await store.session(id: s.id, ttl: 1000) == nil)
+        }
+    }
 }
 
 /// Two web servers (two object graphs on one database) with sessions in Redis: a session
