@@ -110,25 +110,21 @@ public struct Journey: Sendable {
         let ids = try Setup.ids(file: idsFile)
         if warmPass {
             let started = Date()
-            var options = LoadOptions(port: entry.port)
-            options.host = entry.host
-            options.connections = connections
-            options.duration = .seconds(3600)
-            let scan = try await LoadRunner.run(options, scenario: ScanScenario(ids: ids, connections: connections))
+            let scan = try await LoadRunner.run(options(entry, seconds: 3600), scenario: ScanScenario(ids: ids, connections: connections))
             say("  warm pass: \(scan.requests) reads (every id once) in \(String(format: "%.1f", Date().timeIntervalSince(started))) s, \(scan.errorCount) errors")
         }
-        if warmup > 0 { _ = try await load(entry, ids: ids, idsFile: idsFile, seconds: warmup, state) }
+        if warmup > 0 { _ = try await load(entry, ids: ids, idsFile: idsFile, seconds: warmup) }
 
         // CPU is sampled inside the run, a second after its start and before its end, so
         // the load generator's start and the servers' idle tail are not averaged in.
         let margin = duration >= 6 ? 1.0 : 0.0
         let webNodes = state.webServers
         let before = Metrics.scrape(webNodes)
-        async let running = load(entry, ids: ids, idsFile: idsFile, seconds: duration, state)
+        async let running = load(entry, ids: ids, idsFile: idsFile, seconds: duration)
         try await Task.sleep(for: .seconds(margin))
-        let cpu0 = try cluster.cpuSeconds(), client0 = Self.ownCPUSeconds(), t0 = Date()
+        let cpu0 = try cluster.cpuSeconds(state), client0 = Self.ownCPUSeconds(), t0 = Date()
         try await Task.sleep(for: .seconds(Double(duration) - 2 * margin))
-        let cpu1 = try cluster.cpuSeconds(), client1 = Self.ownCPUSeconds(), t1 = Date()
+        let cpu1 = try cluster.cpuSeconds(state), client1 = Self.ownCPUSeconds(), t1 = Date()
         let result = try await running
         let after = Metrics.scrape(webNodes)
 
@@ -143,14 +139,13 @@ public struct Journey: Sendable {
         let replica = reads.filter { $0.labels["role"] == "read" && !primaries.contains($0.labels["node"] ?? "") }.map(\.value).reduce(0, +)
 
         let seconds = max(t1.timeIntervalSince(t0), 0.001)
-        let budgets = try cluster.budgets()
         var tiers: [TierCPU] = Role.allCases.compactMap { role in
             let nodes = state.topology.nodes(role)
             guard !nodes.isEmpty, role != .client || hosts else { return nil }
             let used = nodes.map { (cpu1[$0.name] ?? 0) - (cpu0[$0.name] ?? 0) }.reduce(0, +)
             return TierCPU(
                 tier: role.rawValue, nodes: nodes.count, cores: used / seconds,
-                budget: hosts ? nodes.map { budgets[$0.name] ?? 0 }.reduce(0, +) : nil)
+                budget: state.hosts.map { plan in nodes.map { plan.host($0).cpus }.reduce(0, +) })
         }
         // On loopback the load generator is this process.
         if !hosts { tiers.append(TierCPU(tier: "client", nodes: 1, cores: (client1 - client0) / seconds, budget: nil)) }
@@ -170,13 +165,9 @@ public struct Journey: Sendable {
 
     /// The read scenario for `seconds`: in this process on loopback; with hosts, as
     /// `millions bench read` on the client host, so the load generator has a budget too.
-    func load(_ entry: Node, ids: [Int64], idsFile: String, seconds: Int, _ state: ClusterState) async throws -> BenchResult {
+    func load(_ entry: Node, ids: [Int64], idsFile: String, seconds: Int) async throws -> BenchResult {
         guard hosts else {
-            var options = LoadOptions(port: entry.port)
-            options.host = entry.host
-            options.connections = connections
-            options.duration = .seconds(Int64(seconds))
-            return try await LoadRunner.run(options, scenario: ReadScenario(ids: ids, distribution: distribution))
+            return try await LoadRunner.run(options(entry, seconds: seconds), scenario: ReadScenario(ids: ids, distribution: distribution))
         }
         let json = dir + "/logs/client-result.json"
         try? FileManager.default.removeItem(atPath: json)
@@ -194,6 +185,15 @@ public struct Journey: Sendable {
             throw BenchError("the load generator on the client host failed (exit \(status); see \(log))")
         }
         return try JSONDecoder().decode(BenchResult.self, from: data)
+    }
+
+    /// The in-process load generator's options against `entry`.
+    func options(_ entry: Node, seconds: Int) -> LoadOptions {
+        var o = LoadOptions(port: entry.port)
+        o.host = entry.host
+        o.connections = connections
+        o.duration = .seconds(Int64(seconds))
+        return o
     }
 
     static func ownCPUSeconds() -> Double {

@@ -256,8 +256,7 @@ public struct Cluster: Sendable {
 
     /// CPU seconds each node has used so far: its host's cgroup with hosts (everything that
     /// ever ran there), else its process and the live processes below it.
-    public func cpuSeconds() throws -> [String: Double] {
-        let state = try loadState()
+    public func cpuSeconds(_ state: ClusterState) throws -> [String: Double] {
         var out: [String: Double] = [:]
         if let plan = state.hosts {
             let net = try network(state)
@@ -267,13 +266,6 @@ public struct Cluster: Sendable {
             for n in state.nodes { out[n.name] = pid(of: n).flatMap(table.treeCPUSeconds) }
         }
         return out
-    }
-
-    /// Each node's CPU budget in cores (hosts only; 0 is unlimited).
-    public func budgets() throws -> [String: Double] {
-        let state = try loadState()
-        guard let plan = state.hosts else { return [:] }
-        return Dictionary(uniqueKeysWithValues: state.nodes.map { ($0.name, plan.host($0).cpus) })
     }
 
     static func fnv(_ text: String) -> UInt64 {
@@ -396,7 +388,7 @@ public struct Cluster: Sendable {
             try FileManager.default.createDirectory(atPath: nginxDir + d, withIntermediateDirectories: true)
             chmod(nginxDir + d, 0o777)  // workers run as nobody when started by root
         }
-        try writeNginxConfig(node, upstreams: upstreams)
+        try writeNginxConfig(node, upstreams: upstreams, state)
         let status = try Processes.run(on(node, state) + ["/usr/sbin/nginx", "-e", "\(nginxDir)/error.log", "-c", "\(nginxDir)/nginx.conf"])
         guard status == 0 else { throw Processes.Failure("nginx did not start (see \(nginxDir)/error.log)") }
         guard Processes.wait(seconds: 60, until: { Processes.portOpen(host: node.host, port: node.port) }) else {
@@ -404,10 +396,10 @@ public struct Cluster: Sendable {
         }
     }
 
-    func writeNginxConfig(_ node: Node, upstreams: [Node]) throws {
+    func writeNginxConfig(_ node: Node, upstreams: [Node], _ state: ClusterState) throws {
         // A worker per core the host has: on a host of a fraction of a core, a second
         // worker only adds switches between them.
-        let cores = (try? loadState())?.hosts.map { $0.host(node).cpus } ?? 0
+        let cores = state.hosts.map { $0.host(node).cpus } ?? 0
         let workers = cores > 0 ? max(1, Int(cores.rounded(.up))) : 2
         try ServerConfigs.nginx(listen: node.address, upstreams: upstreams.map(\.address), dir: nginxDir, workers: workers)
             .write(toFile: "\(nginxDir)/nginx.conf", atomically: true, encoding: .utf8)
@@ -496,7 +488,7 @@ public struct Cluster: Sendable {
             try addHosts(added, state)
             for n in added { try startWebServer(state, n) }
             try waitReady(added)
-            try writeNginxConfig(balancer, upstreams: state.webServers)
+            try writeNginxConfig(balancer, upstreams: state.webServers, state)
             try reloadNginx()
             say("web servers: \(current.count) → \(target) (\(added.map(\.name).joined(separator: ", ")) added)")
         } else if target < current.count {
@@ -508,7 +500,7 @@ public struct Cluster: Sendable {
             }
             let keep = Array(ordered.prefix(target))
             let removed = current.filter { r in !keep.contains(r) }
-            try writeNginxConfig(balancer, upstreams: keep.sorted { $0.port < $1.port })
+            try writeNginxConfig(balancer, upstreams: keep.sorted { $0.port < $1.port }, state)
             try reloadNginx()
             stopProcesses(removed)
             try removeHosts(removed, state)
@@ -660,7 +652,8 @@ public struct Cluster: Sendable {
 
     /// Child processes of `pid`, from /proc.
     func children(of pid: Int32) -> Set<Int32> {
-        Set(ProcessTable().entries.filter { $0.value.parent == pid && !$0.value.zombie }.keys)
+        let table = ProcessTable()
+        return Set((table.children[pid] ?? []).filter { table.entries[$0]?.zombie == false })
     }
 
     func seconds(since t: Date) -> String { String(format: "%.1f s", Date().timeIntervalSince(t)) }

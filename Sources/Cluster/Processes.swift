@@ -209,6 +209,7 @@ struct ProcessTable {
         var cpuSeconds: Double
     }
     var entries: [Int32: Entry] = [:]
+    var children: [Int32: [Int32]] = [:]
 
     init() {
         let tick = Double(sysconf(Int32(_SC_CLK_TCK)))
@@ -221,6 +222,7 @@ struct ProcessTable {
             guard fields.count > 12, let parent = Int32(fields[1]) else { continue }
             let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
             entries[pid] = Entry(parent: parent, zombie: fields[0] == "Z", cpuSeconds: ticks / tick)
+            children[parent, default: []].append(pid)
         }
     }
 
@@ -228,8 +230,6 @@ struct ProcessTable {
     /// backends; what exited in between is not counted).
     func treeCPUSeconds(_ pid: Int32) -> Double? {
         guard entries[pid] != nil else { return nil }
-        var children: [Int32: [Int32]] = [:]
-        for (p, e) in entries { children[e.parent, default: []].append(p) }
         var total = 0.0, stack = [pid]
         while let p = stack.popLast() {
             total += entries[p]?.cpuSeconds ?? 0

@@ -223,12 +223,18 @@ import Testing
 }
 
 @Suite struct RedisSessionStoreTests {
-    @Test func lifecycleAndLogOutEverywhere() async throws {
+    /// A store on a Redis server of its own, and the client, to look at the keys.
+    static func withStore(_ body: (RedisClient, RedisSessionStore) async throws -> Void) async throws {
         try await RedisServer.with { server in
             let redis = RedisClient(
                 configuration: try .forTests(server), metrics: AppMetrics(), logger: RedisClientTests.logger)
             defer { redis.close() }
-            let store = RedisSessionStore(redis: redis)
+            try await body(redis, RedisSessionStore(redis: redis))
+        }
+    }
+
+    @Test func lifecycleAndLogOutEverywhere() async throws {
+        try await Self.withStore { redis, store in
             let user = try #require(UserID(rawValue: 77))
             let s = try await store.create(userID: user, ttl: 100)
             #expect(Session.isWellFormed(s.id))
@@ -253,11 +259,7 @@ import Testing
 
     /// Sessions expire in Redis after `ttl` without use, and every use pushes expiry back.
     @Test func expiresInRedisAndSlidesOnUse() async throws {
-        try await RedisServer.with { server in
-            let redis = RedisClient(
-                configuration: try .forTests(server), metrics: AppMetrics(), logger: RedisClientTests.logger)
-            defer { redis.close() }
-            let store = RedisSessionStore(redis: redis)
+        try await Self.withStore { redis, store in
             let user = try #require(UserID(rawValue: 5))
             // No race with the clock: waiting longer than a ttl is always safe, and the slide
             // is seen in Redis's own countdown, not in how fast this machine runs.
@@ -277,11 +279,7 @@ import Testing
     /// A session kept alive by use keeps its user's set alive too: "delete all sessions"
     /// (account deletion) still finds it after the set's first expiry would have passed.
     @Test func aUsedSessionKeepsItsUsersSetAlive() async throws {
-        try await RedisServer.with { server in
-            let redis = RedisClient(
-                configuration: try .forTests(server), metrics: AppMetrics(), logger: RedisClientTests.logger)
-            defer { redis.close() }
-            let store = RedisSessionStore(redis: redis)
+        try await Self.withStore { redis, store in
             let user = try #require(UserID(rawValue: 9))
             let s = try await store.create(userID: user, ttl: 60)
             let set = "millions:user-sessions:9"
