@@ -168,6 +168,14 @@ public struct Components: Sendable {
         return Worker(queue: jobs, handlers: handlers, options: options, metrics: metrics, logger: logger)
     }
 
+    /// The worker's follower of the primary's change feed (`cache.followSlot`), which
+    /// deletes cached profiles once this site's replicas have replayed their writes.
+    public func changeFollower() throws -> (any Service)? {
+        guard !settings.cacheFollowSlot.isEmpty, let replicaSet, let userCache else { return nil }
+        let feed = try ChangeFeed(set: replicaSet, slot: settings.cacheFollowSlot, logger: logger)
+        return ChangeFollower(changes: feed, cache: userCache, metrics: metrics, logger: logger)
+    }
+
     var service: UserService {
         UserService(
             users: users, sessions: sessions, cache: userCache, settings: settings, ids: UserIDGenerator(),
@@ -251,4 +259,13 @@ public func buildApplication(
         }
     }
     return app
+}
+
+/// The data tier's change feed is what the cache tier's follower reads.
+extension ChangeFeed: CommittedChanges {
+    public func prepare() async throws { try await ensureSlot() }
+
+    public func next(limit: Int) async throws -> (commits: [(position: UInt64, ids: [Int64])], through: UInt64)? {
+        try await peek(limit: limit).map { batch in (batch.commits.map { ($0.position, $0.userIDs) }, batch.through) }
+    }
 }

@@ -59,6 +59,10 @@ public struct Settings: Sendable {
     public var cacheMaxEntries: Int
     public var cacheMaxBytes: Int
     public var cacheTTLSeconds: Int
+    /// With PostgreSQL and a shared cache: the logical replication slot whose changes a
+    /// worker follows to delete cached profiles once this site's replicas have replayed
+    /// them (one slot per site; empty: off).
+    public var cacheFollowSlot: String
     public var cacheNegativeTTLSeconds: Int
 
     /// `sql` (a jobs table in the data engine) or `redis` (Redis Streams, at `redis.address`).
@@ -141,6 +145,7 @@ public struct Settings: Sendable {
         cacheMaxEntries = config.int(forKey: "cache.maxEntries", default: 100_000)
         cacheMaxBytes = config.int(forKey: "cache.maxBytes", default: 64 * 1024 * 1024)
         cacheTTLSeconds = config.int(forKey: "cache.ttlSeconds", default: 300)
+        cacheFollowSlot = config.string(forKey: "cache.followSlot", default: "")
         cacheNegativeTTLSeconds = config.int(forKey: "cache.negativeTtlSeconds", default: 5)
 
         queueEngine = config.string(forKey: "queue.engine", default: "sql")

@@ -37,6 +37,7 @@ struct WorkerCommand: AsyncParsableCommand {
         if let redis = components.redis { services.append(redis) }
         // Its background loop brings failed nodes back; the photo job invalidates through it.
         if let memcached = components.memcached { services.append(memcached) }
+        if let follower = try components.changeFollower() { services.append(follower) }
         if let port = metricsPort {
             // Before the worker, so it stops after it: it answers while jobs drain.
             services.append(Self.metricsServer(components, worker: worker, host: metricsHost, port: port, logger: logger))

@@ -42,6 +42,22 @@ import WebTier
         #expect(router.choose([down, replica(4000, up: false)], minimumLSN: 0, spread: 0) == .unavailable)
     }
 
+    /// test_decoding's lines: a commit's users, its position, and the position read through.
+    @Test func changeFeedLines() throws {
+        let rows: [(lsn: String, data: String)] = [
+            ("0/100", "BEGIN"), ("0/110", "table public.users: UPDATE: id[bigint]:42 email[text]:'a@example.com'"),
+            ("0/120", "table public.jobs: INSERT: id[bigint]:7 queue[text]:'photos'"), ("0/180", "COMMIT"),
+            ("0/190", "BEGIN"), ("0/1A0", "table public.sessions: DELETE: id_hash[text]:'x'"), ("0/1F0", "COMMIT"),
+            ("0/200", "BEGIN"), ("0/210", "table public.users: DELETE: id[bigint]:-3"),
+            ("0/220", "table public.users: INSERT: id[bigint]:9 email[text]:'id[bigint]:1'"), ("0/2F0", "COMMIT"),
+        ]
+        let batch = try #require(ChangeFeed.parse(rows))
+        #expect(batch.commits == [.init(position: 0x180, userIDs: [42]), .init(position: 0x2F0, userIDs: [-3, 9])])
+        #expect(batch.through == 0x2F0)
+        #expect(ChangeFeed.parse([("0/100", "BEGIN")]) == nil)
+        #expect(ChangeFeed.userID("table public.users_archive: UPDATE: id[bigint]:1") == nil)
+    }
+
     @Test func lsnText() {
         #expect(LSN.parse("0/4043C08") == 0x4043C08)
         #expect(LSN.parse("1/0") == 1 << 32)
@@ -64,6 +80,59 @@ import WebTier
         let text = String(decoding: metrics.exposition(), as: UTF8.self)
         let prefix = "db_read_routing_total{decision=\"\(decision)\"} "
         return text.split(separator: "\n").first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) } ?? 0
+    }
+
+    /// The primary's change feed, through a logical replication slot: commits that touched
+    /// users come in commit order with their position; the replicas report having replayed
+    /// them; acknowledged commits do not come back.
+    @Test func theChangeFeedFollowsCommitsToUsers() async throws {
+        let t = try PostgresTopology.shared()
+        let set = try Self.replicaSet(t)
+        try await set.withRunning {
+            try await PostgresMigrations.migrate(set)
+            let feed = try ChangeFeed(set: set, slot: "test_feed_\(UInt32.random(in: 0...UInt32.max))", logger: quietLogger)
+            do {
+                try await feed.ensureSlot()
+                try await feed.ensureSlot()  // idempotent
+            } catch {
+                Issue.record("creating the slot: \(String(reflecting: error))")
+                return
+            }
+            do {
+                let store = PostgresUserStore(replicaSet: set)
+                let a = try await store.create(StoreSuite.account(uniqueEmail("feed-a")))
+                let b = try await store.create(StoreSuite.account(uniqueEmail("feed-b")))
+                _ = try await store.update(id: a.id, patch: ProfilePatch(lastName: "Followed"))
+                // Other tests write to the same server meanwhile: keep the commits about a and b.
+                let ours = Set([a.id.rawValue, b.id.rawValue])
+                var seen: [[Int64]] = [], last: UInt64 = 0, through: UInt64 = 0
+                for _ in 0..<600 where seen.count < 3 {
+                    if let batch = try await feed.peek(limit: 10_000) {
+                        let mine = batch.commits.filter { !Set($0.userIDs).isDisjoint(with: ours) }
+                        seen = mine.map { $0.userIDs.filter(ours.contains) }
+                        last = mine.last?.position ?? 0
+                        through = batch.through
+                    }
+                    if seen.count < 3 { try await Task.sleep(for: .milliseconds(100)) }
+                }
+                #expect(seen == [[a.id.rawValue], [b.id.rawValue], [a.id.rawValue]])
+                var replayed = false
+                for _ in 0..<600 where !replayed {
+                    replayed = await feed.replayed(through: last)
+                    if !replayed { try await Task.sleep(for: .milliseconds(100)) }
+                }
+                #expect(replayed, "the replicas replay the commits")
+                try await feed.acknowledge(through: through)
+                try await feed.acknowledge(through: through)  // again: already there, no error
+                let after = try await feed.peek(limit: 10_000)
+                #expect(after?.commits.allSatisfy { $0.position > through } ?? true)
+            } catch {
+                try? await feed.drop()
+                Issue.record("following the feed: \(String(reflecting: error))")
+                return
+            }
+            try await feed.drop()
+        }
     }
 
     @Test func aWriteOnThePrimaryBecomesReadableThroughReplicas() async throws {
