@@ -13,6 +13,8 @@ public struct ClusterState: Codable, Sendable {
     public var topology: Topology
     /// Set when every node runs on a host of its own (`up --hosts`).
     public var hosts: HostsPlan?
+    /// Commits wait for a replica (of another site when there is one): `up --sync`.
+    public var syncReplication = false
     public var stage: Stage { topology.stage }
     public var nodes: [Node] {
         get { topology.nodes }
@@ -51,7 +53,8 @@ public struct Cluster: Sendable {
     var statePath: String { dir + "/state.json" }
     var logs: String { dir + "/logs" }
     var run: String { dir + "/run" }
-    var nginxDir: String { dir + "/nginx" }
+    /// nginx's folder (configuration, pid, temporary files): the one its pid file is in.
+    func nginxDir(_ node: Node) -> String { URL(fileURLWithPath: node.pidFile).deletingLastPathComponent().path }
 
     public func loadState() throws -> ClusterState {
         guard let data = FileManager.default.contents(atPath: statePath) else {
@@ -74,7 +77,8 @@ public struct Cluster: Sendable {
     /// Starts every server of `stage` and waits until each is ready. Returns seconds taken.
     @discardableResult
     public func up(
-        stage: Stage, webServers: Int?, basePort: Int, settings: [String: String], hosts: Bool = false, cpus: Double? = nil
+        stage: Stage, webServers: Int?, basePort: Int, settings: [String: String], hosts: Bool = false, cpus: Double? = nil,
+        wan: (delayMs: Double, jitterMs: Double)? = nil, syncReplication: Bool = false
     ) throws -> Double {
         let started = Date()
         if let existing = try? loadState(), existing.nodes.contains(where: { pid(of: $0).map(Processes.isAlive) ?? false }) {
@@ -86,18 +90,29 @@ public struct Cluster: Sendable {
                     stage.balanced ? "--web must be 1...\(Ports.maxWebServers)" : "the \(stage.rawValue) stage has one web server")
             }
         }
+        guard hosts || !stage.needsHosts else {
+            throw Processes.Failure("the \(stage.rawValue) stage needs hosts (--hosts): its sites are subnets, joined only by the WAN's relays")
+        }
+        if let wan, !(wan.delayMs >= 0 && wan.jitterMs >= 0 && wan.delayMs + wan.jitterMs <= 10_000) {
+            throw Processes.Failure("the WAN's delay and jitter must be 0…10000 ms")
+        }
         let ports = try Ports(base: basePort)
         var plan: HostsPlan? = nil
         if hosts {
             let budget = Self.defaultHostBudget
             let prefix = Self.hostPrefix(dir)
-            plan = HostsPlan(
-                prefix: prefix, subnet: try HostNetwork.freeSubnet(preferred: Int(Self.fnv(dir) % 254) + 1),
-                cpus: cpus ?? budget.cpus, memoryBytes: budget.memoryBytes)
             // What a crashed earlier `up` in this folder left behind.
             try HostNetwork(prefix: prefix, subnet: 1).removeAll()
+            var subnets: [Int] = []
+            for _ in stage.sites {
+                subnets.append(try HostNetwork.freeSubnet(preferred: Int(Self.fnv(dir) % 254) + 1, excluding: subnets))
+            }
+            plan = HostsPlan(prefix: prefix, subnets: subnets, cpus: cpus ?? budget.cpus, memoryBytes: budget.memoryBytes)
         }
-        let topology = stage.topology(web: webServers, Layout(ports: ports, dir: dir, subnet: plan?.subnet))
+        var topology = stage.topology(web: webServers, Layout(ports: ports, dir: dir, subnets: plan?.subnets ?? []))
+        if let wan {
+            for i in topology.links.indices { (topology.links[i].delayMs, topology.links[i].jitterMs) = wan }
+        }
         if plan == nil, let busy = topology.nodes.first(where: { Processes.portOpen($0.port) }) {
             throw Processes.Failure("port \(busy.port) (for \(busy.name)) is in use; choose another --base-port")
         }
@@ -108,11 +123,19 @@ public struct Cluster: Sendable {
         // Saved before anything starts, so `down` can clean up after a failed `up` (it
         // stops by pid file and script, which skip what never started). Every node's
         // settings come from the whole topology, not from the part already running.
-        let state = ClusterState(ports: ports, settings: settings, topology: topology, hosts: plan)
+        var state = ClusterState(ports: ports, settings: settings, topology: topology, hosts: plan)
+        state.syncReplication = syncReplication
+        if syncReplication && topology.nodes(.database).count < 2 {
+            throw Processes.Failure("--sync needs replicas; the \(stage.rawValue) stage has none")
+        }
         try save(state)
         if let plan {
-            try HostNetwork(prefix: plan.prefix, subnet: plan.subnet).create()
-            say("hosts: \(topology.nodes.count) on bridge \(plan.prefix)br, 198.18.\(plan.subnet).0/24, \(plan.cpus) cores and \(plan.memoryBytes >> 20) MiB each")
+            try plan.network().create()
+            let subnets = zip(stage.sites, plan.subnets).map { "\($0) 198.18.\($1).0/24" }.joined(separator: ", ")
+            say("hosts: \(topology.nodes.count) on bridge \(plan.prefix)br (\(subnets)), \(plan.cpus) cores and \(plan.memoryBytes >> 20) MiB each")
+            for link in topology.links {
+                say("WAN \(link.sites.joined(separator: " ↔ ")): \(link.delayMs) ms one way, jitter \(link.jitterMs) ms, through each site's gateway")
+            }
         }
         for role in Role.allCases {
             let nodes = topology.nodes(role)
@@ -121,32 +144,36 @@ public struct Cluster: Sendable {
             try start(nodes, role, state)
             say(startedLine(role, nodes) + " in \(seconds(since: t))")
         }
-        let entry = try entryNode(state)
-        // Bounds here are for a machine that is busy (a CPU hog, the test suite): waits end as soon as the condition holds.
-        guard Processes.wait(seconds: 60, every: 0.1, until: { Processes.httpStatus(host: entry.host, port: entry.port, path: "/readyz") == 200 }) else {
-            throw Processes.Failure("the site on \(entry.address) did not become ready")
+        let entries = try topology.sites.map { try topology.entry(site: $0).orThrow("site \($0) has no web server") }
+        for entry in entries {
+            // Bounds here are for a machine that is busy (a CPU hog, the test suite): waits end as soon as the condition holds.
+            guard Processes.wait(seconds: 60, every: 0.1, until: { Processes.httpStatus(host: entry.host, port: entry.port, path: "/readyz") == 200 }) else {
+                throw Processes.Failure("the site on \(entry.address) did not become ready")
+            }
         }
         let took = Date().timeIntervalSince(started)
         say("stage \(stage.rawValue) up in \(String(format: "%.1f", took)) s: \(stage.summary)")
-        say("site: http://\(entry.address)/")
+        for entry in entries { say("site\(entries.count > 1 ? " (" + entry.site + ")" : ""): http://\(entry.address)/") }
         return took
     }
 
     /// Every host's budget unless `--cpus` says otherwise: the same for every stage.
     public static var defaultHostBudget: (cpus: Double, memoryBytes: UInt64) {
-        HostsPlan.defaultBudget(hostsInLargestStage: Stage.allCases.map { $0.standard.nodes.count }.max() ?? 1)
+        HostsPlan.defaultBudget(hostsInLargestStage: Stage.journey.map { $0.standard.nodes.count }.max() ?? 1)
     }
 
     /// Starts the nodes of one role and waits until they serve.
     func start(_ nodes: [Node], _ role: Role, _ state: ClusterState) throws {
         try addHosts(nodes, state)
         switch role {
+        case .gateway:
+            for n in nodes { try startGateway(n, state) }
         case .database:
             let replicas = nodes.count - 1
-            try script("postgres", ["start", String(replicas)], env: pgEnv(state))
+            try script("postgres", ["start", String(replicas)] + syncFlag(state), env: pgEnv(state))
             // Once, before several servers start at the same moment.
             let status = try Processes.run(
-                [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state)), log: "\(logs)/migrate.log")
+                [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state, site: nodes[0].site)), log: "\(logs)/migrate.log")
             guard status == 0 else { throw Processes.Failure("millions migrate failed (exit \(status))") }
         case .cache:
             for n in nodes { try script("memcached", ["start", String(n.port), "64"], env: serverEnv(n, state)) }
@@ -160,9 +187,13 @@ public struct Cluster: Sendable {
             // A worker's metrics server starts once its queue is reachable.
             try waitReady(nodes, path: "/healthz")
         case .balancer:
-            try startNginx(nodes[0], upstreams: state.webServers, state)
+            for n in nodes { try startNginx(n, upstreams: state.topology.nodes(.web, in: n.site), state) }
         case .edge:
-            try startVarnish(nodes[0], backend: try state.topology.nodes(.balancer).first.orThrow("the edge needs a balancer"), state)
+            for n in nodes {
+                try startVarnish(n, backend: try state.topology.nodes(.balancer, in: n.site).first.orThrow("the edge needs a balancer"), state)
+            }
+        case .dns:
+            for n in nodes { try startDNS(n, state) }
         case .client:
             break  // a host only: `cluster exec client -- …` runs the load generator there
         }
@@ -174,10 +205,13 @@ public struct Cluster: Sendable {
     /// runs its arguments there (what scripts and processes are started through).
     func addHosts(_ nodes: [Node], _ state: ClusterState) throws {
         guard let plan = state.hosts else { return }
-        let net = try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+        let net = try plan.network()
+        let dns = state.topology.nodes(.dns).first
         for n in nodes {
             let host = plan.host(n)
-            try net.add(host)
+            // Each host asks the DNS server at its address on the host's own subnet.
+            let prefix = n.host.split(separator: ".").prefix(3).joined(separator: ".") + "."
+            try net.add(host, nameserver: dns.flatMap { d in ([d.host] + d.alsoAt).first { $0.hasPrefix(prefix) } })
             let path = "\(dir)/hosts/\(n.name)"
             try net.wrapperScript(on: host).write(toFile: path, atomically: true, encoding: .utf8)
             chmod(path, 0o755)
@@ -200,8 +234,7 @@ public struct Cluster: Sendable {
     }
 
     func network(_ state: ClusterState) throws -> HostNetwork {
-        let plan = try state.hosts.orThrow("the cluster in \(dir) has no hosts (start it with `up --hosts`)")
-        return try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+        try state.hosts.orThrow("the cluster in \(dir) has no hosts (start it with `up --hosts`)").network()
     }
 
     func hostNode(_ name: String, _ state: ClusterState) throws -> (HostNetwork, NodeHost) {
@@ -237,7 +270,7 @@ public struct Cluster: Sendable {
     public func scale(cpus: [String: Double]) throws {
         var state = try loadState()
         guard var plan = state.hosts else { throw Processes.Failure("CPU budgets need hosts (start the cluster with `up --hosts`)") }
-        let net = try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+        let net = try plan.network()
         for (target, cores) in cpus {
             guard cores > 0, cores <= Double(ProcessInfo.processInfo.activeProcessorCount) else {
                 throw Processes.Failure("--cpu \(target): cores must be more than 0 and at most this machine's")
@@ -287,19 +320,17 @@ public struct Cluster: Sendable {
         case .worker: "\(nodes.count) workers running"
         case .balancer: "nginx up"
         case .edge: "varnish up"
-        case .client: "client host ready"
+        case .client: "client host\(nodes.count == 1 ? "" : "s") ready"
+        case .gateway: "WAN gateways relaying: " + nodes.map { "\($0.name) \($0.host)" }.joined(separator: ", ")
+        case .dns: "DNS (PowerDNS) answering \(Topology.siteName) with each client's own site"
         }
-    }
-
-    func entryNode(_ state: ClusterState) throws -> Node {
-        try state.topology.entry.orThrow("the topology has no web server")
     }
 
     /// The servers drop root for their own users (postgres, memcache, nobody), which must
     /// reach the cluster folder: refuse at once, naming the folder, rather than fail later
     /// inside initdb or nginx with "Permission denied" in a log file.
     func checkReachableByServiceUsers(_ topology: Topology) throws {
-        guard geteuid() == 0, topology.nodes.contains(where: { ![.web, .worker, .client].contains($0.role) }) else { return }
+        guard geteuid() == 0, topology.nodes.contains(where: { ![.web, .worker, .client, .gateway].contains($0.role) }) else { return }
         var url = URL(fileURLWithPath: dir)
         while true {
             var info = stat()
@@ -316,10 +347,10 @@ public struct Cluster: Sendable {
 
     // MARK: - web servers
 
-    /// The configuration every web server of the cluster runs with (what `seed` and
-    /// `migrate` need to reach the same data).
-    public func webSettings(_ state: ClusterState) -> [String: String] {
-        var s = state.topology.appSettings(dataDirectory: dir + "/data")
+    /// The configuration every web server of the cluster (in `site`, else the first)
+    /// runs with (what `seed` and `migrate` need to reach the same data).
+    public func webSettings(_ state: ClusterState, site: String? = nil) -> [String: String] {
+        var s = state.topology.appSettings(dataDirectory: dir + "/data", site: site)
         s.merge(state.settings) { _, user in user }
         return s
     }
@@ -329,14 +360,15 @@ public struct Cluster: Sendable {
     }
 
     func startWebServer(_ state: ClusterState, _ node: Node) throws {
-        let argv = on(node, state) + [binary, "serve", "--host", node.host, "--port", String(node.port)] + setFlags(webSettings(state))
+        let argv = on(node, state) + [binary, "serve", "--host", node.host, "--port", String(node.port)]
+            + setFlags(webSettings(state, site: node.site))
         let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
         try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
 
     func startWorker(_ state: ClusterState, _ node: Node) throws {
         let argv = on(node, state) + [binary, "worker", "--concurrency", "2", "--metrics-host", node.host, "--metrics-port", String(node.port)]
-            + setFlags(webSettings(state))
+            + setFlags(webSettings(state, site: node.site))
         let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
         try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
@@ -345,6 +377,7 @@ public struct Cluster: Sendable {
     /// finish within the grace period or go back to the queue.
     public func scale(workers target: Int) throws {
         var state = try loadState()
+        try refuseSeveralSites(state, "scaling workers")
         guard state.stage.hasWorkers else { throw Processes.Failure("the \(state.stage.rawValue) stage has no workers (try queued)") }
         guard target >= 0, target <= Ports.maxWorkers else { throw Processes.Failure("workers must be 0...\(Ports.maxWorkers)") }
         let current = state.workers
@@ -381,16 +414,70 @@ public struct Cluster: Sendable {
         }
     }
 
+    // MARK: - gateways
+
+    /// One `millions relay` on the gateway's host for everything its site reaches across
+    /// the WAN; ready when every relayed port listens.
+    func startGateway(_ node: Node, _ state: ClusterState) throws {
+        let relays = state.topology.relays(at: node)
+        guard let first = relays.first else { return }
+        let pairs: [String] = relays.flatMap { r -> [String] in
+            ["--listen", "\(r.listenHost):\(r.listenPort)", "--to", "\(r.targetHost):\(r.targetPort)"]
+        }
+        let argv = on(node, state) + [binary, "relay", "--delay-ms", String(first.delayMs), "--jitter-ms", String(first.jitterMs)] + pairs
+        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
+        try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
+        for r in relays {
+            guard Processes.wait(seconds: 60, until: { !Processes.isAlive(pid) || Processes.portOpen(host: r.listenHost, port: r.listenPort) }),
+                Processes.isAlive(pid)
+            else { throw Processes.Failure("\(node.name) is not relaying \(r.listenHost):\(r.listenPort) (see \(logs)/\(node.name).log)") }
+        }
+    }
+
+    // MARK: - DNS
+
+    func dnsDir(_ node: Node) -> String { URL(fileURLWithPath: node.pidFile).deletingLastPathComponent().path }
+
+    /// PowerDNS on its host, with the zone for the site's name; ready when a client of
+    /// each site gets its own site's entry (the health checks have run).
+    func startDNS(_ node: Node, _ state: ClusterState) throws {
+        let folder = dnsDir(node)
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try "zone \"\(Topology.domain)\" { type master; file \"\(folder)/zone\"; };\n"
+            .write(toFile: "\(folder)/named.conf", atomically: true, encoding: .utf8)
+        try ServerConfigs.dnsZone(state.topology).write(toFile: "\(folder)/zone", atomically: true, encoding: .utf8)
+        let addresses = ([node.host] + node.alsoAt).joined(separator: ",")
+        try script("dns", ["start", folder, addresses, String(node.port)], env: serverEnv(node, state))
+        for site in state.topology.sites {
+            guard let entry = state.topology.entry(site: site) else { continue }
+            // The machine's own address on the site's subnet asks, as a client there would.
+            let me = entry.host.split(separator: ".").prefix(3).joined(separator: ".") + ".1"
+            let server = ([node.host] + node.alsoAt).first { $0.hasPrefix(String(me.dropLast(1))) } ?? node.host
+            let answered = Processes.wait(seconds: 60, every: 0.5) { (try? Self.resolve(Topology.siteName, server: server, port: node.port, from: me)) == [entry.host] }
+            guard answered else { throw Processes.Failure("DNS does not answer \(Topology.siteName) with \(entry.host) for site \(site) (see \(folder)/pdns.log)") }
+        }
+    }
+
+    /// The A records `dig` gets for `name` from `server`, asking from address `from`.
+    public static func resolve(_ name: String, server: String, port: Int = 53, from: String) throws -> [String] {
+        let out = NSTemporaryDirectory() + "millions-dig-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let status = try Processes.run(["/usr/bin/dig", "+short", "+time=1", "+tries=1", "-p", String(port), "-b", from, "@\(server)", name, "A"], log: out)
+        guard status == 0 else { throw Processes.Failure("dig failed (exit \(status))") }
+        return (try String(contentsOfFile: out, encoding: .utf8)).split(whereSeparator: \.isNewline).map(String.init).filter { !$0.hasPrefix(";") }
+    }
+
     // MARK: - nginx and Varnish
 
     func startNginx(_ node: Node, upstreams: [Node], _ state: ClusterState) throws {
+        let folder = nginxDir(node)
         for d in ["", "/tmp/body", "/tmp/proxy", "/tmp/fastcgi", "/tmp/uwsgi", "/tmp/scgi"] {
-            try FileManager.default.createDirectory(atPath: nginxDir + d, withIntermediateDirectories: true)
-            chmod(nginxDir + d, 0o777)  // workers run as nobody when started by root
+            try FileManager.default.createDirectory(atPath: folder + d, withIntermediateDirectories: true)
+            chmod(folder + d, 0o777)  // workers run as nobody when started by root
         }
         try writeNginxConfig(node, upstreams: upstreams, state)
-        let status = try Processes.run(on(node, state) + ["/usr/sbin/nginx", "-e", "\(nginxDir)/error.log", "-c", "\(nginxDir)/nginx.conf"])
-        guard status == 0 else { throw Processes.Failure("nginx did not start (see \(nginxDir)/error.log)") }
+        let status = try Processes.run(on(node, state) + ["/usr/sbin/nginx", "-e", "\(folder)/error.log", "-c", "\(folder)/nginx.conf"])
+        guard status == 0 else { throw Processes.Failure("nginx did not start (see \(folder)/error.log)") }
         guard Processes.wait(seconds: 60, until: { Processes.portOpen(host: node.host, port: node.port) }) else {
             throw Processes.Failure("nginx is not listening on \(node.address)")
         }
@@ -401,15 +488,16 @@ public struct Cluster: Sendable {
         // worker only adds switches between them.
         let cores = state.hosts.map { $0.host(node).cpus } ?? 0
         let workers = cores > 0 ? max(1, Int(cores.rounded(.up))) : 2
-        try ServerConfigs.nginx(listen: node.address, upstreams: upstreams.map(\.address), dir: nginxDir, workers: workers)
-            .write(toFile: "\(nginxDir)/nginx.conf", atomically: true, encoding: .utf8)
+        try ServerConfigs.nginx(listen: node.address, upstreams: upstreams.map(\.address), dir: nginxDir(node), workers: workers)
+            .write(toFile: "\(nginxDir(node))/nginx.conf", atomically: true, encoding: .utf8)
     }
 
-    func reloadNginx() throws {
-        guard let master = readPid("\(nginxDir)/nginx.pid") else { throw Processes.Failure("nginx is not running") }
+    func reloadNginx(_ node: Node) throws {
+        let folder = nginxDir(node)
+        guard let master = readPid("\(folder)/nginx.pid") else { throw Processes.Failure("nginx is not running") }
         let old = children(of: master)
-        let status = try Processes.run(["/usr/sbin/nginx", "-e", "\(nginxDir)/error.log", "-c", "\(nginxDir)/nginx.conf", "-s", "reload"])
-        guard status == 0 else { throw Processes.Failure("nginx reload failed (see \(nginxDir)/error.log)") }
+        let status = try Processes.run(["/usr/sbin/nginx", "-e", "\(folder)/error.log", "-c", "\(folder)/nginx.conf", "-s", "reload"])
+        guard status == 0 else { throw Processes.Failure("nginx reload failed (see \(folder)/error.log)") }
         let done = Processes.wait(seconds: 60) {
             let now = children(of: master)
             return old.allSatisfy { !now.contains($0) } && !now.isEmpty
@@ -418,12 +506,12 @@ public struct Cluster: Sendable {
     }
 
     func startVarnish(_ node: Node, backend: Node, _ state: ClusterState) throws {
-        let vcl = "\(dir)/varnish.vcl"
+        let vcl = "\(dir)/\(node.name).vcl"
         try ServerConfigs.varnish(backend: backend).write(toFile: vcl, atomically: true, encoding: .utf8)
         let status = try Processes.run(on(node, state) + [
-            "/usr/sbin/varnishd", "-a", node.address, "-f", vcl, "-n", "\(dir)/varnish",
+            "/usr/sbin/varnishd", "-a", node.address, "-f", vcl, "-n", "\(dir)/\(node.name)",
             "-P", node.pidFile, "-s", "malloc,64m", "-T", "none",
-        ], log: "\(logs)/varnish.log")
+        ], log: "\(logs)/\(node.name).log")
         guard status == 0 else { throw Processes.Failure("varnishd did not start (exit \(status))") }
         guard Processes.wait(seconds: 60, until: { Processes.portOpen(host: node.host, port: node.port) }) else {
             throw Processes.Failure("varnish is not listening on \(node.address)")
@@ -450,6 +538,10 @@ public struct Cluster: Sendable {
                     health = Processes.httpStatus(host: node.host, port: node.port, path: "/healthz", timeout: 1) == 200 ? "up" : "unready"
                 case .database, .cache, .sessions:
                     health = Processes.portOpen(host: node.host, port: node.port, timeout: 1) ? "up" : "unready"
+                case .gateway:
+                    health = "relaying"
+                case .dns:
+                    health = Processes.portOpen(host: node.host, port: node.port, timeout: 1) ? "up" : "unready"
                 case .client:
                     break
                 }
@@ -460,9 +552,9 @@ public struct Cluster: Sendable {
 
     public static func table(_ rows: [NodeStatus]) -> String {
         func col(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
-        var out = col("node", 18) + col("role", 10) + col("site", 6) + col("address", 22) + col("pid", 9) + "health\n"
+        var out = col("node", 18) + col("role", 10) + col("site", 8) + col("address", 22) + col("pid", 9) + "health\n"
         for r in rows {
-            out += col(r.node.name, 18) + col(r.node.role.rawValue, 10) + col(r.node.site, 6)
+            out += col(r.node.name, 18) + col(r.node.role.rawValue, 10) + col(r.node.site, 8)
                 + col(r.node.port > 0 ? r.node.address : r.node.host, 22)
                 + col(r.pid.map(String.init) ?? "-", 9) + r.health + "\n"
         }
@@ -476,6 +568,7 @@ public struct Cluster: Sendable {
     /// No request fails either way.
     public func scale(web target: Int) throws {
         var state = try loadState()
+        try refuseSeveralSites(state, "scaling the web tier")
         guard let balancer = state.topology.nodes(.balancer).first else {
             throw Processes.Failure("the \(state.stage.rawValue) stage has no load balancer to scale behind")
         }
@@ -489,7 +582,7 @@ public struct Cluster: Sendable {
             for n in added { try startWebServer(state, n) }
             try waitReady(added)
             try writeNginxConfig(balancer, upstreams: state.webServers, state)
-            try reloadNginx()
+            try reloadNginx(balancer)
             say("web servers: \(current.count) → \(target) (\(added.map(\.name).joined(separator: ", ")) added)")
         } else if target < current.count {
             // Keep the lowest-numbered servers; prefer removing ones that are already down.
@@ -501,7 +594,7 @@ public struct Cluster: Sendable {
             let keep = Array(ordered.prefix(target))
             let removed = current.filter { r in !keep.contains(r) }
             try writeNginxConfig(balancer, upstreams: keep.sorted { $0.port < $1.port }, state)
-            try reloadNginx()
+            try reloadNginx(balancer)
             stopProcesses(removed)
             try removeHosts(removed, state)
             state.nodes.removeAll { removed.contains($0) }
@@ -540,9 +633,11 @@ public struct Cluster: Sendable {
             try script("memcached", ["kill", String(node.port)], env: serverEnv(node, state))
         case .sessions:
             try script("redis", ["kill", String(node.port)], env: serverEnv(node, state))
+        case .dns:
+            try script("dns", ["kill", dnsDir(node)], env: serverEnv(node, state))
         case .client:
             throw Processes.Failure("the client host runs no server (partition it instead)")
-        case .web, .worker, .balancer, .edge:
+        case .web, .worker, .balancer, .edge, .gateway:
             guard let pid = pid(of: node), Processes.isAlive(pid) else { throw Processes.Failure("\(name) is not running") }
             Processes.signal(pid, SIGKILL)
             Processes.wait(seconds: 10) { !Processes.isAlive(pid) }
@@ -557,6 +652,7 @@ public struct Cluster: Sendable {
     /// by themselves.
     public func failover() throws {
         let state = try loadState()
+        try refuseSeveralSites(state, "failover")
         let databases = state.topology.nodes(.database)
         guard databases.count > 1 else { throw Processes.Failure("the \(state.stage.rawValue) stage has no replicas") }
         let nodes = databases.map(\.address).joined(separator: ",")
@@ -577,7 +673,7 @@ public struct Cluster: Sendable {
         for role in Role.allCases.reversed() {
             let nodes = state.topology.nodes(role)
             switch role {
-            case .edge, .balancer:
+            case .edge, .balancer, .gateway:
                 for node in nodes { if let pid = pid(of: node) { Processes.stop(pid, grace: 10) } }
             case .worker, .web:
                 stopProcesses(nodes)
@@ -587,6 +683,8 @@ public struct Cluster: Sendable {
                 for node in nodes { try? script("memcached", ["stop", String(node.port)], env: serverEnv(node, state)) }
             case .database:
                 if !nodes.isEmpty { try? script("postgres", ["destroy"], env: pgEnv(state)) }
+            case .dns:
+                for node in nodes { try? script("dns", ["stop", dnsDir(node)], env: serverEnv(node, state)) }
             case .client:
                 break
             }
@@ -594,7 +692,7 @@ public struct Cluster: Sendable {
         // Then the hosts: namespaces, links, bridge, cgroups (killing anything left in them).
         var hostLeftovers: [String] = []
         if let plan = state.hosts {
-            let net = try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+            let net = try plan.network()
             try? net.removeAll()
             hostLeftovers = (try? net.leftovers()) ?? ["cannot list the hosts' network objects"]
         }
@@ -614,7 +712,26 @@ public struct Cluster: Sendable {
 
     // MARK: - helpers
 
-    func layout(_ state: ClusterState) -> Layout { Layout(ports: state.ports, dir: dir, subnet: state.hosts?.subnet) }
+    func layout(_ state: ClusterState) -> Layout { Layout(ports: state.ports, dir: dir, subnets: state.hosts?.subnets ?? []) }
+
+    /// What is not done across sites yet (per-site scaling; a site's failover comes with `site-down`).
+    func refuseSeveralSites(_ state: ClusterState, _ what: String) throws {
+        guard state.topology.sites.count == 1 else {
+            throw Processes.Failure("\(what) is for one-site stages; the \(state.stage.rawValue) stage has sites \(state.topology.sites.joined(separator: ", "))")
+        }
+    }
+
+    /// `--sync=…` for scripts/postgres: a commit waits for one replica, of another site than
+    /// the primary's when there is one (so a site's loss loses no acknowledged write).
+    func syncFlag(_ state: ClusterState) -> [String] {
+        guard state.syncReplication else { return [] }
+        let databases = state.topology.nodes(.database)
+        guard let primary = databases.first else { return [] }
+        let replicas = databases.dropFirst()
+        let remote = replicas.filter { $0.site != primary.site }
+        let names = (remote.isEmpty ? Array(replicas) : remote).map { String($0.name.dropFirst("postgres-".count)) }
+        return ["--sync=" + names.joined(separator: ",")]
+    }
 
     func pgEnv(_ state: ClusterState) -> [String: String] {
         var env = ["MILLIONS_PG_DIR": dir + "/pg", "MILLIONS_PG_PORT": String(state.ports.postgres)]
@@ -622,6 +739,13 @@ public struct Cluster: Sendable {
             env["MILLIONS_PG_HOSTS"] = state.topology.nodes(.database)
                 .map { "\($0.name.dropFirst("postgres-".count))=\($0.host)" }.joined(separator: " ")
             env["MILLIONS_WRAP_DIR"] = dir + "/hosts"
+            // A replica in another site than the primary streams through its site's gateway.
+            let databases = state.topology.nodes(.database)
+            if let primary = databases.first {
+                env["MILLIONS_PG_UPSTREAMS"] = databases.dropFirst().filter { $0.site != primary.site }
+                    .map { "\($0.name.dropFirst("postgres-".count))=\(state.topology.address(of: primary, from: $0.site))" }
+                    .joined(separator: " ")
+            }
         }
         return env
     }
@@ -629,7 +753,7 @@ public struct Cluster: Sendable {
     /// Removes the hosts of nodes that have stopped (after `scale` down).
     func removeHosts(_ nodes: [Node], _ state: ClusterState) throws {
         guard let plan = state.hosts else { return }
-        let net = try HostNetwork(prefix: plan.prefix, subnet: plan.subnet)
+        let net = try plan.network()
         for n in nodes {
             try net.remove(plan.host(n))
             try? FileManager.default.removeItem(atPath: "\(dir)/hosts/\(n.name)")

@@ -9,31 +9,42 @@ import Glibc
 public struct NodeHost: Codable, Sendable, Equatable {
     public var name: String
     public var address: String
+    /// Its addresses on other subnets (a site's gateway is on every site's subnet).
+    public var alsoAt: [String] = []
     /// Cores the host may use (cgroup CPU quota); 0 is unlimited.
     public var cpus: Double
     public var memoryBytes: UInt64
 
-    public init(name: String, address: String, cpus: Double, memoryBytes: UInt64) {
+    public init(name: String, address: String, alsoAt: [String] = [], cpus: Double, memoryBytes: UInt64) {
         self.name = name
         self.address = address
+        self.alsoAt = alsoAt
         self.cpus = cpus
         self.memoryBytes = memoryBytes
     }
 }
 
-/// The hosts of one cluster: a Linux bridge with an address in `198.18.<subnet>.0/24`
-/// (198.18.0.0/15 is reserved for benchmarks, so it collides with no real network), and
-/// for each host a namespace joined to the bridge by a veth pair and a cgroup. Every
-/// kernel object is named from `prefix`, so `removeAll` finds them again even after a
-/// crash lost every other record. Needs root.
+/// The hosts of one cluster: a Linux bridge with an address in `198.18.<subnet>.0/24` for
+/// each site (198.18.0.0/15 is reserved for benchmarks, so it collides with no real
+/// network), and for each host a namespace joined to the bridge by a veth pair and a
+/// cgroup. A host has a route to its own subnet only (no default route), so sites reach
+/// each other only through a gateway on both subnets. Every kernel object is named from
+/// `prefix`, so `removeAll` finds them again even after a crash lost every other record.
+/// Needs root.
 public struct HostNetwork: Sendable {
     /// At most 6 characters: interface names are limited to 15.
     public let prefix: String
-    public let subnet: Int
+    /// One per site; the first is the machine's main one (`gateway`).
+    public let subnets: [Int]
+    public var subnet: Int { subnets[0] }
     let cgroups: CGroups
 
-    public init(prefix: String, subnet: Int) throws {
-        guard prefix.count <= 6, prefix.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }), (1...254).contains(subnet) else {
+    public init(prefix: String, subnet: Int) throws { try self.init(prefix: prefix, subnets: [subnet]) }
+
+    public init(prefix: String, subnets: [Int]) throws {
+        guard prefix.count <= 6, prefix.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }), !subnets.isEmpty,
+            subnets.allSatisfy((1...254).contains)
+        else {
             throw Processes.Failure("host network prefix must be ≤ 6 letters or digits, subnet 1...254")
         }
         guard geteuid() == 0 else { throw Processes.Failure("hosts need root (network namespaces and cgroups)") }
@@ -41,7 +52,7 @@ public struct HostNetwork: Sendable {
             throw Processes.Failure("hosts need `ip` from iproute2 (apt-get install iproute2)")
         }
         self.prefix = prefix
-        self.subnet = subnet
+        self.subnets = subnets
         self.cgroups = try CGroups.detect()
     }
 
@@ -54,30 +65,39 @@ public struct HostNetwork: Sendable {
     public func namespace(_ host: NodeHost) -> String { "\(prefix)-\(host.name)" }
     var cgroup: String { "millions-\(prefix)" }
     func cgroup(_ host: NodeHost) -> String { "\(cgroup)/\(host.name)" }
-    /// The root side of a host's veth pair: prefix + the host's last address byte.
-    func veth(_ host: NodeHost) -> String { prefix + "v" + (host.address.split(separator: ".").last.map(String.init) ?? "0") }
+    /// The root side of a host's veth pair: prefix + the host's last two address bytes in hex.
+    func veth(_ host: NodeHost) -> String {
+        let bytes = host.address.split(separator: ".").suffix(2).compactMap { Int($0) }
+        return prefix + "v" + bytes.map { String(format: "%02x", $0) }.joined()
+    }
 
-    /// The bridge, its address, and the cgroup parent. Idempotent.
+    /// The bridge, its address on each subnet, and the cgroup parent. Idempotent.
     public func create() throws {
         if !linkExists(bridge) {
             try ip("link", "add", bridge, "type", "bridge")
-            try ip("addr", "add", "\(gateway)/24", "dev", bridge)
+            for s in subnets { try ip("addr", "add", "198.18.\(s).1/24", "dev", bridge) }
         }
         try ip("link", "set", bridge, "up")
         try cgroups.create(cgroup)
     }
 
     /// A namespace with loopback up and `host.address` on a veth into the bridge, and a
-    /// cgroup with the host's budget.
-    public func add(_ host: NodeHost) throws {
+    /// cgroup with the host's budget. With `nameserver`, the host resolves names there
+    /// (`ip netns exec` mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf).
+    public func add(_ host: NodeHost, nameserver: String? = nil) throws {
         let ns = namespace(host), outside = veth(host), inside = outside + "i"
+        if let nameserver {
+            try FileManager.default.createDirectory(atPath: "/etc/netns/\(ns)", withIntermediateDirectories: true)
+            try "nameserver \(nameserver)\noptions timeout:1 attempts:3\n"
+                .write(toFile: "/etc/netns/\(ns)/resolv.conf", atomically: true, encoding: .utf8)
+        }
         try ip("netns", "add", ns)
         try ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         try ip("link", "set", outside, "master", bridge)
         try ip("link", "set", outside, "up")
         try ip("link", "set", inside, "netns", ns)
         try ip("-n", ns, "link", "set", inside, "name", "eth0")
-        try ip("-n", ns, "addr", "add", "\(host.address)/24", "dev", "eth0")
+        for a in [host.address] + host.alsoAt { try ip("-n", ns, "addr", "add", "\(a)/24", "dev", "eth0") }
         try ip("-n", ns, "link", "set", "eth0", "up")
         try ip("-n", ns, "link", "set", "lo", "up")
         try cgroups.create(cgroup(host))
@@ -113,16 +133,17 @@ public struct HostNetwork: Sendable {
     /// Removes one host (its processes must have stopped): namespace, veth, cgroup.
     public func remove(_ host: NodeHost) throws {
         if try namespaces().contains(namespace(host)) { try ip("netns", "delete", namespace(host)) }
+        try? FileManager.default.removeItem(atPath: "/etc/netns/\(namespace(host))")
         if linkExists(veth(host)) { try ip("link", "delete", veth(host)) }
         try cgroups.removeTree(cgroup(host))
     }
 
     /// A subnet no interface of this machine uses yet, trying `preferred` first.
-    public static func freeSubnet(preferred: Int) throws -> Int {
+    public static func freeSubnet(preferred: Int, excluding: [Int] = []) throws -> Int {
         let text = try run("-o", "addr", "show")
         for k in 0..<254 {
             let subnet = (preferred - 1 + k) % 254 + 1
-            if !text.contains(" 198.18.\(subnet).") { return subnet }
+            if !text.contains(" 198.18.\(subnet).") && !excluding.contains(subnet) { return subnet }
         }
         throw Processes.Failure("no free subnet in 198.18.1.0 … 198.18.254.0")
     }
@@ -143,6 +164,9 @@ public struct HostNetwork: Sendable {
             }
             try ip("netns", "delete", ns)
         }
+        for folder in (try? FileManager.default.contentsOfDirectory(atPath: "/etc/netns")) ?? [] where folder.hasPrefix(prefix + "-") {
+            try? FileManager.default.removeItem(atPath: "/etc/netns/" + folder)
+        }
         for link in try links() where link != bridge { _ = try? ip("link", "delete", link) }
         if linkExists(bridge) { try ip("link", "delete", bridge) }
         try cgroups.removeTree(cgroup)
@@ -150,7 +174,9 @@ public struct HostNetwork: Sendable {
 
     /// What is left of this network (empty after `removeAll`): for tests and `down`.
     public func leftovers() throws -> [String] {
-        try namespaces().map { "netns \($0)" } + links().map { "link \($0)" } + cgroups.existing(cgroup).map { "cgroup \($0)" }
+        let resolvers = ((try? FileManager.default.contentsOfDirectory(atPath: "/etc/netns")) ?? []).filter { $0.hasPrefix(prefix + "-") }
+        return try namespaces().map { "netns \($0)" } + links().map { "link \($0)" } + cgroups.existing(cgroup).map { "cgroup \($0)" }
+            + resolvers.map { "resolver /etc/netns/\($0)" }
     }
 
     func namespaces() throws -> [String] {
@@ -302,7 +328,9 @@ struct CGroups: Sendable {
 /// and each host's budget.
 public struct HostsPlan: Codable, Sendable, Equatable {
     public var prefix: String
-    public var subnet: Int
+    /// One subnet per site, in the stage's order.
+    public var subnets: [Int]
+    public var subnet: Int { subnets[0] }
     /// Cores each host may use (a cap, by cgroup quota), and its memory limit.
     public var cpus: Double
     public var memoryBytes: UInt64
@@ -311,15 +339,15 @@ public struct HostsPlan: Codable, Sendable, Equatable {
     /// Budgets changed by `scale --cpu`, by node name.
     public var cpusByNode: [String: Double] = [:]
 
-    public init(prefix: String, subnet: Int, cpus: Double, memoryBytes: UInt64) {
+    public init(prefix: String, subnets: [Int], cpus: Double, memoryBytes: UInt64) {
         self.prefix = prefix
-        self.subnet = subnet
+        self.subnets = subnets
         self.cpus = cpus
         self.memoryBytes = memoryBytes
     }
 
     /// The same budget for every host of every stage, so stages compare: the largest stage
-    /// (`queued`, 12 hosts) fits the machine's cores with half a core left for the load
+    /// of the journey (`queued`, 12 hosts) fits the machine's cores with half a core left for the load
     /// generator and the tools: 1.5 / 12 = 0.125 cores per host on 2 cores. Memory: a
     /// share of what is left after 2 GiB for the machine, at most 1 GiB per host.
     public static func defaultBudget(hostsInLargestStage: Int) -> (cpus: Double, memoryBytes: UInt64) {
@@ -330,9 +358,11 @@ public struct HostsPlan: Codable, Sendable, Equatable {
         return ((cpus * 1000).rounded(.down) / 1000, min(1 << 30, share))
     }
 
+    public func network() throws -> HostNetwork { try HostNetwork(prefix: prefix, subnets: subnets) }
+
     public func host(_ node: Node) -> NodeHost {
         NodeHost(
-            name: node.name, address: node.host, cpus: cpusByNode[node.name] ?? (node.role == .client ? clientCpus : cpus),
+            name: node.name, address: node.host, alsoAt: node.alsoAt, cpus: cpusByNode[node.name] ?? (node.role == .client ? clientCpus : cpus),
             memoryBytes: memoryBytes)
     }
 }

@@ -105,6 +105,33 @@ public enum ServerConfigs {
         """
     }
 
+    /// PowerDNS's zone for the site's name: `www` answers a client with the entry of its own
+    /// site (by the client's subnet) while that site's `/healthz` answers, else with the
+    /// next healthy site's; `SITE.` names each site's entry. A short TTL, so clients move
+    /// within seconds of a site's loss (TTL + health-check interval).
+    public static func dnsZone(_ topology: Topology, ttl: Int = 5) -> String {
+        let entries = topology.sites.compactMap { topology.entry(site: $0) }
+        let ns = topology.nodes(.dns).first?.host ?? "127.0.0.1"
+        let port = entries.first?.port ?? 80
+        func subnet(_ host: String) -> String { host.split(separator: ".").prefix(3).joined(separator: ".") + ".0/24" }
+        // Nearest first, then the others in the stage's order.
+        func sets(_ e: Node) -> String {
+            "{" + ([e] + entries.filter { $0 != e }).map { "{'\($0.host)'}" }.joined(separator: ",") + "}"
+        }
+        let branches = entries.map { "if netmask({'\(subnet($0.host))'}) then return ifurlup(u,\(sets($0))) end" }.joined(separator: " ")
+        let lua = ";local u='http://\(Topology.siteName):\(port)/healthz' \(branches) return ifurlup(u,\(entries.first.map(sets) ?? "{}"))"
+        return """
+            ; Rendered by `millions cluster`.
+            $TTL \(ttl)
+            @ IN SOA ns.\(Topology.domain). hostmaster.\(Topology.domain). 1 60 60 60 \(ttl)
+            @ IN NS ns.\(Topology.domain).
+            ns IN A \(ns)
+            www IN LUA A "\(lua)"
+            \(entries.map { "\($0.site) IN A \($0.host)" }.joined(separator: "\n"))
+
+            """
+    }
+
     /// A Prometheus scrape configuration for every web server and worker of the cluster
     /// (`prometheus --config.file=.cluster/prometheus.yml` collects them all).
     public static func prometheus(web: [String], workers: [String]) -> String {

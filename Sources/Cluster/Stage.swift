@@ -8,18 +8,41 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     case cached
     case stateless
     case queued
+    /// Two data centers joined by a WAN (needs hosts).
+    case multiDC = "multi-dc"
+
+    /// The stages of the journey on one site, each the one before plus a tier.
+    public static let journey: [Stage] = [.single, .separateDB, .loadBalanced, .replicated, .cached, .stateless, .queued]
+
+    /// The data centers the stage spans.
+    public var sites: [String] { self == .multiDC ? ["west", "east"] : ["dc1"] }
 
     /// The stage's nodes: what runs, on which port, where. `web` overrides the number of
-    /// web servers behind a balancer.
+    /// web servers behind a balancer (per site).
     public func topology(web: Int? = nil, _ layout: Layout) -> Topology {
-        // With hosts, clients get a host of their own too, outside the servers' budget.
-        let clients = layout.subnet == nil ? [] : [layout.client()]
-        return Topology(stage: self, nodes: (servers(web: web, layout) + clients).sorted { $0.role < $1.role })
+        var nodes: [Node] = []
+        for (i, site) in sites.enumerated() {
+            let l = layout.at(site, index: i, of: sites.count)
+            // With hosts, clients get a host of their own too, outside the servers' budget.
+            nodes += servers(web: web, l) + (layout.onHosts ? [l.client()] : [])
+        }
+        let links = sites.count > 1 ? [WANLink(sites: sites, delayMs: WANLink.defaultDelayMs, jitterMs: 0)] : []
+        if sites.count > 1 && layout.onHosts { nodes.append(layout.dns()) }
+        return Topology(stage: self, nodes: nodes.sorted { $0.role < $1.role }, links: links)
     }
 
-    /// The stage's servers; each stage is the one before it plus what it adds.
+    /// The stage's servers on one site; each stage is the one before it plus what it adds.
     func servers(web: Int?, _ l: Layout) -> [Node] {
         switch self {
+        case .multiDC:
+            // Each site: edge, balancer, web servers, a cache, a worker, a replica, and its
+            // end of the WAN. The primary and Redis live in the first site. Indices are
+            // global so ports and pid files never collide.
+            let first = l.siteIndex == 0
+            let webs = web ?? 2
+            return [l.gateway()] + (first ? l.databases(replicas: 1) + [l.sessions()] : [l.database(replica: 2)])
+                + [l.cache(l.siteIndex + 1)] + (1...webs).map { l.web(l.siteIndex * webs + $0) } + [l.worker(l.siteIndex + 1)]
+                + [l.balancer(behindEdge: true), l.edge()]
         case .single:
             return [l.web(1, isEntry: true)]
         case .separateDB:
@@ -40,6 +63,8 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     /// The stage as it comes up by default (ports from 8080, no folder): for the figures
     /// below, which describe the stage rather than a running cluster.
     var standard: Topology { topology(Layout(ports: Ports.standard, dir: "")) }
+    /// Sites live on subnets of hosts: without them, nothing keeps them apart.
+    public var needsHosts: Bool { sites.count > 1 }
     public var replicas: Int { max(0, standard.nodes(.database).count - 1) }
     /// nginx in front of several web servers.
     public var balanced: Bool { !standard.nodes(.balancer).isEmpty }
@@ -59,24 +84,44 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
         case .cached: "Varnish edge, nginx, web servers, memcached ×2, PostgreSQL primary + 2 replicas"
         case .stateless: "as cached, with sessions in Redis"
         case .queued: "as stateless, with worker processes on the PostgreSQL queue"
+        case .multiDC: "two sites (west, east) joined by a WAN, each with an edge, nginx, web servers, memcached, a replica, a worker; the primary and Redis in west"
         }
     }
 }
 
 /// Where a cluster's nodes go: their ports, host address, site, and the files under the
 /// cluster folder where each keeps its pid. On loopback every node is at 127.0.0.1; with
-/// hosts (`subnet`), each node has an address of its own in `198.18.<subnet>.0/24`, from
-/// a fixed plan by role, so a node added later (`scale`) gets the same address every time.
+/// hosts, each site has a subnet `198.18.<subnet>.0/24` and each node an address in it
+/// from a fixed plan by role, so a node added later (`scale`) gets the same address every time.
 public struct Layout: Sendable {
     public var ports: Ports
     public var dir: String
-    public var subnet: Int?
-    public let site = "dc1"
+    /// With hosts, the subnet of each site, in the stage's order; empty on loopback.
+    public var subnets: [Int]
+    public private(set) var site = "dc1"
+    var siteIndex = 0
+    /// With several sites, names of a site's one-of-a-kind nodes end in "-SITE".
+    var suffix = ""
 
     public init(ports: Ports, dir: String, subnet: Int? = nil) {
+        self.init(ports: ports, dir: dir, subnets: subnet.map { [$0] } ?? [])
+    }
+
+    public init(ports: Ports, dir: String, subnets: [Int]) {
         self.ports = ports
         self.dir = dir
-        self.subnet = subnet
+        self.subnets = subnets
+    }
+
+    public var onHosts: Bool { !subnets.isEmpty }
+
+    /// The layout of site number `index` of `count`.
+    func at(_ site: String, index: Int, of count: Int) -> Layout {
+        var l = self
+        l.site = site
+        l.siteIndex = index
+        l.suffix = count > 1 ? "-" + site : ""
+        return l
     }
 
     var run: String { dir + "/run" }
@@ -91,27 +136,39 @@ public struct Layout: Sendable {
         case .sessions: 30
         case .web: 40 + index  // up to Ports.maxWebServers
         case .worker: 70 + index  // up to Ports.maxWorkers
-        case .client: 100
+        case .client: 100 + index  // one per site, each on every subnet
+        case .gateway: 4 + index  // one per site: each is on every subnet, so they differ
+        case .dns: 9
         }
     }
 
+    func address(_ role: Role, index: Int, subnet: Int) -> String { "198.18.\(subnet).\(Self.hostNumber(role, index: index))" }
+
     func node(_ name: String, _ role: Role, _ port: Int, index: Int = 0, pidFile: String) -> Node {
-        let host = subnet.map { "198.18.\($0).\(Self.hostNumber(role, index: index))" } ?? "127.0.0.1"
-        return Node(name: name, role: role, host: host, site: site, port: port, pidFile: pidFile)
+        guard onHosts else { return Node(name: name, role: role, host: "127.0.0.1", site: site, port: port, pidFile: pidFile) }
+        var n = Node(name: name, role: role, host: address(role, index: index, subnet: subnets[siteIndex]), site: site, port: port, pidFile: pidFile)
+        // On every site's subnet: a gateway (it relays from its own to the others), the DNS
+        // server (it answers every site's clients), and clients (users on the internet
+        // reach every site's entry; a client's region is its first address).
+        if [.gateway, .dns, .client].contains(role) { n.alsoAt = subnets.filter { $0 != subnets[siteIndex] }.map { address(role, index: index, subnet: $0) } }
+        return n
     }
 
     /// The primary, then `replicas` replicas (scripts/postgres's node names and ports).
     public func databases(replicas: Int) -> [Node] {
         [node("postgres-primary", .database, ports.postgres, pidFile: "\(dir)/pg/primary/postmaster.pid")]
-            + (0..<replicas).map { r in
-                node("postgres-r\(r + 1)", .database, ports.postgres + 1 + r, index: r + 1, pidFile: "\(dir)/pg/r\(r + 1)/postmaster.pid")
-            }
+            + (0..<replicas).map { database(replica: $0 + 1) }
     }
 
-    public func caches(_ count: Int) -> [Node] {
-        (0..<count).map { i in
-            node("memcached\(i + 1)", .cache, ports.memcached + i, index: i + 1, pidFile: "\(run)/memcached-\(ports.memcached + i).pid")
-        }
+    /// Replica `r` (r1, r2, …).
+    func database(replica r: Int) -> Node {
+        node("postgres-r\(r)", .database, ports.postgres + r, index: r, pidFile: "\(dir)/pg/r\(r)/postmaster.pid")
+    }
+
+    public func caches(_ count: Int) -> [Node] { (0..<count).map { cache($0 + 1) } }
+
+    func cache(_ i: Int) -> Node {
+        node("memcached\(i)", .cache, ports.memcached + i - 1, index: i, pidFile: "\(run)/memcached-\(ports.memcached + i - 1).pid")
     }
 
     public func sessions() -> Node {
@@ -132,14 +189,25 @@ public struct Layout: Sendable {
 
     public func workers(_ count: Int) -> [Node] { (0..<count).map { worker($0 + 1) } }
 
+    /// nginx keeps its files (configuration, pid) in a folder named after the node.
     public func balancer(behindEdge: Bool) -> Node {
-        node("nginx", .balancer, behindEdge ? ports.balancerBehindEdge : ports.site, pidFile: "\(dir)/nginx/nginx.pid")
+        node("nginx" + suffix, .balancer, behindEdge ? ports.balancerBehindEdge : ports.site, pidFile: "\(dir)/nginx\(suffix)/nginx.pid")
     }
 
-    public func edge() -> Node { node("varnish", .edge, ports.site, pidFile: "\(run)/varnish.pid") }
+    public func edge() -> Node { node("varnish" + suffix, .edge, ports.site, pidFile: "\(run)/varnish\(suffix).pid") }
 
     /// A host with no server, for `cluster exec client -- millions bench …`.
-    public func client() -> Node { node("client", .client, 0, pidFile: "") }
+    public func client() -> Node { node("client" + suffix, .client, 0, index: siteIndex, pidFile: "") }
+
+    /// The DNS server: in no site, reachable from each at an address on its subnet.
+    public func dns() -> Node {
+        var n = node("dns", .dns, 53, pidFile: "\(dir)/dns/pdns.pid")
+        n.site = "global"
+        return n
+    }
+
+    /// The site's end of the WAN: one `millions relay` process; its ports are the relayed ones.
+    public func gateway() -> Node { node("wan" + suffix, .gateway, 0, index: siteIndex, pidFile: "\(run)/wan\(suffix).pid") }
 }
 
 /// Where everything listens, from one base port. All below 32768, so no port collides

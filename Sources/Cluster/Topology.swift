@@ -2,6 +2,9 @@
 /// roles before it (web servers need the database, the balancer needs web servers, …);
 /// `down` stops them in reverse.
 public enum Role: String, Codable, Sendable, CaseIterable, Comparable {
+    /// A site's end of the WAN: relays to the other sites' data servers, with the link's
+    /// delay (only in stages with several sites). Needs nothing, so it starts first.
+    case gateway
     case database = "db"
     case cache
     case sessions
@@ -9,6 +12,9 @@ public enum Role: String, Codable, Sendable, CaseIterable, Comparable {
     case worker
     case balancer
     case edge
+    /// An authoritative DNS server answering the site's name with the nearest healthy
+    /// site (stages with several sites); outside every site, like a DNS provider.
+    case dns
     /// Where the load generator and the drills' clients run (with hosts): no server.
     case client
 
@@ -28,8 +34,27 @@ public struct Node: Codable, Sendable, Equatable {
     public var port: Int
     /// Where the process keeps its pid (servers that daemonize write it themselves).
     public var pidFile: String
+    /// Its addresses on other sites' subnets (a gateway is on both ends of the WAN).
+    public var alsoAt: [String] = []
 
     public var address: String { "\(host):\(port)" }
+}
+
+/// A WAN link between two sites: traffic between them goes through each site's gateway,
+/// delayed by `delayMs` one way (plus up to `jitterMs`); within a site, links are native.
+public struct WANLink: Codable, Sendable, Equatable {
+    public var sites: [String]
+    public var delayMs: Double
+    public var jitterMs: Double
+
+    public init(sites: [String], delayMs: Double, jitterMs: Double) {
+        self.sites = sites
+        self.delayMs = delayMs
+        self.jitterMs = jitterMs
+    }
+
+    /// A continental distance, about 4,000 km of fibre one way.
+    public static let defaultDelayMs = 20.0
 }
 
 /// A stage as data: every node with its role, host, site and port. `cluster up` realizes
@@ -39,44 +64,89 @@ public struct Node: Codable, Sendable, Equatable {
 public struct Topology: Codable, Sendable, Equatable {
     public var stage: Stage
     public var nodes: [Node]
+    public var links: [WANLink] = []
 
     public func nodes(_ role: Role) -> [Node] { nodes.filter { $0.role == role } }
+    public func nodes(_ role: Role, in site: String) -> [Node] { nodes.filter { $0.role == role && $0.site == site } }
     public func node(named name: String) -> Node? { nodes.first { $0.name == name } }
+    /// The sites, in the order their nodes come (the DNS server is in none of them).
+    public var sites: [String] {
+        nodes.filter { $0.role != .dns }.map(\.site).reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
+    }
 
-    /// The node clients use: the edge, else the balancer, else the only web server.
-    public var entry: Node? { nodes(.edge).first ?? nodes(.balancer).first ?? nodes(.web).first }
+    /// The name clients use where the DNS server answers it (several sites).
+    public static let domain = "millions.test"
+    public static let siteName = "www." + domain
+
+    /// The node clients use: the edge, else the balancer, else the only web server (of
+    /// `site`, or of the first site).
+    public func entry(site: String? = nil) -> Node? {
+        let s = site ?? sites.first ?? ""
+        return nodes(.edge, in: s).first ?? nodes(.balancer, in: s).first ?? nodes(.web, in: s).first
+    }
+    public var entry: Node? { entry() }
 
     /// Where dynamic requests (the API, per-user pages) go in the chapter's design: the
     /// balancer, else the only web server. The edge is a CDN, for static content.
-    public var dynamicEntry: Node? { nodes(.balancer).first ?? nodes(.web).first }
+    public func dynamicEntry(site: String? = nil) -> Node? {
+        let s = site ?? sites.first ?? ""
+        return nodes(.balancer, in: s).first ?? nodes(.web, in: s).first
+    }
+    public var dynamicEntry: Node? { dynamicEntry() }
 
-    /// The configuration every web server and worker runs with, derived from the nodes
-    /// (the user's `--set` keys go on top, in `Cluster`).
-    public func appSettings(dataDirectory: String) -> [String: String] {
+    /// How a node in `site` reaches `target`: directly within a site, else through its
+    /// site's gateway, which relays the target's port across the WAN.
+    public func address(of target: Node, from site: String) -> String {
+        guard target.site != site, let gateway = nodes(.gateway, in: site).first else { return target.address }
+        return "\(gateway.host):\(target.port)"
+    }
+
+    /// What a gateway relays: every data server (PostgreSQL, Redis) of the sites its links
+    /// reach, on the same port at the gateway's address, with the link's delay.
+    public func relays(at gateway: Node) -> [DelayRelay.Link] {
+        links.filter { $0.sites.contains(gateway.site) }.flatMap { link in
+            nodes.filter { $0.site != gateway.site && link.sites.contains($0.site) && [.database, .sessions].contains($0.role) }.map {
+                DelayRelay.Link(
+                    listenHost: gateway.host, listenPort: $0.port, targetHost: $0.host, targetPort: $0.port,
+                    delayMs: link.delayMs, jitterMs: link.jitterMs)
+            }
+        }
+    }
+
+    /// The configuration every web server and worker in `site` runs with, derived from the
+    /// nodes (the user's `--set` keys go on top, in `Cluster`). Reads stay in the site:
+    /// its own replicas and caches; the primary and Redis may be across the WAN.
+    public func appSettings(dataDirectory: String, site: String? = nil) -> [String: String] {
+        let site = site ?? sites.first ?? ""
         var s: [String: String] = [:]
         // Behind a balancer, leave it cleanly at SIGTERM (see DrainService), and believe
         // the client address it forwards (from its host's address).
-        let balancers = nodes(.balancer)
+        let balancers = nodes(.balancer, in: site)
         if !balancers.isEmpty {
             s["http.drainSeconds"] = String(ServerConfigs.drainSeconds)
             s["http.trustedProxies"] = (["127.0.0.1", "::1"] + balancers.map(\.host).filter { $0 != "127.0.0.1" }).joined(separator: ",")
         }
-        let databases = nodes(.database)
+        // The primary (the first database node) wherever it is, and the site's replicas.
+        let databases = nodes(.database).enumerated().filter { $0.offset == 0 || $0.element.site == site }.map(\.element)
         if databases.isEmpty {
             s["data.directory"] = dataDirectory
         } else {
             s["data.engine"] = "postgres"
-            s["data.postgres.nodes"] = databases.map(\.address).joined(separator: ",")
+            s["data.postgres.nodes"] = databases.map { address(of: $0, from: site) }.joined(separator: ",")
             // With worker processes, consumers run only there; before that, one slot per
             // web server, so photos get processed in every stage.
             s["queue.inProcessWorkers"] = stage.hasWorkers ? "0" : "1"
         }
         // An in-process cache is only correct with one web server: with several, a write
         // on one would leave stale copies on the others. A shared cache tier fixes that.
-        let caches = nodes(.cache)
+        let caches = nodes(.cache, in: site)
         if !caches.isEmpty {
             s["cache.backend"] = "memcached"
             s["cache.memcached.nodes"] = caches.map(\.address).joined(separator: ",")
+            // A site's workers follow the primary's changes and delete cached profiles once
+            // the site's replicas have them: writes from the other site, and refills from a
+            // lagging replica. One replication slot per site.
+            if databases.count > 1 && !nodes(.worker, in: site).isEmpty { s["cache.followSlot"] = "millions_cache_\(site)" }
         } else {
             s["cache.backend"] = databases.isEmpty ? "memory" : "none"
         }
@@ -85,7 +155,7 @@ public struct Topology: Codable, Sendable, Equatable {
         s["photos.directory"] = dataDirectory + "/photos"
         if let redis = nodes(.sessions).first {
             s["session.store"] = "redis"
-            s["redis.address"] = redis.address
+            s["redis.address"] = address(of: redis, from: site)
         }
         return s
     }

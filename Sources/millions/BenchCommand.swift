@@ -134,7 +134,7 @@ struct BenchCommand: AsyncParsableCommand {
             commandName: "journey",
             abstract: "Bring each stage up, seed, warm, measure the read scenario, bring it down; one table.")
         @Option(name: .long, help: "Stages, comma-separated (default: every stage `millions cluster` can start).")
-        var stages: String = Stage.allCases.map(\.rawValue).joined(separator: ",")
+        var stages: String = Stage.journey.map(\.rawValue).joined(separator: ",")
         @Option(name: .long, help: "Users to seed in each stage.") var users = 100_000
         @Option(name: [.short, .customLong("connections")]) var connections = 32
         @Option(name: [.short, .customLong("duration")], help: "Measured seconds per stage.") var duration = 15
@@ -167,6 +167,9 @@ struct BenchCommand: AsyncParsableCommand {
         func run() async throws {
             let chosen = try stages.split(separator: ",").map { name in
                 guard let s = Stage(rawValue: String(name)) else { throw ValidationError("unknown stage \(name)") }
+                guard Stage.journey.contains(s) else {
+                    throw ValidationError("the journey measures the one-site stages; measure \(name) from each region's client host (docs/cluster.md)")
+                }
                 return s
             }
             var extra = ["log.level": "warning"]

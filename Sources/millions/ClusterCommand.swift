@@ -35,6 +35,11 @@ struct ClusterCommand: ParsableCommand {
         var hosts = false
         @Option(name: .long, help: "Cores each host may use (default: the largest stage's hosts share this machine's cores, half a core left over).")
         var cpus: Double?
+        @Option(name: .customLong("wan-ms"), help: "One-way delay of the WAN between sites (multi-dc; default \(WANLink.defaultDelayMs)).")
+        var wanMs: Double?
+        @Option(name: .customLong("wan-jitter-ms"), help: "Extra WAN delay, uniform in 0…this (order is kept).") var wanJitterMs: Double = 0
+        @Flag(name: .long, help: "Synchronous replication: a commit waits for one replica (of the other site, in multi-dc).")
+        var sync = false
 
         func run() throws {
             guard let stage = Stage(rawValue: stage) else {
@@ -48,7 +53,8 @@ struct ClusterCommand: ParsableCommand {
             let cluster = try location.cluster()
             if cpus != nil && !hosts { throw ValidationError("--cpus needs --hosts") }
             if let cpus, !(cpus > 0) { throw ValidationError("--cpus must be more than 0") }
-            try cluster.up(stage: stage, webServers: web, basePort: basePort, settings: extra, hosts: hosts, cpus: cpus)
+            let wan = wanMs.map { (delayMs: $0, jitterMs: wanJitterMs) } ?? (wanJitterMs > 0 ? (WANLink.defaultDelayMs, wanJitterMs) : nil)
+            try cluster.up(stage: stage, webServers: web, basePort: basePort, settings: extra, hosts: hosts, cpus: cpus, wan: wan, syncReplication: sync)
             print(Cluster.table(try cluster.status()), terminator: "")
         }
     }
@@ -60,7 +66,13 @@ struct ClusterCommand: ParsableCommand {
         func run() throws {
             let cluster = try location.cluster()
             let state = try cluster.loadState()
-            print("stage \(state.stage.rawValue): http://\(state.topology.entry?.address ?? "-")/")
+            for site in state.topology.sites {
+                let sites = state.topology.sites.count > 1 ? " (\(site))" : ""
+                print("stage \(state.stage.rawValue)\(sites): http://\(state.topology.entry(site: site)?.address ?? "-")/")
+            }
+            for link in state.topology.links {
+                print("WAN \(link.sites.joined(separator: " ↔ ")): \(link.delayMs) ms one way, jitter \(link.jitterMs) ms")
+            }
             print(Cluster.table(try cluster.status()), terminator: "")
         }
     }

@@ -9,8 +9,9 @@ struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "A TCP relay that delays every byte by a one-way delay (plus jitter) in each direction: an emulated WAN link.")
-    @Option(name: .long, help: ArgumentHelp("Where to listen.", valueName: "host:port")) var listen: String
-    @Option(name: .long, help: ArgumentHelp("Where to relay to.", valueName: "host:port")) var to: String
+    @Option(name: .long, help: ArgumentHelp("Where to listen (repeat it with --to for several relays).", valueName: "host:port"))
+    var listen: [String]
+    @Option(name: .long, help: ArgumentHelp("Where to relay to, one per --listen, in order.", valueName: "host:port")) var to: [String]
     @Option(name: .customLong("delay-ms"), help: "One-way delay, each direction.") var delayMs: Double
     @Option(name: .customLong("jitter-ms"), help: "Extra delay, uniform in 0…this; order is kept.") var jitterMs: Double = 0
 
@@ -21,27 +22,35 @@ struct RelayCommand: AsyncParsableCommand {
         return (String(text[..<colon]), port)
     }
 
-    func run() async throws {
-        let (listenHost, listenPort) = try Self.address(listen)
-        let (targetHost, targetPort) = try Self.address(to)
+    func validate() throws {
+        guard !listen.isEmpty, listen.count == to.count else { throw ValidationError("give one --to for each --listen") }
         guard delayMs >= 0, jitterMs >= 0, delayMs + jitterMs <= 10_000 else { throw ValidationError("delay and jitter must be 0…10000 ms") }
+    }
+
+    func run() async throws {
         let logger = bootstrapLogging(.info)
-        let relay = try await DelayRelay(
-            .init(listenHost: listenHost, listenPort: listenPort, targetHost: targetHost, targetPort: targetPort, delayMs: delayMs, jitterMs: jitterMs))
-        logger.info(
-            "relay listening",
-            metadata: ["listen": "\(listenHost):\(relay.port)", "to": "\(to)", "delay_ms": "\(delayMs)", "jitter_ms": "\(jitterMs)"])
+        var relays: [DelayRelay] = []
+        for (l, t) in zip(listen, to) {
+            let (listenHost, listenPort) = try Self.address(l)
+            let (targetHost, targetPort) = try Self.address(t)
+            let relay = try await DelayRelay(
+                .init(listenHost: listenHost, listenPort: listenPort, targetHost: targetHost, targetPort: targetPort, delayMs: delayMs, jitterMs: jitterMs))
+            relays.append(relay)
+            logger.info(
+                "relay listening",
+                metadata: ["listen": "\(listenHost):\(relay.port)", "to": "\(t)", "delay_ms": "\(delayMs)", "jitter_ms": "\(jitterMs)"])
+        }
         let group = ServiceGroup(
-            configuration: .init(services: [RelayService(relay: relay)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(services: [RelayService(relays: relays)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }
 
-/// Keeps the relay until SIGTERM, then closes it.
+/// Keeps the relays until SIGTERM, then closes them.
 struct RelayService: Service {
-    let relay: DelayRelay
+    let relays: [DelayRelay]
     func run() async throws {
         try? await gracefulShutdown()
-        try await relay.close()
+        for relay in relays { try await relay.close() }
     }
 }

@@ -76,7 +76,7 @@ import Testing
             #expect(!Processes.portOpen(state.ports.site))
             if let plan = state.hosts {
                 // No namespace, link, bridge or cgroup of the cluster's hosts is left.
-                #expect(try HostNetwork(prefix: plan.prefix, subnet: plan.subnet).leftovers() == [])
+                #expect(try plan.network().leftovers() == [])
             }
         }
     }
@@ -196,7 +196,7 @@ import Testing
     }
 
     @Test func everyStageComesUpServesAndGoesDownLeavingNothing() async throws {
-        for stage in Stage.allCases {
+        for stage in Stage.journey {
             let f = try Fixture(base: 19100)
             try await f.withCluster(stage.rawValue) {
                 let (id, _) = try await Self.signUp(f.base, "\(stage.rawValue)@example.com")
@@ -543,6 +543,100 @@ import Testing
             #expect(done == jobs, "jobs done: \(done) of \(jobs)")
             let files = try FileManager.default.contentsOfDirectory(atPath: out).sorted()
             #expect(files == (0..<jobs).map(String.init).sorted())
+        }
+    }
+
+    /// Two data centers on hosts: each site on its own subnet, reachable from the other only
+    /// through the gateways' relays (the WAN, with its delay). A site's reads stay in it;
+    /// writes cross the WAN to the primary; the east replica streams across it. Clients
+    /// find their site by DNS, and the other site when theirs stops answering. A change made
+    /// in one site is not served stale from the other's cache.
+    @Test func multiDCJoinsTwoSitesOnlyThroughTheWAN() async throws {
+        try #require(geteuid() == 0, "hosts need root (network namespaces, a bridge, cgroups); CI runs as root")
+        let f = try Fixture(base: 20000)
+        // A long cache TTL: a stale copy would outlive the test unless something deletes it.
+        try await f.withCluster("multi-dc", hosts: true, settings: ["cache.ttlSeconds": "600"]) {
+            let state = try f.state()
+            let plan = try #require(state.hosts)
+            #expect(state.topology.sites == ["west", "east"] && plan.subnets.count == 2)
+            let rows = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in }).status()
+            #expect(rows.allSatisfy { $0.health != "down" && $0.health != "unready" }, "\(rows.map { "\($0.node.name) \($0.health)" })")
+            let west = try #require(state.topology.entry(site: "west")), east = try #require(state.topology.entry(site: "east"))
+            let primary = try #require(state.topology.node(named: "postgres-primary"))
+            let gateway = try #require(state.topology.node(named: "wan-east"))
+
+            // From a server in east: its own site, and the primary only through the gateway.
+            // (Clients, users on the internet, reach every site's entry.)
+            func reaches(_ from: String, _ host: String, _ port: Int) async throws -> Bool {
+                let probe = "import socket,sys\ns=socket.socket()\ns.settimeout(5)\nsys.exit(s.connect_ex(('\(host)',\(port))))"
+                return try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, from, "--", "python3", "-c", probe]) == 0
+            }
+            #expect(try await reaches("web3", east.host, east.port))
+            #expect(!(try await reaches("web3", west.host, west.port)), "sites are apart")
+            #expect(!(try await reaches("web3", primary.host, primary.port)), "sites are apart")
+            #expect(try await reaches("web3", gateway.host, primary.port), "the gateway relays the primary")
+            #expect(try await reaches("web1", primary.host, primary.port))
+            #expect(try await reaches("client-west", east.host, east.port))
+
+            // East's replica streams from the primary across the WAN (its connection comes
+            // from the gateway's west address); west's directly.
+            let senders = Self.query(primary, "SELECT application_name || '=' || host(client_addr) FROM pg_stat_replication ORDER BY 1")
+            #expect(senders == ["r1=\(try #require(state.topology.node(named: "postgres-r1")).host)", "r2=\(gateway.alsoAt.first ?? "-")"])
+
+            // A sign-up in east crosses the WAN to the primary (at least one round trip, 2 × 20 ms);
+            // east reads it back (read-your-writes), and west serves it too.
+            let started = ContinuousClock.now
+            let (id, session) = try await Self.signUp(east.port, "east@example.com", host: east.host)
+            #expect(ContinuousClock.now - started >= .milliseconds(40), "a write in east waits for the WAN")
+            let mine = try await Self.request(east.port, .GET, "/users/\(id)", cookie: session, host: east.host)
+            #expect(mine.status == 200 && mine.body.contains("\"id\":\(id)"), "\(mine.body)")
+            var inWest: UInt = 0
+            for _ in 0..<300 where inWest != 200 {
+                inWest = try await Self.request(west.port, .GET, "/users/\(id)", host: west.host).status
+                if inWest != 200 { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(inWest == 200)
+            // The session made in east is good in west too (Redis lives in west).
+            let me = try await Self.request(west.port, .GET, "/me", cookie: session, host: west.host)
+            #expect(me.status == 200, "\(me.body)")
+
+            // A profile cached in east, changed in west: east's worker follows the primary's
+            // changes and deletes east's copy once east's replica has the write, so east
+            // serves the change well before the TTL. The window is printed (a figure, not a bound).
+            for _ in 0..<3 { #expect(try await Self.request(east.port, .GET, "/users/\(id)", host: east.host).status == 200) }
+            let eastCache = try #require(state.topology.nodes(.cache, in: "east").first)
+            let holds = "import socket,sys\ns=socket.create_connection(('\(eastCache.host)',\(eastCache.port)),5)\ns.sendall(b'mg user:\(id) v\\r\\n')\nsys.exit(0 if s.recv(16).startswith(b'VA') else 1)"
+            #expect(try await Command.runOffPool(["/usr/bin/python3", "-c", holds]) == 0, "east's cache holds the profile")
+            let patched = try await Self.request(
+                west.port, .PATCH, "/users/\(id)", json: #"{"lastName":"Westwritten"}"#, cookie: session, host: west.host)
+            #expect(patched.status == 200, "\(patched.body)")
+            let changed = ContinuousClock.now
+            var fresh = false
+            for _ in 0..<600 where !fresh {
+                fresh = try await Self.request(east.port, .GET, "/users/\(id)", host: east.host).body.contains("Westwritten")
+                if !fresh { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(fresh, "east serves the change made in west before the cache's TTL")
+            print("multi-dc: a change in west served in east after \(ContinuousClock.now - changed) (WAN 20 ms one way)")
+
+            // Geo DNS: each region's client resolves the site's name to its own site…
+            func resolves(_ client: String, to address: String) async throws -> Bool {
+                let check = "import socket,sys\nsys.exit(0 if socket.gethostbyname('\(Topology.siteName)') == '\(address)' else 1)"
+                return try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, client, "--", "python3", "-c", check]) == 0
+            }
+            #expect(try await resolves("client-west", to: west.host))
+            #expect(try await resolves("client-east", to: east.host))
+            // …and to the other once its own site's edge stops answering (TTL + health checks).
+            #expect(try await f.cluster("kill", "varnish-west") == 0)
+            var moved = false
+            for _ in 0..<120 where !moved {
+                moved = try await resolves("client-west", to: east.host)
+                if !moved { try await Task.sleep(for: .milliseconds(500)) }
+            }
+            #expect(moved, "west's clients are sent to east")
+            #expect(try await resolves("client-east", to: east.host))
+            let byName = "import urllib.request,sys\nsys.exit(0 if urllib.request.urlopen('http://\(Topology.siteName):\(west.port)/users/\(id)', timeout=10).status == 200 else 1)"
+            #expect(try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, "client-west", "--", "python3", "-c", byName]) == 0)
         }
     }
 

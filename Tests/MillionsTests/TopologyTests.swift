@@ -17,7 +17,7 @@ import Testing
         #expect(roles(.cached) == [.database: 3, .cache: 2, .web: 2, .balancer: 1, .edge: 1])
         #expect(roles(.stateless) == [.database: 3, .cache: 2, .sessions: 1, .web: 2, .balancer: 1, .edge: 1])
         #expect(roles(.queued) == [.database: 3, .cache: 2, .sessions: 1, .web: 2, .worker: 2, .balancer: 1, .edge: 1])
-        for stage in Stage.allCases {
+        for stage in Stage.journey {
             let t = stage.topology(web: stage.balanced ? 5 : nil, Self.layout)
             // Names and addresses are unique; nodes come in start order; the entry is the site's port.
             #expect(Set(t.nodes.map(\.name)).count == t.nodes.count, "\(stage)")
@@ -46,6 +46,47 @@ import Testing
         #expect(t.entry?.name == "varnish")
     }
 
+    /// Two sites on two subnets: each site's servers read from their own replica and cache
+    /// and reach the primary and Redis (in west) through their gateway, which relays those
+    /// ports across the WAN with the link's delay.
+    @Test func twoSitesReachEachOtherOnlyThroughTheirGateways() throws {
+        let t = Stage.multiDC.topology(Layout(ports: try Ports(base: 19000), dir: "/tmp/c", subnets: [7, 8]))
+        #expect(t.sites == ["west", "east"])
+        #expect(t.links == [WANLink(sites: ["west", "east"], delayMs: WANLink.defaultDelayMs, jitterMs: 0)])
+        #expect(Set(t.nodes.map(\.name)).count == t.nodes.count)
+        #expect(Set(t.nodes.map(\.pidFile).filter { !$0.isEmpty }).count == t.nodes.filter { !$0.pidFile.isEmpty }.count)
+        #expect(t.nodes.map(\.role) == t.nodes.map(\.role).sorted())
+        for (site, subnet) in [("west", 7), ("east", 8)] {
+            #expect(t.nodes.filter { $0.site == site }.allSatisfy { $0.host.hasPrefix("198.18.\(subnet).") }, "\(site)")
+            #expect(t.nodes(.web, in: site).count == 2 && t.nodes(.cache, in: site).count == 1 && t.nodes(.worker, in: site).count == 1)
+            #expect(t.entry(site: site)?.name == "varnish-\(site)" && t.dynamicEntry(site: site)?.name == "nginx-\(site)")
+        }
+        let byName = Dictionary(uniqueKeysWithValues: t.nodes.map { ($0.name, $0) })
+        #expect(byName["wan-west"]?.host == "198.18.7.4" && byName["wan-west"]?.alsoAt == ["198.18.8.4"])
+        #expect(byName["wan-east"]?.host == "198.18.8.5" && byName["wan-east"]?.alsoAt == ["198.18.7.5"])
+        #expect(byName["dns"]?.host == "198.18.7.9" && byName["dns"]?.alsoAt == ["198.18.8.9"])
+        // Every address on any subnet is one host's.
+        let addresses = t.nodes.flatMap { [$0.host] + $0.alsoAt }
+        #expect(Set(addresses).count == addresses.count)
+        #expect(byName["postgres-primary"]?.site == "west" && byName["postgres-r2"]?.host == "198.18.8.12")
+
+        let east = t.appSettings(dataDirectory: "/tmp/c/data", site: "east")
+        #expect(east["data.postgres.nodes"] == "198.18.8.5:19040,198.18.8.12:19042")
+        #expect(east["cache.memcached.nodes"] == "198.18.8.22:19051")
+        #expect(east["redis.address"] == "198.18.8.5:19060")
+        #expect(east["http.trustedProxies"] == "127.0.0.1,::1,198.18.8.2")
+        let west = t.appSettings(dataDirectory: "/tmp/c/data", site: "west")
+        #expect(west["data.postgres.nodes"] == "198.18.7.10:19040,198.18.7.11:19041")
+        #expect(west["cache.memcached.nodes"] == "198.18.7.21:19050" && west["redis.address"] == "198.18.7.30:19060")
+        #expect(west["cache.followSlot"] == "millions_cache_west" && east["cache.followSlot"] == "millions_cache_east")
+
+        let eastRelays = t.relays(at: try #require(byName["wan-east"])).map { "\($0.listenHost):\($0.listenPort)>\($0.targetHost):\($0.targetPort)" }
+        #expect(eastRelays == ["198.18.8.5:19040>198.18.7.10:19040", "198.18.8.5:19041>198.18.7.11:19041", "198.18.8.5:19060>198.18.7.30:19060"])
+        let westRelays = t.relays(at: try #require(byName["wan-west"]))
+        #expect(westRelays.map(\.listenHost) == ["198.18.7.4"] && westRelays.map(\.targetHost) == ["198.18.8.12"])
+        #expect(westRelays.allSatisfy { $0.delayMs == WANLink.defaultDelayMs })
+    }
+
     /// The web servers' settings name the topology's own nodes, by address.
     @Test func settingsComeFromTheNodes() {
         let queued = Stage.queued.topology(Self.layout)
@@ -54,7 +95,7 @@ import Testing
         #expect(s["data.postgres.nodes"] == "127.0.0.1:19040,127.0.0.1:19041,127.0.0.1:19042")
         #expect(s["cache.backend"] == "memcached" && s["cache.memcached.nodes"] == "127.0.0.1:19050,127.0.0.1:19051")
         #expect(s["session.store"] == "redis" && s["redis.address"] == "127.0.0.1:19060")
-        #expect(s["queue.inProcessWorkers"] == "0")
+        #expect(s["queue.inProcessWorkers"] == "0" && s["cache.followSlot"] == "millions_cache_dc1")
         #expect(s["http.drainSeconds"] == String(ServerConfigs.drainSeconds))
 
         let single = Stage.single.topology(Self.layout).appSettings(dataDirectory: "/tmp/c/data")
