@@ -24,4 +24,7 @@ public protocol Cache: Sendable {
     @discardableResult
     func set(_ key: String, _ value: [UInt8], ttl: Duration, lease: CacheLease?) async throws -> Bool
     func delete(_ key: String) async throws
+    /// Drops every entry and every outstanding lease: for when changes may have been
+    /// missed (a change feed that had to start over).
+    func removeAll() async throws
 }

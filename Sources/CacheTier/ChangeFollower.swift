@@ -5,8 +5,9 @@ import ServiceLifecycle
 
 /// Where committed writes come from, in commit order (the data tier's change feed).
 public protocol CommittedChanges: Sendable {
-    /// Prepares the source (e.g. creates its slot); called again after failures.
-    func prepare() async throws
+    /// Prepares the source (e.g. creates its slot); called again after failures. Returns a
+    /// position when the source starts over there (changes before it may have been missed).
+    func prepare() async throws -> UInt64?
     /// The next commits after the acknowledged position: each commit's position and the ids
     /// it changed, and the position read through. Nil when nothing is new.
     func next(limit: Int) async throws -> (commits: [(position: UInt64, ids: [Int64])], through: UInt64)?
@@ -25,7 +26,7 @@ public final class ChangeFollower<Value: Codable & Sendable>: Service {
     let cache: ReadThrough<Value>
     let logger: Logger
     let poll: Duration
-    let followed, deleted, failures: Prometheus.Counter
+    let followed, deleted, failures, restarts: Prometheus.Counter
     let replayWait: DurationHistogram
 
     public init(changes: any CommittedChanges, cache: ReadThrough<Value>, metrics: AppMetrics, logger: Logger, poll: Duration = .milliseconds(50)) {
@@ -37,6 +38,7 @@ public final class ChangeFollower<Value: Codable & Sendable>: Service {
         followed = metrics.counter("cache_followed_commits", "Commits followed from the change feed", l)
         deleted = metrics.counter("cache_followed_deletes", "Keys deleted after the site's replicas replayed their write", l)
         failures = metrics.counter("cache_follow_failures", "Change feed calls that failed (retried)", l)
+        restarts = metrics.counter("cache_follow_restarts", "Times the change feed started over and the cache was emptied", l)
         replayWait = metrics.latency("cache_follow_replay_wait", "Time from reading a batch of commits to the site's replicas having them", l)
     }
 
@@ -46,7 +48,7 @@ public final class ChangeFollower<Value: Codable & Sendable>: Service {
             while !Task.isCancelled {
                 do {
                     if !prepared {
-                        try await self.changes.prepare()
+                        if let start = try await self.changes.prepare() { try await self.startOver(at: start) }
                         prepared = true
                     }
                     if try await !self.step() { try await Task.sleep(for: self.poll) }
@@ -61,6 +63,18 @@ public final class ChangeFollower<Value: Codable & Sendable>: Service {
                 }
             }
         }
+    }
+
+    /// The feed starts at `position` and what came before is unknown (the primary was
+    /// replaced, or the slot is new): empty the cache once the site's replicas have
+    /// everything before it, so no refill can bring back a change the feed never showed.
+    func startOver(at position: UInt64) async throws {
+        while await !changes.replayed(through: position) {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        try await cache.invalidateAll()
+        restarts.increment()
+        logger.notice("change feed started over; cache emptied", metadata: ["position": "\(position)"])
     }
 
     /// One batch: wait until the site's replicas have it, delete, acknowledge. Returns

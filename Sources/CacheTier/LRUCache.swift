@@ -131,6 +131,15 @@ public final class LRUCache: Cache {
         }
     }
 
+    public func removeAll() {
+        state.withLock { s in
+            let evictions = s.evictions, nextLease = s.nextLease
+            s = State()
+            s.evictions = evictions
+            s.nextLease = nextLease  // an old lease must not match a new one
+        }
+    }
+
     public var stats: Stats {
         state.withLock { Stats(entries: $0.index.count, bytes: $0.bytes, evictions: $0.evictions) }
     }

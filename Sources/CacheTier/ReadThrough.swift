@@ -138,6 +138,13 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         }
     }
 
+    /// Drops every cached value (of every kind: the cache is shared); throws when the
+    /// cache could not be emptied, since the caller is then still exposed to stale values.
+    public func invalidateAll() async throws {
+        flights.forgetAll()
+        try await cache.removeAll()
+    }
+
     /// Drops the cached value; call after the write that changed it has committed.
     public func invalidate(_ id: some CustomStringConvertible) async {
         let key = key(id)

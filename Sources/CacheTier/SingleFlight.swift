@@ -27,5 +27,9 @@ public final class SingleFlight<Value: Sendable>: Sendable {
         _ = flights.withLock { $0.removeValue(forKey: key) }
     }
 
+    public func forgetAll() {
+        flights.withLock { $0.removeAll() }
+    }
+
     public var inFlight: Int { flights.withLock { $0.count } }
 }

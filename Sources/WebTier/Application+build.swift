@@ -263,7 +263,7 @@ public func buildApplication(
 
 /// The data tier's change feed is what the cache tier's follower reads.
 extension ChangeFeed: CommittedChanges {
-    public func prepare() async throws { try await ensureSlot() }
+    public func prepare() async throws -> UInt64? { try await ensureSlot() }
 
     public func next(limit: Int) async throws -> (commits: [(position: UInt64, ids: [Int64])], through: UInt64)? {
         try await peek(limit: limit).map { batch in (batch.commits.map { ($0.position, $0.userIDs) }, batch.through) }

@@ -134,6 +134,7 @@ final class FakeClock: Sendable {
         func get(_ key: String) async throws -> CacheLookup { throw Down() }
         func set(_ key: String, _ value: [UInt8], ttl: Duration, lease: CacheLease?) async throws -> Bool { throw Down() }
         func delete(_ key: String) async throws { throw Down() }
+        func removeAll() async throws { throw Down() }
     }
 
     @Test func aBrokenCacheFallsThroughToTheLoader() async throws {

@@ -127,6 +127,14 @@ public final class MemcachedCache: Cache, Service {
         }
     }
 
+    /// `flush_all` on every node that is up (one that is out is flushed when it rejoins).
+    public func removeAll() async throws {
+        for node in nodes + gutter where node.isUp {
+            let r = try await node.send(.flushAll)
+            guard r.status == .ok else { throw MemcachedError.protocolError("unexpected answer to flush_all: \(r.status)") }
+        }
+    }
+
     /// `stats` of every node that answers, by node name.
     public func stats() async -> [String: [String: String]] {
         var out: [String: [String: String]] = [:]

@@ -37,17 +37,22 @@ public final class ChangeFeed: Sendable {
         self.logger = logger
     }
 
-    /// Creates the slot on the primary unless it is there (a promoted replica has none;
-    /// changes committed before it existed are not followed).
-    public func ensureSlot() async throws {
+    /// Creates the slot on the primary unless it is there, and returns where it starts when
+    /// it created it: changes committed before that are not in the feed (a first start, or
+    /// a promoted replica, which has no logical slots), so the caller must assume it missed
+    /// some. Nil when the slot was there.
+    @discardableResult
+    public func ensureSlot() async throws -> UInt64? {
         let slot = self.slot
-        try await set.readPrimary("change_feed_slot") { client in
+        return try await set.readPrimary("change_feed_slot") { client -> UInt64? in
             let rows = try await client.query("SELECT count(*) FROM pg_replication_slots WHERE slot_name = \(slot)")
-            for try await n in rows.decode(Int.self) where n > 0 { return }
+            for try await n in rows.decode(Int.self) where n > 0 { return nil }
             do {
-                try await client.query("SELECT pg_create_logical_replication_slot(\(slot)::name, 'test_decoding')")
+                let created = try await client.query("SELECT lsn::text FROM pg_create_logical_replication_slot(\(slot)::name, 'test_decoding')")
+                for try await lsn in created.decode(String.self) { return LSN.parse(lsn) ?? 0 }
+                return 0
             } catch let e as PSQLError where e.serverInfo?[.sqlState] == "42710" {
-                // Another follower created it first.
+                return nil  // Another follower created it first (and starts over itself).
             }
         }
     }
