@@ -15,6 +15,8 @@ public struct ClusterState: Codable, Sendable {
     public var hosts: HostsPlan?
     /// Commits wait for a replica (of another site when there is one): `up --sync`.
     public var syncReplication = false
+    /// Sites cut off by `site-down` (nil: none).
+    public var sitesDown: [String]? = nil
     public var stage: Stage { topology.stage }
     public var nodes: [Node] {
         get { topology.nodes }
@@ -526,7 +528,9 @@ public struct Cluster: Sendable {
             let pid = pid(of: node)
             let alive = pid.map(Processes.isAlive) ?? false
             var health = "down"
-            if node.role == .client {
+            if (state.sitesDown ?? []).contains(node.site) && node.role != .client {
+                health = "cut off"
+            } else if node.role == .client {
                 health = FileManager.default.fileExists(atPath: "\(dir)/hosts/\(node.name)") ? "up" : "down"
             } else if alive {
                 switch node.role {

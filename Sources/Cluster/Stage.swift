@@ -36,11 +36,12 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
         switch self {
         case .multiDC:
             // Each site: edge, balancer, web servers, a cache, a worker, a replica, and its
-            // end of the WAN. The primary and Redis live in the first site. Indices are
-            // global so ports and pid files never collide.
+            // end of the WAN. The primary lives in the first site. No Redis: sessions are
+            // rows in PostgreSQL, so they replicate to both sites and fail over with the
+            // data (docs/cluster.md). Indices are global so ports and pid files never collide.
             let first = l.siteIndex == 0
             let webs = web ?? 2
-            return [l.gateway()] + (first ? l.databases(replicas: 1) + [l.sessions()] : [l.database(replica: 2)])
+            return [l.gateway()] + (first ? l.databases(replicas: 1) : [l.database(replica: 2)])
                 + [l.cache(l.siteIndex + 1)] + (1...webs).map { l.web(l.siteIndex * webs + $0) } + [l.worker(l.siteIndex + 1)]
                 + [l.balancer(behindEdge: true), l.edge()]
         case .single:
@@ -84,7 +85,7 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
         case .cached: "Varnish edge, nginx, web servers, memcached ×2, PostgreSQL primary + 2 replicas"
         case .stateless: "as cached, with sessions in Redis"
         case .queued: "as stateless, with worker processes on the PostgreSQL queue"
-        case .multiDC: "two sites (west, east) joined by a WAN, each with an edge, nginx, web servers, memcached, a replica, a worker; the primary and Redis in west"
+        case .multiDC: "two sites (west, east) joined by a WAN, each with an edge, nginx, web servers, memcached, a replica, a worker; the primary in west, sessions in PostgreSQL"
         }
     }
 }

@@ -7,7 +7,7 @@ struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
         abstract: "Bring a stage of the journey up on this machine, inspect, scale, break and stop it.",
-        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Partition.self, Heal.self, Exec.self, Failover.self, Down.self])
+        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Partition.self, Heal.self, Exec.self, Failover.self, SiteDown.self, SiteUp.self, Down.self])
 
     struct Where: ParsableArguments {
         @Option(name: .long, help: "Folder for every server's data, configuration, pid and log files.")
@@ -147,6 +147,24 @@ struct ClusterCommand: ParsableCommand {
             let status = try location.cluster().exec(node, [path] + argv.dropFirst())
             if status != 0 { throw ExitCode(status) }
         }
+    }
+
+    struct SiteDown: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "site-down",
+            abstract: "Cut every host of a site off the network; promote a replica elsewhere if the primary was there.")
+        @OptionGroup var location: Where
+        @Argument(help: "The site (multi-dc: west or east).") var site: String
+        func run() throws { try location.cluster().siteDown(site) }
+    }
+
+    struct SiteUp: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "site-up",
+            abstract: "Bring a site back: its databases rejoin as replicas of the new primary (pg_rewind), then its servers.")
+        @OptionGroup var location: Where
+        @Argument(help: "The site to bring back.") var site: String
+        func run() throws { try location.cluster().siteUp(site) }
     }
 
     struct Failover: ParsableCommand {

@@ -29,8 +29,8 @@ import Testing
             try await Command.runOffPool([binary, "cluster"] + args + ["--dir", dir])
         }
 
-        func up(_ stage: String, web: Int? = nil, hosts: Bool = false, settings: [String: String] = [:]) async throws {
-            var args = ["up", "--stage", stage, "--base-port", String(base), "--set", "auth.bcryptCost=4", "--set", "log.level=warning"]
+        func up(_ stage: String, web: Int? = nil, hosts: Bool = false, settings: [String: String] = [:], flags: [String] = []) async throws {
+            var args = ["up", "--stage", stage, "--base-port", String(base), "--set", "auth.bcryptCost=4", "--set", "log.level=warning"] + flags
             for (k, v) in settings.sorted(by: { $0.key < $1.key }) { args += ["--set", "\(k)=\(v)"] }
             if let web { args += ["--web", String(web)] }
             if hosts { args.append("--hosts") }
@@ -53,9 +53,10 @@ import Testing
 
         /// Runs `body`, then `down`, which must succeed and leave no process and no port.
         func withCluster(
-            _ stage: String, web: Int? = nil, hosts: Bool = false, settings: [String: String] = [:], _ body: () async throws -> Void
+            _ stage: String, web: Int? = nil, hosts: Bool = false, settings: [String: String] = [:], flags: [String] = [],
+            _ body: () async throws -> Void
         ) async throws {
-            try await up(stage, web: web, hosts: hosts, settings: settings)
+            try await up(stage, web: web, hosts: hosts, settings: settings, flags: flags)
             let state = try state()
             let nodes = state.nodes
             let pids = nodes.compactMap { n in (try? String(contentsOfFile: n.pidFile, encoding: .utf8)).flatMap { Int32($0.split(separator: "\n").first ?? "") } }
@@ -596,7 +597,7 @@ import Testing
                 if inWest != 200 { try await Task.sleep(for: .milliseconds(200)) }
             }
             #expect(inWest == 200)
-            // The session made in east is good in west too (Redis lives in west).
+            // The session made in east is good in west too (sessions are rows in PostgreSQL).
             let me = try await Self.request(west.port, .GET, "/me", cookie: session, host: west.host)
             #expect(me.status == 200, "\(me.body)")
 
@@ -637,6 +638,135 @@ import Testing
             #expect(try await resolves("client-east", to: east.host))
             let byName = "import urllib.request,sys\nsys.exit(0 if urllib.request.urlopen('http://\(Topology.siteName):\(west.port)/users/\(id)', timeout=10).status == 200 else 1)"
             #expect(try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, "client-west", "--", "python3", "-c", byName]) == 0)
+        }
+    }
+
+    /// A writer on a client host: sign-ups through the site's name (resolved by the geo DNS
+    /// on every request) until `stop` exists; each acknowledged one is a line
+    /// `ok START END ID`, each failure `fail START WHAT`.
+    static let signUpWriter = #"""
+        import json, os, sys, time, urllib.request, urllib.error
+        url, out, stop, region = sys.argv[1:5]
+        n = 0
+        with open(out, "a", buffering=1) as f:
+            while not os.path.exists(stop):
+                n += 1
+                email = "%s-%d-%d@example.com" % (region, n, time.time_ns())
+                body = {"email": email, "password": "correct horse battery", "firstName": "John", "lastName": region,
+                        "address": {"streetAddress": "21 2nd Street", "city": "New York", "state": "NY", "postalCode": "10021"},
+                        "phoneNumbers": ["212 555-1234"]}
+                req = urllib.request.Request(url + "/users", data=json.dumps(body).encode(), method="POST",
+                                             headers={"Content-Type": "application/json"})
+                t = time.time()
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        answer = json.load(r)
+                        f.write("ok %.3f %.3f %d\n" % (t, time.time(), answer["id"]) if r.status == 201 else "fail %.3f %d\n" % (t, r.status))
+                except urllib.error.HTTPError as e:
+                    f.write("fail %.3f %d\n" % (t, e.code))
+                except Exception as e:
+                    f.write("fail %.3f %s\n" % (t, type(e).__name__))
+                time.sleep(0.1)
+        """#
+
+    /// One writer's history: acknowledged writes (start, end, id) and failures (start).
+    static func history(_ path: String) -> (acked: [(start: Double, end: Double, id: Int)], failed: [Double]) {
+        var acked: [(Double, Double, Int)] = [], failed: [Double] = []
+        for line in ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(whereSeparator: \.isNewline) {
+            let f = line.split(separator: " ")
+            if f.first == "ok", f.count == 4, let s = Double(f[1]), let e = Double(f[2]), let id = Int(f[3]) { acked.append((s, e, id)) }
+            if f.first == "fail", f.count >= 2, let s = Double(f[1]) { failed.append(s) }
+        }
+        return (acked, failed)
+    }
+
+    /// The chapter's data-center outage under writes from both regions, with synchronous
+    /// replication to the other site: west (with the primary) is cut off, DNS sends west's
+    /// clients to east, east's replica is promoted, writes resume; west comes back as
+    /// replicas of the new primary (pg_rewind) and serves again. Every acknowledged sign-up
+    /// must be on the new primary afterwards (a history checker: acknowledged, then lost).
+    @Test func siteDownMovesEveryoneToTheOtherSiteAndLosesNoAcknowledgedWrite() async throws {
+        try #require(geteuid() == 0, "hosts need root (network namespaces, a bridge, cgroups); CI runs as root")
+        let f = try Fixture(base: 20100)
+        try await f.withCluster("multi-dc", hosts: true, flags: ["--sync"]) {
+            let state = try f.state()
+            let west = try #require(state.topology.entry(site: "west")), east = try #require(state.topology.entry(site: "east"))
+            let work = f.dir + "/drill"
+            try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+            let stop = work + "/stop"
+            var writers: [Int32] = []
+            for region in ["west", "east"] {
+                let argv = [f.binary, "cluster", "exec", "--dir", f.dir, "client-" + region, "--", "python3", "-c", Self.signUpWriter,
+                    "http://\(Topology.siteName):\(west.port)", "\(work)/\(region).log", stop, region]
+                writers.append(try Processes.spawnDetached(argv, log: "\(work)/\(region).err"))
+            }
+            defer {
+                _ = FileManager.default.createFile(atPath: stop, contents: nil)
+                for w in writers { _ = Processes.stop(w, grace: 30) }
+            }
+            func acks(_ region: String, after t: Double) -> Int { Self.history("\(work)/\(region).log").acked.filter { $0.start > t }.count }
+            func waitForAcks(after t: Double, _ what: String) async throws {
+                var ready = false
+                for _ in 0..<900 where !ready {
+                    ready = acks("west", after: t) >= 3 && acks("east", after: t) >= 3
+                    if !ready { try await Task.sleep(for: .milliseconds(200)) }
+                }
+                try #require(ready, "\(what): west \(acks("west", after: t)), east \(acks("east", after: t)) acknowledged writes")
+            }
+            func resolves(_ client: String, to address: String) async throws -> Bool {
+                let check = "import socket,sys\nsys.exit(0 if socket.gethostbyname('\(Topology.siteName)') == '\(address)' else 1)"
+                return try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, client, "--", "python3", "-c", check]) == 0
+            }
+            try await waitForAcks(after: 0, "before the drill")
+
+            // West goes dark with the primary in it.
+            let cut = Date().timeIntervalSince1970
+            #expect(try await f.cluster("site-down", "west") == 0)
+            let promoted = try #require(try f.state().topology.nodes(.database).first)
+            #expect(promoted.name == "postgres-r2" && promoted.site == "east")
+            try await waitForAcks(after: cut, "after site-down")
+            #expect(try await resolves("client-west", to: east.host), "west's clients are sent to east")
+            let rows = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in }).status()
+            #expect(rows.filter { $0.node.site == "west" && $0.node.role != .client }.allSatisfy { $0.health == "cut off" })
+
+            // West comes back as replicas of the new primary, and serves its clients again.
+            let back = Date().timeIntervalSince1970
+            #expect(try await f.cluster("site-up", "west") == 0)
+            var home = false
+            for _ in 0..<240 where !home {
+                home = try await resolves("client-west", to: west.host)
+                if !home { try await Task.sleep(for: .milliseconds(500)) }
+            }
+            #expect(home, "west's clients are sent home once west is whole")
+            try await waitForAcks(after: back, "after site-up")
+            _ = FileManager.default.createFile(atPath: stop, contents: nil)
+            for w in writers { _ = Processes.stop(w, grace: 30) }
+
+            // West's databases stream from the new primary; nothing acknowledged is missing.
+            let streaming = Self.query(promoted, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1")
+            #expect(streaming == ["primary", "r1"], "\(streaming)")
+            let oldPrimary = try #require(state.topology.node(named: "postgres-primary"))
+            #expect(Self.query(oldPrimary, "SELECT pg_is_in_recovery()") == ["t"], "the old primary is a replica now")
+            let present = Set(Self.query(promoted, "SELECT id FROM users").compactMap { Int($0) })
+            var report: [String] = []
+            for region in ["west", "east"] {
+                let h = Self.history("\(work)/\(region).log")
+                let lost = h.acked.filter { !present.contains($0.id) }
+                #expect(lost.isEmpty, "\(region): acknowledged sign-ups missing after the drill: \(lost.map(\.id))")
+                // The longest time between acknowledged writes across the outage.
+                let ends = h.acked.map(\.end).sorted()
+                let gap = zip(ends, ends.dropFirst()).map { $1 - $0 }.max() ?? 0
+                report.append(String(format: "%@ %d acknowledged, %d failed, %d lost, longest gap %.1f s", region, h.acked.count, h.failed.count, lost.count, gap))
+            }
+            // A sign-up made in east while west was dark is served in west.
+            let during = try #require(Self.history("\(work)/east.log").acked.first { $0.start > cut && $0.end < back })
+            var served: UInt = 0
+            for _ in 0..<300 where served != 200 {
+                served = try await Self.request(west.port, .GET, "/users/\(during.id)", host: west.host).status
+                if served != 200 { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(served == 200)
+            print("site-down drill (sync, WAN 20 ms): " + report.joined(separator: "; "))
         }
     }
 

@@ -1,0 +1,190 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The chapter's data-center outage, as a drill: a whole site goes off the network, the
+/// other takes all traffic (DNS stops answering the lost site; its replica is promoted if
+/// the primary was there); later the site comes back as replicas of the new primary.
+extension Cluster {
+    /// Cuts every host of `site` off the network (the clients, users on the internet, stay).
+    /// When the primary was there, the most caught-up replica elsewhere is promoted and the
+    /// topology records it as the primary. With `--sync`, commits wait for a replica of
+    /// another site: when the lost site held the only one, they stop waiting (said aloud).
+    public func siteDown(_ site: String) throws {
+        var state = try loadState()
+        let (plan, net) = try siteDrillHosts(state, site)
+        let down = state.sitesDown ?? []
+        guard !down.contains(site) else { throw Processes.Failure("site \(site) is already down (`site-up \(site)` brings it back)") }
+        let remaining = state.topology.sites.filter { $0 != site && !down.contains($0) }
+        guard !remaining.isEmpty else { throw Processes.Failure("no other site is up to take the traffic") }
+        let t = Date()
+        let cut = siteHosts(state, site)
+        for n in cut { try net.partition(plan.host(n)) }
+        state.sitesDown = down + [site]
+        try save(state)
+        say("site \(site) cut off: \(cut.count) hosts (\(cut.map(\.name).joined(separator: ", ")))")
+
+        let databases = state.topology.nodes(.database)
+        if let primary = databases.first, primary.site == site {
+            let f = Date()
+            let status = try Processes.run(
+                [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(databases.map(\.address).joined(separator: ","))"],
+                log: "\(logs)/failover.log")
+            guard status == 0 else { throw Processes.Failure("failover failed (exit \(status); see \(logs)/failover.log)") }
+            let promoted = try databases.first { $0.site != site && inRecovery($0) == false }
+                .orThrow("no primary outside \(site) after the failover (see \(logs)/failover.log)")
+            state.topology.makePrimary(promoted)
+            try save(state)
+            say("\(promoted.name) (\(promoted.site)) promoted in \(seconds(since: f)); web servers and workers find it by themselves")
+        }
+        if state.syncReplication, let primary = state.topology.nodes(.database).first {
+            // The standbys a commit waits for, among the sites still up.
+            let names = syncNames(state, primary: primary, excluding: state.sitesDown ?? [])
+            try script("postgres", ["set-sync", shortName(primary), names.joined(separator: ",")], env: pgEnv(state))
+            say(names.isEmpty
+                ? "synchronous replication suspended: no replica outside \(primary.site) is up (commits would wait forever)"
+                : "commits wait for one of \(names.joined(separator: ", "))")
+        }
+        say("site \(site) down in \(seconds(since: t)); DNS sends its clients to \(remaining.joined(separator: ", ")) once its health checks fail")
+    }
+
+    /// Brings `site` back: while it is still cut off, its PostgreSQL nodes stop (an old
+    /// primary must never answer again as one), then they rejoin as replicas of the current
+    /// primary across the WAN (pg_rewind), caches restart empty (they missed every change),
+    /// workers and web servers restart with settings derived from the new topology, and the
+    /// site's entry comes back last, so DNS sends clients to it only when it is whole.
+    /// The other sites' web servers and workers are then restarted one at a time, so their
+    /// reads stay in their own site.
+    public func siteUp(_ site: String) throws {
+        var state = try loadState()
+        let (plan, net) = try siteDrillHosts(state, site)
+        guard (state.sitesDown ?? []).contains(site) else { throw Processes.Failure("site \(site) is not down") }
+        let t = Date()
+        let databases = state.topology.nodes(.database)
+        guard let primary = databases.first, primary.site != site else {
+            throw Processes.Failure("the primary is still in \(site): no other site took over")
+        }
+        let own = databases.filter { $0.site == site }
+        let caches = state.topology.nodes(.cache, in: site)
+        let workers = state.topology.nodes(.worker, in: site), webs = state.topology.nodes(.web, in: site)
+        // Fencing first, while nothing can reach them.
+        for n in own { try script("postgres", ["stop-node", shortName(n)], env: pgEnv(state)) }
+        // Like a power loss: what ran there is dropped (a worker's leases run out elsewhere).
+        for n in webs + workers {
+            if let p = pid(of: n), Processes.isAlive(p) {
+                Processes.signal(p, SIGKILL)
+                Processes.wait(seconds: 10) { Processes.reap(p); return !Processes.isAlive(p) }
+            }
+            try? FileManager.default.removeItem(atPath: n.pidFile)
+        }
+        for n in caches { try script("memcached", ["stop", String(n.port)], env: serverEnv(n, state)) }
+        let entry: Set<Role> = [.balancer, .edge]
+        let hosts = siteHosts(state, site)
+        for n in hosts where !entry.contains(n.role) { try net.heal(plan.host(n)) }
+
+        let r = Date()
+        let source = state.topology.address(of: primary, from: site)
+        let parts = source.split(separator: ":")
+        for n in own { try script("postgres", ["rejoin", shortName(n), String(parts[0]), String(parts[1])], env: pgEnv(state)) }
+        say("\(own.map(\.name).joined(separator: ", ")) rejoined as replicas of \(primary.name) (through \(source)) in \(seconds(since: r))")
+        state.sitesDown = (state.sitesDown ?? []).filter { $0 != site }
+        try save(state)
+        if state.syncReplication {
+            let names = syncNames(state, primary: primary, excluding: state.sitesDown ?? [])
+            try script("postgres", ["set-sync", shortName(primary), names.joined(separator: ",")], env: pgEnv(state))
+            if !names.isEmpty { say("commits wait for one of \(names.joined(separator: ", ")) again") }
+        }
+
+        for n in caches { try script("memcached", ["start", String(n.port), "64"], env: serverEnv(n, state)) }
+        for n in workers { try startWorker(state, n) }
+        try waitReady(workers, path: "/healthz")
+        for n in webs { try startWebServer(state, n) }
+        try waitReady(webs)
+        for n in hosts where entry.contains(n.role) { try net.heal(plan.host(n)) }
+        if let front = state.topology.entry(site: site) {
+            guard Processes.wait(seconds: 60, every: 0.1, until: { Processes.httpStatus(host: front.host, port: front.port, path: "/readyz") == 200 }) else {
+                throw Processes.Failure("site \(site)'s entry \(front.address) is not ready")
+            }
+        }
+        say("site \(site) serving again in \(seconds(since: t)); DNS answers it once its health checks pass")
+
+        for other in state.topology.sites where other != site && !(state.sitesDown ?? []).contains(other) {
+            try restartInPlace(state, site: other)
+        }
+    }
+
+    /// Restarts a site's workers and web servers with settings derived from the topology as
+    /// it is now, one web server at a time out of its balancer, so no request is dropped.
+    func restartInPlace(_ state: ClusterState, site: String) throws {
+        let t = Date()
+        for n in state.topology.nodes(.worker, in: site) {
+            stopProcesses([n])
+            try startWorker(state, n)
+            try waitReady([n], path: "/healthz")
+        }
+        let webs = state.topology.nodes(.web, in: site)
+        let balancer = state.topology.nodes(.balancer, in: site).first
+        for n in webs {
+            if let balancer, webs.count > 1 {
+                try writeNginxConfig(balancer, upstreams: webs.filter { $0 != n }, state)
+                try reloadNginx(balancer)
+            }
+            stopProcesses([n])
+            try startWebServer(state, n)
+            try waitReady([n])
+            if let balancer, webs.count > 1 {
+                try writeNginxConfig(balancer, upstreams: webs, state)
+                try reloadNginx(balancer)
+            }
+        }
+        say("\(site): web servers and workers restarted with the new primary in \(seconds(since: t))")
+    }
+
+    func siteDrillHosts(_ state: ClusterState, _ site: String) throws -> (HostsPlan, HostNetwork) {
+        guard state.topology.sites.count > 1 else {
+            throw Processes.Failure("site drills need a stage with several sites (multi-dc); this is \(state.stage.rawValue)")
+        }
+        guard state.topology.sites.contains(site) else {
+            throw Processes.Failure("no site \(site); sites: \(state.topology.sites.joined(separator: ", "))")
+        }
+        let plan = try state.hosts.orThrow("the cluster in \(dir) has no hosts")
+        return (plan, try plan.network())
+    }
+
+    /// A site's hosts as a drill cuts them: all but its clients (users on the internet).
+    func siteHosts(_ state: ClusterState, _ site: String) -> [Node] {
+        state.nodes.filter { $0.site == site && $0.role != .client }
+    }
+
+    /// Replicas of other sites than the primary's, not in a site that is down.
+    func syncNames(_ state: ClusterState, primary: Node, excluding down: [String]) -> [String] {
+        state.topology.nodes(.database).dropFirst()
+            .filter { $0.site != primary.site && !down.contains($0.site) }
+            .map(shortName)
+    }
+
+    func shortName(_ n: Node) -> String { String(n.name.dropFirst("postgres-".count)) }
+
+    /// Whether a PostgreSQL node is in recovery (a replica); nil when it does not answer.
+    func inRecovery(_ n: Node) -> Bool? {
+        let out = "\(run)/recovery-\(n.name)-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let sql = "SELECT pg_is_in_recovery()"
+        let argv = ["/usr/bin/psql", "-h", n.host, "-p", String(n.port), "-U", "postgres", "-d", "postgres", "-Atc", sql]
+        guard (try? Processes.run(argv, environment: ["PGCONNECT_TIMEOUT": "5"], log: out)) == 0,
+            let text = try? String(contentsOfFile: out, encoding: .utf8)
+        else { return nil }
+        return text.trimmingCharacters(in: .whitespacesAndNewlines) == "t"
+    }
+}
+
+extension Topology {
+    /// Records `node` as the primary: the first database node, as every configuration reads it.
+    public mutating func makePrimary(_ node: Node) {
+        guard let from = nodes.firstIndex(of: node), let first = nodes.firstIndex(where: { $0.role == .database }), from != first else { return }
+        let moved = nodes.remove(at: from)
+        nodes.insert(moved, at: first)
+    }
+}
