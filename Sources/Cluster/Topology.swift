@@ -153,6 +153,9 @@ public struct Topology: Codable, Sendable, Equatable {
         // Every web server and worker shares one photo folder (a stand-in for a shared
         // volume or object store): a worker reads the original a web server stored.
         s["photos.directory"] = dataDirectory + "/photos"
+        // With several sites, no folder is shared: photos are replicated with the data,
+        // so a site's loss loses none (docs/cluster.md).
+        if sites.count > 1 && !databases.isEmpty { s["photos.store"] = "postgres" }
         if let redis = nodes(.sessions).first {
             s["session.store"] = "redis"
             s["redis.address"] = address(of: redis, from: site)

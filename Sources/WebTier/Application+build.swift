@@ -132,7 +132,8 @@ public struct Components: Sendable {
             memcached: memcached,
             userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
             jobs: jobs,
-            photos: try FolderPhotoStore(directory: settings.photosDirectory),
+            photos: try replicaSet.flatMap { settings.photosStore == "postgres" ? PostgresPhotoStore(replicaSet: $0, logger: logger) : nil }
+                ?? FolderPhotoStore(directory: settings.photosDirectory),
             photoRequests: photoRequests,
             images: ImageProcessor.shared(threads: settings.photosThreads),
             templates: try await MustacheLibrary(directory: resources + "/templates"),

@@ -76,6 +76,9 @@ public struct Settings: Sendable {
 
     /// Folder of photo originals and variants; one shared folder for a whole cluster.
     public var photosDirectory: String
+    /// Where photo files live: `folder` (photos.directory) or `postgres` (large objects,
+    /// replicated with the data: the multi-dc stage).
+    public var photosStore: String
     /// Largest upload accepted, in bytes (the rest of the API keeps `http.maxBodyBytes`).
     public var photosMaxBytes: Int
     /// Largest image accepted, in pixels, judged from its header before decoding.
@@ -156,6 +159,7 @@ public struct Settings: Sendable {
         queueBackoffBaseSeconds = config.double(forKey: "queue.backoffBaseSeconds", default: 1)
 
         photosDirectory = config.string(forKey: "photos.directory", default: dataDirectory + "/photos")
+        photosStore = config.string(forKey: "photos.store", default: "folder")
         photosMaxBytes = config.int(forKey: "photos.maxBytes", default: 10 * 1024 * 1024)
         photosMaxPixels = config.int(forKey: "photos.maxPixels", default: 40_000_000)
         photosThreads = config.int(forKey: "photos.threads", default: ProcessInfo.processInfo.activeProcessorCount)
@@ -163,6 +167,8 @@ public struct Settings: Sendable {
         try check(photosMaxBytes >= 1024 && photosMaxBytes <= 64 * 1024 * 1024, "photos.maxBytes must be 1 KiB...64 MiB")
         try check(photosMaxPixels >= 1 && photosMaxPixels <= 200_000_000, "photos.maxPixels must be 1...200000000")
         try check(photosThreads >= 1 && photosThreads <= 64, "photos.threads must be 1...64")
+        try check(["folder", "postgres"].contains(photosStore), "photos.store must be folder or postgres")
+        try check(photosStore == "folder" || dataEngine == "postgres", "photos.store=postgres needs data.engine=postgres")
         try check(port >= 0 && port <= 65535, "http.port must be 0...65535")
         try check(["sql", "redis"].contains(queueEngine), "queue.engine must be sql or redis")
         try check(queueInProcessWorkers >= 0 && queueInProcessWorkers <= 256, "queue.inProcessWorkers must be 0...256")
@@ -214,7 +220,7 @@ public struct Settings: Sendable {
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
         "cache.memcached.retrySeconds", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
         "queue.engine", "queue.inProcessWorkers", "queue.leaseSeconds", "queue.graceSeconds", "queue.maxAttempts", "queue.backoffBaseSeconds",
-        "photos.directory", "photos.maxBytes", "photos.maxPixels", "photos.threads",
+        "photos.directory", "photos.store", "photos.maxBytes", "photos.maxPixels", "photos.threads",
     ]
 
     public var databasePath: String { dataDirectory + "/millions.sqlite" }

@@ -718,6 +718,24 @@ import Testing
                 return try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, client, "--", "python3", "-c", check]) == 0
             }
             try await waitForAcks(after: 0, "before the drill")
+            // A profile photo made in west (original and variants are replicated with the data).
+            let (photoUser, photoSession) = try await Self.signUp(west.port, "photo-west@example.com", host: west.host)
+            var upload = HTTPClientRequest(url: "http://\(west.host):\(west.port)/users/\(photoUser)/photo")
+            upload.method = .POST
+            upload.headers.add(name: "Content-Type", value: "image/jpeg")
+            upload.headers.add(name: "Cookie", value: "millions_session=\(photoSession)")
+            upload.body = .bytes(ByteBuffer(bytes: try Imaging.testImage(width: 800, height: 600, format: .jpeg)))
+            let accepted = try await HTTPClient.shared.execute(upload, timeout: .seconds(60))
+            #expect(accepted.status.code == 202)
+            let jobURL = try #require(accepted.headers["Location"].first)
+            var job: [String: Any] = [:]
+            for _ in 0..<600 where !["done", "failed"].contains(job["state"] as? String ?? "") {
+                try await Task.sleep(for: .milliseconds(200))
+                let r = try await Self.request(west.port, .GET, jobURL, cookie: photoSession, host: west.host)
+                job = (try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]) ?? [:]
+            }
+            #expect(job["state"] as? String == "done", "\(job)")
+            let photo = try #require((job["photo"] as? [String: String])?["small"])
 
             // West goes dark with the primary in it.
             let cut = Date().timeIntervalSince1970
@@ -728,6 +746,9 @@ import Testing
             #expect(try await resolves("client-west", to: east.host), "west's clients are sent to east")
             let rows = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in }).status()
             #expect(rows.filter { $0.node.site == "west" && $0.node.role != .client }.allSatisfy { $0.health == "cut off" })
+            // West's photo is still there, served by east.
+            let photoInEast = try await Self.request(east.port, .GET, photo, host: east.host)
+            #expect(photoInEast.status == 200 && photoInEast.headers["Content-Type"].first == "image/jpeg", "\(photoInEast.status)")
 
             // West comes back as replicas of the new primary, and serves its clients again.
             let back = Date().timeIntervalSince1970

@@ -334,6 +334,37 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
         }
     }
 
+    /// `photos.store=postgres` (multi-dc): originals and variants are large objects in the
+    /// database, so they replicate with the data; no file is written to a folder.
+    @Test func photosInPostgresAreServedFromTheDatabase() async throws {
+        // A topology of its own: in-process workers would take other tests' photo jobs.
+        try await PostgresTopology.withFresh { topology in
+            let folder = NSTemporaryDirectory() + "photos-pg-\(UUID().uuidString)"
+            defer { try? FileManager.default.removeItem(atPath: folder) }
+            let settings = ["queue.inProcessWorkers": "2", "cache.backend": "none", "photos.store": "postgres", "photos.directory": folder]
+            try await TestApp.runPostgres(topology, settings) { client, components in
+                let store = try #require(components.photos as? PostgresPhotoStore)
+                let (id, session) = try await signUpJohn(client, email: uniqueEmail("photo-pg"))
+                let r = try await uploadPhoto(client, user: id, session: session, try Imaging.testImage(width: 400, height: 300, format: .jpeg))
+                #expect(r.status == .accepted, "\(r.text)")
+                let (job, cookies) = try await followJob(client, try #require(r.headers[.location]), cookies: ["millions_session": session])
+                #expect(job["state"] as? String == "done", "\(job)")
+                let small = try #require((job["photo"] as? [String: String])?["small"])
+                let served = try await client.send(.get, small, cookies: cookies)
+                #expect(served.status == .ok && served.headers[.contentType] == "image/jpeg")
+                #expect(try Imaging.probe(Array(served.body.readableBytesView)).width <= 400)
+                // A second put of a name is a no-op: names are content hashes.
+                let name = try #require(small.split(separator: "/").last.map(String.init))
+                let before = try await store.get(name: name, kind: .variant)
+                try await store.put([1, 2, 3], name: name, kind: .variant)
+                #expect(try await store.get(name: name, kind: .variant) == before)
+                #expect(try await store.list(kind: .original).count == 1)
+                #expect(try await store.get(name: String(repeating: "0", count: 64) + ".jpg", kind: .variant) == nil)
+                #expect(!FileManager.default.fileExists(atPath: folder), "no photo folder")
+            }
+        }
+    }
+
     /// `queue.engine=redis`: the same photo flow with its jobs on Redis Streams.
     @Test func photosRunOnTheRedisQueue() async throws {
         try await RedisServer.with { server in

@@ -79,6 +79,15 @@ import Testing
         #expect(west["data.postgres.nodes"] == "198.18.7.10:19040,198.18.7.11:19041")
         #expect(west["cache.memcached.nodes"] == "198.18.7.21:19050" && west["redis.address"] == nil)
         #expect(west["cache.followSlot"] == "millions_cache_west" && east["cache.followSlot"] == "millions_cache_east")
+        #expect(west["photos.store"] == "postgres" && east["photos.store"] == "postgres", "no folder is shared across sites")
+
+        // After east's replica is promoted (site-down west), it is the first database node:
+        // west lists it (through its gateway) and its own two nodes as replicas; east, only it.
+        var moved = t
+        moved.makePrimary(try #require(byName["postgres-r2"]))
+        #expect(moved.nodes(.database).map(\.name) == ["postgres-r2", "postgres-primary", "postgres-r1"])
+        #expect(moved.appSettings(dataDirectory: "/tmp/c/data", site: "west")["data.postgres.nodes"] == "198.18.7.4:19042,198.18.7.10:19040,198.18.7.11:19041")
+        #expect(moved.appSettings(dataDirectory: "/tmp/c/data", site: "east")["data.postgres.nodes"] == "198.18.8.12:19042")
 
         let eastRelays = t.relays(at: try #require(byName["wan-east"])).map { "\($0.listenHost):\($0.listenPort)>\($0.targetHost):\($0.targetPort)" }
         #expect(eastRelays == ["198.18.8.5:19040>198.18.7.10:19040", "198.18.8.5:19041>198.18.7.11:19041"])
@@ -93,6 +102,7 @@ import Testing
         let s = queued.appSettings(dataDirectory: "/tmp/c/data")
         #expect(s["data.engine"] == "postgres")
         #expect(s["data.postgres.nodes"] == "127.0.0.1:19040,127.0.0.1:19041,127.0.0.1:19042")
+        #expect(s["photos.store"] == nil && s["photos.directory"] == "/tmp/c/data/photos", "one site shares a folder")
         #expect(s["cache.backend"] == "memcached" && s["cache.memcached.nodes"] == "127.0.0.1:19050,127.0.0.1:19051")
         #expect(s["session.store"] == "redis" && s["redis.address"] == "127.0.0.1:19060")
         #expect(s["queue.inProcessWorkers"] == "0" && s["cache.followSlot"] == "millions_cache_dc1")

@@ -74,6 +74,18 @@ public enum PostgresMigrations {
         ),
         // The WAL position of a job's result: a client told "done" reads from there on.
         ("4-job-result-position", ["ALTER TABLE jobs ADD COLUMN result_lsn bigint NOT NULL DEFAULT 0"]),
+        // Photo files as large objects (`photos.store=postgres`): see PostgresPhotoStore.
+        (
+            "5-photo-files",
+            [
+                """
+                CREATE TABLE photo_files (
+                    kind text NOT NULL, name text NOT NULL, object oid NOT NULL, bytes bigint NOT NULL,
+                    created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (kind, name)
+                )
+                """
+            ]
+        ),
     ]
 
     /// Applies what is missing; returns every applied migration's name.
