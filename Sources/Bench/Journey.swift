@@ -79,13 +79,14 @@ public struct Journey: Sendable {
     public func run(say: @escaping @Sendable (String) -> Void) async throws -> [Row] {
         var rows: [Row] = []
         for stage in stages {
+            guard hosts || !stage.needsHosts else { throw BenchError("the \(stage.rawValue) stage needs --hosts") }
             let cluster = Cluster(dir: dir, binary: binary, scripts: scripts, say: { say("  " + $0) })
             say("== \(stage.rawValue)\(hosts ? " on hosts" : ""): \(stage.summary)")
             do {
                 let web = stage.balanced ? webServers : nil
                 let upSeconds = try cluster.up(
                     stage: stage, webServers: web, basePort: basePort, settings: settings, hosts: hosts, cpus: cpus)
-                rows.append(try await measure(stage, cluster, upSeconds: upSeconds, say: say))
+                rows += try await measure(stage, cluster, upSeconds: upSeconds, say: say)
             } catch {
                 try? cluster.down()
                 throw error
@@ -95,7 +96,18 @@ public struct Journey: Sendable {
         return rows
     }
 
-    func measure(_ stage: Stage, _ cluster: Cluster, upSeconds: Double, say: @escaping @Sendable (String) -> Void) async throws -> Row {
+    /// Where one region's load goes: on loopback this process loads the entry; with hosts,
+    /// `millions bench read` runs on the region's client host. With several sites the
+    /// client names the site as users do (the geo DNS picks its region's edge).
+    struct Target {
+        var site: String
+        var client: String?
+        var host: String
+        var port: Int
+    }
+
+    /// One row per site (one, except in `multi-dc`): every region loaded at once.
+    func measure(_ stage: Stage, _ cluster: Cluster, upSeconds: Double, say: @escaping @Sendable (String) -> Void) async throws -> [Row] {
         let state = try cluster.loadState()
         let idsFile = dir + "/ids.txt"
         let seedStart = Date()
@@ -105,40 +117,45 @@ public struct Journey: Sendable {
         guard status == 0 else { throw BenchError("seeding failed (see \(dir)/logs/seed.log)") }
         let seedSeconds = Date().timeIntervalSince(seedStart)
         say("  seeded \(users) users in \(String(format: "%.1f", seedSeconds)) s")
-        // API reads are dynamic content: they go to the balancer, not through the CDN.
-        guard let entry = state.topology.dynamicEntry else { throw BenchError("the topology has no web server") }
+        let sites = state.topology.sites
+        let several = sites.count > 1
+        let targets: [Target] = try sites.map { site in
+            // API reads are dynamic content: the balancer, not the CDN; with several sites,
+            // the name users resolve (the edge, which passes API requests to the balancer).
+            var client: String? = nil
+            if hosts {
+                guard let c = state.topology.nodes(.client, in: site).first else { throw BenchError("site \(site) has no client host") }
+                client = c.name
+            }
+            if several, let edge = state.topology.entry(site: site) { return Target(site: site, client: client, host: Topology.siteName, port: edge.port) }
+            guard let entry = state.topology.dynamicEntry(site: site) else { throw BenchError("the topology has no web server") }
+            return Target(site: site, client: client, host: entry.host, port: entry.port)
+        }
         let ids = try Setup.ids(file: idsFile)
         if warmPass {
-            let started = Date()
-            let scan = try await LoadRunner.run(options(entry, seconds: 3600), scenario: ScanScenario(ids: ids, connections: connections))
-            say("  warm pass: \(scan.requests) reads (every id once) in \(String(format: "%.1f", Date().timeIntervalSince(started))) s, \(scan.errorCount) errors")
+            for site in sites {
+                guard let entry = state.topology.dynamicEntry(site: site) else { continue }
+                let started = Date()
+                let scan = try await LoadRunner.run(options(entry, seconds: 3600), scenario: ScanScenario(ids: ids, connections: connections))
+                say("  warm pass\(several ? " (" + site + ")" : ""): \(scan.requests) reads (every id once) in \(String(format: "%.1f", Date().timeIntervalSince(started))) s, \(scan.errorCount) errors")
+            }
         }
-        if warmup > 0 { _ = try await load(entry, ids: ids, idsFile: idsFile, seconds: warmup) }
+        if warmup > 0 { _ = try await load(targets, ids: ids, idsFile: idsFile, seconds: warmup) }
 
         // CPU is sampled inside the run, a second after its start and before its end, so
         // the load generator's start and the servers' idle tail are not averaged in.
         let margin = duration >= 6 ? 1.0 : 0.0
-        let webNodes = state.webServers
-        let before = Metrics.scrape(webNodes)
-        async let running = load(entry, ids: ids, idsFile: idsFile, seconds: duration)
+        let before = sites.map { Metrics.scrape(state.topology.nodes(.web, in: $0)) }
+        async let running = load(targets, ids: ids, idsFile: idsFile, seconds: duration)
         try await Task.sleep(for: .seconds(margin))
         let cpu0 = try cluster.cpuSeconds(state), client0 = Self.ownCPUSeconds(), t0 = Date()
         try await Task.sleep(for: .seconds(Double(duration) - 2 * margin))
         let cpu1 = try cluster.cpuSeconds(state), client1 = Self.ownCPUSeconds(), t1 = Date()
-        let result = try await running
-        let after = Metrics.scrape(webNodes)
-
-        let d = after.minus(before)
-        let requests = max(d.value("http_server_requests_total"), 1)
-        let hits = d.value("cache_hits_total"), misses = d.value("cache_misses_total")
-        // Reads are labelled role=read on whichever node served them (role=primary when
-        // read-your-writes pinned them there); a node is a replica if no server saw it as primary.
-        let primaries = Set(after.samples.filter { $0.name == "db_node_is_primary" && $0.value > 0 }.compactMap { $0.labels["node"] })
-        let reads = d.samples.filter { $0.name == "db_query_duration_seconds_count" && ($0.labels["role"] == "read" || $0.labels["role"] == "primary") }
-        let allQueries = reads.map(\.value).reduce(0, +)
-        let replica = reads.filter { $0.labels["role"] == "read" && !primaries.contains($0.labels["node"] ?? "") }.map(\.value).reduce(0, +)
+        let results = try await running
+        let after = sites.map { Metrics.scrape(state.topology.nodes(.web, in: $0)) }
 
         let seconds = max(t1.timeIntervalSince(t0), 0.001)
+        // The whole cluster's CPU (with several sites, both rows show all of it).
         var tiers: [TierCPU] = Role.allCases.compactMap { role in
             let nodes = state.topology.nodes(role)
             guard !nodes.isEmpty, role != .client || hosts else { return nil }
@@ -151,38 +168,65 @@ public struct Journey: Sendable {
         if !hosts { tiers.append(TierCPU(tier: "client", nodes: 1, cores: (client1 - client0) / seconds, budget: nil)) }
         let busiest = hosts ? tiers.max { ($0.utilization ?? 0) < ($1.utilization ?? 0) } : tiers.max { $0.cores < $1.cores }
 
-        let row = Row(
-            stage: stage.rawValue, hosts: hosts, requestsPerSecond: result.requestsPerSecond, p50Ms: result.latencyMs.p50,
-            p99Ms: result.latencyMs.p99,
-            databaseReadsPer1000: d.value("user_store_calls_total", where: ["op": "read"]) / requests * 1000,
-            cacheHitRatio: hits + misses > 0 ? hits / (hits + misses) : nil,
-            replicaShare: stage.replicas > 0 && allQueries >= requests / 100 ? replica / allQueries : nil,
-            errors: result.errorCount, upSeconds: upSeconds, seedSeconds: seedSeconds, cpu: tiers, busiest: busiest?.tier)
-        say("  \(Int(row.requestsPerSecond)) req/s, p99 \(Format.ms(row.p99Ms)) ms, \(Format.number(row.databaseReadsPer1000)) db reads / 1k requests")
-        say("  CPU: \(Self.cpuText(row))")
-        return row
+        return sites.indices.map { i in
+            let d = after[i].minus(before[i]), result = results[i]
+            let requests = max(d.value("http_server_requests_total"), 1)
+            let hits = d.value("cache_hits_total"), misses = d.value("cache_misses_total")
+            // Reads are labelled role=read on whichever node served them (role=primary when
+            // read-your-writes pinned them there); a node is a replica if no server saw it as primary.
+            let primaries = Set(after[i].samples.filter { $0.name == "db_node_is_primary" && $0.value > 0 }.compactMap { $0.labels["node"] })
+            let reads = d.samples.filter { $0.name == "db_query_duration_seconds_count" && ($0.labels["role"] == "read" || $0.labels["role"] == "primary") }
+            let allQueries = reads.map(\.value).reduce(0, +)
+            let replica = reads.filter { $0.labels["role"] == "read" && !primaries.contains($0.labels["node"] ?? "") }.map(\.value).reduce(0, +)
+            let row = Row(
+                stage: several ? "\(stage.rawValue) \(sites[i])" : stage.rawValue, hosts: hosts,
+                requestsPerSecond: result.requestsPerSecond, p50Ms: result.latencyMs.p50, p99Ms: result.latencyMs.p99,
+                databaseReadsPer1000: d.value("user_store_calls_total", where: ["op": "read"]) / requests * 1000,
+                cacheHitRatio: hits + misses > 0 ? hits / (hits + misses) : nil,
+                replicaShare: stage.replicas > 0 && allQueries >= requests / 100 ? replica / allQueries : nil,
+                errors: result.errorCount, upSeconds: upSeconds, seedSeconds: seedSeconds, cpu: tiers, busiest: busiest?.tier)
+            say("  \(several ? sites[i] + ": " : "")\(Int(row.requestsPerSecond)) req/s, p99 \(Format.ms(row.p99Ms)) ms, \(Format.number(row.databaseReadsPer1000)) db reads / 1k requests")
+            if i == sites.count - 1 { say("  CPU: \(Self.cpuText(row))") }
+            return row
+        }
     }
 
-    /// The read scenario for `seconds`: in this process on loopback; with hosts, as
-    /// `millions bench read` on the client host, so the load generator has a budget too.
-    func load(_ entry: Node, ids: [Int64], idsFile: String, seconds: Int) async throws -> BenchResult {
-        guard hosts else {
-            return try await LoadRunner.run(options(entry, seconds: seconds), scenario: ReadScenario(ids: ids, distribution: distribution))
+    /// The read scenario for `seconds` against every target at once: in this process on
+    /// loopback; with hosts, as `millions bench read` on each region's client host, so the
+    /// load generator has a budget too.
+    func load(_ targets: [Target], ids: [Int64], idsFile: String, seconds: Int) async throws -> [BenchResult] {
+        try await withThrowingTaskGroup(of: (Int, BenchResult).self) { group in
+            for (i, target) in targets.enumerated() {
+                group.addTask { (i, try await self.load(target, ids: ids, idsFile: idsFile, seconds: seconds)) }
+            }
+            var results = [BenchResult?](repeating: nil, count: targets.count)
+            for try await (i, r) in group { results[i] = r }
+            return results.compactMap { $0 }
         }
-        let json = dir + "/logs/client-result.json"
+    }
+
+    func load(_ target: Target, ids: [Int64], idsFile: String, seconds: Int) async throws -> BenchResult {
+        guard let client = target.client else {
+            var o = LoadOptions(port: target.port)
+            o.host = target.host
+            o.connections = connections
+            o.duration = .seconds(Int64(seconds))
+            return try await LoadRunner.run(o, scenario: ReadScenario(ids: ids, distribution: distribution))
+        }
+        let json = dir + "/logs/\(client)-result.json"
         try? FileManager.default.removeItem(atPath: json)
         let zipf: Double = if case .zipf(let e) = distribution { e } else { 0 }
         let argv = [
-            dir + "/hosts/client", binary, "bench", "read", "--host", entry.host, "--port", String(entry.port), "--ids-file", idsFile,
+            dir + "/hosts/" + client, binary, "bench", "read", "--host", target.host, "--port", String(target.port), "--ids-file", idsFile,
             "--connections", String(connections), "--duration", String(seconds), "--zipf", String(zipf), "--json", json,
         ]
-        let log = dir + "/logs/client.log"
+        let log = dir + "/logs/\(client).log"
         // Off the cooperative pool: this blocks until the load generator exits.
         let status = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
             Thread.detachNewThread { c.resume(with: Result { try Processes.run(argv, log: log) }) }
         }
         guard status == 0, let data = FileManager.default.contents(atPath: json) else {
-            throw BenchError("the load generator on the client host failed (exit \(status); see \(log))")
+            throw BenchError("the load generator on \(client) failed (exit \(status); see \(log))")
         }
         return try JSONDecoder().decode(BenchResult.self, from: data)
     }

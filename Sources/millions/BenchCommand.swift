@@ -133,8 +133,8 @@ struct BenchCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "journey",
             abstract: "Bring each stage up, seed, warm, measure the read scenario, bring it down; one table.")
-        @Option(name: .long, help: "Stages, comma-separated (default: every stage `millions cluster` can start).")
-        var stages: String = Stage.journey.map(\.rawValue).joined(separator: ",")
+        @Option(name: .long, help: "Stages, comma-separated (default: the one-site stages, and multi-dc with --hosts).")
+        var stages: String?
         @Option(name: .long, help: "Users to seed in each stage.") var users = 100_000
         @Option(name: [.short, .customLong("connections")]) var connections = 32
         @Option(name: [.short, .customLong("duration")], help: "Measured seconds per stage.") var duration = 15
@@ -165,10 +165,11 @@ struct BenchCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let chosen = try stages.split(separator: ",").map { name in
+            let names = stages ?? (Stage.journey + (hosts ? [.multiDC] : [])).map(\.rawValue).joined(separator: ",")
+            let chosen = try names.split(separator: ",").map { name in
                 guard let s = Stage(rawValue: String(name)) else { throw ValidationError("unknown stage \(name)") }
-                guard Stage.journey.contains(s) else {
-                    throw ValidationError("the journey measures the one-site stages; measure \(name) from each region's client host (docs/cluster.md)")
+                guard Stage.journey.contains(s) || (s == .multiDC && hosts) else {
+                    throw ValidationError("\(name) is not in the journey\(s.needsHosts ? " without --hosts (its sites are subnets)" : "")")
                 }
                 return s
             }
