@@ -641,35 +641,7 @@ import Testing
         }
     }
 
-    /// A writer on a client host: sign-ups through the site's name (resolved by the geo DNS
-    /// on every request) until `stop` exists; each acknowledged one is a line
-    /// `ok START END ID`, each failure `fail START WHAT`.
-    static let signUpWriter = #"""
-        import json, os, sys, time, urllib.request, urllib.error
-        url, out, stop, region = sys.argv[1:5]
-        n = 0
-        with open(out, "a", buffering=1) as f:
-            while not os.path.exists(stop):
-                n += 1
-                email = "%s-%d-%d@example.com" % (region, n, time.time_ns())
-                body = {"email": email, "password": "correct horse battery", "firstName": "John", "lastName": region,
-                        "address": {"streetAddress": "21 2nd Street", "city": "New York", "state": "NY", "postalCode": "10021"},
-                        "phoneNumbers": ["212 555-1234"]}
-                req = urllib.request.Request(url + "/users", data=json.dumps(body).encode(), method="POST",
-                                             headers={"Content-Type": "application/json"})
-                t = time.time()
-                try:
-                    with urllib.request.urlopen(req, timeout=10) as r:
-                        answer = json.load(r)
-                        f.write("ok %.3f %.3f %d\n" % (t, time.time(), answer["id"]) if r.status == 201 else "fail %.3f %d\n" % (t, r.status))
-                except urllib.error.HTTPError as e:
-                    f.write("fail %.3f %d\n" % (t, e.code))
-                except Exception as e:
-                    f.write("fail %.3f %s\n" % (t, type(e).__name__))
-                time.sleep(0.1)
-        """#
-
-    /// One writer's history: acknowledged writes (start, end, id) and failures (start).
+    /// One writer's history (scripts/history-writer.py): acknowledged writes (start, end, id) and failures (start).
     static func history(_ path: String) -> (acked: [(start: Double, end: Double, id: Int)], failed: [Double]) {
         var acked: [(Double, Double, Int)] = [], failed: [Double] = []
         for line in ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(whereSeparator: \.isNewline) {
@@ -695,8 +667,9 @@ import Testing
             try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
             let stop = work + "/stop"
             var writers: [Int32] = []
+            let writer = try Cluster.findScripts(binary: f.binary) + "/history-writer.py"
             for region in ["west", "east"] {
-                let argv = [f.binary, "cluster", "exec", "--dir", f.dir, "client-" + region, "--", "python3", "-c", Self.signUpWriter,
+                let argv = [f.binary, "cluster", "exec", "--dir", f.dir, "client-" + region, "--", "python3", writer,
                     "http://\(Topology.siteName):\(west.port)", "\(work)/\(region).log", stop, region]
                 writers.append(try Processes.spawnDetached(argv, log: "\(work)/\(region).err"))
             }
