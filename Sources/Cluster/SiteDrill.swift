@@ -70,7 +70,7 @@ extension Cluster {
         let caches = state.topology.nodes(.cache, in: site)
         let workers = state.topology.nodes(.worker, in: site), webs = state.topology.nodes(.web, in: site)
         // Fencing first, while nothing can reach them.
-        for n in own { try script("postgres", ["stop-node", shortName(n)], env: pgEnv(state)) }
+        for n in own { try script("postgres", ["stop-node", shortName(n), "immediate"], env: pgEnv(state)) }
         // Like a power loss: what ran there is dropped (a worker's leases run out elsewhere).
         for n in webs + workers {
             if let p = pid(of: n), Processes.isAlive(p) {

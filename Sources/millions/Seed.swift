@@ -28,7 +28,10 @@ struct Seed: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let settings = try Settings(try await options.reader())
+        var settings = try Settings(try await options.reader())
+        // A bulk load, not a request: a batch on a small database host may rightly take
+        // longer than the request path's bound.
+        settings.postgres.queryTimeout = max(settings.postgres.queryTimeout, .seconds(120))
         let logger = bootstrapLogging(settings.logLevel)
         let components = try await Components.build(settings: settings, logger: logger)
         let seeder = Seeder(

@@ -70,7 +70,10 @@ public final class ChangeFeed: Sendable {
     /// touched users, so the slot does not hold WAL back). Nil when nothing is new.
     public func peek(limit: Int) async throws -> (commits: [Commit], through: UInt64)? {
         let slot = self.slot
-        let rows: [(String, String)] = try await set.readPrimary("change_feed_peek") { client in
+        // The server decodes whole transactions, whatever the limit: one bulk write (a seed,
+        // a backfill) can take longer than a request's bound, and a timeout would start the
+        // same work over and over.
+        let rows: [(String, String)] = try await set.readPrimary("change_feed_peek", timeout: .seconds(300)) { client in
             var out: [(String, String)] = []
             let query: PostgresQuery = """
                 SELECT lsn::text, data FROM pg_logical_slot_peek_changes(\(slot)::name, NULL::pg_lsn, \(limit)::int, 'include-xids', '0', 'skip-empty-xacts', '1')

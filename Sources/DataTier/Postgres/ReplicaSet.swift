@@ -250,13 +250,14 @@ public final class ReplicaSet: Service {
         }
     }
 
-    /// Runs a read on the primary (log-ins, read-modify-write paths).
+    /// Runs a read on the primary (log-ins, read-modify-write paths). `timeout` replaces
+    /// `data.postgres.timeoutMs` for background calls that may rightly take long.
     public func readPrimary<T: Sendable>(
-        _ op: String, _ body: @escaping @Sendable (PostgresClient) async throws -> T
+        _ op: String, timeout: Duration? = nil, _ body: @escaping @Sendable (PostgresClient) async throws -> T
     ) async throws -> T {
         let i = try await currentPrimary()
         do {
-            return try await run(i, op: op, role: "primary") { try await body(self.nodes[i].client) }
+            return try await run(i, op: op, role: "primary", timeout: timeout) { try await body(self.nodes[i].client) }
         } catch let error where Self.isNodeFailure(error) {
             markFailed(i, error)
             throw error is TimeoutError ? Self.timedOut : Self.noPrimary
