@@ -200,25 +200,13 @@ public struct Journey: Sendable {
         guard !slots.isEmpty, let primary = state.topology.nodes(.database).first else { return }
         let started = Date()
         let list = slots.sorted().map { "'\($0)'" }.joined(separator: ",")
-        let target = try psql(primary, "SELECT pg_current_wal_lsn()")
+        let target = try cluster.psql(primary, "SELECT pg_current_wal_lsn()")
         let behind = "SELECT \(slots.count) - count(*) FILTER (WHERE confirmed_flush_lsn >= '\(target)') FROM pg_replication_slots WHERE slot_name IN (\(list))"
-        while try psql(primary, behind) != "0" {
+        while try cluster.psql(primary, behind) != "0" {
             guard Date().timeIntervalSince(started) < 600 else { throw BenchError("the caches' change feeds did not catch up with the seed in 600 s") }
             try await Task.sleep(for: .milliseconds(200))
         }
         say("  caches' change feeds past the seed after \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
-    }
-
-    /// One value from the database on `node`, through psql.
-    func psql(_ node: Node, _ sql: String) throws -> String {
-        let out = dir + "/logs/journey-psql.out"
-        try? FileManager.default.removeItem(atPath: out)
-        let status = try Processes.run(
-            ["/usr/bin/psql", "-h", node.host, "-p", String(node.port), "-U", "postgres", "-d", "millions", "-Atc", sql],
-            environment: ["PGCONNECT_TIMEOUT": "10"], log: out)
-        let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
-        guard status == 0 else { throw BenchError("psql on \(node.name) failed: \(text)") }
-        return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// The read scenario for `seconds` against every target at once: in this process on

@@ -169,14 +169,19 @@ extension Cluster {
 
     /// Whether a PostgreSQL node is in recovery (a replica); nil when it does not answer.
     func inRecovery(_ n: Node) -> Bool? {
-        let out = "\(run)/recovery-\(n.name)-\(getpid())"
+        (try? psql(n, "SELECT pg_is_in_recovery()")).map { $0 == "t" }
+    }
+
+    /// One value from the `millions` database on a PostgreSQL node, through psql.
+    public func psql(_ node: Node, _ sql: String) throws -> String {
+        let out = "\(run)/psql-\(node.name)-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: out) }
-        let sql = "SELECT pg_is_in_recovery()"
-        let argv = ["/usr/bin/psql", "-h", n.host, "-p", String(n.port), "-U", "postgres", "-d", "postgres", "-Atc", sql]
-        guard (try? Processes.run(argv, environment: ["PGCONNECT_TIMEOUT": "5"], log: out)) == 0,
-            let text = try? String(contentsOfFile: out, encoding: .utf8)
-        else { return nil }
-        return text.trimmingCharacters(in: .whitespacesAndNewlines) == "t"
+        let status = try Processes.run(
+            ["/usr/bin/psql", "-h", node.host, "-p", String(node.port), "-U", "postgres", "-d", "millions", "-Atc", sql],
+            environment: ["PGCONNECT_TIMEOUT": "5"], log: out)
+        let text = ((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        guard status == 0 else { throw Processes.Failure("psql on \(node.name) failed: \(text)") }
+        return text
     }
 }
 

@@ -482,21 +482,7 @@ import Testing
             // A photo through the edge: the web server stores the original in the shared
             // folder, a worker process makes the variants, Varnish caches them.
             let (id, session) = try await Self.signUp(f.base, "queued-photo@example.com")
-            var upload = HTTPClientRequest(url: "http://127.0.0.1:\(f.base)/users/\(id)/photo")
-            upload.method = .POST
-            upload.headers.add(name: "Content-Type", value: "image/jpeg")
-            upload.headers.add(name: "Cookie", value: "millions_session=\(session)")
-            upload.body = .bytes(ByteBuffer(bytes: try Imaging.testImage(width: 1600, height: 1200, format: .jpeg)))
-            let accepted = try await HTTPClient.shared.execute(upload, timeout: .seconds(30))
-            #expect(accepted.status.code == 202)
-            let jobURL = try #require(accepted.headers["Location"].first)
-            var job: [String: Any] = [:]
-            for _ in 0..<300 {
-                let r = try await Self.request(f.base, .GET, jobURL, cookie: session)
-                job = (try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]) ?? [:]
-                if job["state"] as? String == "done" || job["state"] as? String == "failed" { break }
-                try await Task.sleep(for: .milliseconds(200))
-            }
+            let job = try await Self.photoJob(f.base, user: id, session: session, width: 1600, height: 1200)
             #expect(job["state"] as? String == "done", "\(job)")
             let small = try #require((job["photo"] as? [String: String])?["small"])
             let first = try await Self.request(f.base, .GET, small)
@@ -641,6 +627,28 @@ import Testing
         }
     }
 
+    /// Uploads a JPEG as the user's photo (202 expected) and follows its job until it ends
+    /// (or 120 s pass); returns the job's last answer.
+    static func photoJob(
+        _ port: Int, host: String = "127.0.0.1", user: Int, session: String, width: Int, height: Int
+    ) async throws -> [String: Any] {
+        var upload = HTTPClientRequest(url: "http://\(host):\(port)/users/\(user)/photo")
+        upload.method = .POST
+        upload.headers.add(name: "Content-Type", value: "image/jpeg")
+        upload.headers.add(name: "Cookie", value: "millions_session=\(session)")
+        upload.body = .bytes(ByteBuffer(bytes: try Imaging.testImage(width: width, height: height, format: .jpeg)))
+        let accepted = try await HTTPClient.shared.execute(upload, timeout: .seconds(60))
+        #expect(accepted.status.code == 202)
+        let jobURL = try #require(accepted.headers["Location"].first)
+        var job: [String: Any] = [:]
+        for _ in 0..<600 where !["done", "failed"].contains(job["state"] as? String ?? "") {
+            try await Task.sleep(for: .milliseconds(200))
+            let r = try await request(port, .GET, jobURL, cookie: session, host: host)
+            job = (try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]) ?? [:]
+        }
+        return job
+    }
+
     /// One writer's history (scripts/history-writer.py): acknowledged writes (start, end, id) and failures (start).
     static func history(_ path: String) -> (acked: [(start: Double, end: Double, id: Int)], failed: [Double]) {
         var acked: [(Double, Double, Int)] = [], failed: [Double] = []
@@ -693,20 +701,7 @@ import Testing
             try await waitForAcks(after: 0, "before the drill")
             // A profile photo made in west (original and variants are replicated with the data).
             let (photoUser, photoSession) = try await Self.signUp(west.port, "photo-west@example.com", host: west.host)
-            var upload = HTTPClientRequest(url: "http://\(west.host):\(west.port)/users/\(photoUser)/photo")
-            upload.method = .POST
-            upload.headers.add(name: "Content-Type", value: "image/jpeg")
-            upload.headers.add(name: "Cookie", value: "millions_session=\(photoSession)")
-            upload.body = .bytes(ByteBuffer(bytes: try Imaging.testImage(width: 800, height: 600, format: .jpeg)))
-            let accepted = try await HTTPClient.shared.execute(upload, timeout: .seconds(60))
-            #expect(accepted.status.code == 202)
-            let jobURL = try #require(accepted.headers["Location"].first)
-            var job: [String: Any] = [:]
-            for _ in 0..<600 where !["done", "failed"].contains(job["state"] as? String ?? "") {
-                try await Task.sleep(for: .milliseconds(200))
-                let r = try await Self.request(west.port, .GET, jobURL, cookie: photoSession, host: west.host)
-                job = (try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any]) ?? [:]
-            }
+            let job = try await Self.photoJob(west.port, host: west.host, user: photoUser, session: photoSession, width: 800, height: 600)
             #expect(job["state"] as? String == "done", "\(job)")
             let photo = try #require((job["photo"] as? [String: String])?["small"])
 
