@@ -17,6 +17,9 @@ public struct ClusterState: Codable, Sendable {
     public var syncReplication = false
     /// Sites cut off by `site-down` (nil: none).
     public var sitesDown: [String]? = nil
+    /// PostgreSQL under Patroni + etcd (`up --ha`): failover without an operator.
+    public var ha: Bool? = nil
+    public var patroni: Bool { ha ?? false }
     public var stage: Stage { topology.stage }
     public var nodes: [Node] {
         get { topology.nodes }
@@ -80,7 +83,7 @@ public struct Cluster: Sendable {
     @discardableResult
     public func up(
         stage: Stage, webServers: Int?, basePort: Int, settings: [String: String], hosts: Bool = false, cpus: Double? = nil,
-        wan: (delayMs: Double, jitterMs: Double)? = nil, syncReplication: Bool = false
+        wan: (delayMs: Double, jitterMs: Double)? = nil, syncReplication: Bool = false, ha: Bool = false
     ) throws -> Double {
         let started = Date()
         if let existing = try? loadState(), existing.nodes.contains(where: { pid(of: $0).map(Processes.isAlive) ?? false }) {
@@ -130,6 +133,14 @@ public struct Cluster: Sendable {
         if syncReplication && topology.nodes(.database).count < 2 {
             throw Processes.Failure("--sync needs replicas; the \(stage.rawValue) stage has none")
         }
+        if ha {
+            guard topology.nodes(.database).count >= 2, topology.sites.count == 1 else {
+                throw Processes.Failure("--ha needs a one-site stage with replicas (replicated, cached, stateless, queued)")
+            }
+            // etcd and Patroni's REST API listen on loopback only so far.
+            guard plan == nil else { throw Processes.Failure("--ha runs on loopback; it does not combine with --hosts yet") }
+            state.ha = true
+        }
         try save(state)
         if let plan {
             try plan.network().create()
@@ -172,7 +183,11 @@ public struct Cluster: Sendable {
             for n in nodes { try startGateway(n, state) }
         case .database:
             let replicas = nodes.count - 1
-            try script("postgres", ["start", String(replicas)] + syncFlag(state), env: pgEnv(state))
+            if state.patroni {
+                try script("patroni", ["start", String(replicas)] + (state.syncReplication ? ["--sync"] : []), env: pgEnv(state))
+            } else {
+                try script("postgres", ["start", String(replicas)] + syncFlag(state), env: pgEnv(state))
+            }
             // Once, before several servers start at the same moment.
             let status = try Processes.run(
                 [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state, site: nodes[0].site)), log: "\(logs)/migrate.log")
@@ -627,12 +642,10 @@ public struct Cluster: Sendable {
     /// Kills one node abruptly (kill -9), for failure drills.
     public func kill(_ name: String) throws {
         let state = try loadState()
-        guard let node = state.nodes.first(where: { $0.name == name }) else {
-            throw Processes.Failure("no node \(name); nodes: \(state.nodes.map(\.name).joined(separator: ", "))")
-        }
+        let node = try self.node(named: name, state)
         switch node.role {
         case .database:
-            try script("postgres", ["kill", String(node.name.dropFirst("postgres-".count))], env: pgEnv(state))
+            try script(state.patroni ? "patroni" : "postgres", ["kill", Self.pgName(node)], env: pgEnv(state))
         case .cache:
             try script("memcached", ["kill", String(node.port)], env: serverEnv(node, state))
         case .sessions:
@@ -646,7 +659,7 @@ public struct Cluster: Sendable {
             Processes.signal(pid, SIGKILL)
             Processes.wait(seconds: 10) { !Processes.isAlive(pid) }
         }
-        say("killed \(name)")
+        say("killed \(node.name)\(node.name == name ? "" : " (\(name))")")
     }
 
     // MARK: - failover
@@ -659,8 +672,14 @@ public struct Cluster: Sendable {
         try refuseSeveralSites(state, "failover")
         let databases = state.topology.nodes(.database)
         guard databases.count > 1 else { throw Processes.Failure("the \(state.stage.rawValue) stage has no replicas") }
-        let nodes = databases.map(\.address).joined(separator: ",")
         let t = Date()
+        if state.patroni {
+            // Patroni's own failover (or switchover, when the leader answers): to the replica least behind.
+            let leader = try scriptOutput("patroni", ["failover"], env: pgEnv(state))
+            say("failover done in \(seconds(since: t)): postgres-\(leader) leads")
+            return
+        }
+        let nodes = databases.map(\.address).joined(separator: ",")
         let status = try Processes.run(
             [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(nodes)"], log: "\(logs)/failover.log")
         guard status == 0 else { throw Processes.Failure("failover failed (exit \(status); see \(logs)/failover.log)") }
@@ -686,7 +705,7 @@ public struct Cluster: Sendable {
             case .cache:
                 for node in nodes { try? script("memcached", ["stop", String(node.port)], env: serverEnv(node, state)) }
             case .database:
-                if !nodes.isEmpty { try? script("postgres", ["destroy"], env: pgEnv(state)) }
+                if !nodes.isEmpty { try? script(state.patroni ? "patroni" : "postgres", ["destroy"], env: pgEnv(state)) }
             case .dns:
                 for node in nodes { try? script("dns", ["stop", dnsDir(node)], env: serverEnv(node, state)) }
             case .client:
@@ -738,7 +757,11 @@ public struct Cluster: Sendable {
     }
 
     func pgEnv(_ state: ClusterState) -> [String: String] {
-        var env = ["MILLIONS_PG_DIR": dir + "/pg", "MILLIONS_PG_PORT": String(state.ports.postgres)]
+        var env = [
+            "MILLIONS_PG_DIR": dir + "/pg", "MILLIONS_PG_PORT": String(state.ports.postgres),
+            "MILLIONS_PATRONI_PORT": String(state.ports.patroni), "MILLIONS_ETCD_PORT": String(state.ports.etcd),
+            "MILLIONS_LOG_DIR": logs,
+        ]
         if state.hosts != nil {
             env["MILLIONS_PG_HOSTS"] = state.topology.nodes(.database)
                 .map { "\($0.name.dropFirst("postgres-".count))=\($0.host)" }.joined(separator: " ")

@@ -221,6 +221,10 @@ public struct Ports: Codable, Sendable, Equatable {
     public var balancerBehindEdge: Int { base + 1 }
     public func web(_ i: Int) -> Int { base + 10 + i }
     public var postgres: Int { base + 40 }
+    /// Patroni's REST API, one port per database node (with `--ha`).
+    public var patroni: Int { base + 45 }
+    /// etcd's three members: clients here and at +1, +2; peers at +3…+5 (with `--ha`).
+    public var etcd: Int { base + 2 }
     public var memcached: Int { base + 50 }
     public var redis: Int { base + 60 }
     /// Workers' metrics servers.

@@ -14,7 +14,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Load generator: closed or open loop, HDR latency percentiles, table / JSON / SVG.",
-        subcommands: [Read.self, Mixed.self, Photos.self, JourneyCommand.self])
+        subcommands: [Read.self, Mixed.self, Photos.self, JourneyCommand.self, ChaosCommand.self])
 
     /// Flags every scenario shares.
     struct LoadFlags: ParsableArguments {
@@ -126,6 +126,67 @@ struct BenchCommand: AsyncParsableCommand {
                 photos.append(ByteBuffer(bytes: try Imaging.testImage(width: w - i, height: h, format: .jpeg)))
             }
             try await load.run(PhotosScenario(users: users, images: photos, pollInterval: .milliseconds(Int64(pollMS))))
+        }
+    }
+
+    struct ChaosCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "chaos",
+            abstract: "A history check under failures: writers, a nemesis that kills or freezes the primary every few seconds, then every acknowledged write checked (fails on any violation).")
+        @Option(name: .long, help: "Faults: one per round.") var rounds = 5
+        @Option(name: .long, help: "Seconds from one fault to the next.") var interval = 20.0
+        @Option(name: .long, help: "Faults in turn, comma-separated: kill (a host dying), pause (a stall longer than the leader key's TTL).")
+        var faults = "kill"
+        @Option(name: .long, help: "Concurrent writers (sign up, edit, read back).") var writers = 4
+        @Option(name: .long, help: "Seconds a paused primary stays frozen (default: Patroni's TTL + 4).") var pauseSeconds: Double?
+        @Flag(name: .long, help: "Patroni's synchronous mode: a commit waits for a replica.") var sync = false
+        @Option(name: .long, help: "A one-site stage with replicas.") var stage = "replicated"
+        @Option(name: .customLong("base-port")) var basePort = 8080
+        @Option(name: .long, help: "Cluster folder.") var dir = ".cluster"
+        @Option(name: .long, help: "Write the report as JSON here.") var json: String?
+
+        func validate() throws {
+            guard rounds >= 1, interval >= 5, writers >= 1 else { throw ValidationError("--rounds ≥ 1, --interval ≥ 5, --writers ≥ 1") }
+        }
+
+        func run() async throws {
+            guard let stage = Stage(rawValue: stage), stage.replicas > 0, !stage.needsHosts else {
+                throw ValidationError("--stage must be a one-site stage with replicas (replicated, cached, stateless, queued)")
+            }
+            let kinds = try faults.split(separator: ",").map { name in
+                guard let fault = Chaos.Fault(rawValue: String(name)) else { throw ValidationError("unknown fault \(name); faults: kill, pause") }
+                return fault
+            }
+            let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+            let cluster = Cluster(
+                dir: URL(fileURLWithPath: dir).standardizedFileURL.path, binary: binary, scripts: try Cluster.findScripts(binary: binary)
+            ) { print("  " + $0); fflush(nil) }
+            try cluster.up(stage: stage, webServers: nil, basePort: basePort, settings: ["log.level": "warning"], syncReplication: sync, ha: true)
+            let state = try cluster.loadState()
+            guard let entry = state.topology.entry(site: state.topology.sites[0]) else { throw ValidationError("the stage has no entry") }
+            var chaos = Chaos(cluster: cluster, site: (entry.host, entry.port))
+            chaos.rounds = rounds
+            chaos.interval = interval
+            chaos.faults = kinds
+            chaos.writers = writers
+            let ttl = Double(ProcessInfo.processInfo.environment["MILLIONS_PATRONI_TTL"] ?? "") ?? 6
+            chaos.pauseSeconds = pauseSeconds ?? ttl + 4
+            print("chaos: \(rounds) rounds of \(faults) every \(interval) s, \(writers) writers, \(sync ? "synchronous" : "asynchronous") replication, Patroni ttl \(ttl) s")
+            let report: Chaos.Report
+            do {
+                report = try await chaos.run { print($0); fflush(nil) }
+            } catch {
+                try? cluster.down()
+                throw error
+            }
+            try cluster.down()
+            print(report.text)
+            if let json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+            }
+            if !report.violations.isEmpty { throw ExitCode(1) }
         }
     }
 

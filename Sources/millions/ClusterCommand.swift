@@ -7,7 +7,7 @@ struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
         abstract: "Bring a stage of the journey up on this machine, inspect, scale, break and stop it.",
-        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Partition.self, Heal.self, Exec.self, Failover.self, SiteDown.self, SiteUp.self, Down.self])
+        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Restart.self, Pause.self, Resume.self, Partition.self, Heal.self, Exec.self, Failover.self, SiteDown.self, SiteUp.self, Down.self])
 
     struct Where: ParsableArguments {
         @Option(name: .long, help: "Folder for every server's data, configuration, pid and log files.")
@@ -40,6 +40,8 @@ struct ClusterCommand: ParsableCommand {
         @Option(name: .customLong("wan-jitter-ms"), help: "Extra WAN delay, uniform in 0…this (order is kept).") var wanJitterMs: Double = 0
         @Flag(name: .long, help: "Synchronous replication: a commit waits for one replica (of the other site, in multi-dc).")
         var sync = false
+        @Flag(name: .long, help: "PostgreSQL under Patroni with a three-member etcd: a replica takes over by itself when the primary dies (stages with replicas, loopback).")
+        var ha = false
 
         func run() throws {
             guard let stage = Stage(rawValue: stage) else {
@@ -54,7 +56,7 @@ struct ClusterCommand: ParsableCommand {
             if cpus != nil && !hosts { throw ValidationError("--cpus needs --hosts") }
             if let cpus, !(cpus > 0) { throw ValidationError("--cpus must be more than 0") }
             let wan = wanMs.map { (delayMs: $0, jitterMs: wanJitterMs) } ?? (wanJitterMs > 0 ? (WANLink.defaultDelayMs, wanJitterMs) : nil)
-            try cluster.up(stage: stage, webServers: web, basePort: basePort, settings: extra, hosts: hosts, cpus: cpus, wan: wan, syncReplication: sync)
+            try cluster.up(stage: stage, webServers: web, basePort: basePort, settings: extra, hosts: hosts, cpus: cpus, wan: wan, syncReplication: sync, ha: ha)
             print(Cluster.table(try cluster.status()), terminator: "")
         }
     }
@@ -113,6 +115,30 @@ struct ClusterCommand: ParsableCommand {
         @Argument var node: String
 
         func run() throws { try location.cluster().kill(node) }
+    }
+
+    struct Restart: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start a killed database node again under Patroni (`up --ha`); it rejoins as a replica.")
+        @OptionGroup var location: Where
+        @Argument var node: String
+
+        func run() throws { try location.cluster().restart(node) }
+    }
+
+    struct Pause: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Freeze a database node under Patroni (SIGSTOP), as a long stall would; `resume` ends it.")
+        @OptionGroup var location: Where
+        @Argument var node: String
+
+        func run() throws { try location.cluster().pause(node) }
+    }
+
+    struct Resume: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Let a paused database node go on (SIGCONT).")
+        @OptionGroup var location: Where
+        @Argument var node: String
+
+        func run() throws { try location.cluster().resume(node) }
     }
 
     struct Partition: ParsableCommand {

@@ -320,6 +320,28 @@ import Testing
         }
     }
 
+    /// PostgreSQL under Patroni: the history checker's nemesis kills or freezes the primary
+    /// five times with no operator; writes come back by themselves each time, and with
+    /// synchronous mode no acknowledged write is lost, no two timelines accept writes at
+    /// overlapping times, and every session reads its own writes.
+    @Test func patroniFailsOverByItselfAndTheHistoryCheckerFindsNoViolation() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let binary = try EndToEndTests.binary()
+            let status = try await Command.runOffPool([
+                binary, "bench", "chaos", "--rounds", "5", "--interval", "12", "--faults", "kill,pause", "--sync", "--writers", "3",
+                "--base-port", "20200", "--dir", dir + "/cluster", "--json", dir + "/chaos.json",
+            ])
+            #expect(status == 0)
+            let report = try JSONDecoder().decode(Chaos.Report.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/chaos.json")))
+            #expect(report.faults.map(\.kind) == [.kill, .pause, .kill, .pause, .kill])
+            #expect(report.faults.allSatisfy { $0.recovery != nil }, "writes came back after every fault")
+            #expect(Set(report.faults.map(\.node)).count >= 2, "the primary moved")
+            #expect(report.lost == 0 && report.overlaps == 0 && report.staleReads == 0 && report.violations.isEmpty)
+            #expect(report.writesAcknowledged > 50 && report.readsOK > 20)
+            #expect(!Processes.portOpen(20200) && !Processes.portOpen(20240))
+        }
+    }
+
     /// `replicated` and `cached` with every node on a host of its own: the site answers at
     /// the edge's host address (not on loopback), each node has its own address, a replica
     /// cut off the network under load fails no request, the primary killed then failed over

@@ -35,11 +35,41 @@ import WebTier
         #expect(router.choose([primary, replica(5000), replica(5000)], minimumLSN: 0, excluded: [1, 2], spread: 0) == .primaryFallback(0))
     }
 
-    @Test func withoutAPrimaryReplicasServeEvenIfStale() {
+    /// Without a primary a stale replica serves clients with no write of their own; a
+    /// client whose write no replica has yet gets a 503, not a past without it.
+    @Test func withoutAPrimaryReplicasServeEvenIfStaleButNeverHideAClientsWrite() {
         let down = NodeStatus(role: .unknown, reachable: false)
         #expect(router.choose([down, replica(4000), replica(4900)], minimumLSN: 4500, spread: 0) == .replica(2))
-        #expect(router.choose([down, replica(4000), replica(4100)], minimumLSN: 4500, spread: 0) == .staleReplica(1))
+        #expect(router.choose([down, replica(4000), replica(4100)], minimumLSN: 0, spread: 0) == .replica(1))
+        #expect(router.choose([down, replica(4000), replica(4100)], minimumLSN: 4500, spread: 0) == .unavailable)
+        // A replica of an older timeline does not count as having the write.
+        var old = replica(9000)
+        old.timeline = 1
+        var new = replica(4600)
+        new.timeline = 2
+        #expect(router.choose([down, old, new], minimumLSN: 4500, spread: 0) == .replica(2))
+        #expect(router.choose([down, old, replica(4100)], minimumLSN: 4500, spread: 0) == .replica(1))
         #expect(router.choose([down, replica(4000, up: false)], minimumLSN: 0, spread: 0) == .unavailable)
+    }
+
+    /// Two nodes answering as primary (a failover left the old one behind): the newer
+    /// timeline's is the primary; the older one gets neither reads nor writes.
+    @Test func aStalePrimaryOfAnOlderTimelineIsFenced() {
+        let old = NodeStatus(role: .primary, reachable: true, lsn: 9000, timeline: 1)
+        let new = NodeStatus(role: .primary, reachable: true, lsn: 5000, timeline: 2)
+        let nodes = NodeStatus.fencingStalePrimaries([old, new, replica(5000)])
+        #expect(nodes.map(\.role) == [.fenced, .primary, .replica])
+        #expect((0..<4).allSatisfy { router.choose(nodes, minimumLSN: 0, spread: $0) == .replica(2) })
+        #expect(router.choose(nodes, minimumLSN: 0, excluded: [2], spread: 0) == .primaryFallback(1))
+        // A replica still on the old timeline has not got the client's write, whatever its position.
+        var behind = replica(9000)
+        behind.timeline = 1
+        var following = replica(5000)
+        following.timeline = 2
+        #expect(router.choose([new, behind, following], minimumLSN: 4000, spread: 0) == .replica(2))
+        #expect(router.choose([new, behind], minimumLSN: 4000, spread: 0) == .readYourWritesFallback(0))
+        // One primary alone is never fenced, whatever its timeline.
+        #expect(NodeStatus.fencingStalePrimaries([old, replica(5000)]).map(\.role) == [.primary, .replica])
     }
 
     /// test_decoding's lines: a commit's users, its position, and the position read through.

@@ -1,7 +1,12 @@
 /// What the replica set knows about one node, refreshed by discovery.
 public struct NodeStatus: Sendable, Equatable {
-    public enum Role: String, Sendable { case primary, replica, unknown }
+    /// `fenced`: answers as a primary, but on an older timeline than another primary (a
+    /// failover left it behind and it has not stepped down yet): it gets no reads or writes.
+    public enum Role: String, Sendable { case primary, replica, fenced, unknown }
     public var role: Role = .unknown
+    /// The timeline a primary writes, or a replica receives (each promotion starts a new
+    /// one); 0 when unknown (a replica not streaming).
+    public var timeline: UInt32 = 0
     public var reachable = false
     /// Primary: current WAL position. Replica: last replayed position.
     public var lsn: UInt64 = 0
@@ -9,8 +14,12 @@ public struct NodeStatus: Sendable, Equatable {
     public var lagBytes: UInt64 = 0
     public var lagSeconds: Double = 0
 
-    public init(role: Role = .unknown, reachable: Bool = false, lsn: UInt64 = 0, lagBytes: UInt64 = 0, lagSeconds: Double = 0) {
+    public init(
+        role: Role = .unknown, reachable: Bool = false, lsn: UInt64 = 0, lagBytes: UInt64 = 0, lagSeconds: Double = 0,
+        timeline: UInt32 = 0
+    ) {
         self.role = role
+        self.timeline = timeline
         self.reachable = reachable
         self.lsn = lsn
         self.lagBytes = lagBytes
@@ -67,15 +76,36 @@ public struct ReadRouter: Sendable {
         let fresh = replicas.filter {
             primary == nil || (nodes[$0].lagBytes <= maxLagBytes && nodes[$0].lagSeconds <= maxLagSeconds)
         }
-        let caughtUp = fresh.filter { minimumLSN == 0 || nodes[$0].lsn >= minimumLSN }
+        // Positions compare only within a timeline: after a failover, a replica still on the
+        // old one may have replayed past a client's write position with other writes. With
+        // no primary, the newest timeline any replica receives stands for it.
+        let timeline = primary.map { nodes[$0].timeline } ?? replicas.map { nodes[$0].timeline }.max() ?? 0
+        let caughtUp = fresh.filter {
+            minimumLSN == 0 || (nodes[$0].lsn >= minimumLSN && (timeline == 0 || nodes[$0].timeline == timeline))
+        }
         if let primary {
             if !caughtUp.isEmpty { return .replica(caughtUp[spread % caughtUp.count]) }
             if !fresh.isEmpty { return .readYourWritesFallback(primary) }
             return .primaryFallback(primary)
         }
-        // No primary: any live replica, preferring one that has the client's write.
+        // No primary: a replica that has the client's write; a client with no write of its
+        // own may read a stale one. One that wrote is refused rather than shown a past
+        // without its write (a session it was just given, say): `bench chaos` found that.
         if !caughtUp.isEmpty { return .replica(caughtUp[spread % caughtUp.count]) }
-        if !replicas.isEmpty { return .staleReplica(replicas[spread % replicas.count]) }
+        if !replicas.isEmpty && minimumLSN == 0 { return .staleReplica(replicas[spread % replicas.count]) }
         return .unavailable
+    }
+}
+
+extension NodeStatus {
+    /// Of several nodes answering as primary, only those on the newest timeline stay
+    /// primaries; the others are fenced (a stale primary is refused, not used).
+    public static func fencingStalePrimaries(_ nodes: [NodeStatus]) -> [NodeStatus] {
+        let newest = nodes.filter { $0.reachable && $0.role == .primary }.map(\.timeline).max() ?? 0
+        return nodes.map { n in
+            var n = n
+            if n.reachable && n.role == .primary && n.timeline < newest { n.role = .fenced }
+            return n
+        }
     }
 }

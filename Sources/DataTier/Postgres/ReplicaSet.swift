@@ -137,7 +137,7 @@ public final class ReplicaSet: Service {
             for i in nodes.indices { group.addTask { (i, await self.probe(i)) } }
             var out = Array(repeating: NodeStatus(), count: nodes.count)
             for await (i, s) in group { out[i] = s }
-            return out
+            return NodeStatus.fencingStalePrimaries(out)
         }
         let primaryLSN = fresh.first { $0.reachable && $0.role == .primary }?.lsn
         for i in fresh.indices where fresh[i].role == .replica {
@@ -155,6 +155,8 @@ public final class ReplicaSet: Service {
             let l = [("node", nodes[i].name)]
             metrics.gauge("db_node_up", "1 if the node answered the last probe", l).set(to: s.reachable ? 1 : 0)
             metrics.gauge("db_node_is_primary", "1 if the node is the primary", l).set(to: s.role == .primary ? 1 : 0)
+            metrics.gauge("db_node_fenced", "1 if the node answers as a primary of an older timeline (refused)", l)
+                .set(to: s.role == .fenced ? 1 : 0)
             if s.role == .replica {
                 metrics.gauge("db_replica_lag_bytes", "WAL bytes the replica is behind", l).set(to: Double(s.lagBytes))
                 metrics.gauge("db_replica_lag_seconds", "Seconds the replica's replay is behind", l).set(to: s.lagSeconds)
@@ -175,12 +177,14 @@ public final class ReplicaSet: Service {
                     """
                     SELECT pg_is_in_recovery(),
                       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
-                      COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8
+                      COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::float8,
+                      CASE WHEN pg_is_in_recovery() THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), 0)
+                        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END
                     """)
-                for try await (inRecovery, lsn, delay) in rows.decode((Bool, String?, Double).self) {
+                for try await (inRecovery, lsn, delay, timeline) in rows.decode((Bool, String?, Double, Int32).self) {
                     return NodeStatus(
                         role: inRecovery ? .replica : .primary, reachable: true, lsn: lsn.flatMap(LSN.parse) ?? 0,
-                        lagSeconds: max(0, delay))
+                        lagSeconds: max(0, delay), timeline: UInt32(max(0, timeline)))
                 }
                 return NodeStatus()
             }
