@@ -19,6 +19,8 @@ public struct Chaos: Sendable {
         case kill
         /// SIGSTOP of both for longer than the leader key's TTL, then SIGCONT (a stall).
         case pause
+        /// kill -9 of the Redis master (sessions, and the queue in `queued`); restarted later.
+        case redis
     }
 
     public var cluster: Cluster
@@ -174,6 +176,23 @@ public struct Chaos: Sendable {
             // streaming (a second fault during a rejoin is another experiment).
             try await waitWhole(history)
             let state = try cluster.loadState()
+            if fault == .redis {
+                guard let master = try await Self.blocking({ try cluster.currentRedisMaster() }) else {
+                    throw BenchError("round \(round + 1): no Redis master to kill (a stage with Redis, under --ha)")
+                }
+                say("round \(round + 1): kill the Redis master (port \(master))")
+                try await Self.blocking { try cluster.kill("redis") }
+                let at = Self.now()
+                history.faults.withLock { $0.append(FaultRecord(kind: fault, node: "redis:\(master)", at: at)) }
+                for _ in 0..<600 {
+                    if let now = try await Self.blocking({ try cluster.currentRedisMaster() }), now != master { break }
+                    try await Task.sleep(for: .milliseconds(200))
+                }
+                try await Self.blocking { try cluster.restart("redis") }
+                let rest = interval - (Self.now() - at)
+                if rest > 0 { try await Task.sleep(for: .seconds(rest)) }
+                continue
+            }
             guard let leader = try await Self.blocking({ try cluster.currentPrimary(state) }) else {
                 throw BenchError("round \(round + 1): no primary to fault")
             }
@@ -193,6 +212,8 @@ public struct Chaos: Sendable {
                 history.faults.withLock { $0.append(FaultRecord(kind: fault, node: leader.name, at: at)) }
                 try await Task.sleep(for: .seconds(pauseSeconds))
                 try await Self.blocking { try cluster.resume(leader.name) }
+            case .redis:
+                preconditionFailure("handled above")
             }
             let rest = interval - (Self.now() - at)
             if rest > 0 { try await Task.sleep(for: .seconds(rest)) }
@@ -203,7 +224,10 @@ public struct Chaos: Sendable {
     /// Waits until every database node runs and streams; notes when, for the last fault.
     func waitWhole(_ history: History) async throws {
         let cluster = self.cluster
-        try await Self.blocking { try cluster.waitDatabasesWhole() }
+        try await Self.blocking {
+            try cluster.waitDatabasesWhole()
+            try cluster.waitRedisWhole()
+        }
         let whole = Self.now()
         history.faults.withLock { faults in
             if let last = faults.indices.last, faults[last].whole == nil { faults[last].whole = whole - faults[last].at }

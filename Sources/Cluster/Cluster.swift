@@ -196,6 +196,7 @@ public struct Cluster: Sendable {
             for n in nodes { try script("memcached", ["start", String(n.port), "64"], env: serverEnv(n, state)) }
         case .sessions:
             for n in nodes { try script("redis", ["start", String(n.port)], env: serverEnv(n, state)) }
+            if state.patroni { try startRedisReplicasAndSentinels(nodes, state) }
         case .web:
             for n in nodes { try startWebServer(state, n) }
             try waitReady(nodes)
@@ -368,6 +369,11 @@ public struct Cluster: Sendable {
     /// runs with (what `seed` and `migrate` need to reach the same data).
     public func webSettings(_ state: ClusterState, site: String? = nil) -> [String: String] {
         var s = state.topology.appSettings(dataDirectory: dir + "/data", site: site)
+        if state.patroni, let redis = state.topology.nodes(.sessions).first {
+            s["redis.sentinels"] = Self.sentinelPorts(redis).map { "\(redis.host):\($0)" }.joined(separator: ",")
+            // A session or job acknowledged is on a replica too, so a failover keeps it.
+            s["redis.waitReplicas"] = "1"
+        }
         s.merge(state.settings) { _, user in user }
         return s
     }
@@ -649,7 +655,9 @@ public struct Cluster: Sendable {
         case .cache:
             try script("memcached", ["kill", String(node.port)], env: serverEnv(node, state))
         case .sessions:
-            try script("redis", ["kill", String(node.port)], env: serverEnv(node, state))
+            // Under Sentinel, `redis` is whichever server is the master now.
+            let port = state.patroni ? try redisMaster(node, state).port : node.port
+            try script("redis", ["kill", String(port)], env: serverEnv(node, state))
         case .dns:
             try script("dns", ["kill", dnsDir(node)], env: serverEnv(node, state))
         case .client:
@@ -701,7 +709,11 @@ public struct Cluster: Sendable {
             case .worker, .web:
                 stopProcesses(nodes)
             case .sessions:
-                for node in nodes { try? script("redis", ["stop", String(node.port)], env: serverEnv(node, state)) }
+                for node in nodes {
+                    for port in [node.port] + (state.patroni ? Self.redisHAPorts(node) : []) {
+                        try? script("redis", ["stop", String(port)], env: serverEnv(node, state))
+                    }
+                }
             case .cache:
                 for node in nodes { try? script("memcached", ["stop", String(node.port)], env: serverEnv(node, state)) }
             case .database:

@@ -1,7 +1,36 @@
 import Foundation
 
-/// Drills for databases under Patroni (`up --ha`), and the names they take.
+/// With `up --ha`: databases under Patroni, Redis under Sentinel; their drills, and the
+/// names they take.
 extension Cluster {
+    /// Redis's two replicas (the node's port + 1, + 2), then its three sentinels (+ 3…5).
+    static func redisHAPorts(_ node: Node) -> [Int] { (1...5).map { node.port + $0 } }
+    static func sentinelPorts(_ node: Node) -> [Int] { (3...5).map { node.port + $0 } }
+
+    /// Two replicas of the `redis` node and three sentinels watching it (quorum 2).
+    func startRedisReplicasAndSentinels(_ nodes: [Node], _ state: ClusterState) throws {
+        for n in nodes {
+            var env = serverEnv(n, state)
+            env["MILLIONS_REDIS_REPLICAOF"] = "\(n.host) \(n.port)"
+            for port in [n.port + 1, n.port + 2] { try script("redis", ["start", String(port)], env: env) }
+            for port in Self.sentinelPorts(n) { try script("redis", ["sentinel", String(port), n.host, String(n.port)], env: serverEnv(n, state)) }
+        }
+    }
+
+    /// The Redis master the sentinels name now.
+    func redisMaster(_ node: Node, _ state: ClusterState) throws -> (host: String, port: Int) {
+        var problems: [String] = []
+        for port in Self.sentinelPorts(node) {
+            do {
+                let text = try scriptOutput("redis", ["master", String(port)], env: serverEnv(node, state))
+                let parts = text.split(separator: " ")
+                if parts.count == 2, let p = Int(parts[1]) { return (String(parts[0]), p) }
+                problems.append("sentinel \(port): \(text)")
+            } catch { problems.append("\(error)") }
+        }
+        throw Processes.Failure("no sentinel names a Redis master: \(problems.joined(separator: "; "))")
+    }
+
     /// scripts/postgres's and scripts/patroni's name for a database node (primary, r1, …).
     static func pgName(_ node: Node) -> String { String(node.name.dropFirst("postgres-".count)) }
 
@@ -31,6 +60,18 @@ extension Cluster {
     public func restart(_ name: String) throws {
         let state = try loadState()
         let node = try self.node(named: name, state)
+        if node.role == .sessions, state.patroni {
+            // Whichever Redis server is down comes back as a replica of the master now;
+            // the sentinels take it in (a returning old master is turned into a replica too).
+            let master = try redisMaster(node, state)
+            var env = serverEnv(node, state)
+            env["MILLIONS_REDIS_REPLICAOF"] = "\(master.host) \(master.port)"
+            for port in [node.port, node.port + 1, node.port + 2] where port != master.port {
+                try script("redis", ["start", String(port)], env: env)
+            }
+            say("redis servers running again, replicas of \(master.host):\(master.port)")
+            return
+        }
         guard node.role == .database, state.patroni else {
             throw Processes.Failure("restart is for database nodes under Patroni (`up --ha`); elsewhere use scale or site-up")
         }
@@ -55,6 +96,24 @@ extension Cluster {
         guard node.role == .database, state.patroni else { throw Processes.Failure("resume is for database nodes under Patroni (`up --ha`)") }
         try script("patroni", ["resume", Self.pgName(node)], env: pgEnv(state))
         say("resumed \(node.name)")
+    }
+
+    /// The Redis master's port the sentinels name now (`up --ha` with Redis), or nil.
+    public func currentRedisMaster() throws -> Int? {
+        let state = try loadState()
+        guard state.patroni, let redis = state.topology.nodes(.sessions).first else { return nil }
+        return try? redisMaster(redis, state).port
+    }
+
+    /// Waits until all three Redis servers answer and the sentinels name one master.
+    public func waitRedisWhole(seconds: Double = 60) throws {
+        let state = try loadState()
+        guard state.patroni, let redis = state.topology.nodes(.sessions).first else { return }
+        let ok = Processes.wait(seconds: seconds, every: 0.2) {
+            [redis.port, redis.port + 1, redis.port + 2].allSatisfy { Processes.portOpen(host: redis.host, port: $0, timeout: 1) }
+                && (try? self.redisMaster(redis, state)) != nil
+        }
+        guard ok else { throw Processes.Failure("Redis is not whole after \(seconds) s") }
     }
 
     /// Waits until every database node runs under Patroni and every replica streams.

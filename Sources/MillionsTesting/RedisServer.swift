@@ -1,4 +1,5 @@
 import Foundation
+import Cluster
 
 /// A real Redis server for a test, started and stopped by `scripts/redis`, with its data
 /// in a folder of its own. Fails loudly if it cannot be started; never skips.
@@ -57,5 +58,80 @@ public final class RedisServer: Sendable {
         let server = try start(password: password)
         defer { server.stop() }
         return try await body(server)
+    }
+}
+
+/// A Redis master, two replicas and three sentinels (quorum 2) on six consecutive loopback
+/// ports, started by `scripts/redis`; the sentinels call the master `millions`.
+public final class RedisSentinelGroup: Sendable {
+    public let base: Int
+    /// Master (at first), replica, replica.
+    public var serverPorts: [Int] { [base, base + 1, base + 2] }
+    public var sentinels: [String] { (3...5).map { "127.0.0.1:\(base + $0)" } }
+
+    private init(base: Int) { self.base = base }
+
+    static func run(_ args: [String], replicaOf: Int? = nil) throws -> Int32 {
+        var argv = ["/bin/bash", RedisServer.script] + args
+        if let replicaOf { argv = ["/usr/bin/env", "MILLIONS_REDIS_REPLICAOF=127.0.0.1 \(replicaOf)"] + argv }
+        return try Command.run(argv)
+    }
+
+    public static func start() throws -> RedisSentinelGroup {
+        for _ in 0..<20 {
+            let base = Int.random(in: 16_000..<17_990)
+            if try (0..<6).contains(where: { try run(["status", String(base + $0)]) == 0 }) { continue }
+            let group = RedisSentinelGroup(base: base)
+            guard try run(["start", String(base)]) == 0,
+                try run(["start", String(base + 1)], replicaOf: base) == 0,
+                try run(["start", String(base + 2)], replicaOf: base) == 0,
+                try (3...5).allSatisfy({ try run(["sentinel", String(base + $0), "127.0.0.1", String(base)]) == 0 })
+            else {
+                group.stop()
+                continue
+            }
+            return group
+        }
+        throw MemcachedServers.StartFailure(description: "could not start Redis with sentinels")
+    }
+
+    /// The master the first sentinel that answers names now.
+    public func master() throws -> Int? {
+        for s in sentinels {
+            let port = Int(s.split(separator: ":")[1])!
+            let out = NSTemporaryDirectory() + "sentinel-\(port)-\(UUID().uuidString)"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            guard try Processes.run(["/bin/bash", RedisServer.script, "master", String(port)], log: out) == 0 else { continue }
+            let text = try String(contentsOfFile: out, encoding: .utf8)
+            if let p = text.split(separator: " ").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) { return p }
+        }
+        return nil
+    }
+
+    /// The pid of the server or sentinel on `port`.
+    public func pid(_ port: Int) throws -> Int32 {
+        let dir = (ProcessInfo.processInfo.environment["MILLIONS_RUN_DIR"] ?? "/tmp/millions-run") + "/redis-\(port)"
+        guard let text = try? String(contentsOfFile: dir + "/redis.pid", encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw MemcachedServers.StartFailure(description: "no pid for redis on \(port)")
+        }
+        return pid
+    }
+
+    public func kill(_ port: Int) throws {
+        guard try Self.run(["kill", String(port)]) == 0 else { throw MemcachedServers.StartFailure(description: "could not kill redis on \(port)") }
+    }
+
+    public func stop() {
+        for port in base..<(base + 6) {
+            _ = try? Self.run(["stop", String(port)])
+            let dir = (ProcessInfo.processInfo.environment["MILLIONS_RUN_DIR"] ?? "/tmp/millions-run") + "/redis-\(port)"
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+    }
+
+    public static func with<T>(_ body: (RedisSentinelGroup) async throws -> T) async throws -> T {
+        let group = try start()
+        defer { group.stop() }
+        return try await body(group)
     }
 }

@@ -21,6 +21,15 @@ public final class RedisClient: Service, Sendable {
         public var timeout: TimeAmount = .milliseconds(500)
         public var connectTimeout: TimeAmount = .milliseconds(500)
         public var limits = RESPLimits()
+        /// Sentinels (`host:port`) that name the master of `masterName`; when set, `host`
+        /// and `port` are only where to start, and a switch of master is followed.
+        public var sentinels: [String] = []
+        public var masterName = "millions"
+        /// Pipelines that write end with `WAIT waitReplicas`: the call succeeds only once that
+        /// many replicas have the writes (async replication otherwise loses what a failover
+        /// promotes past). 0: no wait.
+        public var waitReplicas = 0
+        public var waitTimeout: TimeAmount = .milliseconds(250)
 
         public init(host: String, port: Int) {
             self.host = host
@@ -43,12 +52,16 @@ public final class RedisClient: Service, Sendable {
     private let latency: DurationHistogram
     private let errors: Prometheus.Counter
     private let reconnects: Prometheus.Counter
+    private let switches: Prometheus.Counter
+    /// With sentinels: the master they named last (nil: ask them before the next connection).
+    private let master = Mutex<(host: String, port: Int)?>(nil)
 
     public init(configuration: Configuration, metrics: AppMetrics, logger: Logger) {
         self.configuration = configuration
         self.slots = Mutex(Array(repeating: nil, count: max(1, configuration.connections)))
         self.logger = logger
-        let labels = [("node", "\(configuration.host):\(configuration.port)")]
+        let labels = [("node", configuration.sentinels.isEmpty ? "\(configuration.host):\(configuration.port)" : "master:\(configuration.masterName)")]
+        switches = metrics.counter("redis_master_lookups", "Masters named by Sentinel (at start and after each failure)", labels)
         latency = metrics.latency("redis_request_duration", "Redis round trips (one per pipeline) by node", labels)
         errors = metrics.counter("redis_errors", "Redis calls that failed without a server reply, by node", labels)
         reconnects = metrics.counter("redis_connects", "Redis connections opened, by node", labels)
@@ -76,22 +89,106 @@ public final class RedisClient: Service, Sendable {
     /// since a write may or may not have been applied.
     public func pipeline(_ commands: [RedisCommand]) async throws -> [RESPValue] {
         guard !commands.isEmpty else { return [] }
+        let waits = configuration.waitReplicas > 0 && !commands.allSatisfy(\.isReadOnly)
+        guard waits else { return try await send(commands, timeout: configuration.timeout) }
+        let ms = max(1, configuration.waitTimeout.nanoseconds / 1_000_000)
+        var replies = try await send(
+            commands + [Self.wait(replicas: configuration.waitReplicas, timeoutMs: Int(ms))],
+            timeout: configuration.timeout + configuration.waitTimeout)
+        let acked = replies.removeLast().int ?? 0
+        guard acked >= configuration.waitReplicas else {
+            errors.increment()
+            throw RedisError(.timeout, "the write reached \(acked) of \(configuration.waitReplicas) replicas in time")
+        }
+        return replies
+    }
+
+    private func send(_ commands: [RedisCommand], timeout: TimeAmount) async throws -> [RESPValue] {
         let start = ContinuousClock.now
         do {
             var conn = try await connection()
             if !conn.isActive { conn = try await connection(replacing: conn) }
-            let replies: [RESPValue]
+            var replies: [RESPValue]
             do {
-                replies = try await conn.send(commands, timeout: configuration.timeout)
+                replies = try await conn.send(commands, timeout: timeout)
             } catch let error as RedisError where error.code == .connectionClosed && commands.allSatisfy(\.isReadOnly) {
-                replies = try await connection(replacing: conn).send(commands, timeout: configuration.timeout)
+                replies = try await connection(replacing: conn).send(commands, timeout: timeout)
+            }
+            if !configuration.sentinels.isEmpty, replies.contains(where: Self.isReadOnlyReply) {
+                // A master demoted by a failover refuses writes (and applied none of them):
+                // ask the sentinels again and send once more to whoever they name.
+                forgetMaster()
+                replies = try await connection().send(commands, timeout: timeout)
             }
             latency.record(ContinuousClock.now - start)
             return replies
         } catch {
             errors.increment()
+            // The server may be gone for good: with sentinels, the next call asks them anew.
+            if !configuration.sentinels.isEmpty { forgetMaster() }
             throw error as? RedisError ?? RedisError(.connectionClosed, "\(error)")
         }
+    }
+
+    static func isReadOnlyReply(_ reply: RESPValue) -> Bool {
+        if case .error(let message) = reply { return message.hasPrefix("READONLY") }
+        return false
+    }
+
+    /// `WAIT replicas timeout`: how many replicas have every write this connection sent so far.
+    /// Send it in the same pipeline as the writes it is about (one connection).
+    public static func wait(replicas: Int, timeoutMs: Int) -> RedisCommand {
+        RedisCommand("WAIT", String(replicas), String(timeoutMs))
+    }
+
+    // MARK: - Sentinel
+
+    /// Drops the master the sentinels named and every connection to it.
+    func forgetMaster() {
+        let known = master.withLock { m -> Bool in
+            defer { m = nil }
+            return m != nil
+        }
+        if known { close() }
+    }
+
+    /// Where to connect: the configured server, or the master the sentinels name now (and
+    /// that says so itself: `ROLE` answers `master`).
+    private func serverConfiguration() async throws -> Configuration {
+        guard !configuration.sentinels.isEmpty else { return configuration }
+        if let m = master.withLock({ $0 }) { return configuration.at(m.host, m.port) }
+        var problems: [String] = []
+        for address in configuration.sentinels {
+            do {
+                var asked = try Configuration(address: address)
+                asked.protocolVersion = 2
+                asked.timeout = configuration.timeout
+                asked.connectTimeout = configuration.connectTimeout
+                let sentinel = try await RedisConnection.connect(asked)
+                defer { sentinel.close() }
+                let reply = try await sentinel.send(
+                    [RedisCommand("SENTINEL", "get-master-addr-by-name", configuration.masterName)], timeout: configuration.timeout)[0]
+                guard let pair = reply.elements, pair.count == 2, let host = pair[0].string, let port = pair[1].string.flatMap({ Int($0) }) else {
+                    problems.append("\(address) knows no master \(configuration.masterName)")
+                    continue
+                }
+                let candidate = configuration.at(host, port)
+                let probe = try await RedisConnection.connect(candidate)
+                defer { probe.close() }
+                let role = try await probe.send([RedisCommand("ROLE")], timeout: configuration.timeout)[0]
+                guard role.elements?.first?.string == "master" else {
+                    problems.append("\(address) names \(host):\(port), which is not a master (yet)")
+                    continue
+                }
+                master.withLock { $0 = (host, port) }
+                switches.increment()
+                logger.info("redis master", metadata: ["master": "\(host):\(port)", "sentinel": "\(address)"])
+                return candidate
+            } catch {
+                problems.append("\(address): \(error)")
+            }
+        }
+        throw RedisError(.connectionClosed, "no master \(configuration.masterName) from the sentinels: \(problems.joined(separator: "; "))")
     }
 
     /// The protocol the server agreed to (opens a connection if none is open).
@@ -140,7 +237,7 @@ public final class RedisClient: Service, Sendable {
     }
 
     private func open(slot i: Int, replacing dead: RedisConnection?) async throws -> RedisConnection {
-        let fresh = try await RedisConnection.connect(configuration)
+        let fresh = try await RedisConnection.connect(try await serverConfiguration())
         reconnects.increment()
         let (use, spare) = slots.withLock { slots -> (RedisConnection, RedisConnection?) in
             if let other = slots[i], other !== dead, other.isActive { return (other, fresh) }
@@ -159,5 +256,15 @@ public final class RedisClient: Service, Sendable {
             return open
         }
         for c in all { c.close() }
+    }
+}
+
+extension RedisClient.Configuration {
+    /// The same settings for another server.
+    func at(_ host: String, _ port: Int) -> Self {
+        var c = self
+        c.host = host
+        c.port = port
+        return c
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import MillionsCore
+import RedisClient
 
 extension MillionsError.Code {
     var status: HTTPResponse.Status {
@@ -43,6 +44,12 @@ extension MillionsError {
                 }
                 return MillionsError(.internalError, "internal error", underlying: e)
             }
+        case let e as RedisError where e.code != .server:
+            // Redis down, or a failover under way (Sentinel names the next master in a
+            // second or two): the client may retry; the detail stays in the logs.
+            var unavailable = MillionsError(.unavailable, "the session and queue store is unavailable", retryAfter: 2)
+            unavailable.underlying = e
+            return unavailable
         default:
             return MillionsError(.internalError, "internal error", underlying: SendableDescription(error))
         }

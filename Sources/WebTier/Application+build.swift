@@ -82,6 +82,10 @@ public struct Components: Sendable {
             config.connections = settings.redisConnections
             config.timeout = .milliseconds(Int64(settings.redisTimeoutMS))
             config.connectTimeout = config.timeout
+            config.sentinels = settings.redisSentinels
+            config.masterName = settings.redisMasterName
+            config.waitReplicas = settings.redisWaitReplicas
+            config.waitTimeout = .milliseconds(Int64(settings.redisWaitTimeoutMS))
             let client = RedisClient(configuration: config, metrics: metrics, logger: logger)
             redis = client
             if settings.sessionStore == "redis" { sessions = RedisSessionStore(redis: client) }

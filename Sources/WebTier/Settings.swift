@@ -38,6 +38,12 @@ public struct Settings: Sendable {
     public var redisProtocol: Int
     public var redisConnections: Int
     public var redisTimeoutMS: Int
+    /// Sentinels naming the master (`host:port,…`); empty: `redis.address` is the server.
+    public var redisSentinels: [String]
+    public var redisMasterName: String
+    /// Writes wait (`WAIT`) until this many replicas have them, else fail (0: no wait).
+    public var redisWaitReplicas: Int
+    public var redisWaitTimeoutMS: Int
     /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (the load balancer).
     public var trustedProxies: [String]
 
@@ -122,6 +128,10 @@ public struct Settings: Sendable {
         redisProtocol = config.int(forKey: "redis.protocol", default: 3)
         redisConnections = config.int(forKey: "redis.connections", default: 4)
         redisTimeoutMS = config.int(forKey: "redis.timeoutMs", default: 500)
+        redisSentinels = config.string(forKey: "redis.sentinels", default: "").split(separator: ",").map { String($0).trimmed }.filter { !$0.isEmpty }
+        redisMasterName = config.string(forKey: "redis.masterName", default: "millions")
+        redisWaitReplicas = config.int(forKey: "redis.waitReplicas", default: 0)
+        redisWaitTimeoutMS = config.int(forKey: "redis.waitTimeoutMs", default: 250)
         trustedProxies = config.string(forKey: "http.trustedProxies", default: "127.0.0.1,::1").split(separator: ",")
             .map { String($0).trimmed }.filter { !$0.isEmpty }
 
@@ -187,6 +197,7 @@ public struct Settings: Sendable {
         try check(redisProtocol == 2 || redisProtocol == 3, "redis.protocol must be 2 or 3")
         try check(redisDatabase >= 0 && redisConnections >= 1 && redisConnections <= 64, "redis.database ≥ 0, redis.connections 1...64")
         try check(redisTimeoutMS >= 1, "redis.timeoutMs must be positive")
+        try check(redisWaitReplicas >= 0 && redisWaitTimeoutMS >= 1, "redis.waitReplicas ≥ 0, redis.waitTimeoutMs positive")
         try check(bcryptCost >= 4 && bcryptCost <= 16, "auth.bcryptCost must be 4...16")
         try check(loginThrottle.freeAttempts >= 1, "auth.freeFailedLogins must be at least 1")
         try check(
@@ -213,7 +224,7 @@ public struct Settings: Sendable {
         "data.postgres.maxLagSeconds", "log.level",
         "session.ttlSeconds", "session.cookieName", "session.secureCookies", "session.sweepSeconds",
         "session.store", "redis.address", "redis.password", "redis.database", "redis.protocol", "redis.connections",
-        "redis.timeoutMs",
+        "redis.timeoutMs", "redis.sentinels", "redis.masterName", "redis.waitReplicas", "redis.waitTimeoutMs",
         "auth.bcryptCost", "auth.freeFailedLogins", "auth.baseLockSeconds", "auth.maxLockSeconds",
         "cache.backend", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
         "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",

@@ -135,7 +135,7 @@ struct BenchCommand: AsyncParsableCommand {
             abstract: "A history check under failures: writers, a nemesis that kills or freezes the primary every few seconds, then every acknowledged write checked (fails on any violation).")
         @Option(name: .long, help: "Faults: one per round.") var rounds = 5
         @Option(name: .long, help: "Seconds from one fault to the next.") var interval = 20.0
-        @Option(name: .long, help: "Faults in turn, comma-separated: kill (a host dying), pause (a stall longer than the leader key's TTL).")
+        @Option(name: .long, help: "Faults in turn, comma-separated: kill (the primary's host dying), pause (the primary stalled past the leader key's TTL), redis (the Redis master dying; stages with Redis).")
         var faults = "kill"
         @Option(name: .long, help: "Concurrent writers (sign up, edit, read back).") var writers = 4
         @Option(name: .long, help: "Seconds a paused primary stays frozen (default: Patroni's TTL + 4).") var pauseSeconds: Double?
@@ -154,7 +154,7 @@ struct BenchCommand: AsyncParsableCommand {
                 throw ValidationError("--stage must be a one-site stage with replicas (replicated, cached, stateless, queued)")
             }
             let kinds = try faults.split(separator: ",").map { name in
-                guard let fault = Chaos.Fault(rawValue: String(name)) else { throw ValidationError("unknown fault \(name); faults: kill, pause") }
+                guard let fault = Chaos.Fault(rawValue: String(name)) else { throw ValidationError("unknown fault \(name); faults: kill, pause, redis") }
                 return fault
             }
             let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path

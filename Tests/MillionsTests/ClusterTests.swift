@@ -243,6 +243,43 @@ import Testing
         }
     }
 
+    /// `stateless --ha`: the Redis master dies and nobody runs a command. The sentinels
+    /// promote a replica, the web servers find it by themselves, a session made before the
+    /// kill (acknowledged after WAIT 1) still logs its user in, and sign-ups work again;
+    /// `cluster restart redis` brings the dead server back as a replica.
+    @Test func sessionsSurviveTheRedisMastersDeathUnderSentinel() async throws {
+        let f = try Fixture(base: 20300)
+        try await f.withCluster("stateless", flags: ["--ha"]) {
+            let (id, session) = try await Self.signUp(f.base, "before-redis-dies@example.com")
+            #expect(try await f.cluster("kill", "redis") == 0)
+            var me: UInt = 0
+            var answers = Set<UInt>()
+            for _ in 0..<300 where me != 200 {
+                me = try await Self.request(f.base, .GET, "/me", cookie: session).status
+                answers.insert(me)
+                if me != 200 { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(me == 200, "the session made before the master died logs its user in")
+            #expect(answers.isSubset(of: [200, 503]), "meanwhile 503 with Retry-After, never a 500: \(answers)")
+            let after = try await Self.request(f.base, .GET, "/me", cookie: session)
+            #expect(after.body.contains("\"id\":\(id)"))
+            var created: UInt = 0
+            for i in 0..<100 where created != 201 {
+                created = try await Self.request(f.base, .POST, "/users", json: Self.signUpBody("after-\(i)@example.com")).status
+                if created != 201 { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(created == 201)
+            #expect(try await f.cluster("restart", "redis") == 0)
+            #expect(try await f.cluster("kill", "redis") == 0, "the promoted master can die too")
+            me = 0
+            for _ in 0..<300 where me != 200 {
+                me = try await Self.request(f.base, .GET, "/me", cookie: session).status
+                if me != 200 { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(me == 200, "and the session survives a second failover")
+        }
+    }
+
     /// Three web servers under steady reads and log-ins: SIGTERM one (it drains), then
     /// kill -9 another. No request fails.
     @Test func losingWebServersUnderLoadFailsNoRequest() async throws {
@@ -320,20 +357,22 @@ import Testing
         }
     }
 
-    /// PostgreSQL under Patroni: the history checker's nemesis kills or freezes the primary
-    /// five times with no operator; writes come back by themselves each time, and with
+    /// PostgreSQL under Patroni, Redis under Sentinel: the history checker's nemesis kills or
+    /// freezes the primary, or kills the Redis master (sessions), five times with no
+    /// operator; writes come back by themselves each time, and with
     /// synchronous mode no acknowledged write is lost, no two timelines accept writes at
     /// overlapping times, and every session reads its own writes.
     @Test func patroniFailsOverByItselfAndTheHistoryCheckerFindsNoViolation() async throws {
         try await TestApp.withTemporaryDirectory { dir in
             let binary = try EndToEndTests.binary()
             let status = try await Command.runOffPool([
-                binary, "bench", "chaos", "--rounds", "5", "--interval", "12", "--faults", "kill,pause", "--sync", "--writers", "3",
+                binary, "bench", "chaos", "--stage", "stateless", "--rounds", "5", "--interval", "12", "--faults", "kill,redis,pause",
+                "--sync", "--writers", "3",
                 "--base-port", "20200", "--dir", dir + "/cluster", "--json", dir + "/chaos.json",
             ])
             #expect(status == 0)
             let report = try JSONDecoder().decode(Chaos.Report.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/chaos.json")))
-            #expect(report.faults.map(\.kind) == [.kill, .pause, .kill, .pause, .kill])
+            #expect(report.faults.map(\.kind) == [.kill, .redis, .pause, .kill, .redis])
             #expect(report.faults.allSatisfy { $0.recovery != nil }, "writes came back after every fault")
             #expect(Set(report.faults.map(\.node)).count >= 2, "the primary moved")
             #expect(report.lost == 0 && report.overlaps == 0 && report.staleReads == 0 && report.violations.isEmpty)

@@ -11,6 +11,7 @@ import Observability
 @testable import RedisClient
 import SessionTier
 import Testing
+import Cluster
 @testable import WebTier
 
 @Suite struct RESPCodecTests {
@@ -218,6 +219,77 @@ import Testing
             for _ in 0..<4 { try await redis.ping() }
             // appendonly: the write made before the crash survived it.
             #expect(try await redis.get("before") == ByteBuffer(string: "1"))
+        }
+    }
+}
+
+/// Redis under Sentinel: the client asks the sentinels for the master and follows a
+/// failover by itself; what asynchronous replication acknowledges, and what WAIT changes.
+@Suite(.serialized) struct RedisSentinelTests {
+    func client(_ group: RedisSentinelGroup, waitReplicas: Int = 0) throws -> RedisClient {
+        var config = RedisClient.Configuration(host: "127.0.0.1", port: group.base)
+        config.sentinels = group.sentinels
+        config.timeout = .seconds(2)
+        config.connectTimeout = .seconds(2)
+        config.waitReplicas = waitReplicas
+        config.waitTimeout = .milliseconds(500)
+        return RedisClient(configuration: config, metrics: AppMetrics(), logger: RedisClientTests.logger)
+    }
+
+    /// The master dies: calls fail until the sentinels promote a replica, then work again on
+    /// the same client, and a write that WAIT saw on a replica survived.
+    @Test func theClientFollowsTheMasterTheSentinelsName() async throws {
+        try await RedisSentinelGroup.with { group in
+            let metrics = AppMetrics()
+            var config = RedisClient.Configuration(host: "127.0.0.1", port: group.base)
+            config.sentinels = group.sentinels
+            config.timeout = .seconds(2)
+            config.waitReplicas = 1
+            config.waitTimeout = .seconds(1)
+            let redis = RedisClient(configuration: config, metrics: metrics, logger: RedisClientTests.logger)
+            defer { redis.close() }
+            try await redis.set("kept", ByteBuffer(string: "1"))
+            #expect(try group.master() == group.base)
+            try group.kill(group.base)
+            var after: Int? = nil
+            for _ in 0..<300 where after == nil {
+                do {
+                    try await redis.set("after", ByteBuffer(string: "2"))
+                    after = try group.master()
+                } catch {
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            let promoted = try #require(after)
+            #expect(promoted != group.base && group.serverPorts.contains(promoted))
+            #expect(try await redis.get("kept") == ByteBuffer(string: "1"))
+            #expect(try await redis.get("after") == ByteBuffer(string: "2"))
+            let text = String(decoding: metrics.exposition(), as: UTF8.self)
+            let line = try #require(text.split(separator: "\n").first { $0.hasPrefix(#"redis_master_lookups_total{node="master:millions"}"#) })
+            #expect(Double(line.split(separator: " ").last ?? "") ?? 0 >= 2, "looked the master up at start and after the failover")
+        }
+    }
+
+    /// With both replicas frozen, a plain write is acknowledged though only the master has
+    /// it (the next failover would lose it); with WAIT 1 the same write is refused instead.
+    @Test func anAcknowledgementMeansOnTheMasterUnlessWaitSaysMore() async throws {
+        try await RedisSentinelGroup.with { group in
+            let plain = try client(group)
+            let waiting = try client(group, waitReplicas: 1)
+            defer {
+                plain.close()
+                waiting.close()
+            }
+            try await waiting.set("both", ByteBuffer(string: "1"))  // the replicas are there
+            let replicas = try [group.pid(group.base + 1), group.pid(group.base + 2)]
+            for p in replicas { Processes.signal(p, SIGSTOP) }
+            defer { for p in replicas { Processes.signal(p, SIGCONT) } }
+            try await plain.set("master-only", ByteBuffer(string: "1"))
+            await #expect(throws: RedisError.self) { try await waiting.set("refused", ByteBuffer(string: "1")) }
+            // The master has both writes; no replica confirmed either.
+            let offsets = try await plain.send(RedisCommand("INFO", "replication")).string ?? ""
+            #expect(offsets.contains("connected_slaves:2"))
+            #expect(try await plain.get("master-only") == ByteBuffer(string: "1"))
         }
     }
 }
