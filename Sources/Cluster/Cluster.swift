@@ -648,6 +648,12 @@ public struct Cluster: Sendable {
     /// Kills one node abruptly (kill -9), for failure drills.
     public func kill(_ name: String) throws {
         let state = try loadState()
+        if name == "etcd" && state.patroni {
+            // Every member: Patroni loses its store, and a leader that cannot renew its key steps down.
+            try script("patroni", ["stop-etcd"], env: pgEnv(state))
+            say("killed etcd (all three members)")
+            return
+        }
         let node = try self.node(named: name, state)
         switch node.role {
         case .database:

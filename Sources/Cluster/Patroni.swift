@@ -59,6 +59,11 @@ extension Cluster {
     /// of whoever leads now, rewound (pg_rewind) if it had been a primary on an old timeline.
     public func restart(_ name: String) throws {
         let state = try loadState()
+        if name == "etcd" && state.patroni {
+            try script("patroni", ["start-etcd"], env: pgEnv(state))
+            say("etcd running again")
+            return
+        }
         let node = try self.node(named: name, state)
         if node.role == .sessions, state.patroni {
             // Whichever Redis server is down comes back as a replica of the master now;

@@ -243,6 +243,35 @@ import Testing
         }
     }
 
+    /// Fencing under Patroni: with etcd gone, the leader cannot renew its key and steps down
+    /// by itself (no node takes writes, so none can take writes the others never see):
+    /// writes answer 503; with etcd back, a leader is elected and writes resume.
+    @Test func aPrimaryCutOffFromEtcdStepsDownThenWritesResume() async throws {
+        let f = try Fixture(base: 20400)
+        try await f.withCluster("replicated", flags: ["--ha"]) {
+            _ = try await Self.signUp(f.base, "before-etcd@example.com")
+            let cluster = Cluster(dir: f.dir, binary: f.binary, scripts: try Cluster.findScripts(binary: f.binary)) { _ in }
+            #expect(try cluster.currentPrimary(try cluster.loadState()) != nil)
+            #expect(try await f.cluster("kill", "etcd") == 0)
+            var demoted = false
+            for _ in 0..<300 where !demoted {
+                let state = try cluster.loadState()
+                demoted = try state.topology.nodes(.database).allSatisfy { (try? cluster.psql($0, "SELECT pg_is_in_recovery()")) != "f" }
+                if !demoted { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(demoted, "the leader stepped down without its store")
+            let refused = try await Self.request(f.base, .POST, "/users", json: Self.signUpBody("no-leader@example.com"))
+            #expect(refused.status == 503)
+            #expect(try await f.cluster("restart", "etcd") == 0)
+            var created: UInt = 0
+            for i in 0..<300 where created != 201 {
+                created = try await Self.request(f.base, .POST, "/users", json: Self.signUpBody("etcd-back-\(i)@example.com")).status
+                if created != 201 { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(created == 201)
+        }
+    }
+
     /// `stateless --ha`: the Redis master dies and nobody runs a command. The sentinels
     /// promote a replica, the web servers find it by themselves, a session made before the
     /// kill (acknowledged after WAIT 1) still logs its user in, and sign-ups work again;

@@ -131,10 +131,17 @@ public final class ReplicaSet: Service {
         }
     }
 
-    /// Probes every node: role, WAL position, replay delay; then computes lag.
-    public func discover() async {
+    /// Probes every node: role, WAL position, replay delay; then computes lag. A node that
+    /// did not answer last time gets `deadProbeTimeout` (a dead node's pool waits out the
+    /// whole timeout, and every probe of the round waits for the slowest): a failover is
+    /// seen within a round, not after the dead node's full query timeout.
+    public func discover(probeTimeout: Duration? = nil) async {
+        let last = statuses
         var fresh = await withTaskGroup(of: (Int, NodeStatus).self) { group in
-            for i in nodes.indices { group.addTask { (i, await self.probe(i)) } }
+            for i in nodes.indices {
+                let limit = probeTimeout ?? (last[i].reachable ? settings.queryTimeout : min(settings.queryTimeout, Self.deadProbeTimeout))
+                group.addTask { (i, await self.probe(i, timeout: limit)) }
+            }
             var out = Array(repeating: NodeStatus(), count: nodes.count)
             for await (i, s) in group { out[i] = s }
             return NodeStatus.fencingStalePrimaries(out)
@@ -169,10 +176,12 @@ public final class ReplicaSet: Service {
         }
     }
 
-    private func probe(_ i: Int) async -> NodeStatus {
+    static let deadProbeTimeout: Duration = .milliseconds(500)
+
+    private func probe(_ i: Int, timeout: Duration) async -> NodeStatus {
         let client = nodes[i].client
         do {
-            return try await withTimeout(settings.queryTimeout) {
+            return try await withTimeout(timeout) {
                 let rows = try await client.query(
                     """
                     SELECT pg_is_in_recovery(),
