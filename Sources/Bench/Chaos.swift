@@ -89,11 +89,14 @@ public struct Chaos: Sendable {
         public var recoveries: [Double] { faults.compactMap(\.recovery).sorted() }
 
         public var text: String {
-            let r = recoveries
-            let median = r.isEmpty ? 0 : r[r.count / 2]
-            var lines = [
-                String(format: "%d faults in %.0f s; kill or stall to first acknowledged write: median %.1f s, max %.1f s",
-                       faults.count, seconds, median, r.last ?? 0),
+            var lines = [String(format: "%d faults in %.0f s", faults.count, seconds)]
+            for kind in Fault.allCases {
+                let r = faults.filter { $0.kind == kind }.compactMap(\.recovery).sorted()
+                guard !r.isEmpty else { continue }
+                lines.append(String(format: "  %@ ×%d: fault to first acknowledged write: median %.1f s, max %.1f s", kind.rawValue as NSString,
+                                    r.count, r[r.count / 2], r.last ?? 0))
+            }
+            lines += [
                 "writes: \(writesAcknowledged) acknowledged, \(writesFailed) refused, \(writesIndeterminate) indeterminate (timed out or 5xx)",
                 "reads of one's own writes: \(readsOK) ok, \(readsFailed) failed, \(staleReads) stale",
                 String(format: "availability (requests answered 2xx): %.2f%%", availability * 100)

@@ -406,7 +406,10 @@ import Testing
             #expect(Set(report.faults.map(\.node)).count >= 2, "the primary moved")
             #expect(report.lost == 0 && report.overlaps == 0 && report.staleReads == 0 && report.violations.isEmpty)
             #expect(report.writesAcknowledged > 50 && report.readsOK > 20)
-            #expect(!Processes.portOpen(20200) && !Processes.portOpen(20240))
+            // Down stopped everything: site, PostgreSQL, etcd, Patroni's API, Redis and its sentinels.
+            for port in [20200, 20240, 20241, 20202, 20203, 20204, 20245, 20260, 20261, 20262, 20263, 20264, 20265] {
+                #expect(!Processes.portOpen(port), "port \(port) still open")
+            }
         }
     }
 
