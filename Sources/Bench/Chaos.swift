@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Cluster
+import DataTier
 import Foundation
 import Logging
 import NIOCore
@@ -187,10 +188,12 @@ public struct Chaos: Sendable {
                 try await Self.blocking { try cluster.kill("redis") }
                 let at = Self.now()
                 history.faults.withLock { $0.append(FaultRecord(kind: fault, node: "redis:\(master)", at: at)) }
-                for _ in 0..<600 {
-                    if let now = try await Self.blocking({ try cluster.currentRedisMaster() }), now != master { break }
-                    try await Task.sleep(for: .milliseconds(200))
+                var promoted = false
+                for _ in 0..<600 where !promoted {
+                    if let now = try await Self.blocking({ try cluster.currentRedisMaster() }), now != master { promoted = true }
+                    if !promoted { try await Task.sleep(for: .milliseconds(200)) }
                 }
+                guard promoted else { throw BenchError("round \(round + 1): the sentinels promoted no replica in 120 s") }
                 try await Self.blocking { try cluster.restart("redis") }
                 let rest = interval - (Self.now() - at)
                 if rest > 0 { try await Task.sleep(for: .seconds(rest)) }
@@ -323,14 +326,16 @@ public struct Chaos: Sendable {
 
     // MARK: Witness
 
-    /// Every 100 ms, one write on every node that will take it, with the timeline that took it.
+    /// Every 100 ms, one write on every node that will take it, with the timeline that took
+    /// it. One loop per node, each call bounded by a timeout that releases the caller even
+    /// if the node is frozen: a paused node must not stop the others' record.
     func witness(_ clients: [(String, PostgresClient)], _ history: History) async {
-        while !history.stop.load(ordering: .relaxed) {
-            await withTaskGroup(of: Void.self) { group in
-                for (name, client) in clients {
-                    group.addTask {
+        await withTaskGroup(of: Void.self) { group in
+            for (name, client) in clients {
+                group.addTask {
+                    while !history.stop.load(ordering: .relaxed) {
                         let start = Self.now()
-                        let timeline = try? await Self.within(.seconds(1)) { () -> UInt32? in
+                        let timeline = try? await withTimeout(.seconds(1)) { () -> UInt32? in
                             let rows = try await client.query(
                                 "INSERT INTO chaos_witness (node) VALUES (\(name)) RETURNING substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
                             for try await t in rows.decode(String.self) { return UInt32(t, radix: 16) }
@@ -339,24 +344,10 @@ public struct Chaos: Sendable {
                         if let t = timeline ?? nil {
                             history.witness.withLock { $0.append(WitnessWrite(node: name, timeline: t, start: start, end: Self.now())) }
                         }
+                        try? await Task.sleep(for: .milliseconds(100))
                     }
                 }
             }
-            try? await Task.sleep(for: .milliseconds(100))
-        }
-    }
-
-    /// `body`, or nil after `limit` (the call is left to finish on its own).
-    static func within<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: limit)
-                return nil
-            }
-            let first = try await group.next() ?? nil
-            group.cancelAll()
-            return first
         }
     }
 

@@ -76,10 +76,11 @@ public struct RedisJobQueue: JobQueue {
 
     /// Runs a script with the prefix as `ARGV[1]` and `args` after it. Key names are built
     /// in the scripts from the prefix, since they depend on the job's queue.
-    func eval(_ script: String, _ args: [String]) async throws -> RESPValue {
+    /// `durable`: the call waits for `redis.waitReplicas` replicas (an enqueue, a completion).
+    func eval(_ script: String, _ args: [String], durable: Bool = false) async throws -> RESPValue {
         var parts = [ByteBuffer(string: script), ByteBuffer(string: "0"), ByteBuffer(string: prefix)]
         parts += args.map { ByteBuffer(string: $0) }
-        return try await redis.send(RedisCommand("EVAL", arguments: parts))
+        return try await redis.send(RedisCommand("EVAL", arguments: parts), durable: durable)
     }
 
     /// A job from a hash's fields (a map in RESP3, a flat array in RESP2 and from scripts);
@@ -110,7 +111,7 @@ public struct RedisJobQueue: JobQueue {
         let now = self.now()
         let reply = try await eval(
             Self.enqueueScript,
-            [queue, payload, String(maxAttempts), String(now + delaySeconds), String(now), delaySeconds > 0 ? "1" : "0"])
+            [queue, payload, String(maxAttempts), String(now + delaySeconds), String(now), delaySeconds > 0 ? "1" : "0"], durable: true)
         guard let id = reply.int else { throw RedisError(.protocolError, "enqueue script answered \(reply)") }
         return id
     }
@@ -130,7 +131,8 @@ public struct RedisJobQueue: JobQueue {
 
     public func complete(id: Int64, worker: String, resultPosition: UInt64) async throws {
         _ = try await eval(
-            Self.completeScript, [String(id), worker, String(self.now()), String(doneRetentionSeconds), String(resultPosition)])
+            Self.completeScript, [String(id), worker, String(self.now()), String(doneRetentionSeconds), String(resultPosition)],
+            durable: true)
     }
 
     public func fail(id: Int64, worker: String, error: String, retryAt: Double?) async throws {

@@ -25,9 +25,10 @@ public final class RedisClient: Service, Sendable {
         /// and `port` are only where to start, and a switch of master is followed.
         public var sentinels: [String] = []
         public var masterName = "millions"
-        /// Pipelines that write end with `WAIT waitReplicas`: the call succeeds only once that
-        /// many replicas have the writes (async replication otherwise loses what a failover
-        /// promotes past). 0: no wait.
+        /// Durable calls (`durable: true`: a new session, an enqueued or completed job) end
+        /// with `WAIT waitReplicas`: the call succeeds only once that many replicas have the
+        /// writes (async replication otherwise loses what a failover promotes past). Other
+        /// writes (a session's sliding expiry) do not wait. 0: no wait.
         public var waitReplicas = 0
         public var waitTimeout: TimeAmount = .milliseconds(250)
 
@@ -75,8 +76,8 @@ public final class RedisClient: Service, Sendable {
     /// Sends one command; an error reply throws `RedisError(.server, …)` (or
     /// `.authentication` when the server wants credentials).
     @discardableResult
-    public func send(_ command: RedisCommand) async throws -> RESPValue {
-        let reply = try await pipeline([command])[0]
+    public func send(_ command: RedisCommand, durable: Bool = false) async throws -> RESPValue {
+        let reply = try await pipeline([command], durable: durable)[0]
         if case .error(let message) = reply { throw RedisError.reply(message) }
         return reply
     }
@@ -87,9 +88,9 @@ public final class RedisClient: Service, Sendable {
     /// A connection that turns out to be dead before anything was sent on it is replaced
     /// and the call tried once more on the fresh one; a failure after sending is thrown,
     /// since a write may or may not have been applied.
-    public func pipeline(_ commands: [RedisCommand]) async throws -> [RESPValue] {
+    public func pipeline(_ commands: [RedisCommand], durable: Bool = false) async throws -> [RESPValue] {
         guard !commands.isEmpty else { return [] }
-        let waits = configuration.waitReplicas > 0 && !commands.allSatisfy(\.isReadOnly)
+        let waits = durable && configuration.waitReplicas > 0 && !commands.allSatisfy(\.isReadOnly)
         guard waits else { return try await send(commands, timeout: configuration.timeout) }
         let ms = max(1, configuration.waitTimeout.nanoseconds / 1_000_000)
         var replies = try await send(
@@ -124,10 +125,37 @@ public final class RedisClient: Service, Sendable {
             return replies
         } catch {
             errors.increment()
-            // The server may be gone for good: with sentinels, the next call asks them anew.
-            if !configuration.sentinels.isEmpty { forgetMaster() }
-            throw error as? RedisError ?? RedisError(.connectionClosed, "\(error)")
+            let failure = error as? RedisError ?? RedisError(.connectionClosed, "\(error)")
+            if !configuration.sentinels.isEmpty, failure.code != .server, failure.code != .authentication {
+                // A closed or reset connection: the master may be gone, ask the sentinels
+                // anew. A timeout alone may be a slow master: forget it only if the
+                // sentinels name another one now (a frozen master answers nothing at all).
+                if failure.code != .timeout {
+                    forgetMaster()
+                } else if let known = master.withLock({ $0 }), let named = await askSentinels(), named != known {
+                    forgetMaster()
+                }
+            }
+            throw failure
         }
+    }
+
+    /// The master the first sentinel that answers names, unverified (nil: none answered).
+    private func askSentinels() async -> (host: String, port: Int)? {
+        for address in configuration.sentinels {
+            guard var asked = try? Configuration(address: address) else { continue }
+            asked.protocolVersion = 2
+            asked.timeout = configuration.timeout
+            asked.connectTimeout = configuration.connectTimeout
+            guard let sentinel = try? await RedisConnection.connect(asked) else { continue }
+            defer { sentinel.close() }
+            guard let reply = try? await sentinel.send(
+                [RedisCommand("SENTINEL", "get-master-addr-by-name", configuration.masterName)], timeout: configuration.timeout)[0],
+                let pair = reply.elements, pair.count == 2, let host = pair[0].string, let port = pair[1].string.flatMap({ Int($0) })
+            else { continue }
+            return (host, port)
+        }
+        return nil
     }
 
     static func isReadOnlyReply(_ reply: RESPValue) -> Bool {

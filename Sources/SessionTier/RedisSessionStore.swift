@@ -32,7 +32,7 @@ public struct RedisSessionStore: SessionStore {
             RedisCommand("SADD", userKey(userID), hash),
             RedisCommand("EXPIRE", userKey(userID), seconds),
             RedisCommand("EXEC"),
-        ])
+        ], durable: true)
         try Self.check(replies)
         return session
     }

@@ -161,19 +161,20 @@ struct BenchCommand: AsyncParsableCommand {
             let cluster = Cluster(
                 dir: URL(fileURLWithPath: dir).standardizedFileURL.path, binary: binary, scripts: try Cluster.findScripts(binary: binary)
             ) { print("  " + $0); fflush(nil) }
-            try cluster.up(stage: stage, webServers: nil, basePort: basePort, settings: ["log.level": "warning"], syncReplication: sync, ha: true)
-            let state = try cluster.loadState()
-            guard let entry = state.topology.entry(site: state.topology.sites[0]) else { throw ValidationError("the stage has no entry") }
-            var chaos = Chaos(cluster: cluster, site: (entry.host, entry.port))
-            chaos.rounds = rounds
-            chaos.interval = interval
-            chaos.faults = kinds
-            chaos.writers = writers
             let ttl = Double(ProcessInfo.processInfo.environment["MILLIONS_PATRONI_TTL"] ?? "") ?? 6
-            chaos.pauseSeconds = pauseSeconds ?? ttl + 4
-            print("chaos: \(rounds) rounds of \(faults) every \(interval) s, \(writers) writers, \(sync ? "synchronous" : "asynchronous") replication, Patroni ttl \(ttl) s")
             let report: Chaos.Report
             do {
+                // Inside the do: a failed `up` is taken down too (etcd, Patroni, Redis left running otherwise).
+                try cluster.up(stage: stage, webServers: nil, basePort: basePort, settings: ["log.level": "warning"], syncReplication: sync, ha: true)
+                let state = try cluster.loadState()
+                guard let entry = state.topology.entry(site: state.topology.sites[0]) else { throw ValidationError("the stage has no entry") }
+                var chaos = Chaos(cluster: cluster, site: (entry.host, entry.port))
+                chaos.rounds = rounds
+                chaos.interval = interval
+                chaos.faults = kinds
+                chaos.writers = writers
+                chaos.pauseSeconds = pauseSeconds ?? ttl + 4
+                print("chaos: \(rounds) rounds of \(faults) every \(interval) s, \(writers) writers, \(sync ? "synchronous" : "asynchronous") replication, Patroni ttl \(ttl) s")
                 report = try await chaos.run { print($0); fflush(nil) }
             } catch {
                 try? cluster.down()

@@ -248,13 +248,13 @@ import Cluster
             config.waitTimeout = .seconds(1)
             let redis = RedisClient(configuration: config, metrics: metrics, logger: RedisClientTests.logger)
             defer { redis.close() }
-            try await redis.set("kept", ByteBuffer(string: "1"))
+            try await redis.send(RedisCommand("SET", "kept", "1"), durable: true)
             #expect(try group.master() == group.base)
             try group.kill(group.base)
             var after: Int? = nil
             for _ in 0..<300 where after == nil {
                 do {
-                    try await redis.set("after", ByteBuffer(string: "2"))
+                    try await redis.send(RedisCommand("SET", "after", "2"), durable: true)
                     after = try group.master()
                 } catch {
                     try await Task.sleep(for: .milliseconds(100))
@@ -271,7 +271,7 @@ import Cluster
     }
 
     /// With both replicas frozen, a plain write is acknowledged though only the master has
-    /// it (the next failover would lose it); with WAIT 1 the same write is refused instead.
+    /// it (the next failover would lose it); a durable write (WAIT 1) is refused instead.
     @Test func anAcknowledgementMeansOnTheMasterUnlessWaitSaysMore() async throws {
         try await RedisSentinelGroup.with { group in
             let plain = try client(group)
@@ -280,12 +280,14 @@ import Cluster
                 plain.close()
                 waiting.close()
             }
-            try await waiting.set("both", ByteBuffer(string: "1"))  // the replicas are there
+            try await waiting.send(RedisCommand("SET", "both", "1"), durable: true)  // the replicas are there
             let replicas = try [group.pid(group.base + 1), group.pid(group.base + 2)]
             for p in replicas { Processes.signal(p, SIGSTOP) }
             defer { for p in replicas { Processes.signal(p, SIGCONT) } }
             try await plain.set("master-only", ByteBuffer(string: "1"))
-            await #expect(throws: RedisError.self) { try await waiting.set("refused", ByteBuffer(string: "1")) }
+            await #expect(throws: RedisError.self) { try await waiting.send(RedisCommand("SET", "refused", "1"), durable: true) }
+            // A write not marked durable does not wait, even on the waiting client.
+            try await waiting.send(RedisCommand("SET", "not-durable", "1"))
             // The master has both writes; no replica confirmed either.
             let offsets = try await plain.send(RedisCommand("INFO", "replication")).string ?? ""
             #expect(offsets.contains("connected_slaves:2"))

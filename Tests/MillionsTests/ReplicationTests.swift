@@ -67,9 +67,13 @@ import WebTier
         var following = replica(5000)
         following.timeline = 2
         #expect(router.choose([new, behind, following], minimumLSN: 4000, spread: 0) == .replica(2))
-        #expect(router.choose([new, behind], minimumLSN: 4000, spread: 0) == .readYourWritesFallback(0))
-        // One primary alone is never fenced, whatever its timeline.
+        #expect(router.choose([new, behind], minimumLSN: 4000, spread: 0) == .primaryFallback(0))
+        // One primary alone is not fenced, whatever its timeline, unless a replica already
+        // receives a newer one (the new primary missed a probe).
         #expect(NodeStatus.fencingStalePrimaries([old, replica(5000)]).map(\.role) == [.primary, .replica])
+        #expect(NodeStatus.fencingStalePrimaries([old, following]).map(\.role) == [.fenced, .replica])
+        // A replica of another timeline than the primary's gets no reads.
+        #expect(router.choose([new, behind], minimumLSN: 0, spread: 0) == .primaryFallback(0))
     }
 
     /// test_decoding's lines: a commit's users, its position, and the position read through.

@@ -14,9 +14,10 @@ public enum Failover {
     /// (`pg_promote`), creates the other replicas' slots on it and repoints them
     /// (`primary_conninfo`, reloaded). Refuses while a primary still answers.
     public static func promoteBestReplica(_ set: ReplicaSet, logger: Logger) async throws -> Result {
-        // A dead primary does not answer at all: half a second says so (its full query
-        // timeout made a failover take 7 s, three probes of 2 s each).
-        await set.discover(probeTimeout: .milliseconds(500))
+        // A dead primary refuses connections: discovery says so at once (it used to wait
+        // out the full query timeout, three rounds of 2 s in a 6.3 s failover). A slow
+        // but live primary still gets its full timeout, so it is not taken for dead.
+        await set.discover()
         if let live = set.primaryIndex {
             throw MillionsError(.conflict, "the primary \(set.nodes[live].name) still answers; refusing to fail over")
         }

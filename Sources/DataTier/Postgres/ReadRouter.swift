@@ -73,13 +73,17 @@ public struct ReadRouter: Sendable {
         let live = nodes.indices.filter { nodes[$0].reachable && !excluded.contains($0) }
         let primary = live.first { nodes[$0].role == .primary }
         let replicas = live.filter { nodes[$0].role == .replica }
-        let fresh = replicas.filter {
-            primary == nil || (nodes[$0].lagBytes <= maxLagBytes && nodes[$0].lagSeconds <= maxLagSeconds)
-        }
         // Positions compare only within a timeline: after a failover, a replica still on the
         // old one may have replayed past a client's write position with other writes. With
         // no primary, the newest timeline any replica receives stands for it.
         let timeline = primary.map { nodes[$0].timeline } ?? replicas.map { nodes[$0].timeline }.max() ?? 0
+        // A replica known to receive another timeline than the primary's follows a history
+        // the primary does not have (its lag, by position, means nothing).
+        let fresh = replicas.filter {
+            primary == nil
+                || (nodes[$0].lagBytes <= maxLagBytes && nodes[$0].lagSeconds <= maxLagSeconds
+                    && (timeline == 0 || nodes[$0].timeline == 0 || nodes[$0].timeline == timeline))
+        }
         let caughtUp = fresh.filter {
             minimumLSN == 0 || (nodes[$0].lsn >= minimumLSN && (timeline == 0 || nodes[$0].timeline == timeline))
         }
@@ -100,8 +104,10 @@ public struct ReadRouter: Sendable {
 extension NodeStatus {
     /// Of several nodes answering as primary, only those on the newest timeline stay
     /// primaries; the others are fenced (a stale primary is refused, not used).
+    /// A replica receiving a newer timeline than a primary's also shows that primary stale
+    /// (the new one may have missed a probe).
     public static func fencingStalePrimaries(_ nodes: [NodeStatus]) -> [NodeStatus] {
-        let newest = nodes.filter { $0.reachable && $0.role == .primary }.map(\.timeline).max() ?? 0
+        let newest = nodes.filter { $0.reachable && ($0.role == .primary || $0.role == .replica) }.map(\.timeline).max() ?? 0
         return nodes.map { n in
             var n = n
             if n.reachable && n.role == .primary && n.timeline < newest { n.role = .fenced }

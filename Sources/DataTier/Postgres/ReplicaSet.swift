@@ -132,15 +132,18 @@ public final class ReplicaSet: Service {
     }
 
     /// Probes every node: role, WAL position, replay delay; then computes lag. A node that
-    /// did not answer last time gets `deadProbeTimeout` (a dead node's pool waits out the
-    /// whole timeout, and every probe of the round waits for the slowest): a failover is
-    /// seen within a round, not after the dead node's full query timeout.
-    public func discover(probeTimeout: Duration? = nil) async {
+    /// did not answer last time is first asked for a TCP connection (500 ms): a dead node
+    /// refuses it at once, where its pool would make the probe wait out the whole query
+    /// timeout (and every probe of the round waits for the slowest). A live node, however
+    /// slow, gets the full timeout.
+    public func discover() async {
         let last = statuses
         var fresh = await withTaskGroup(of: (Int, NodeStatus).self) { group in
             for i in nodes.indices {
-                let limit = probeTimeout ?? (last[i].reachable ? settings.queryTimeout : min(settings.queryTimeout, Self.deadProbeTimeout))
-                group.addTask { (i, await self.probe(i, timeout: limit)) }
+                group.addTask {
+                    if !last[i].reachable, !(await self.acceptsConnections(i)) { return (i, NodeStatus()) }
+                    return (i, await self.probe(i, timeout: self.settings.queryTimeout))
+                }
             }
             var out = Array(repeating: NodeStatus(), count: nodes.count)
             for await (i, s) in group { out[i] = s }
@@ -176,7 +179,20 @@ public final class ReplicaSet: Service {
         }
     }
 
-    static let deadProbeTimeout: Duration = .milliseconds(500)
+    /// Whether node `i` accepts a TCP connection within 500 ms.
+    func acceptsConnections(_ i: Int) async -> Bool {
+        let parts = nodes[i].name.split(separator: ":")
+        guard parts.count == 2, let port = Int(parts[1]) else { return true }
+        do {
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.milliseconds(500))
+                .connect(host: String(parts[0]), port: port).get()
+            try? await channel.close()
+            return true
+        } catch {
+            return false
+        }
+    }
 
     private func probe(_ i: Int, timeout: Duration) async -> NodeStatus {
         let client = nodes[i].client
@@ -361,7 +377,7 @@ public struct TimeoutError: Error, Sendable {}
 /// Runs `body`, failing with `TimeoutError` after `limit`. The caller is released at the
 /// limit even if `body` ignores cancellation (a lease waiting on a dead node can): the body
 /// is cancelled and left to finish on its own.
-func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+public func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     let race = Race<T>()
     return try await withTaskCancellationHandler {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
