@@ -256,7 +256,7 @@ import Testing
             var demoted = false
             for _ in 0..<300 where !demoted {
                 let state = try cluster.loadState()
-                demoted = try state.topology.nodes(.database).allSatisfy { (try? cluster.psql($0, "SELECT pg_is_in_recovery()")) != "f" }
+                demoted = state.topology.nodes(.database).allSatisfy { (try? cluster.psql($0, "SELECT pg_is_in_recovery()")) != "f" }
                 if !demoted { try await Task.sleep(for: .milliseconds(200)) }
             }
             #expect(demoted, "the leader stepped down without its store")
