@@ -179,7 +179,9 @@ public final class ReplicaSet: Service {
         }
     }
 
-    /// Whether node `i` accepts a TCP connection within 500 ms.
+    /// False only when node `i` refuses a TCP connection (nothing listens: it is dead). A
+    /// connection that does not complete in time says nothing (a busy machine, a cut-off
+    /// host): the full probe decides.
     func acceptsConnections(_ i: Int) async -> Bool {
         let parts = nodes[i].name.split(separator: ":")
         guard parts.count == 2, let port = Int(parts[1]) else { return true }
@@ -188,6 +190,8 @@ public final class ReplicaSet: Service {
                 .connectTimeout(.milliseconds(500))
                 .connect(host: String(parts[0]), port: port).get()
             try? await channel.close()
+            return true
+        } catch ChannelError.connectTimeout {
             return true
         } catch {
             return false
