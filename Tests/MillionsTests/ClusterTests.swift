@@ -845,7 +845,8 @@ import Testing
             let during = try #require(Self.history("\(work)/east.log").acked.first { $0.start > cut && $0.end < back })
             var served: UInt = 0
             for _ in 0..<300 where served != 200 {
-                served = try await Self.request(west.port, .GET, "/users/\(during.id)", host: west.host).status
+                // West's entry has just come back: a kept-alive connection from before may be reset; poll again.
+                served = (try? await Self.request(west.port, .GET, "/users/\(during.id)", host: west.host).status) ?? 0
                 if served != 200 { try await Task.sleep(for: .milliseconds(200)) }
             }
             #expect(served == 200)
