@@ -108,15 +108,20 @@ public final class ReplicaSet: Service {
         }
     }
 
-    /// Discovers roles once; callers use it to wait until the set is usable.
-    public func waitUntilDiscovered(timeout: Duration = .seconds(10)) async throws {
+    /// Discovers roles until a primary answers; callers use it to wait until the set is
+    /// usable. 30 s: a first connection to a server that has just started, on a loaded
+    /// machine, took longer than 10 s in CI.
+    public func waitUntilDiscovered(timeout: Duration = .seconds(30)) async throws {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             await discover()
             if primaryIndex != nil { return }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw MillionsError(.unavailable, "no PostgreSQL primary among \(settings.nodes)")
+        let seen = zip(settings.nodes, statuses).map { node, s in
+            "\(node): \(s.reachable ? s.role.rawValue : "no answer")"
+        }
+        throw MillionsError(.unavailable, "no PostgreSQL primary after \(timeout) (\(seen.joined(separator: ", ")))")
     }
 
     private func discoveryLoop() async {
