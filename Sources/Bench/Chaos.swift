@@ -22,6 +22,9 @@ public struct Chaos: Sendable {
         case pause
         /// kill -9 of the Redis master (sessions, and the queue in `queued`); restarted later.
         case redis
+        /// The primary's host cut off the network for as long as a pause, then healed
+        /// (hosts only): it keeps running, and must step down by itself.
+        case partition
     }
 
     public var cluster: Cluster
@@ -30,7 +33,8 @@ public struct Chaos: Sendable {
     public var interval = 20.0
     public var faults: [Fault] = [.kill]
     public var writers = 4
-    /// How long a paused primary stays frozen: longer than the leader key's TTL.
+    /// How long a paused primary stays frozen (or a partitioned one cut off): longer than
+    /// the leader key's TTL.
     public var pauseSeconds = 14.0
     public var site: (host: String, port: Int)
 
@@ -143,7 +147,7 @@ public struct Chaos: Sendable {
             return (node.name, PostgresClient(configuration: config, backgroundLogger: logger))
         }
         let primary = try await waitForAnyPrimary()
-        try await Self.blocking {
+        try await Processes.detached {
             _ = try cluster.psql(primary, "CREATE TABLE IF NOT EXISTS chaos_witness (node text NOT NULL, at timestamptz NOT NULL DEFAULT now())")
         }
 
@@ -164,13 +168,6 @@ public struct Chaos: Sendable {
         return try await check(history, seconds: Self.now() - started)
     }
 
-    /// Runs blocking work (scripts, psql) off the concurrency pool: on two cores it has two threads.
-    static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
-        }
-    }
-
     func nemesis(_ history: History, say: @escaping @Sendable (String) -> Void) async throws {
         try await Task.sleep(for: .seconds(3))  // a history before the first fault
         for round in 0..<rounds {
@@ -181,25 +178,25 @@ public struct Chaos: Sendable {
             try await waitWhole(history)
             let state = try cluster.loadState()
             if fault == .redis {
-                guard let master = try await Self.blocking({ try cluster.currentRedisMaster() }) else {
+                guard let master = try await Processes.detached({ try cluster.currentRedisMaster() }) else {
                     throw BenchError("round \(round + 1): no Redis master to kill (a stage with Redis, under --ha)")
                 }
                 say("round \(round + 1): kill the Redis master (port \(master))")
-                try await Self.blocking { try cluster.kill("redis") }
+                try await Processes.detached { try cluster.kill("redis") }
                 let at = Self.now()
                 history.faults.withLock { $0.append(FaultRecord(kind: fault, node: "redis:\(master)", at: at)) }
                 var promoted = false
                 for _ in 0..<600 where !promoted {
-                    if let now = try await Self.blocking({ try cluster.currentRedisMaster() }), now != master { promoted = true }
+                    if let now = try await Processes.detached({ try cluster.currentRedisMaster() }), now != master { promoted = true }
                     if !promoted { try await Task.sleep(for: .milliseconds(200)) }
                 }
                 guard promoted else { throw BenchError("round \(round + 1): the sentinels promoted no replica in 120 s") }
-                try await Self.blocking { try cluster.restart("redis") }
+                try await Processes.detached { try cluster.restart("redis") }
                 let rest = interval - (Self.now() - at)
                 if rest > 0 { try await Task.sleep(for: .seconds(rest)) }
                 continue
             }
-            guard let leader = try await Self.blocking({ try cluster.currentPrimary(state) }) else {
+            guard let leader = try await Processes.detached({ try cluster.currentPrimary(state) }) else {
                 throw BenchError("round \(round + 1): no primary to fault")
             }
             say(String(format: "round %d: %@ %@", round + 1, fault.rawValue, leader.name))
@@ -207,17 +204,19 @@ public struct Chaos: Sendable {
             let at: Double
             switch fault {
             case .kill:
-                try await Self.blocking { try cluster.kill(leader.name) }
+                try await Processes.detached { try cluster.kill(leader.name) }
                 at = Self.now()
                 history.faults.withLock { $0.append(FaultRecord(kind: fault, node: leader.name, at: at)) }
                 try await waitForNewPrimary(not: leader)
-                try await Self.blocking { try cluster.restart(leader.name) }
-            case .pause:
-                try await Self.blocking { try cluster.pause(leader.name) }
+                try await Processes.detached { try cluster.restart(leader.name) }
+            case .pause, .partition:
+                // A stall, or a cut-off host: the node runs on, for longer than the key's TTL.
+                guard fault == .pause || state.hosts != nil else { throw BenchError("the partition fault needs hosts (--hosts)") }
+                try await Processes.detached { try fault == .pause ? cluster.pause(leader.name) : cluster.partition(leader.name) }
                 at = Self.now()
                 history.faults.withLock { $0.append(FaultRecord(kind: fault, node: leader.name, at: at)) }
                 try await Task.sleep(for: .seconds(pauseSeconds))
-                try await Self.blocking { try cluster.resume(leader.name) }
+                try await Processes.detached { try fault == .pause ? cluster.resume(leader.name) : cluster.heal(leader.name) }
             case .redis:
                 preconditionFailure("handled above")
             }
@@ -230,7 +229,7 @@ public struct Chaos: Sendable {
     /// Waits until every database node runs and streams; notes when, for the last fault.
     func waitWhole(_ history: History) async throws {
         let cluster = self.cluster
-        try await Self.blocking {
+        try await Processes.detached {
             try cluster.waitDatabasesWhole()
             try cluster.waitRedisWhole()
         }
@@ -245,10 +244,10 @@ public struct Chaos: Sendable {
         let deadline = Self.now() + 120
         while Self.now() < deadline {
             let state = try cluster.loadState()
-            if let p = try await Self.blocking({ try cluster.currentPrimary(state) }), p != old { return }
+            if let p = try await Processes.detached({ try cluster.currentPrimary(state) }), p != old { return }
             try await Task.sleep(for: .milliseconds(200))
         }
-        let status = (try? await Self.blocking { try cluster.databaseStatus() }) ?? ""
+        let status = (try? await Processes.detached { try cluster.databaseStatus() }) ?? ""
         throw BenchError("no new primary 120 s after \(old.name) died:\n\(status)")
     }
 
@@ -373,7 +372,7 @@ public struct Chaos: Sendable {
         var stored: [Int64: String] = [:]
         if !ids.isEmpty {
             let list = ids.map(String.init).joined(separator: ",")
-            let text = try await Self.blocking { try cluster.psql(primary, "SELECT id, first_name FROM users WHERE id IN (\(list))") }
+            let text = try await Processes.detached { try cluster.psql(primary, "SELECT id, first_name FROM users WHERE id IN (\(list))") }
             for line in text.split(whereSeparator: \.isNewline) {
                 let parts = line.split(separator: "|", maxSplits: 1)
                 if parts.count == 2, let id = Int64(parts[0]) { stored[id] = String(parts[1]) }
@@ -442,7 +441,7 @@ public struct Chaos: Sendable {
         let cluster = self.cluster
         for _ in 0..<600 {
             let state = try cluster.loadState()
-            if let p = try await Self.blocking({ try cluster.currentPrimary(state) }) { return p }
+            if let p = try await Processes.detached({ try cluster.currentPrimary(state) }) { return p }
             try await Task.sleep(for: .milliseconds(200))
         }
         throw BenchError("no primary to check the history against")

@@ -240,9 +240,7 @@ public struct Journey: Sendable {
         ]
         let log = dir + "/logs/\(client).log"
         // Off the cooperative pool: this blocks until the load generator exits.
-        let status = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int32, any Error>) in
-            Thread.detachNewThread { c.resume(with: Result { try Processes.run(argv, log: log) }) }
-        }
+        let status = try await Processes.detached { try Processes.run(argv, log: log) }
         guard status == 0, let data = FileManager.default.contents(atPath: json) else {
             throw BenchError("the load generator on \(client) failed (exit \(status); see \(log))")
         }

@@ -114,7 +114,14 @@ public struct Cluster: Sendable {
             }
             plan = HostsPlan(prefix: prefix, subnets: subnets, cpus: cpus ?? budget.cpus, memoryBytes: budget.memoryBytes)
         }
-        var topology = stage.topology(web: webServers, Layout(ports: ports, dir: dir, subnets: plan?.subnets ?? []))
+        let layout = Layout(ports: ports, dir: dir, subnets: plan?.subnets ?? [])
+        var topology = stage.topology(web: webServers, layout)
+        if ha {
+            guard topology.nodes(.database).count >= 2, topology.sites.count == 1 else {
+                throw Processes.Failure("--ha needs a one-site stage with replicas (replicated, cached, stateless, queued)")
+            }
+            topology.nodes += layout.coordinators()
+        }
         if let wan {
             for i in topology.links.indices { (topology.links[i].delayMs, topology.links[i].jitterMs) = wan }
         }
@@ -133,14 +140,7 @@ public struct Cluster: Sendable {
         if syncReplication && topology.nodes(.database).count < 2 {
             throw Processes.Failure("--sync needs replicas; the \(stage.rawValue) stage has none")
         }
-        if ha {
-            guard topology.nodes(.database).count >= 2, topology.sites.count == 1 else {
-                throw Processes.Failure("--ha needs a one-site stage with replicas (replicated, cached, stateless, queued)")
-            }
-            // etcd and Patroni's REST API listen on loopback only so far.
-            guard plan == nil else { throw Processes.Failure("--ha runs on loopback; it does not combine with --hosts yet") }
-            state.ha = true
-        }
+        state.ha = ha ? true : nil
         try save(state)
         if let plan {
             try plan.network().create()
@@ -181,6 +181,8 @@ public struct Cluster: Sendable {
         switch role {
         case .gateway:
             for n in nodes { try startGateway(n, state) }
+        case .coordinator:
+            try script("patroni", ["start-etcd"], env: pgEnv(state))
         case .database:
             let replicas = nodes.count - 1
             if state.patroni {
@@ -257,17 +259,17 @@ public struct Cluster: Sendable {
 
     func hostNode(_ name: String, _ state: ClusterState) throws -> (HostNetwork, NodeHost) {
         let net = try network(state)
-        let node = try state.topology.node(named: name).orThrow(
-            "no node \(name); nodes: \(state.nodes.map(\.name).joined(separator: ", "))")
+        let node = try self.node(named: name, state)
         return (net, state.hosts!.host(node))
     }
 
     /// Cuts a node's host off the network; it keeps running (`heal` reconnects it).
+    /// `postgres-leader` and `redis-master` (with `--ha`) name the host that leads now.
     public func partition(_ name: String) throws {
         let state = try loadState()
         let (net, host) = try hostNode(name, state)
         try net.partition(host)
-        say("\(name) (\(host.address)) cut off the network")
+        say("\(host.name)\(host.name == name ? "" : " (\(name))") (\(host.address)) cut off the network")
     }
 
     public func heal(_ name: String) throws {
@@ -339,6 +341,7 @@ public struct Cluster: Sendable {
         case .balancer: "nginx up"
         case .edge: "varnish up"
         case .client: "client host\(nodes.count == 1 ? "" : "s") ready"
+        case .coordinator: "etcd ×\(nodes.count) healthy (" + nodes.map(\.address).joined(separator: ", ") + ")"
         case .gateway: "WAN gateways relaying: " + nodes.map { "\($0.name) \($0.host)" }.joined(separator: ", ")
         case .dns: "DNS (PowerDNS) answering \(Topology.siteName) with each client's own site"
         }
@@ -370,7 +373,7 @@ public struct Cluster: Sendable {
     public func webSettings(_ state: ClusterState, site: String? = nil) -> [String: String] {
         var s = state.topology.appSettings(dataDirectory: dir + "/data", site: site)
         if state.patroni, let redis = state.topology.nodes(.sessions).first {
-            s["redis.sentinels"] = Self.sentinelPorts(redis).map { "\(redis.host):\($0)" }.joined(separator: ",")
+            s["redis.sentinels"] = sentinels(redis, state).map(\.address).joined(separator: ",")
             // A session or job acknowledged is on a replica too, so a failover keeps it.
             s["redis.waitReplicas"] = "1"
         }
@@ -561,7 +564,7 @@ public struct Cluster: Sendable {
                     health = Processes.httpStatus(host: node.host, port: node.port, path: "/healthz", timeout: 1) == 200 ? "running" : "unready"
                 case .balancer, .edge:
                     health = Processes.httpStatus(host: node.host, port: node.port, path: "/healthz", timeout: 1) == 200 ? "up" : "unready"
-                case .database, .cache, .sessions:
+                case .database, .cache, .sessions, .coordinator:
                     health = Processes.portOpen(host: node.host, port: node.port, timeout: 1) ? "up" : "unready"
                 case .gateway:
                     health = "relaying"
@@ -662,12 +665,14 @@ public struct Cluster: Sendable {
             try script("memcached", ["kill", String(node.port)], env: serverEnv(node, state))
         case .sessions:
             // Under Sentinel, `redis` is whichever server is the master now.
-            let port = state.patroni ? try redisMaster(node, state).port : node.port
-            try script("redis", ["kill", String(port)], env: serverEnv(node, state))
+            let master = state.patroni ? try redisMaster(node, state) : RedisMember(port: node.port, node: node)
+            try script("redis", ["kill", String(master.port)], env: serverEnv(master.node, state))
         case .dns:
             try script("dns", ["kill", dnsDir(node)], env: serverEnv(node, state))
         case .client:
             throw Processes.Failure("the client host runs no server (partition it instead)")
+        case .coordinator:
+            throw Processes.Failure("kill etcd stops every member; partition \(node.name) cuts one off")
         case .web, .worker, .balancer, .edge, .gateway:
             guard let pid = pid(of: node), Processes.isAlive(pid) else { throw Processes.Failure("\(name) is not running") }
             Processes.signal(pid, SIGKILL)
@@ -716,9 +721,8 @@ public struct Cluster: Sendable {
                 stopProcesses(nodes)
             case .sessions:
                 for node in nodes {
-                    for port in [node.port] + (state.patroni ? Self.redisHAPorts(node) : []) {
-                        try? script("redis", ["stop", String(port)], env: serverEnv(node, state))
-                    }
+                    let members = state.patroni ? redisServers(node, state) + sentinels(node, state) : [RedisMember(port: node.port, node: node)]
+                    for m in members { try? script("redis", ["stop", String(m.port)], env: serverEnv(m.node, state)) }
                 }
             case .cache:
                 for node in nodes { try? script("memcached", ["stop", String(node.port)], env: serverEnv(node, state)) }
@@ -726,8 +730,8 @@ public struct Cluster: Sendable {
                 if !nodes.isEmpty { try? script(state.patroni ? "patroni" : "postgres", ["destroy"], env: pgEnv(state)) }
             case .dns:
                 for node in nodes { try? script("dns", ["stop", dnsDir(node)], env: serverEnv(node, state)) }
-            case .client:
-                break
+            case .client, .coordinator:
+                break  // etcd stops with the databases (scripts/patroni destroy)
             }
         }
         // Then the hosts: namespaces, links, bridge, cgroups (killing anything left in them).
@@ -784,6 +788,7 @@ public struct Cluster: Sendable {
             env["MILLIONS_PG_HOSTS"] = state.topology.nodes(.database)
                 .map { "\($0.name.dropFirst("postgres-".count))=\($0.host)" }.joined(separator: " ")
             env["MILLIONS_WRAP_DIR"] = dir + "/hosts"
+            env["MILLIONS_ETCD_HOSTS"] = state.topology.nodes(.coordinator).map(\.host).joined(separator: " ")
             // A replica in another site than the primary streams through its site's gateway.
             let databases = state.topology.nodes(.database)
             if let primary = databases.first {

@@ -3,29 +3,55 @@ import Foundation
 /// With `up --ha`: databases under Patroni, Redis under Sentinel; their drills, and the
 /// names they take.
 extension Cluster {
-    /// Redis's two replicas (the node's port + 1, + 2), then its three sentinels (+ 3…5).
-    static func redisHAPorts(_ node: Node) -> [Int] { (1...5).map { node.port + $0 } }
-    static func sentinelPorts(_ node: Node) -> [Int] { (3...5).map { node.port + $0 } }
+    /// A Redis server or sentinel of `up --ha`, with the node whose host runs it.
+    struct RedisMember {
+        var port: Int
+        var node: Node
+        var address: String { "\(node.host):\(port)" }
+    }
 
-    /// Two replicas of the `redis` node and three sentinels watching it (quorum 2).
+    /// The `redis` node's server (the first master), then its two replicas (ports + 1, + 2).
+    /// On loopback they share the node's address; on hosts the replicas run on the first two
+    /// coordinators' hosts, so that one host's loss takes one server.
+    func redisServers(_ redis: Node, _ state: ClusterState) -> [RedisMember] {
+        let coordinators = state.topology.nodes(.coordinator)
+        return [RedisMember(port: redis.port, node: redis)]
+            + (1...2).map { RedisMember(port: redis.port + $0, node: state.hosts == nil ? redis : coordinators[$0 - 1]) }
+    }
+
+    /// The three sentinels (ports + 3…5): on hosts, one on each coordinator's host.
+    func sentinels(_ redis: Node, _ state: ClusterState) -> [RedisMember] {
+        let coordinators = state.topology.nodes(.coordinator)
+        return (0..<3).map { RedisMember(port: redis.port + 3 + $0, node: state.hosts == nil ? redis : coordinators[$0]) }
+    }
+
+    /// The replicas, then the sentinels watching the `redis` node (quorum 2).
     func startRedisReplicasAndSentinels(_ nodes: [Node], _ state: ClusterState) throws {
         for n in nodes {
-            var env = serverEnv(n, state)
-            env["MILLIONS_REDIS_REPLICAOF"] = "\(n.host) \(n.port)"
-            for port in [n.port + 1, n.port + 2] { try script("redis", ["start", String(port)], env: env) }
-            for port in Self.sentinelPorts(n) { try script("redis", ["sentinel", String(port), n.host, String(n.port)], env: serverEnv(n, state)) }
+            for r in redisServers(n, state).dropFirst() {
+                var env = serverEnv(r.node, state)
+                env["MILLIONS_REDIS_REPLICAOF"] = "\(n.host) \(n.port)"
+                try script("redis", ["start", String(r.port)], env: env)
+            }
+            for s in sentinels(n, state) {
+                try script("redis", ["sentinel", String(s.port), n.host, String(n.port)], env: serverEnv(s.node, state))
+            }
         }
     }
 
-    /// The Redis master the sentinels name now.
-    func redisMaster(_ node: Node, _ state: ClusterState) throws -> (host: String, port: Int) {
+    /// The Redis server the sentinels name master now.
+    func redisMaster(_ node: Node, _ state: ClusterState) throws -> RedisMember {
         var problems: [String] = []
-        for port in Self.sentinelPorts(node) {
+        for s in sentinels(node, state) {
             do {
-                let text = try scriptOutput("redis", ["master", String(port)], env: serverEnv(node, state))
+                let text = try scriptOutput("redis", ["master", String(s.port)], env: serverEnv(s.node, state))
                 let parts = text.split(separator: " ")
-                if parts.count == 2, let p = Int(parts[1]) { return (String(parts[0]), p) }
-                problems.append("sentinel \(port): \(text)")
+                if parts.count == 2, let p = Int(parts[1]),
+                    let member = redisServers(node, state).first(where: { $0.node.host == parts[0] && $0.port == p })
+                {
+                    return member
+                }
+                problems.append("sentinel \(s.address): \(text)")
             } catch { problems.append("\(error)") }
         }
         throw Processes.Failure("no sentinel names a Redis master: \(problems.joined(separator: "; "))")
@@ -34,11 +60,21 @@ extension Cluster {
     /// scripts/postgres's and scripts/patroni's name for a database node (primary, r1, …).
     static func pgName(_ node: Node) -> String { String(node.name.dropFirst("postgres-".count)) }
 
+    /// A database node's Patroni REST port (`scripts/patroni`: the primary's, then +N for rN).
+    static func restPort(_ node: Node, _ state: ClusterState) -> Int {
+        let name = pgName(node)
+        return state.ports.patroni + (name.hasPrefix("r") ? Int(name.dropFirst()) ?? 0 : 0)
+    }
+
     /// The node called `name`; `postgres-leader` names whichever database node is the
-    /// primary now (under Patroni the role moves; `postgres-primary` is a name, not a role).
+    /// primary now (under Patroni the role moves; `postgres-primary` is a name, not a role),
+    /// `redis-master` the host of the Redis server the sentinels name master.
     public func node(named name: String, _ state: ClusterState) throws -> Node {
         if name == "postgres-leader" {
             return try currentPrimary(state).orThrow("no database node is the primary now")
+        }
+        if name == "redis-master", state.patroni, let redis = state.topology.nodes(.sessions).first {
+            return try redisMaster(redis, state).node
         }
         return try state.nodes.first { $0.name == name }
             .orThrow("no node \(name); nodes: \(state.nodes.map(\.name).joined(separator: ", ")), postgres-leader")
@@ -49,8 +85,11 @@ extension Cluster {
     public func currentPrimary(_ state: ClusterState) throws -> Node? {
         let databases = state.topology.nodes(.database)
         if state.patroni {
-            guard let name = try? scriptOutput("patroni", ["leader"], env: pgEnv(state)) else { return nil }
-            return databases.first { Self.pgName($0) == name }
+            // Patroni's REST API answers 200 on /primary on the member holding the leader key
+            // (asked directly: the chaos run polls this every 200 ms).
+            return databases.first {
+                Processes.httpStatus(host: $0.host, port: Self.restPort($0, state), path: "/primary", timeout: 1) == 200
+            }
         }
         return databases.first { (try? psql($0, "SELECT pg_is_in_recovery()")) == "f" }
     }
@@ -69,12 +108,12 @@ extension Cluster {
             // Whichever Redis server is down comes back as a replica of the master now;
             // the sentinels take it in (a returning old master is turned into a replica too).
             let master = try redisMaster(node, state)
-            var env = serverEnv(node, state)
-            env["MILLIONS_REDIS_REPLICAOF"] = "\(master.host) \(master.port)"
-            for port in [node.port, node.port + 1, node.port + 2] where port != master.port {
-                try script("redis", ["start", String(port)], env: env)
+            for r in redisServers(node, state) where r.address != master.address {
+                var env = serverEnv(r.node, state)
+                env["MILLIONS_REDIS_REPLICAOF"] = "\(master.node.host) \(master.port)"
+                try script("redis", ["start", String(r.port)], env: env)
             }
-            say("redis servers running again, replicas of \(master.host):\(master.port)")
+            say("redis servers running again, replicas of \(master.address)")
             return
         }
         guard node.role == .database, state.patroni else {
@@ -87,20 +126,17 @@ extension Cluster {
 
     /// Freezes (SIGSTOP) a database node's Patroni and PostgreSQL, as a long pause would
     /// (a stalled VM, a full disk); `resume` lets them go on from where they stood.
-    public func pause(_ name: String) throws {
-        let state = try loadState()
-        let node = try self.node(named: name, state)
-        guard node.role == .database, state.patroni else { throw Processes.Failure("pause is for database nodes under Patroni (`up --ha`)") }
-        try script("patroni", ["pause", Self.pgName(node)], env: pgEnv(state))
-        say("paused \(node.name)\(node.name == name ? "" : " (\(name))")")
-    }
+    public func pause(_ name: String) throws { try freeze(name, "pause") }
+    public func resume(_ name: String) throws { try freeze(name, "resume") }
 
-    public func resume(_ name: String) throws {
+    private func freeze(_ name: String, _ command: String) throws {
         let state = try loadState()
         let node = try self.node(named: name, state)
-        guard node.role == .database, state.patroni else { throw Processes.Failure("resume is for database nodes under Patroni (`up --ha`)") }
-        try script("patroni", ["resume", Self.pgName(node)], env: pgEnv(state))
-        say("resumed \(node.name)")
+        guard node.role == .database, state.patroni else {
+            throw Processes.Failure("\(command) is for database nodes under Patroni (`up --ha`)")
+        }
+        try script("patroni", [command, Self.pgName(node)], env: pgEnv(state))
+        say("\(command == "pause" ? "paused" : "resumed") \(node.name)\(node.name == name ? "" : " (\(name))")")
     }
 
     /// The Redis master's port the sentinels name now (`up --ha` with Redis), or nil.
@@ -115,7 +151,7 @@ extension Cluster {
         let state = try loadState()
         guard state.patroni, let redis = state.topology.nodes(.sessions).first else { return }
         let ok = Processes.wait(seconds: seconds, every: 0.2) {
-            [redis.port, redis.port + 1, redis.port + 2].allSatisfy { Processes.portOpen(host: redis.host, port: $0, timeout: 1) }
+            self.redisServers(redis, state).allSatisfy { Processes.portOpen(host: $0.node.host, port: $0.port, timeout: 1) }
                 && (try? self.redisMaster(redis, state)) != nil
         }
         guard ok else { throw Processes.Failure("Redis is not whole after \(seconds) s") }

@@ -119,6 +119,15 @@ public enum Processes {
     /// Whether something accepts TCP connections on 127.0.0.1:`port`.
     public static func portOpen(_ port: Int) -> Bool { portOpen(host: "127.0.0.1", port: port) }
 
+    /// Runs blocking work (a script, a load generator) on a thread of its own, off the
+    /// cooperative pool (two threads on two cores) and off NIO's small thread pool (several
+    /// load generators block at once for a whole run).
+    public static func detached<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
     /// Whether something accepts TCP connections on `host:port` within `timeout` seconds
     /// (a host cut off the network drops the handshake: no answer, rather than a refusal).
     public static func portOpen(host: String, port: Int, timeout: Double = 2) -> Bool {

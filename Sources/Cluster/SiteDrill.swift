@@ -66,6 +66,7 @@ extension Cluster {
         guard let primary = databases.first, primary.site != site else {
             throw Processes.Failure("the primary is still in \(site): no other site took over")
         }
+        var w = Date()
         let own = databases.filter { $0.site == site }
         let caches = state.topology.nodes(.cache, in: site)
         let workers = state.topology.nodes(.worker, in: site), webs = state.topology.nodes(.web, in: site)
@@ -83,6 +84,7 @@ extension Cluster {
         let entry: Set<Role> = [.balancer, .edge]
         let hosts = siteHosts(state, site)
         for n in hosts where !entry.contains(n.role) { try net.heal(plan.host(n)) }
+        say("\(site): old nodes fenced and stopped, hosts back on the network in \(seconds(since: w))")
 
         let r = Date()
         let source = state.topology.address(of: primary, from: site)
@@ -98,16 +100,22 @@ extension Cluster {
         }
 
         for n in caches { try script("memcached", ["start", String(n.port), "64"], env: serverEnv(n, state)) }
+        w = Date()
         for n in workers { try startWorker(state, n) }
         try waitReady(workers, path: "/healthz")
+        say("\(site): workers running in \(seconds(since: w))")
+        w = Date()
         for n in webs { try startWebServer(state, n) }
         try waitReady(webs)
+        say("\(site): web servers ready in \(seconds(since: w))")
+        w = Date()
         for n in hosts where entry.contains(n.role) { try net.heal(plan.host(n)) }
         if let front = state.topology.entry(site: site) {
             guard Processes.wait(seconds: 60, every: 0.1, until: { Processes.httpStatus(host: front.host, port: front.port, path: "/readyz") == 200 }) else {
                 throw Processes.Failure("site \(site)'s entry \(front.address) is not ready")
             }
         }
+        say("\(site): entry ready in \(seconds(since: w))")
         say("site \(site) serving again in \(seconds(since: t)); DNS answers it once its health checks pass")
 
         for other in state.topology.sites where other != site && !(state.sitesDown ?? []).contains(other) {
@@ -168,7 +176,7 @@ extension Cluster {
     func shortName(_ n: Node) -> String { String(n.name.dropFirst("postgres-".count)) }
 
     /// Whether a PostgreSQL node is in recovery (a replica); nil when it does not answer.
-    func inRecovery(_ n: Node) -> Bool? {
+    public func inRecovery(_ n: Node) -> Bool? {
         (try? psql(n, "SELECT pg_is_in_recovery()")).map { $0 == "t" }
     }
 

@@ -140,6 +140,7 @@ public struct Layout: Sendable {
         case .client: 100 + index  // one per site, each on every subnet
         case .gateway: 4 + index  // one per site: each is on every subnet, so they differ
         case .dns: 9
+        case .coordinator: 90 + index  // 1…3
         }
     }
 
@@ -170,6 +171,12 @@ public struct Layout: Sendable {
 
     func cache(_ i: Int) -> Node {
         node("memcached\(i)", .cache, ports.memcached + i - 1, index: i, pidFile: "\(run)/memcached-\(ports.memcached + i - 1).pid")
+    }
+
+    /// The three coordinators of `up --ha`: etcd member i listens for clients at
+    /// `ports.etcd + i - 1` (and for peers 3 above), as scripts/patroni starts them.
+    public func coordinators() -> [Node] {
+        (1...3).map { node("coord\($0)", .coordinator, ports.etcd + $0 - 1, index: $0, pidFile: "\(dir)/pg/etcd/e\($0 - 1).pid") }
     }
 
     public func sessions() -> Node {

@@ -5,6 +5,9 @@ public enum Role: String, Codable, Sendable, CaseIterable, Comparable {
     /// A site's end of the WAN: relays to the other sites' data servers, with the link's
     /// delay (only in stages with several sites). Needs nothing, so it starts first.
     case gateway
+    /// With `up --ha`: an etcd member (Patroni's store) and a Redis sentinel; the first two
+    /// also hold a Redis replica on hosts. Three of them, each on its own host.
+    case coordinator = "coord"
     case database = "db"
     case cache
     case sessions

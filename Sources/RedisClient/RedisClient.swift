@@ -143,19 +143,24 @@ public final class RedisClient: Service, Sendable {
     /// The master the first sentinel that answers names, unverified (nil: none answered).
     private func askSentinels() async -> (host: String, port: Int)? {
         for address in configuration.sentinels {
-            guard var asked = try? Configuration(address: address) else { continue }
-            asked.protocolVersion = 2
-            asked.timeout = configuration.timeout
-            asked.connectTimeout = configuration.connectTimeout
-            guard let sentinel = try? await RedisConnection.connect(asked) else { continue }
-            defer { sentinel.close() }
-            guard let reply = try? await sentinel.send(
-                [RedisCommand("SENTINEL", "get-master-addr-by-name", configuration.masterName)], timeout: configuration.timeout)[0],
-                let pair = reply.elements, pair.count == 2, let host = pair[0].string, let port = pair[1].string.flatMap({ Int($0) })
-            else { continue }
-            return (host, port)
+            if let named = try? await askSentinel(address) { return named }
         }
         return nil
+    }
+
+    /// The master sentinel `address` names (`SENTINEL get-master-addr-by-name`).
+    private func askSentinel(_ address: String) async throws -> (host: String, port: Int) {
+        var asked = try Configuration(address: address)
+        asked.protocolVersion = 2
+        asked.timeout = configuration.timeout
+        asked.connectTimeout = configuration.connectTimeout
+        let sentinel = try await RedisConnection.connect(asked)
+        defer { sentinel.close() }
+        let reply = try await sentinel.send(
+            [RedisCommand("SENTINEL", "get-master-addr-by-name", configuration.masterName)], timeout: configuration.timeout)[0]
+        guard let pair = reply.elements, pair.count == 2, let host = pair[0].string, let port = pair[1].string.flatMap({ Int($0) })
+        else { throw RedisError(.connectionClosed, "\(address) knows no master \(configuration.masterName)") }
+        return (host, port)
     }
 
     static func isReadOnlyReply(_ reply: RESPValue) -> Bool {
@@ -188,18 +193,7 @@ public final class RedisClient: Service, Sendable {
         var problems: [String] = []
         for address in configuration.sentinels {
             do {
-                var asked = try Configuration(address: address)
-                asked.protocolVersion = 2
-                asked.timeout = configuration.timeout
-                asked.connectTimeout = configuration.connectTimeout
-                let sentinel = try await RedisConnection.connect(asked)
-                defer { sentinel.close() }
-                let reply = try await sentinel.send(
-                    [RedisCommand("SENTINEL", "get-master-addr-by-name", configuration.masterName)], timeout: configuration.timeout)[0]
-                guard let pair = reply.elements, pair.count == 2, let host = pair[0].string, let port = pair[1].string.flatMap({ Int($0) }) else {
-                    problems.append("\(address) knows no master \(configuration.masterName)")
-                    continue
-                }
+                let (host, port) = try await askSentinel(address)
                 let candidate = configuration.at(host, port)
                 let probe = try await RedisConnection.connect(candidate)
                 defer { probe.close() }

@@ -135,7 +135,7 @@ struct BenchCommand: AsyncParsableCommand {
             abstract: "A history check under failures: writers, a nemesis that kills or freezes the primary every few seconds, then every acknowledged write checked (fails on any violation).")
         @Option(name: .long, help: "Faults: one per round.") var rounds = 5
         @Option(name: .long, help: "Seconds from one fault to the next.") var interval = 20.0
-        @Option(name: .long, help: "Faults in turn, comma-separated: kill (the primary's host dying), pause (the primary stalled past the leader key's TTL), redis (the Redis master dying; stages with Redis).")
+        @Option(name: .long, help: "Faults in turn, comma-separated: kill (the primary's host dying), pause (the primary stalled past the leader key's TTL), redis (the Redis master dying; stages with Redis), partition (the primary's host cut off the network; --hosts).")
         var faults = "kill"
         @Option(name: .long, help: "Concurrent writers (sign up, edit, read back).") var writers = 4
         @Option(name: .long, help: "Seconds a paused primary stays frozen (default: Patroni's TTL + 4).") var pauseSeconds: Double?
@@ -144,9 +144,14 @@ struct BenchCommand: AsyncParsableCommand {
         @Option(name: .customLong("base-port")) var basePort = 8080
         @Option(name: .long, help: "Cluster folder.") var dir = ".cluster"
         @Option(name: .long, help: "Write the report as JSON here.") var json: String?
+        @Flag(name: .long, help: "Each node on a host of its own (root): etcd members and sentinels on three coordinator hosts.")
+        var hosts = false
+        @Option(name: .long, help: "With --hosts: cores per host (default 0.25: Patroni's loop needs more than the journey's share).")
+        var cpus: Double?
 
         func validate() throws {
             guard rounds >= 1, interval >= 5, writers >= 1 else { throw ValidationError("--rounds ≥ 1, --interval ≥ 5, --writers ≥ 1") }
+            guard cpus == nil || hosts else { throw ValidationError("--cpus needs --hosts") }
         }
 
         func run() async throws {
@@ -154,7 +159,8 @@ struct BenchCommand: AsyncParsableCommand {
                 throw ValidationError("--stage must be a one-site stage with replicas (replicated, cached, stateless, queued)")
             }
             let kinds = try faults.split(separator: ",").map { name in
-                guard let fault = Chaos.Fault(rawValue: String(name)) else { throw ValidationError("unknown fault \(name); faults: kill, pause, redis") }
+                guard let fault = Chaos.Fault(rawValue: String(name)) else { throw ValidationError("unknown fault \(name); faults: kill, pause, redis, partition") }
+                guard fault != .partition || hosts else { throw ValidationError("the partition fault needs --hosts") }
                 return fault
             }
             let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
@@ -165,7 +171,8 @@ struct BenchCommand: AsyncParsableCommand {
             let report: Chaos.Report
             do {
                 // Inside the do: a failed `up` is taken down too (etcd, Patroni, Redis left running otherwise).
-                try cluster.up(stage: stage, webServers: nil, basePort: basePort, settings: ["log.level": "warning"], syncReplication: sync, ha: true)
+                try cluster.up(stage: stage, webServers: nil, basePort: basePort, settings: ["log.level": "warning"], hosts: hosts,
+                    cpus: hosts ? (cpus ?? 0.25) : nil, syncReplication: sync, ha: true)
                 let state = try cluster.loadState()
                 guard let entry = state.topology.entry(site: state.topology.sites[0]) else { throw ValidationError("the stage has no entry") }
                 var chaos = Chaos(cluster: cluster, site: (entry.host, entry.port))

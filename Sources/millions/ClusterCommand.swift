@@ -40,7 +40,7 @@ struct ClusterCommand: ParsableCommand {
         @Option(name: .customLong("wan-jitter-ms"), help: "Extra WAN delay, uniform in 0…this (order is kept).") var wanJitterMs: Double = 0
         @Flag(name: .long, help: "Synchronous replication: a commit waits for one replica (of the other site, in multi-dc).")
         var sync = false
-        @Flag(name: .long, help: "PostgreSQL under Patroni with a three-member etcd: a replica takes over by itself when the primary dies (stages with replicas, loopback).")
+        @Flag(name: .long, help: "PostgreSQL under Patroni with a three-member etcd, Redis under three sentinels: a replica takes over by itself when the primary dies (one-site stages with replicas; with --hosts, etcd members and sentinels on three coordinator hosts).")
         var ha = false
 
         func run() throws {
@@ -142,7 +142,8 @@ struct ClusterCommand: ParsableCommand {
     }
 
     struct Partition: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Cut a node's host off the network; it keeps running (hosts only).")
+        static let configuration = CommandConfiguration(
+            abstract: "Cut a node's host off the network; it keeps running (hosts only). postgres-leader, redis-master: whichever leads now.")
         @OptionGroup var location: Where
         @Argument var node: String
 

@@ -76,6 +76,34 @@ import WebTier
         #expect(router.choose([new, behind], minimumLSN: 0, spread: 0) == .primaryFallback(0))
     }
 
+    /// A client's write position names its timeline. After a failover a replica still on
+    /// the old timeline may have replayed past the write's position without having the
+    /// write: it must not serve that client, even when the new primary failed this read
+    /// (excluded) or did not answer the last probe. `bench chaos` found a 401 after an
+    /// acknowledged sign-up this way.
+    @Test func aWritesTimelineKeepsItsReadsOffReplicasOfAnOlderOne() {
+        let write = LSN.position(4000, timeline: 2)
+        #expect(LSN.timeline(of: write) == 2 && LSN.offset(of: write) == 4000)
+        #expect(LSN.position(9000, timeline: 1) < write)  // a newer timeline is later
+        let new = NodeStatus(role: .primary, reachable: true, lsn: 5000, timeline: 2)
+        var behind = replica(9000)
+        behind.timeline = 1
+        var following = replica(4500)
+        following.timeline = 2
+        #expect(router.choose([new, behind], minimumLSN: write, excluded: [0], spread: 0) == .unavailable)
+        let unanswered = NodeStatus(role: .unknown, reachable: false)
+        #expect(router.choose([unanswered, behind], minimumLSN: write, spread: 0) == .unavailable)
+        #expect(router.choose([unanswered, behind, following], minimumLSN: write, spread: 0) == .replica(2))
+        // A client that has not written may still read the old one while no primary answers.
+        #expect(router.choose([unanswered, behind], minimumLSN: 0, spread: 0) == .replica(1))
+        // A primary of an older timeline than the write (not fenced yet) does not serve it.
+        let old = NodeStatus(role: .primary, reachable: true, lsn: 9000, timeline: 1)
+        #expect(router.choose([old, behind], minimumLSN: write, spread: 0) == .unavailable)
+        #expect(router.choose([old, behind], minimumLSN: LSN.position(4000, timeline: 1), spread: 0) == .replica(1))
+        // Positions from before timelines were recorded (timeline 0) compare as before.
+        #expect(router.choose([new, following], minimumLSN: 4000, spread: 0) == .replica(1))
+    }
+
     /// test_decoding's lines: a commit's users, its position, and the position read through.
     @Test func changeFeedLines() throws {
         let rows: [(lsn: String, data: String)] = [

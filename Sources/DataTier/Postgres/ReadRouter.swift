@@ -67,16 +67,25 @@ public struct ReadRouter: Sendable {
         self.maxLagSeconds = maxLagSeconds
     }
 
-    /// Chooses a node for a read that must see `minimumLSN` (0: any), skipping `excluded`
-    /// nodes (already failed for this read). `spread` rotates among eligible replicas.
+    /// Chooses a node for a read that must see the write position `minimumLSN` (0: any; see
+    /// `LSN.position`), skipping `excluded` nodes (already failed for this read). `spread`
+    /// rotates among eligible replicas.
     public func choose(_ nodes: [NodeStatus], minimumLSN: UInt64, excluded: Set<Int> = [], spread: Int) -> ReadDecision {
+        let wanted = LSN.timeline(of: minimumLSN)
+        let minimumLSN = LSN.offset(of: minimumLSN)
         let live = nodes.indices.filter { nodes[$0].reachable && !excluded.contains($0) }
-        let primary = live.first { nodes[$0].role == .primary }
+        var primary = live.first { nodes[$0].role == .primary }
+        // A primary of an older timeline than the client's write has not got it (it is a
+        // stale one discovery has not fenced yet): it serves no one who wrote.
+        if let p = primary, nodes[p].timeline < wanted { primary = nil }
         let replicas = live.filter { nodes[$0].role == .replica }
         // Positions compare only within a timeline: after a failover, a replica still on the
         // old one may have replayed past a client's write position with other writes. With
-        // no primary, the newest timeline any replica receives stands for it.
-        let timeline = primary.map { nodes[$0].timeline } ?? replicas.map { nodes[$0].timeline }.max() ?? 0
+        // no primary, the newest timeline stands for it: of every node that answered
+        // (including those that failed this read: a new primary that failed once is still
+        // the newest), and of the client's write.
+        let newest = nodes.filter { $0.reachable && $0.role != .fenced }.map(\.timeline).max() ?? 0
+        let timeline = primary.map { nodes[$0].timeline } ?? max(newest, wanted)
         // A replica known to receive another timeline than the primary's follows a history
         // the primary does not have (its lag, by position, means nothing).
         let fresh = replicas.filter {

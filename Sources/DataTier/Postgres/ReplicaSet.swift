@@ -325,9 +325,15 @@ public final class ReplicaSet: Service {
                     // Surface the closure's own error (a conflict, say), not the wrapper.
                     throw e.closureError ?? e.beginError ?? e.commitError ?? e.rollbackError ?? e
                 }
+                // The timeline with the position: see `LSN.position`.
                 var position: UInt64 = 0
-                for try await text in try await client.query("SELECT pg_current_wal_lsn()::text").decode(String.self) {
-                    position = LSN.parse(text) ?? 0
+                let rows = try await client.query(
+                    """
+                    SELECT pg_current_wal_lsn()::text,
+                      ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                    """)
+                for try await (text, timeline) in rows.decode((String, Int32).self) {
+                    position = LSN.position(LSN.parse(text) ?? 0, timeline: UInt32(max(0, timeline)))
                 }
                 return (result, position)
             }
