@@ -1,10 +1,11 @@
 import DataTier
 import Hummingbird
 
-/// Carries a client's last write position between requests in the `millions_lsn` cookie,
-/// so its reads go only to replicas that have replayed its writes (or to the primary).
-/// The value only affects the client that sends it: a stale one gives it stale reads, an
-/// inflated one sends its reads to the primary.
+/// Carries a client's last write position (timeline and WAL position, `LSN.position`)
+/// between requests in the `millions_lsn` cookie, so its reads go only to replicas that have
+/// replayed its writes (or to the primary). The value only affects the client that sends it:
+/// a stale one gives it stale reads, an inflated position sends its reads to the primary, an
+/// inflated timeline gets it 503s (no node has that history) until the cookie expires.
 struct ReadYourWritesMiddleware: RouterMiddleware {
     typealias Context = AppRequestContext
     static let cookie = "millions_lsn"

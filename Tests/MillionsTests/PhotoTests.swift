@@ -519,7 +519,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
                         #expect(r.status == .accepted, "\(r.text)")
                         let uploaded = try #require(r.cookie("millions_lsn"))
                         cookies["millions_lsn"] = uploaded
-                        try await waitUntilReplicasReplay(set, try #require(UInt64(uploaded, radix: 16)))
+                        try await waitUntilReplicasReplay(set, LSN.offset(of: try #require(UInt64(uploaded, radix: 16))))
                         try t.pauseReplay("r1")
                         try t.pauseReplay("r2")
                         let worker = c.worker(concurrency: 1)

@@ -472,8 +472,10 @@ import WebTier
                 try await operatorSet.waitUntilDiscovered()
                 let store = PostgresUserStore(replicaSet: operatorSet)
                 var missing = 0
-                // An impossible read-your-writes position sends every read to the (new) primary.
-                try await ReadYourWrites.$current.withValue(ReadYourWrites(minimumLSN: .max)) {
+                // An impossible read-your-writes position (no timeline named, the highest WAL
+                // position) sends every read to the (new) primary.
+                let impossible = LSN.position(.max, timeline: 0)
+                try await ReadYourWrites.$current.withValue(ReadYourWrites(minimumLSN: impossible)) {
                     for id in ids where try await store.user(id: id) == nil { missing += 1 }
                 }
                 print("sync failover: \(ids.count) acknowledged writes, \(missing) missing after failover")
