@@ -774,7 +774,7 @@ public struct Cluster: Sendable {
         guard let primary = databases.first else { return [] }
         let replicas = databases.dropFirst()
         let remote = replicas.filter { $0.site != primary.site }
-        let names = (remote.isEmpty ? Array(replicas) : remote).map { String($0.name.dropFirst("postgres-".count)) }
+        let names = (remote.isEmpty ? Array(replicas) : remote).map(Self.pgName)
         return ["--sync=" + names.joined(separator: ",")]
     }
 
@@ -786,14 +786,14 @@ public struct Cluster: Sendable {
         ]
         if state.hosts != nil {
             env["MILLIONS_PG_HOSTS"] = state.topology.nodes(.database)
-                .map { "\($0.name.dropFirst("postgres-".count))=\($0.host)" }.joined(separator: " ")
+                .map { "\(Self.pgName($0))=\($0.host)" }.joined(separator: " ")
             env["MILLIONS_WRAP_DIR"] = dir + "/hosts"
             env["MILLIONS_ETCD_HOSTS"] = state.topology.nodes(.coordinator).map(\.host).joined(separator: " ")
             // A replica in another site than the primary streams through its site's gateway.
             let databases = state.topology.nodes(.database)
             if let primary = databases.first {
                 env["MILLIONS_PG_UPSTREAMS"] = databases.dropFirst().filter { $0.site != primary.site }
-                    .map { "\($0.name.dropFirst("postgres-".count))=\(state.topology.address(of: primary, from: $0.site))" }
+                    .map { "\(Self.pgName($0))=\(state.topology.address(of: primary, from: $0.site))" }
                     .joined(separator: " ")
             }
         }

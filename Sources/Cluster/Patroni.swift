@@ -60,10 +60,10 @@ extension Cluster {
     /// scripts/postgres's and scripts/patroni's name for a database node (primary, r1, …).
     static func pgName(_ node: Node) -> String { String(node.name.dropFirst("postgres-".count)) }
 
-    /// A database node's Patroni REST port (`scripts/patroni`: the primary's, then +N for rN).
+    /// A database node's Patroni REST port: as far above Patroni's first as its PostgreSQL
+    /// port is above the primary's (`scripts/patroni`).
     static func restPort(_ node: Node, _ state: ClusterState) -> Int {
-        let name = pgName(node)
-        return state.ports.patroni + (name.hasPrefix("r") ? Int(name.dropFirst()) ?? 0 : 0)
+        state.ports.patroni + node.port - state.ports.postgres
     }
 
     /// The node called `name`; `postgres-leader` names whichever database node is the

@@ -42,7 +42,7 @@ extension Cluster {
         if state.syncReplication, let primary = state.topology.nodes(.database).first {
             // The standbys a commit waits for, among the sites still up.
             let names = syncNames(state, primary: primary, excluding: state.sitesDown ?? [])
-            try script("postgres", ["set-sync", shortName(primary), names.joined(separator: ",")], env: pgEnv(state))
+            try script("postgres", ["set-sync", Self.pgName(primary), names.joined(separator: ",")], env: pgEnv(state))
             say(names.isEmpty
                 ? "synchronous replication suspended: no replica outside \(primary.site) is up (commits would wait forever)"
                 : "commits wait for one of \(names.joined(separator: ", "))")
@@ -71,7 +71,7 @@ extension Cluster {
         let caches = state.topology.nodes(.cache, in: site)
         let workers = state.topology.nodes(.worker, in: site), webs = state.topology.nodes(.web, in: site)
         // Fencing first, while nothing can reach them.
-        for n in own { try script("postgres", ["stop-node", shortName(n), "immediate"], env: pgEnv(state)) }
+        for n in own { try script("postgres", ["stop-node", Self.pgName(n), "immediate"], env: pgEnv(state)) }
         // Like a power loss: what ran there is dropped (a worker's leases run out elsewhere).
         for n in webs + workers {
             if let p = pid(of: n), Processes.isAlive(p) {
@@ -89,13 +89,13 @@ extension Cluster {
         let r = Date()
         let source = state.topology.address(of: primary, from: site)
         let parts = source.split(separator: ":")
-        for n in own { try script("postgres", ["rejoin", shortName(n), String(parts[0]), String(parts[1])], env: pgEnv(state)) }
+        for n in own { try script("postgres", ["rejoin", Self.pgName(n), String(parts[0]), String(parts[1])], env: pgEnv(state)) }
         say("\(own.map(\.name).joined(separator: ", ")) rejoined as replicas of \(primary.name) (through \(source)) in \(seconds(since: r))")
         state.sitesDown = (state.sitesDown ?? []).filter { $0 != site }
         try save(state)
         if state.syncReplication {
             let names = syncNames(state, primary: primary, excluding: state.sitesDown ?? [])
-            try script("postgres", ["set-sync", shortName(primary), names.joined(separator: ",")], env: pgEnv(state))
+            try script("postgres", ["set-sync", Self.pgName(primary), names.joined(separator: ",")], env: pgEnv(state))
             if !names.isEmpty { say("commits wait for one of \(names.joined(separator: ", ")) again") }
         }
 
@@ -170,10 +170,8 @@ extension Cluster {
     func syncNames(_ state: ClusterState, primary: Node, excluding down: [String]) -> [String] {
         state.topology.nodes(.database).dropFirst()
             .filter { $0.site != primary.site && !down.contains($0.site) }
-            .map(shortName)
+            .map(Self.pgName)
     }
-
-    func shortName(_ n: Node) -> String { String(n.name.dropFirst("postgres-".count)) }
 
     /// Whether a PostgreSQL node is in recovery (a replica); nil when it does not answer.
     public func inRecovery(_ n: Node) -> Bool? {
