@@ -514,7 +514,8 @@ public struct Cluster: Sendable {
         // worker only adds switches between them.
         let cores = state.hosts.map { $0.host(node).cpus } ?? 0
         let workers = cores > 0 ? max(1, Int(cores.rounded(.up))) : 2
-        try ServerConfigs.nginx(listen: node.address, upstreams: upstreams.map(\.address), dir: nginxDir(node), workers: workers)
+        try ServerConfigs.nginx(listen: node.address, upstreams: upstreams.map(\.address), dir: nginxDir(node), workers: workers,
+            operators: state.topology.operatorAddresses, edges: state.topology.nodes(.edge, in: node.site).map(\.host))
             .write(toFile: "\(nginxDir(node))/nginx.conf", atomically: true, encoding: .utf8)
     }
 
@@ -537,6 +538,8 @@ public struct Cluster: Sendable {
         let status = try Processes.run(on(node, state) + [
             "/usr/sbin/varnishd", "-a", node.address, "-f", vcl, "-n", "\(dir)/\(node.name)",
             "-P", node.pidFile, "-s", "malloc,64m", "-T", "none",
+            // Slow clients: the whole head within 10 s (as nginx and the web servers).
+            "-p", "timeout_idle=10", "-p", "send_timeout=60", "-p", "idle_send_timeout=10",
         ], log: "\(logs)/\(node.name).log")
         guard status == 0 else { throw Processes.Failure("varnishd did not start (exit \(status))") }
         guard Processes.wait(seconds: 60, until: { Processes.portOpen(host: node.host, port: node.port) }) else {

@@ -10,8 +10,13 @@ public enum ServerConfigs {
     /// `fail_timeout`), idempotent requests retried on another server when one fails,
     /// keep-alive to the web servers, request ids created or passed through, and the
     /// client's address and scheme forwarded.
-    public static func nginx(listen: String, upstreams: [String], dir: String, workers: Int = 2) -> String {
+    public static func nginx(
+        listen: String, upstreams: [String], dir: String, workers: Int = 2, operators: [String] = ["127.0.0.0/8", "::1"],
+        edges: [String] = []
+    ) -> String {
+        let unlimited = (operators + edges).map { "            \($0) 0;" }.joined(separator: "\n")
         let servers = upstreams.map { "        server \($0) max_fails=1 fail_timeout=2s;" }.joined(separator: "\n")
+        let operatorLines = operators.map { "            \($0) 1;" }.joined(separator: "\n")
         return """
             # Rendered by `millions cluster`; edits are overwritten on the next scale.
             worker_processes \(workers);
@@ -24,6 +29,15 @@ public enum ServerConfigs {
                 fastcgi_temp_path \(dir)/tmp/fastcgi;
                 uwsgi_temp_path \(dir)/tmp/uwsgi;
                 scgi_temp_path \(dir)/tmp/scgi;
+                # Which web server answered: for the operators' own tools, not for everyone.
+                geo $millions_operator {
+                    default 0;
+            \(operatorLines)
+                }
+                map $millions_operator $millions_upstream {
+                    1 $upstream_addr;
+                    default "";
+                }
                 map $http_x_request_id $millions_request_id {
                     default $http_x_request_id;
                     "" $request_id;
@@ -33,6 +47,25 @@ public enum ServerConfigs {
                                     'upstream_status=$upstream_status time=$request_time';
                 access_log \(dir)/access.log millions buffer=64k flush=1s;
                 client_max_body_size 32m;
+                # Slow clients (as the web servers' own limits): the head within 10 s, the
+                # body's bytes at least every 30 s; at most 256 connections per client
+                # address, except the edge (every client comes through it) and this machine.
+                client_header_timeout 10s;
+                client_body_timeout 30s;
+                send_timeout 30s;
+                keepalive_timeout 75s;
+                reset_timedout_connection on;
+                geo $millions_limited {
+                    default 1;
+            \(unlimited)
+                }
+                map $millions_limited $millions_connection_key {
+                    0 "";
+                    default $binary_remote_addr;
+                }
+                limit_conn_zone $millions_connection_key zone=per_address:10m;
+                limit_conn per_address 256;
+                limit_conn_status 429;
                 # Clients such as benchmarks keep one connection for a long time; the
                 # default (1,000 requests, then close) would make them reconnect constantly.
                 keepalive_requests 100000;
@@ -63,7 +96,7 @@ public enum ServerConfigs {
                         proxy_next_upstream_timeout 10s;
                         proxy_connect_timeout 1s;
                         proxy_read_timeout 30s;
-                        add_header X-Upstream $upstream_addr always;
+                        add_header X-Upstream $millions_upstream always;
                     }
                 }
             }

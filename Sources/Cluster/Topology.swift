@@ -119,6 +119,13 @@ public struct Topology: Codable, Sendable, Equatable {
     /// The configuration every web server and worker in `site` runs with, derived from the
     /// nodes (the user's `--set` keys go on top, in `Cluster`). Reads stay in the site:
     /// its own replicas and caches; the primary and Redis may be across the WAN.
+    /// Where this machine's own tools reach the nodes from: loopback, and on hosts the
+    /// bridges' addresses (`198.18.N.1`). They alone see `/metrics` and `X-Upstream`.
+    public var operatorAddresses: [String] {
+        let subnets = Set(nodes.map(\.host).filter { !$0.hasPrefix("127.") }.map { $0.split(separator: ".").prefix(3).joined(separator: ".") })
+        return ["127.0.0.0/8", "::1"] + subnets.sorted().map { $0 + ".1" }
+    }
+
     public func appSettings(dataDirectory: String, site: String? = nil) -> [String: String] {
         let site = site ?? sites.first ?? ""
         var s: [String: String] = [:]
@@ -129,6 +136,7 @@ public struct Topology: Codable, Sendable, Equatable {
             s["http.drainSeconds"] = String(ServerConfigs.drainSeconds)
             s["http.trustedProxies"] = (["127.0.0.1", "::1"] + balancers.map(\.host).filter { $0 != "127.0.0.1" }).joined(separator: ",")
         }
+        s["http.metricsAllow"] = operatorAddresses.joined(separator: ",")
         // The primary (the first database node) wherever it is, and the site's replicas.
         let databases = nodes(.database).enumerated().filter { $0.offset == 0 || $0.element.site == site }.map(\.element)
         if databases.isEmpty {

@@ -4,6 +4,7 @@ import DataTier
 import Edge
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdBcrypt
 import Logging
 import Imaging
@@ -195,10 +196,11 @@ public struct Components: Sendable {
 
 /// Builds the router with every route of the web tier.
 public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
-    let router = Router(context: AppRequestContext.self)
+    let router = Router(context: AppRequestContext.self, options: .autoGenerateHeadEndpoints)
     // Outermost, so the access log and everything after it see the real client.
     router.add(middleware: ForwardedMiddleware(trustedProxies: Set(c.settings.trustedProxies)))
-    router.add(middleware: ObservabilityMiddleware(metrics: c.metrics, drain: c.drain))
+    let allowed = AllowedMethods()
+    router.add(middleware: ObservabilityMiddleware(metrics: c.metrics, drain: c.drain, allowed: allowed))
     router.add(middleware: ReadYourWritesMiddleware())
     let body = JSONBody(maxBytes: c.settings.maxBodyBytes)
     let service = c.service
@@ -213,8 +215,10 @@ public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
     if let set = c.replicaSet { writesAvailable = { set.primaryIndex != nil } }
     OperationsController(
         users: c.users, sessions: c.sessions, metrics: c.metrics,
-        openAPI: ByteBuffer(string: try c.openAPIDocument()), writesAvailable: writesAvailable, drain: c.drain
+        openAPI: ByteBuffer(string: try c.openAPIDocument()), writesAvailable: writesAvailable, drain: c.drain,
+        metricsAllow: try AddressRange.list(c.settings.metricsAllow)
     ).addRoutes(to: router)
+    allowed.load(from: router)
     return router
 }
 
@@ -245,11 +249,21 @@ public func buildApplication(
     let router = try buildRouter(c)
     let services = withEngineServices ? engineServices(c) : []
     let drain = c.drain
-    let idle = c.settings.idleTimeoutSeconds
+    let s = c.settings
+    let http1 = HTTP1Channel.Configuration(idleTimeout: s.idleTimeoutSeconds > 0 ? .milliseconds(Int64(s.idleTimeoutSeconds * 1000)) : nil)
+    let limits = ConnectionLimits(
+        headerTimeout: .milliseconds(Int64(s.headerTimeoutSeconds * 1000)),
+        bodyTimeout: .milliseconds(Int64(s.bodyTimeoutSeconds * 1000)),
+        maxPerAddress: s.maxConnectionsPerAddress, exempt: Set(s.trustedProxies))
+    let (metrics, logger) = (c.metrics, c.logger)
     var app = Application(
         router: router,
-        server: .http1(configuration: .init(idleTimeout: idle > 0 ? .milliseconds(Int64(idle * 1000)) : nil)),
-        configuration: .init(address: .hostname(c.settings.host, port: c.settings.port), serverName: "millions"),
+        server: HTTPServerBuilder { responder in
+            LimitedHTTP1Channel(responder: responder, configuration: http1, limits: limits, metrics: metrics, logger: logger)
+        },
+        configuration: .init(
+            address: .hostname(s.host, port: s.port), serverName: "millions",
+            availableConnectionsDelegate: MaximumAvailableConnections(s.maxConnections, logger: logger)),
         services: services,
         onServerRunning: { channel in
             drain.listening(on: channel)

@@ -13,11 +13,13 @@ struct ObservabilityMiddleware: RouterMiddleware {
     typealias Context = AppRequestContext
     let metrics: AppMetrics
     let drain: DrainState
+    let allowed: AllowedMethods
     let inFlight: Gauge
 
-    init(metrics: AppMetrics, drain: DrainState) {
+    init(metrics: AppMetrics, drain: DrainState, allowed: AllowedMethods) {
         self.metrics = metrics
         self.drain = drain
+        self.allowed = allowed
         inFlight = metrics.gauge("http_server_requests_in_flight", "Requests being handled now")
     }
 
@@ -39,9 +41,20 @@ struct ObservabilityMiddleware: RouterMiddleware {
         do {
             response = try await next(request, context)
         } catch {
-            let e = MillionsError.from(error)
-            failure = e
-            response = Response.error(e, requestID: requestID)
+            var e = MillionsError.from(error)
+            var allow: [String]? = nil
+            // No route for this method, but one for the path: 405 with the methods it takes.
+            if e.code == .notFound, context.endpointPath ?? "NotFound" == "NotFound", let methods = allowed.methods(for: request.uri.path) {
+                allow = methods
+                e = MillionsError(.methodNotAllowed, "\(request.method.rawValue) is not allowed here; allowed: \(methods.joined(separator: ", "))")
+            }
+            if request.method == .options, let allow {
+                response = Response(status: .noContent, headers: [.allow: allow.joined(separator: ", ")])
+            } else {
+                failure = e
+                response = Response.error(e, requestID: requestID)
+                if let allow { response.headers[.allow] = allow.joined(separator: ", ") }
+            }
         }
         response.headers[.xRequestID] = requestID
         // While draining, the client closes the connection after this answer.

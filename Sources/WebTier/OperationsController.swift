@@ -2,6 +2,7 @@ import DataTier
 import HTTPTypes
 import Hummingbird
 import Logging
+import MillionsCore
 import NIOCore
 import Observability
 import SessionTier
@@ -15,14 +16,21 @@ struct OperationsController {
     /// With a primary/replica data tier: whether writes can be served right now.
     let writesAvailable: (@Sendable () -> Bool)?
     let drain: DrainState
+    /// Who may read `/metrics` (see `http.metricsAllow`).
+    let metricsAllow: [AddressRange]
 
     func addRoutes(to router: Router<AppRequestContext>) {
         router.get("/healthz") { _, _ in
             try Response.json(["status": "ok"], headers: [.cacheControl: "no-store"])
         }
         router.get("/readyz", use: ready)
-        router.get("/metrics") { [metrics] _, _ in
-            Response(
+        router.get("/metrics") { [metrics, metricsAllow] _, context in
+            // The figures describe the system's inside: only for the operators' networks.
+            // No peer at all means an in-process test client.
+            guard context.peerAddress == nil || metricsAllow.contains(where: { $0.contains(context.clientAddress) }) else {
+                throw MillionsError(.notFound, "no such resource")
+            }
+            return Response(
                 status: .ok,
                 headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
                 body: .init(byteBuffer: ByteBuffer(bytes: metrics.exposition())))

@@ -20,6 +20,14 @@ public struct Settings: Sendable {
     /// Seconds a kept-alive connection may sit idle before the server closes it (0: never).
     /// Longer than any proxy's idle timeout in front, so the proxy is the one that closes.
     public var idleTimeoutSeconds: Double
+    /// Seconds from a request's first byte to the end of its head (a slow head gets 408).
+    public var headerTimeoutSeconds: Double
+    /// Seconds from a request's head to the end of its body (then the connection closes).
+    public var bodyTimeoutSeconds: Double
+    /// Open connections the server accepts at once; more wait in the listen backlog.
+    public var maxConnections: Int
+    /// Open connections one client address may hold (trusted proxies are exempt; 0: no cap).
+    public var maxConnectionsPerAddress: Int
     public var dataDirectory: String
     /// `sqlite` (embedded) or `postgres`.
     public var dataEngine: String
@@ -46,6 +54,9 @@ public struct Settings: Sendable {
     public var redisWaitTimeoutMS: Int
     /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (the load balancer).
     public var trustedProxies: [String]
+    /// Client addresses (CIDR ranges) allowed to read `/metrics`; everyone else gets 404.
+    /// A request from a trusted proxy is judged by the client it forwards for.
+    public var metricsAllow: String
 
     public var bcryptCost: Int
     public var loginThrottle: LoginThrottle
@@ -98,6 +109,10 @@ public struct Settings: Sendable {
         maxBodyBytes = config.int(forKey: "http.maxBodyBytes", default: 64 * 1024)
         drainSeconds = config.double(forKey: "http.drainSeconds", default: 0)
         idleTimeoutSeconds = config.double(forKey: "http.idleTimeoutSeconds", default: 75)
+        headerTimeoutSeconds = config.double(forKey: "http.headerTimeoutSeconds", default: 10)
+        bodyTimeoutSeconds = config.double(forKey: "http.bodyTimeoutSeconds", default: 120)
+        maxConnections = config.int(forKey: "http.maxConnections", default: 4096)
+        maxConnectionsPerAddress = config.int(forKey: "http.maxConnectionsPerAddress", default: 256)
         dataDirectory = config.string(forKey: "data.directory", default: "./data")
         dataEngine = config.string(forKey: "data.engine", default: "sqlite")
         postgres = PostgresSettings(
@@ -132,6 +147,7 @@ public struct Settings: Sendable {
         redisMasterName = config.string(forKey: "redis.masterName", default: "millions")
         redisWaitReplicas = config.int(forKey: "redis.waitReplicas", default: 0)
         redisWaitTimeoutMS = config.int(forKey: "redis.waitTimeoutMs", default: 250)
+        metricsAllow = config.string(forKey: "http.metricsAllow", default: "127.0.0.0/8,::1")
         trustedProxies = config.string(forKey: "http.trustedProxies", default: "127.0.0.1,::1").split(separator: ",")
             .map { String($0).trimmed }.filter { !$0.isEmpty }
 
@@ -186,6 +202,11 @@ public struct Settings: Sendable {
         try check(queueMaxAttempts >= 1 && queueBackoffBaseSeconds > 0, "queue.maxAttempts ≥ 1, queue.backoffBaseSeconds > 0")
         try check(drainSeconds >= 0 && drainSeconds <= 300, "http.drainSeconds must be 0...300")
         try check(idleTimeoutSeconds >= 0 && idleTimeoutSeconds <= 3600, "http.idleTimeoutSeconds must be 0...3600")
+        try check(headerTimeoutSeconds > 0 && headerTimeoutSeconds <= 600, "http.headerTimeoutSeconds must be in (0, 600]")
+        try check(bodyTimeoutSeconds > 0 && bodyTimeoutSeconds <= 3600, "http.bodyTimeoutSeconds must be in (0, 3600]")
+        try check(maxConnections >= 1, "http.maxConnections must be positive")
+        _ = try AddressRange.list(metricsAllow)
+        try check(maxConnectionsPerAddress >= 0, "http.maxConnectionsPerAddress must be 0 (no cap) or more")
         try check(["sqlite", "postgres"].contains(dataEngine), "data.engine must be sqlite or postgres")
         try check(dataEngine != "postgres" || !postgres.nodes.isEmpty, "data.postgres.nodes must list host:port pairs")
         try check(postgres.connectionsPerNode >= 1, "data.postgres.connectionsPerNode must be positive")
@@ -218,7 +239,8 @@ public struct Settings: Sendable {
 
     /// Every key `Settings` reads, with its default, in README order.
     public static let documentedKeys: [String] = [
-        "http.host", "http.port", "http.maxBodyBytes", "http.trustedProxies", "http.drainSeconds", "http.idleTimeoutSeconds", "data.directory", "data.engine", "data.postgres.nodes",
+        "http.host", "http.port", "http.maxBodyBytes", "http.trustedProxies", "http.metricsAllow", "http.drainSeconds", "http.idleTimeoutSeconds",
+        "http.headerTimeoutSeconds", "http.bodyTimeoutSeconds", "http.maxConnections", "http.maxConnectionsPerAddress", "data.directory", "data.engine", "data.postgres.nodes",
         "data.postgres.user", "data.postgres.password", "data.postgres.database", "data.postgres.connectionsPerNode",
         "data.postgres.timeoutMs", "data.postgres.discoveryMs", "data.postgres.maxLagBytes",
         "data.postgres.maxLagSeconds", "log.level",

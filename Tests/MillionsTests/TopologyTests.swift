@@ -123,6 +123,30 @@ import Testing
         #expect(vcl.contains(#".host = "127.0.0.1";"#) && vcl.contains(#".port = "19001";"#))
     }
 
+    /// nginx itself accepts the rendered configuration (`nginx -t`), with the operators'
+    /// and the edge's addresses exempt from the per-address connection cap.
+    @Test func nginxAcceptsTheRenderedConfiguration() throws {
+        let dir = NSTemporaryDirectory() + "millions-nginx-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            try FileManager.default.createDirectory(atPath: "\(dir)/tmp/\(sub)", withIntermediateDirectories: true)
+        }
+        let conf = ServerConfigs.nginx(
+            listen: "127.0.0.1:19999", upstreams: ["127.0.0.1:19998"], dir: dir,
+            operators: ["127.0.0.0/8", "::1", "198.18.0.1"], edges: ["198.18.0.3"])
+        #expect(conf.contains("198.18.0.3 0;") && conf.contains("limit_conn per_address 256;"))
+        try conf.write(toFile: "\(dir)/nginx.conf", atomically: true, encoding: .utf8)
+        let nginx = Process()
+        nginx.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
+        nginx.arguments = ["-t", "-q", "-e", "\(dir)/error.log", "-c", "\(dir)/nginx.conf"]
+        let output = Pipe()
+        nginx.standardError = output
+        try nginx.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        nginx.waitUntilExit()
+        #expect(nginx.terminationStatus == 0, "\(text)")
+    }
+
     /// Root runs the servers as postgres, memcache and nobody: a cluster folder they cannot
     /// reach is refused at once, naming the folder, before anything starts.
     @Test func aFolderTheServersCannotReachIsRefusedAtOnce() throws {

@@ -294,4 +294,24 @@ func signUpJohn(_ client: any TestClientProtocol, email: String = "john@example.
             #expect(try await client.send(.get, "/me", cookies: ["millions_session": session]).status == .unauthorized)
         }
     }
+
+    /// A method the API does not list on a known path answers 405 with `Allow` (not 404);
+    /// OPTIONS answers with the list; an unknown path stays 404.
+    @Test func anUnlistedMethodAnswers405WithAllow() async throws {
+        try await TestApp.run { client, _ in
+            let trace = try await client.send(.init("TRACE")!, "/users")
+            #expect(trace.status == .methodNotAllowed)
+            #expect(trace.headers[.allow] == "OPTIONS, POST")
+            #expect(trace.errorCode == "method_not_allowed")
+            let put = try await client.send(.put, "/users/123")
+            #expect(put.status == .methodNotAllowed)
+            #expect(put.headers[.allow] == "DELETE, GET, HEAD, OPTIONS, PATCH")
+            let options = try await client.send(.options, "/users/123")
+            #expect(options.status == .noContent)
+            #expect(options.headers[.allow] == "DELETE, GET, HEAD, OPTIONS, PATCH")
+            #expect(try await client.send(.get, "/users").status == .methodNotAllowed)
+            #expect(try await client.send(.get, "/no/such/thing").status == .notFound)
+            #expect(try await client.send(.head, "/healthz").status == .ok)
+        }
+    }
 }
