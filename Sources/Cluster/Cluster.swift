@@ -534,7 +534,7 @@ public struct Cluster: Sendable {
 
     func startVarnish(_ node: Node, backend: Node, _ state: ClusterState) throws {
         let vcl = "\(dir)/\(node.name).vcl"
-        try ServerConfigs.varnish(backend: backend).write(toFile: vcl, atomically: true, encoding: .utf8)
+        try ServerConfigs.varnish(backend: backend, purgers: state.topology.purgers).write(toFile: vcl, atomically: true, encoding: .utf8)
         let status = try Processes.run(on(node, state) + [
             "/usr/sbin/varnishd", "-a", node.address, "-f", vcl, "-n", "\(dir)/\(node.name)",
             "-P", node.pidFile, "-s", "malloc,64m", "-T", "none",

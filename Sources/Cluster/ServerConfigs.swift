@@ -107,7 +107,7 @@ public enum ServerConfigs {
     /// Varnish as the edge: caches the content-hashed assets and photo variants (the app marks them
     /// immutable), passes everything else (pages and API answers are per user or change
     /// on writes). The origin still serves every asset if the edge is gone.
-    public static func varnish(backend: Node) -> String {
+    public static func varnish(backend: Node, purgers: [String] = ["127.0.0.1"]) -> String {
         """
         vcl 4.1;
         # Rendered by `millions cluster`.
@@ -115,7 +115,17 @@ public enum ServerConfigs {
             .host = "\(backend.host)";
             .port = "\(backend.port)";
         }
+        # Who may purge a URL: the cluster's web servers and workers (a deleted photo).
+        acl purgers {
+        \(purgers.map { Self.aclEntry($0) }.joined(separator: "\n"))
+        }
         sub vcl_recv {
+            if (req.method == "PURGE") {
+                if (client.ip !~ purgers) {
+                    return (synth(405, "Not allowed"));
+                }
+                return (purge);
+            }
             if (req.method == "GET" && (req.url ~ "^/(assets|photos)/" || req.url == "/favicon.ico")) {
                 unset req.http.Cookie;
                 return (hash);
@@ -136,6 +146,12 @@ public enum ServerConfigs {
         }
 
         """
+    }
+
+    /// `"198.18.0.0"/15;` for a range, `"127.0.0.1";` for one address.
+    static func aclEntry(_ range: String) -> String {
+        let parts = range.split(separator: "/")
+        return parts.count == 2 ? "    \"\(parts[0])\"/\(parts[1]);" : "    \"\(range)\";"
     }
 
     /// PowerDNS's zone for the site's name: `www` answers a client with the entry of its own

@@ -105,10 +105,11 @@ public struct Topology: Codable, Sendable, Equatable {
     }
 
     /// What a gateway relays: every data server (PostgreSQL, Redis) of the sites its links
-    /// reach, on the same port at the gateway's address, with the link's delay.
+    /// reach, and their edges (a deleted photo is purged at every site's edge), on the same
+    /// port at the gateway's address, with the link's delay.
     public func relays(at gateway: Node) -> [DelayRelay.Link] {
         links.filter { $0.sites.contains(gateway.site) }.flatMap { link in
-            nodes.filter { $0.site != gateway.site && link.sites.contains($0.site) && [.database, .sessions].contains($0.role) }.map {
+            nodes.filter { $0.site != gateway.site && link.sites.contains($0.site) && [.database, .sessions, .edge].contains($0.role) }.map {
                 DelayRelay.Link(
                     listenHost: gateway.host, listenPort: $0.port, targetHost: $0.host, targetPort: $0.port,
                     delayMs: link.delayMs, jitterMs: link.jitterMs)
@@ -124,6 +125,12 @@ public struct Topology: Codable, Sendable, Equatable {
     public var operatorAddresses: [String] {
         let subnets = Set(nodes.map(\.host).filter { !$0.hasPrefix("127.") }.map { $0.split(separator: ".").prefix(3).joined(separator: ".") })
         return ["127.0.0.0/8", "::1"] + subnets.sorted().map { $0 + ".1" }
+    }
+
+    /// Who may purge a URL at an edge: this machine, and on hosts the cluster's own network
+    /// (web servers, workers, and the gateways that relay a purge from another site).
+    public var purgers: [String] {
+        nodes.contains { !$0.host.hasPrefix("127.") } ? ["127.0.0.1", "198.18.0.0/15"] : ["127.0.0.1"]
     }
 
     public func appSettings(dataDirectory: String, site: String? = nil) -> [String: String] {
@@ -164,6 +171,8 @@ public struct Topology: Codable, Sendable, Equatable {
         // Every web server and worker shares one photo folder (a stand-in for a shared
         // volume or object store): a worker reads the original a web server stored.
         s["photos.directory"] = dataDirectory + "/photos"
+        // Every site's edge, through this site's gateway when it is across the WAN.
+        s["photos.purgeEdges"] = nodes(.edge).map { address(of: $0, from: site) }.joined(separator: ",")
         // With several sites, no folder is shared: photos are replicated with the data,
         // so a site's loss loses none (docs/cluster.md).
         if sites.count > 1 && !databases.isEmpty { s["photos.store"] = "postgres" }

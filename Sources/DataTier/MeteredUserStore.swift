@@ -37,7 +37,7 @@ public struct MeteredUserStore: UserStore {
         updates.increment()
         return try await inner.update(id: id, patch: patch)
     }
-    public func delete(id: UserID) async throws -> Bool {
+    public func delete(id: UserID) async throws -> DeletedUser? {
         deletes.increment()
         return try await inner.delete(id: id)
     }

@@ -78,10 +78,10 @@ public struct SQLiteUserStore: UserStore {
         }
     }
 
-    public func delete(id: UserID) async throws -> Bool {
+    public func delete(id: UserID) async throws -> DeletedUser? {
         try await db.pool.write { db in
-            try db.execute(sql: "DELETE FROM users WHERE id = ?", arguments: [id.rawValue])
-            return db.changesCount > 0
+            try Row.fetchOne(db, sql: "DELETE FROM users WHERE id = ? RETURNING photo_source, photo", arguments: [id.rawValue])
+                .map { DeletedUser(photoSource: $0["photo_source"], photo: Photo.parse($0["photo"])) }
         }
     }
 

@@ -12,8 +12,8 @@ public protocol UserStore: Sendable {
     func recentUsers(limit: Int) async throws -> [User]
     /// Applies the patch in one transaction; nil if the user does not exist.
     func update(id: UserID, patch: ProfilePatch) async throws -> User?
-    /// True if a user was deleted.
-    func delete(id: UserID) async throws -> Bool
+    /// Deletes the user; what it leaves to clean up, or nil if there was no such user.
+    func delete(id: UserID) async throws -> DeletedUser?
 
     /// The log-in identity for a normalized email.
     func credentials(email: String) async throws -> Credentials?
@@ -70,4 +70,21 @@ public enum LoginAttempt: Sendable, Equatable {
     case granted
     /// The account is locked until then (seconds since 1970).
     case locked(until: Double)
+}
+
+/// A deleted account's photo files, read in the same statement that deleted it (so no
+/// photo applied in between is missed): they are deleted next, and purged from the edge.
+public struct DeletedUser: Sendable, Equatable {
+    public var photoSource: String?
+    public var photo: Photo?
+
+    public init(photoSource: String?, photo: Photo?) {
+        self.photoSource = photoSource
+        self.photo = photo
+    }
+
+    /// The variant file names (the last part of each variant's URL).
+    public var variantFiles: [String] {
+        (photo?.variants.values).map { $0.compactMap { $0.split(separator: "/").last.map(String.init) }.sorted() } ?? []
+    }
 }

@@ -181,24 +181,38 @@ public final class Worker: Service, Sendable {
 /// Diagnostic job kinds, enqueued from the command line (`millions jobs enqueue`) to
 /// measure the queue and to drill failures. Photo processing brings the real ones.
 public enum StandardHandlers {
-    public static var all: [String: JobHandler] { ["noop": noop, "touch": touch, "fail": fail] }
+    /// The diagnostic kinds. `touch` writes files, so it runs only where the operator named
+    /// a folder for it (`touchDirectory`); elsewhere it fails at once, permanently.
+    public static func all(touchDirectory: String?) -> [String: JobHandler] {
+        ["noop": noop, "touch": touch(in: touchDirectory), "fail": fail]
+    }
+
+    /// The kinds `millions jobs enqueue` knows.
+    public static let names = ["noop", "touch", "fail"]
 
     /// Does nothing: queue throughput.
     public static let noop: JobHandler = { _ in }
 
     /// `{"path": "/abs/file", "ms": 500}`: waits, then writes the file atomically (temp
     /// file + rename), so running twice leaves the same single file — an idempotent job.
-    public static let touch: JobHandler = { job in
+    /// The file must be directly in `directory`.
+    public static func touch(in directory: String?) -> JobHandler { { job in
+        guard let directory, !directory.isEmpty else {
+            throw JobFailure("touch is a diagnostic job: this worker has no queue.touchDirectory", permanent: true)
+        }
         let object = (try? JSONSerialization.jsonObject(with: Data(job.payload.utf8))) as? [String: Any] ?? [:]
-        guard let path = object["path"] as? String, path.hasPrefix("/"), !path.contains("/../") else {
-            throw JobFailure("touch needs an absolute \"path\"", permanent: true)
+        let folder = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        guard let path = object["path"] as? String, path.hasPrefix(folder + "/"),
+            let name = path.split(separator: "/").last, path == folder + "/" + name, name != "..", name != "."
+        else {
+            throw JobFailure("touch needs a \"path\" directly in \(folder)", permanent: true)
         }
         let ms = min(max(object["ms"] as? Int ?? 0, 0), 600_000)
         try await Task.sleep(for: .milliseconds(ms))
         let temp = path + ".tmp-\(getpid())-\(job.id)"
         try Data("job \(job.id)\n".utf8).write(to: URL(fileURLWithPath: temp))
         if rename(temp, path) != 0 { throw JobFailure("rename failed: \(errno)") }
-    }
+    } }
 
     /// Always fails (retried with backoff until dead): dead-letter drills.
     public static let fail: JobHandler = { job in throw JobFailure("fails on purpose (attempt \(job.attempts))") }

@@ -26,7 +26,7 @@ public final class CountingUserStore: UserStore {
     public func create(_ account: NewAccount) async throws -> User { try await inner.create(account) }
     public func recentUsers(limit: Int) async throws -> [User] { try await inner.recentUsers(limit: limit) }
     public func update(id: UserID, patch: ProfilePatch) async throws -> User? { try await inner.update(id: id, patch: patch) }
-    public func delete(id: UserID) async throws -> Bool { try await inner.delete(id: id) }
+    public func delete(id: UserID) async throws -> DeletedUser? { try await inner.delete(id: id) }
     public func credentials(email: String) async throws -> Credentials? { try await inner.credentials(email: email) }
     public func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
         try await inner.reserveLoginAttempt(userID: userID, now: now, throttle: throttle)

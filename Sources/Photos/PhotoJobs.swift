@@ -131,6 +131,10 @@ public enum PhotoJobs {
             try await ReadYourWrites.$current.withValue(ReadYourWrites.current ?? ReadYourWrites()) {
                 if try await users.setPhoto(id: user, photo: photo(p), version: p.version) {
                     await refresh(user)
+                } else if try await users.photoSource(id: user) == nil {
+                    // The account was deleted while this ran: nothing will ever name these.
+                    for name in files.values { try await store.delete(name: name, kind: .variant) }
+                    try await store.delete(name: p.source, kind: .original)
                 }
             }
         }

@@ -18,6 +18,8 @@ public protocol PhotoStore: Sendable {
     func get(name: String, kind: PhotoKind) async throws -> [UInt8]?
     /// Every stored name of `kind` (tests and `millions` tooling; not for request paths).
     func list(kind: PhotoKind) async throws -> [String]
+    /// Removes the file; nothing happens if there is none.
+    func delete(name: String, kind: PhotoKind) async throws
 }
 
 /// File names the store accepts: 64 lowercase hex digits and a known extension, so no
@@ -91,6 +93,13 @@ public struct FolderPhotoStore: PhotoStore {
             guard let handle = FileHandle(forReadingAtPath: p) else { return nil }
             defer { try? handle.close() }
             return try handle.readToEnd().map { [UInt8]($0) } ?? []
+        }
+    }
+
+    public func delete(name: String, kind: PhotoKind) async throws {
+        let p = try path(name, kind)
+        try await NIOThreadPool.singleton.runIfActive {
+            guard unlink(p) == 0 || errno == ENOENT else { throw PhotoStoreError("cannot delete a photo file (errno \(errno))") }
         }
     }
 

@@ -54,6 +54,17 @@ public struct PostgresPhotoStore: PhotoStore {
         return try await replicaSet.readPrimary("photo_get", fetch)
     }
 
+    public func delete(name: String, kind: PhotoKind) async throws {
+        guard PhotoName.isValid(name) else { throw MillionsError(.badRequest, "not a photo file name") }
+        let k = kind.rawValue
+        let logger = self.logger
+        try await replicaSet.write("photo_delete") { connection in
+            try await connection.query(
+                "SELECT lo_unlink(object) FROM photo_files WHERE kind = \(k) AND name = \(name)", logger: logger)
+            try await connection.query("DELETE FROM photo_files WHERE kind = \(k) AND name = \(name)", logger: logger)
+        }
+    }
+
     public func list(kind: PhotoKind) async throws -> [String] {
         let k = kind.rawValue
         return try await replicaSet.readPrimary("photo_list") { client in

@@ -50,6 +50,8 @@ public struct Components: Sendable {
     public let drain = DrainState()
     let templates: MustacheLibrary
     let decoyHash: String
+    let limits: RateLimits
+    let passwords: PasswordChecks
 
     /// Opens the stores (creating the data directory and applying migrations) and loads
     /// templates and assets.
@@ -142,7 +144,14 @@ public struct Components: Sendable {
             photoRequests: photoRequests,
             images: ImageProcessor.shared(threads: settings.photosThreads),
             templates: try await MustacheLibrary(directory: resources + "/templates"),
-            decoyHash: Bcrypt.hash(Token.random(bytes: 16), cost: cost))
+            decoyHash: Bcrypt.hash(Token.random(bytes: 16), cost: cost),
+            limits: RateLimits(
+                // Shared by every web server when there is a Redis; else per process.
+                buckets: redis.map { RedisBuckets(redis: $0) as any TokenBuckets } ?? MemoryBuckets(),
+                logInPerAddress: settings.logInPerAddress, logInPerAccount: settings.logInPerAccount,
+                signUpPerAddress: settings.signUpPerAddress, uploadsPerAccount: settings.uploadsPerAccount,
+                editsPerAccount: settings.editsPerAccount, exempt: try AddressRange.list(settings.limitsExempt)),
+            passwords: PasswordChecks(maxPending: settings.maxPendingPasswordChecks))
     }
 
     /// Where templates, static files and the OpenAPI document are; `MILLIONS_RESOURCES`
@@ -160,7 +169,7 @@ public struct Components: Sendable {
         options.leaseSeconds = settings.queueLeaseSeconds
         options.graceSeconds = settings.queueGraceSeconds
         options.backoff = Backoff(baseSeconds: settings.queueBackoffBaseSeconds)
-        var handlers = StandardHandlers.all
+        var handlers = StandardHandlers.all(touchDirectory: settings.queueTouchDirectory)
         handlers[PhotoJobs.queue] = PhotoJobs.handler(
             store: photos, users: users, processor: images, limits: settings.imageLimits, metrics: metrics,
             refresh: { [userCache, users] id in
@@ -171,6 +180,8 @@ public struct Components: Sendable {
                 // not replayed the write yet.
                 _ = try? await userCache.get(id) { try await users.user(id: id) }
             })
+        handlers[ForgetPhotos.queue] = ForgetPhotos.handler(
+            store: photos, edges: EdgePurge(edges: settings.photosPurgeEdges), metrics: metrics)
         return Worker(queue: jobs, handlers: handlers, options: options, metrics: metrics, logger: logger)
     }
 
@@ -185,7 +196,7 @@ public struct Components: Sendable {
     var service: UserService {
         UserService(
             users: users, sessions: sessions, cache: userCache, settings: settings, ids: UserIDGenerator(),
-            decoyHash: decoyHash)
+            decoyHash: decoyHash, jobs: jobs, limits: limits, passwords: passwords)
     }
 
     /// The OpenAPI document served at `/openapi.yaml`.

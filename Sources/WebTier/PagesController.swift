@@ -64,16 +64,19 @@ struct PagesController {
             phoneNumbers: Self.lines(form["phoneNumbers"]))
         do {
             let v = try input.validated()
-            let (user, session) = try await service.signUp(email: v.email, password: v.password, profile: v.profile)
+            let (user, session) = try await service.signUp(
+                email: v.email, password: v.password, profile: v.profile, from: context.clientAddress)
             var response = Response.redirect(to: "/people/\(user.id)", type: .normal)
             response.setCookie(service.sessionCookie(session))
             return response
-        } catch let e as MillionsError where e.code == .validation || e.code == .conflict {
+        } catch let e as MillionsError where e.code == .validation || e.code == .conflict || e.code == .tooManyRequests {
             var page = try await base(title: "Sign up", session: nil)
             page["csrf"] = form["csrf"] ?? ""
             page["errors"] = Self.messages(e)
             page["form"] = form.values.filter { $0.key != "password" && $0.key != "csrf" }
-            return try render("signup", page, session: nil, status: e.code.status)
+            var response = try render("signup", page, session: nil, status: e.code.status)
+            if let retry = e.retryAfter { response.headers[.retryAfter] = String(retry) }
+            return response
         }
     }
 
@@ -90,7 +93,8 @@ struct PagesController {
         let form = try await fields(request)
         try Self.checkAnonymousToken(request, form)
         do {
-            let (_, session) = try await service.logIn(email: form["email"] ?? "", password: form["password"] ?? "")
+            let (_, session) = try await service.logIn(
+                email: form["email"] ?? "", password: form["password"] ?? "", from: context.clientAddress)
             var response = Response.redirect(to: "/", type: .normal)
             response.setCookie(service.sessionCookie(session))
             return response

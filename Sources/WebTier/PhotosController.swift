@@ -41,6 +41,7 @@ struct PhotosController {
         let id = try UsersController.userID(context)
         let session = try await service.requireSession(request)
         guard session.userID == id else { throw MillionsError(.forbidden, "you can only change your own photo") }
+        try await service.limits.check(.upload, address: context.clientAddress, account: String(id.rawValue))
         let type = request.headers[.contentType]?.lowercased() ?? ""
         let image: [UInt8]
         var fromForm = false
@@ -69,7 +70,10 @@ struct PhotosController {
             throw MillionsError(.unsupportedMediaType, "send the image as the body (image/jpeg, image/png, image/webp) or as multipart/form-data")
         }
         let info = try await probe(image)
-        let source = try await images.run { SHA256.hex(image) } + "." + info.format.fileExtension
+        // Named by its owner as well as its content: two users' identical uploads are two
+        // files, so deleting one account's photos never takes another's.
+        let owner = Array("millions-photo-owner:\(id.rawValue)\n".utf8)
+        let source = try await images.run { SHA256.hex(owner + image) } + "." + info.format.fileExtension
         try await photos.put(image, name: source, kind: .original)
         // The new version and its job, in one transaction where the queue allows.
         guard let made = try await requests.request(user: id, source: source, edits: nil, maxAttempts: settings.queueMaxAttempts)
@@ -89,6 +93,7 @@ struct PhotosController {
         let id = try UsersController.userID(context)
         let session = try await service.requireSession(request)
         guard session.userID == id else { throw MillionsError(.forbidden, "you can only change your own photo") }
+        try await service.limits.check(.edit, address: context.clientAddress, account: String(id.rawValue))
         let edits = try await body.decode(EditsRequest.self, from: request).edits
         guard edits.crop != nil || edits.resize != nil || edits.sharpen != nil || edits.blur != nil else {
             throw MillionsError(.validation, "give at least one of crop, resize, sharpen, blur")

@@ -60,6 +60,16 @@ public struct Settings: Sendable {
 
     public var bcryptCost: Int
     public var loginThrottle: LoginThrottle
+    /// Token buckets (`N/S`: N at once, N per S seconds after that); see `RateLimits`.
+    public var logInPerAddress: Rate
+    public var logInPerAccount: Rate
+    public var signUpPerAddress: Rate
+    public var uploadsPerAccount: Rate
+    public var editsPerAccount: Rate
+    /// Client addresses (CIDR) without per-address limits.
+    public var limitsExempt: String
+    /// bcrypt checks waiting or running at once; past it a log-in or sign-up gets 503.
+    public var maxPendingPasswordChecks: Int
 
     /// `memory` (in-process LRU), `memcached`, or `none`.
     public var cacheBackend: String
@@ -102,6 +112,10 @@ public struct Settings: Sendable {
     public var photosMaxPixels: Int
     /// Threads for image work in this process (bounds its CPU and memory use).
     public var photosThreads: Int
+    /// The folder the diagnostic `touch` job may write in (empty: it may not run here).
+    public var queueTouchDirectory: String
+    /// `host:port` of every edge cache a deleted photo is purged from (`PURGE /photos/NAME`).
+    public var photosPurgeEdges: [String]
 
     public init(_ config: ConfigReader) throws {
         host = config.string(forKey: "http.host", default: "127.0.0.1")
@@ -152,6 +166,18 @@ public struct Settings: Sendable {
             .map { String($0).trimmed }.filter { !$0.isEmpty }
 
         bcryptCost = config.int(forKey: "auth.bcryptCost", default: 10)
+        func rate(_ key: String, _ fallback: String) throws -> Rate {
+            let text = config.string(forKey: ConfigKey(key), default: fallback)
+            guard let rate = Rate(text) else { throw SettingsError("\(key) must be N/S (N requests at once, N per S seconds after), not \(text)") }
+            return rate
+        }
+        logInPerAddress = try rate("limits.logInPerAddress", "60/60")
+        logInPerAccount = try rate("limits.logInPerAccount", "30/600")
+        signUpPerAddress = try rate("limits.signUpPerAddress", "30/3600")
+        uploadsPerAccount = try rate("limits.uploadsPerAccount", "30/3600")
+        editsPerAccount = try rate("limits.editsPerAccount", "120/3600")
+        limitsExempt = config.string(forKey: "limits.exempt", default: "127.0.0.0/8,::1")
+        maxPendingPasswordChecks = config.int(forKey: "auth.maxPendingPasswordChecks", default: 64)
         loginThrottle = LoginThrottle(
             freeAttempts: config.int(forKey: "auth.freeFailedLogins", default: 5),
             baseLockSeconds: config.double(forKey: "auth.baseLockSeconds", default: 1),
@@ -187,6 +213,9 @@ public struct Settings: Sendable {
         photosDirectory = config.string(forKey: "photos.directory", default: dataDirectory + "/photos")
         photosStore = config.string(forKey: "photos.store", default: "folder")
         photosMaxBytes = config.int(forKey: "photos.maxBytes", default: 10 * 1024 * 1024)
+        queueTouchDirectory = config.string(forKey: "queue.touchDirectory", default: "")
+        photosPurgeEdges = config.string(forKey: "photos.purgeEdges", default: "").split(separator: ",").map { String($0).trimmed }
+            .filter { !$0.isEmpty }
         photosMaxPixels = config.int(forKey: "photos.maxPixels", default: 40_000_000)
         photosThreads = config.int(forKey: "photos.threads", default: ProcessInfo.processInfo.activeProcessorCount)
 
@@ -206,6 +235,8 @@ public struct Settings: Sendable {
         try check(bodyTimeoutSeconds > 0 && bodyTimeoutSeconds <= 3600, "http.bodyTimeoutSeconds must be in (0, 3600]")
         try check(maxConnections >= 1, "http.maxConnections must be positive")
         _ = try AddressRange.list(metricsAllow)
+        _ = try AddressRange.list(limitsExempt)
+        try check(maxPendingPasswordChecks >= 1, "auth.maxPendingPasswordChecks must be positive")
         try check(maxConnectionsPerAddress >= 0, "http.maxConnectionsPerAddress must be 0 (no cap) or more")
         try check(["sqlite", "postgres"].contains(dataEngine), "data.engine must be sqlite or postgres")
         try check(dataEngine != "postgres" || !postgres.nodes.isEmpty, "data.postgres.nodes must list host:port pairs")
@@ -253,7 +284,9 @@ public struct Settings: Sendable {
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
         "cache.memcached.retrySeconds", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
         "queue.engine", "queue.inProcessWorkers", "queue.leaseSeconds", "queue.graceSeconds", "queue.maxAttempts", "queue.backoffBaseSeconds",
-        "photos.directory", "photos.store", "photos.maxBytes", "photos.maxPixels", "photos.threads",
+        "photos.directory", "photos.store", "photos.maxBytes", "photos.maxPixels", "photos.threads", "photos.purgeEdges", "queue.touchDirectory",
+        "limits.logInPerAddress", "limits.logInPerAccount", "limits.signUpPerAddress", "limits.uploadsPerAccount",
+        "limits.editsPerAccount", "limits.exempt", "auth.maxPendingPasswordChecks",
     ]
 
     public var databasePath: String { dataDirectory + "/millions.sqlite" }

@@ -3,7 +3,9 @@ import DataTier
 import Hummingbird
 import HummingbirdBcrypt
 import Logging
+import MessageQueue
 import MillionsCore
+import Photos
 import NIOPosix
 import SessionTier
 
@@ -19,21 +21,26 @@ struct UserService: Sendable {
     /// A real bcrypt hash to verify against when the email is unknown, so a wrong email
     /// takes as long as a wrong password and does not reveal who has an account.
     let decoyHash: String
+    /// Where a deleted account's photo files are sent to be forgotten (`ForgetPhotos`).
+    let jobs: any JobQueue
+    let limits: RateLimits
+    let passwords: PasswordChecks
 
     // MARK: Passwords, off the event loops
 
     func hash(_ password: String) async throws -> String {
         let cost = UInt8(settings.bcryptCost)
-        return try await NIOThreadPool.singleton.runIfActive { Bcrypt.hash(password, cost: cost) }
+        return try await passwords.run { Bcrypt.hash(password, cost: cost) }
     }
 
     func verify(_ password: String, _ hash: String) async throws -> Bool {
-        try await NIOThreadPool.singleton.runIfActive { Bcrypt.verify(password, hash: hash) }
+        try await passwords.run { Bcrypt.verify(password, hash: hash) }
     }
 
     // MARK: Accounts
 
-    func signUp(email: String, password: String, profile: Profile) async throws -> (User, Session) {
+    func signUp(email: String, password: String, profile: Profile, from address: String) async throws -> (User, Session) {
+        try await limits.check(.signUp, address: address)
         let passwordHash = try await hash(password)
         var attempt = 0
         while true {
@@ -50,8 +57,10 @@ struct UserService: Sendable {
         }
     }
 
-    func logIn(email rawEmail: String, password: String) async throws -> (User, Session) {
+    func logIn(email rawEmail: String, password: String, from address: String) async throws -> (User, Session) {
         let email = Validate.normalizedEmail(rawEmail)
+        // Before any lookup or bcrypt: a flood costs a bucket check, not a hash each.
+        try await limits.check(.logIn, address: address, account: email)
         let wrong = MillionsError(.unauthenticated, "email or password is wrong")
         // No account's password has a NUL (sign-up refuses it), and bcrypt would stop at
         // one: "secret123\0anything" must not pass for "secret123".
@@ -104,11 +113,17 @@ struct UserService: Sendable {
         return updated
     }
 
-    /// Deletes the account, then every session of it, then the cached profile.
+    /// Deletes the account, then every session of it, then the cached profile, then queues
+    /// its photo files to be deleted and purged from the edge.
     func delete(_ id: UserID) async throws {
-        guard try await users.delete(id: id) else { throw MillionsError(.notFound, "no such user") }
+        guard let deleted = try await users.delete(id: id) else { throw MillionsError(.notFound, "no such user") }
         try await sessions.deleteAll(userID: id)
         await cache?.invalidate(id)
+        let files = ForgetPhotos.Payload(originals: deleted.photoSource.map { [$0] } ?? [], variants: deleted.variantFiles)
+        if !files.isEmpty {
+            try await jobs.enqueue(
+                queue: ForgetPhotos.queue, payload: files.json, maxAttempts: settings.queueMaxAttempts, delaySeconds: 0)
+        }
     }
 
     // MARK: Sessions

@@ -33,7 +33,7 @@ struct UsersController {
     @Sendable func signUp(_ request: Request, context: AppRequestContext) async throws -> Response {
         let input = try await body.decode(SignUpRequest.self, from: request).validated()
         let (user, session) = try await service.signUp(
-            email: input.email, password: input.password, profile: input.profile)
+            email: input.email, password: input.password, profile: input.profile, from: context.clientAddress)
         context.logger.info("signed up", metadata: ["user_id": "\(user.id)"])
         var response = Response.user(user, status: .created, headers: [.location: "/users/\(user.id)"])
         response.setCookie(service.sessionCookie(session))
@@ -66,7 +66,7 @@ struct UsersController {
         if input.email == nil { missing.append(FieldError("email", "is required")) }
         if input.password == nil { missing.append(FieldError("password", "is required")) }
         try Validate.throwing(missing)
-        let (user, session) = try await service.logIn(email: input.email!, password: input.password!)
+        let (user, session) = try await service.logIn(email: input.email!, password: input.password!, from: context.clientAddress)
         var response = Response.user(user, status: .created)
         response.setCookie(service.sessionCookie(session))
         return response

@@ -145,7 +145,7 @@ struct JobsCommand: AsyncParsableCommand {
         @Option(name: .customLong("max-attempts")) var maxAttempts: Int?
 
         func validate() throws {
-            guard StandardHandlers.all[queue] != nil else { throw ValidationError("unknown queue \(queue); known: noop, touch, fail") }
+            guard StandardHandlers.names.contains(queue) else { throw ValidationError("unknown queue \(queue); known: noop, touch, fail") }
             guard count >= 1 && count <= 10_000_000 else { throw ValidationError("--count must be 1...10000000") }
             guard (try? JSONSerialization.jsonObject(with: Data(payload.utf8))) != nil else { throw ValidationError("payload must be JSON") }
         }

@@ -645,6 +645,18 @@ import Testing
             let first = try await Self.request(f.base, .GET, small)
             #expect(first.status == 200 && first.headers["Cache-Control"].first == "public, max-age=31536000, immutable")
             #expect(try await Self.request(f.base, .GET, small).headers["X-Cache"].first == "HIT")
+            // Only the cluster's own addresses may purge at the edge.
+            #expect(try await Self.request(f.base, .init(rawValue: "PURGE"), "/photos/none.jpg").status == 200)
+
+            // The account deleted: a worker deletes the files and purges the edge, so the
+            // URL Varnish had cached answers 404 there (bounded wait: a minute).
+            #expect(try await Self.request(f.base, .DELETE, "/users/\(id)", cookie: session).status == 204)
+            var gone: UInt = 0
+            for _ in 0..<300 where gone != 404 {
+                gone = try await Self.request(f.base, .GET, small).status
+                if gone != 404 { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(gone == 404)
 
             #expect(try await f.cluster("scale", "workers=3") == 0)
             #expect(try f.state().workers.map(\.name) == ["worker1", "worker2", "worker3"])
@@ -660,7 +672,7 @@ import Testing
     @Test func queuedOnHostsLosesNoJobWhenAWorkerDies() async throws {
         try #require(geteuid() == 0, "hosts need root (network namespaces, a bridge, cgroups); CI runs as root")
         let f = try Fixture(base: 19900)
-        try await f.withCluster("queued", hosts: true, settings: ["queue.leaseSeconds": "10"]) {
+        try await f.withCluster("queued", hosts: true, settings: ["queue.leaseSeconds": "10", "queue.touchDirectory": f.dir + "/touched"]) {
             let state = try f.state()
             let primary = try #require(state.topology.node(named: "postgres-primary"))
             let flags = ["--set", "data.engine=postgres", "--set", "data.postgres.nodes=\(primary.address)", "--log-level", "warning"]

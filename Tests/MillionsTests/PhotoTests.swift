@@ -132,6 +132,42 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
         }
     }
 
+    /// Deleting an account deletes its photo files (an original can carry GPS in its EXIF)
+    /// and their URLs answer 404; another user's upload of the same image is a file of its
+    /// own and stays.
+    @Test func deletingAnAccountDeletesItsPhotoFiles() async throws {
+        try await TestApp.run { client, components in
+            let original = try Imaging.testImage(width: 600, height: 400, format: .png)
+            var photos: [String: [String: String]] = [:]
+            var sessions: [String: String] = [:]
+            for email in ["leaving@example.com", "staying@example.com"] {
+                let (id, session) = try await signUpJohn(client, email: email)
+                let upload = try await uploadPhoto(client, user: id, session: session, original)
+                let job = try await waitForJob(client, try #require(upload.headers[.location]), session: session)
+                photos[id] = try #require(job["photo"] as? [String: String])
+                sessions[id] = session
+            }
+            let (leaving, staying) = (photos.keys.sorted()[0], photos.keys.sorted()[1])
+            #expect(Set(photos[leaving]!.values).isDisjoint(with: photos[staying]!.values))
+            #expect(try await components.photos.list(kind: .original).count == 2)
+            #expect(try await components.photos.list(kind: .variant).count == 6)
+
+            let deleted = try await client.send(.delete, "/users/\(leaving)", cookies: ["millions_session": sessions[leaving]!])
+            #expect(deleted.status == .noContent)
+            // The in-process worker runs the photo.forget job (bounded wait: a minute).
+            for _ in 0..<1200 {
+                if try await components.photos.list(kind: .variant).count == 3 { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(try await components.photos.list(kind: .original).count == 1)
+            #expect(try await components.photos.list(kind: .variant).count == 3)
+            for url in photos[leaving]!.values { #expect(try await client.send(.get, url).status == .notFound) }
+            for url in photos[staying]!.values { #expect(try await client.send(.get, url).status == .ok) }
+            let metrics = try await client.send(.get, "/metrics").text
+            #expect(metrics.contains("photo_files_forgotten_total 4"), "\(metrics)")
+        }
+    }
+
     /// Edits apply to the original: crop, resize, sharpen, blur → an `edited` variant of
     /// the asked size, and thumbnails of it.
     @Test func editsMakeANewPhotoFromTheOriginal() async throws {

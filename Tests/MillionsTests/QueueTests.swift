@@ -394,7 +394,25 @@ enum QueueEngine: String, CaseIterable, Sendable { case sqlite, postgres, redis,
     static func startWorker(_ binary: String, _ dir: String, log: String) throws -> Int32 {
         try Processes.spawnDetached(
             [binary, "worker", "--concurrency", "1", "--data-dir", dir, "--log-level", "info", "--set", "queue.leaseSeconds=1.5",
+             "--set", "queue.touchDirectory=\(dir)",
              "--set", "queue.backoffBaseSeconds=0.05"], log: dir + "/" + log)
+    }
+
+    /// The diagnostic `touch` job writes only directly in the folder the operator named;
+    /// without one (production) it fails at once, for good.
+    @Test func touchWritesOnlyInItsFolder() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            func job(_ path: String) -> Job {
+                Job(id: 7, queue: "touch", payload: #"{"path":"\#(path)"}"#, state: .running, attempts: 1, maxAttempts: 1,
+                    runAt: 0, leaseUntil: nil, worker: nil, lastError: nil, createdAt: 0)
+            }
+            for (folder, path) in [(nil, dir + "/a"), (dir, "/etc/millions-touched"), (dir, dir + "/../escaped"), (dir, dir + "/sub/b")] {
+                await #expect(throws: JobFailure.self) { try await StandardHandlers.touch(in: folder)(job(path)) }
+            }
+            #expect(!FileManager.default.fileExists(atPath: "/etc/millions-touched"))
+            try await StandardHandlers.touch(in: dir)(job(dir + "/ok"))
+            #expect(try String(contentsOfFile: dir + "/ok", encoding: .utf8) == "job 7\n")
+        }
     }
 
     /// kill -9 a worker in the middle of a job: once the lease runs out another worker runs

@@ -72,9 +72,9 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
             #expect(updated?.address.city == "Bergen")
             #expect(updated?.address.postalCode == "0150")
             #expect(try await store.user(id: created.id) == updated)
-            #expect(try await store.delete(id: created.id))
+            #expect(try await store.delete(id: created.id) == DeletedUser(photoSource: nil, photo: nil))
             #expect(try await store.user(id: created.id) == nil)
-            #expect(try await !store.delete(id: created.id))
+            #expect(try await store.delete(id: created.id) == nil)
             #expect(try await store.update(id: created.id, patch: ProfilePatch(city: "x")) == nil)
         }
     }

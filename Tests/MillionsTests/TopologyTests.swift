@@ -90,9 +90,12 @@ import Testing
         #expect(moved.appSettings(dataDirectory: "/tmp/c/data", site: "east")["data.postgres.nodes"] == "198.18.8.12:19042")
 
         let eastRelays = t.relays(at: try #require(byName["wan-east"])).map { "\($0.listenHost):\($0.listenPort)>\($0.targetHost):\($0.targetPort)" }
-        #expect(eastRelays == ["198.18.8.5:19040>198.18.7.10:19040", "198.18.8.5:19041>198.18.7.11:19041"])
+        // The data servers, and the edge (a deleted photo is purged at every site's edge).
+        #expect(eastRelays == ["198.18.8.5:19040>198.18.7.10:19040", "198.18.8.5:19041>198.18.7.11:19041", "198.18.8.5:19000>198.18.7.3:19000"])
         let westRelays = t.relays(at: try #require(byName["wan-west"]))
-        #expect(westRelays.map(\.listenHost) == ["198.18.7.4"] && westRelays.map(\.targetHost) == ["198.18.8.12"])
+        #expect(westRelays.map(\.listenHost) == ["198.18.7.4", "198.18.7.4"] && westRelays.map(\.targetHost) == ["198.18.8.12", "198.18.8.3"])
+        let eastEdge = try #require(t.nodes(.edge, in: "east").first)
+        #expect(t.appSettings(dataDirectory: "/tmp/c/data", site: "west")["photos.purgeEdges"] == "198.18.7.3:19000,198.18.7.4:\(eastEdge.port)")
         #expect(westRelays.allSatisfy { $0.delayMs == WANLink.defaultDelayMs })
     }
 

@@ -91,13 +91,15 @@ public struct PostgresUserStore: UserStore {
         }
     }
 
-    public func delete(id: UserID) async throws -> Bool {
+    public func delete(id: UserID) async throws -> DeletedUser? {
         let logger = self.logger
         return try await set.write("delete_user") { c in
-            let rows = try await c.query("DELETE FROM users WHERE id = \(id.rawValue) RETURNING id", logger: logger)
-            var deleted = false
-            for try await _ in rows.decode(Int64.self) { deleted = true }
-            return deleted
+            let rows = try await c.query(
+                "DELETE FROM users WHERE id = \(id.rawValue) RETURNING photo_source, photo", logger: logger)
+            for try await (source, photo) in rows.decode((String?, String?).self) {
+                return DeletedUser(photoSource: source, photo: Photo.parse(photo))
+            }
+            return nil
         }
     }
 
