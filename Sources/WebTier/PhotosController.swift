@@ -197,16 +197,30 @@ struct JobView: Encodable {
         switch job.state {
         case .ready:
             self.init(id: job.id, state: "queued", attempts: job.attempts)
-            lastError = job.lastError
+            lastError = job.lastError.map { _ in "an earlier try failed; it will be tried again" }
         case .running:
             self.init(id: job.id, state: "running", attempts: job.attempts)
-            lastError = job.lastError
+            lastError = job.lastError.map { _ in "an earlier try failed; it will be tried again" }
         case .done:
             self.init(id: job.id, state: "done", attempts: job.attempts)
             photo = PhotoJobs.photo(payload)
         case .dead:
             self.init(id: job.id, state: "failed", attempts: job.attempts)
-            error = job.lastError ?? "failed"
+            error = Self.publicError(job.lastError)
+        }
+    }
+
+    /// What a client may see of a job's failure: the image's fault by its code, else a
+    /// generic line. The worker's own text (libvips' message, internal names and
+    /// addresses) stays in the logs and `millions jobs`.
+    static func publicError(_ stored: String?) -> String {
+        let code = stored?.split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
+        switch ImageError.Code(rawValue: code) {
+        case .notAnImage: return "notAnImage: the file is not an image this site reads (JPEG, PNG, WebP)"
+        case .tooLarge: return "tooLarge: the image has too many pixels"
+        case .corrupt: return "corrupt: the image is damaged or cut short"
+        case .badEdit: return "badEdit: the edit does not fit the image"
+        case nil: return "the photo could not be processed; try uploading it again"
         }
     }
 }
