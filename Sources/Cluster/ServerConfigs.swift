@@ -132,6 +132,12 @@ public enum ServerConfigs {
             }
             return (pass);
         }
+        # One site behind every name it is reached by (an address, the site's DNS name):
+        # the URL alone is the key, so one PURGE drops the object whatever Host asked for it.
+        sub vcl_hash {
+            hash_data(req.url);
+            return (lookup);
+        }
         sub vcl_backend_response {
             if (bereq.url ~ "^/(assets|photos)/") {
                 unset beresp.http.Set-Cookie;

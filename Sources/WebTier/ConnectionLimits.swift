@@ -131,6 +131,10 @@ final class RequestDeadlines: ChannelDuplexHandler, RemovableChannelHandler {
     private var phase = Phase.waiting
     private var unanswered = 0
     private var timer: Scheduled<Void>?
+    /// When the current phase (head or body) must be over; the timer is armed only at the
+    /// end of a read, so a request that arrives whole in one read never schedules one.
+    private var deadline: NIODeadline?
+    private var timedPhase: Phase?
     private var context: ChannelHandlerContext?
     /// Dropping the rest of an answered request's body (bounded by `maxDiscardBytes`).
     private var discarding = false
@@ -160,14 +164,12 @@ final class RequestDeadlines: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        cancelTimer()
         self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        cancelTimer()
         context.fireChannelInactive()
     }
 
@@ -175,7 +177,7 @@ final class RequestDeadlines: ChannelDuplexHandler, RemovableChannelHandler {
     fileprivate func bytesArrived() {
         guard phase == .waiting else { return }
         phase = .head
-        schedule(limits.headerTimeout)
+        deadline = .now() + limits.headerTimeout
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -191,7 +193,7 @@ final class RequestDeadlines: ChannelDuplexHandler, RemovableChannelHandler {
         case .head:
             unanswered += 1
             phase = .body
-            schedule(limits.bodyTimeout)
+            deadline = .now() + limits.bodyTimeout
         case .body(let chunk):
             if discarding {
                 discarded += chunk.readableBytes
@@ -201,8 +203,8 @@ final class RequestDeadlines: ChannelDuplexHandler, RemovableChannelHandler {
         case .end:
             discarding = false
             phase = unanswered == 0 ? .waiting : .answering
-            timer?.cancel()
-            timer = nil
+            deadline = nil
+            cancelTimer()
         }
         context.fireChannelRead(data)
     }
@@ -210,6 +212,7 @@ final class RequestDeadlines: ChannelDuplexHandler, RemovableChannelHandler {
     func channelReadComplete(context: ChannelHandlerContext) {
         // The application has stopped reading (it answered): keep the socket read here.
         if discarding { context.read() }
+        if deadline != nil, timedPhase != phase, phase == .head || phase == .body { arm() }
         context.fireChannelReadComplete()
     }
 
@@ -232,14 +235,22 @@ final class RequestDeadlines: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(data, promise: promise)
     }
 
-    private func schedule(_ delay: TimeAmount) {
-        timer?.cancel()
-        guard let context else { return }
-        let loop = context.eventLoop.assumeIsolatedUnsafeUnchecked()
-        timer = loop.scheduleTask(in: delay) { [self] in
+    private func arm() {
+        cancelTimer()
+        guard let context, let deadline else { return }
+        timedPhase = phase
+        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) { [self] in
             timer = nil
-            expired()
+            timedPhase = nil
+            // Armed for the head, and the body's clock is running now: wait for that one.
+            if let current = self.deadline, current > .now() { arm() } else { expired() }
         }
+    }
+
+    private func cancelTimer() {
+        timer?.cancel()
+        timer = nil
+        timedPhase = nil
     }
 
     private func expired() {

@@ -70,10 +70,9 @@ struct PhotosController {
             throw MillionsError(.unsupportedMediaType, "send the image as the body (image/jpeg, image/png, image/webp) or as multipart/form-data")
         }
         let info = try await probe(image)
-        // Named by its owner as well as its content: two users' identical uploads are two
-        // files, so deleting one account's photos never takes another's.
-        let owner = Array("millions-photo-owner:\(id.rawValue)\n".utf8)
-        let source = try await images.run { SHA256.hex(owner + image) } + "." + info.format.fileExtension
+        let source = try await images.run {
+            PhotoName.original(owner: id.rawValue, bytes: image, fileExtension: info.format.fileExtension)
+        }
         try await photos.put(image, name: source, kind: .original)
         // The new version and its job, in one transaction where the queue allows.
         guard let made = try await requests.request(user: id, source: source, edits: nil, maxAttempts: settings.queueMaxAttempts)

@@ -467,7 +467,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
                 try await components.jobs.complete(id: job.id, worker: "t")
             }
             let editPayload = try #require(PhotoJobs.Payload.parse(jobs[2].payload))
-            #expect(editPayload.source == SHA256.hex(b) + ".png")
+            #expect(editPayload.source == PhotoName.original(owner: Int64(id)!, bytes: b, fileExtension: "png"))
             #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == PhotoJobs.photo(editPayload).variants)
         }
     }
