@@ -57,5 +57,6 @@ public struct MeteredUserStore: UserStore {
         try await inner.setPhoto(id: id, photo: photo, version: version)
     }
     public func photoSource(id: UserID) async throws -> String? { try await inner.photoSource(id: id) }
+    public func newestPhoto(id: UserID) async throws -> PhotoTicket? { try await inner.newestPhoto(id: id) }
     public func ping() async throws { try await inner.ping() }
 }

@@ -177,6 +177,13 @@ public struct SQLiteUserStore: UserStore {
         }
     }
 
+    public func newestPhoto(id: UserID) async throws -> PhotoTicket? {
+        try await db.pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT photo_version, photo_source FROM users WHERE id = ?", arguments: [id.rawValue])
+                .flatMap { row in (row["photo_source"] as String?).map { PhotoTicket(version: row["photo_version"], source: $0) } }
+        }
+    }
+
     public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool {
         try await db.pool.write { db in
             try db.execute(

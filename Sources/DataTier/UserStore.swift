@@ -36,6 +36,9 @@ public protocol UserStore: Sendable {
     func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool
     /// The newest uploaded original (what edits apply to), read from the primary.
     func photoSource(id: UserID) async throws -> String?
+    /// The newest photo version asked for and its original, read from the primary; nil if
+    /// there is no such user or no photo.
+    func newestPhoto(id: UserID) async throws -> PhotoTicket?
 
     /// Succeeds if the store can serve requests.
     func ping() async throws

@@ -99,6 +99,19 @@ public enum PhotoJobs {
             guard let p = Payload.parse(job.payload), PhotoName.isValid(p.source), let user = UserID(rawValue: p.user) else {
                 throw JobFailure("malformed photo job payload", permanent: true)
             }
+            // A newer version was asked for since: render nothing (an edit costs a full decode
+            // and encode), and forget an original nothing will use again.
+            guard let newest = try await users.newestPhoto(id: user) else {
+                // The account is gone (or never had this photo): its original goes too.
+                try await store.delete(name: p.source, kind: .original)
+                return
+            }
+            if newest.version > p.version {
+                metrics.counter("photo_jobs_superseded", "Photo jobs skipped because a newer version was asked for", [])
+                    .increment()
+                if newest.source != p.source { try await store.delete(name: p.source, kind: .original) }
+                return
+            }
             guard let original = try await store.get(name: p.source, kind: .original) else {
                 throw JobFailure("the original photo \(p.source) is missing", permanent: true)
             }

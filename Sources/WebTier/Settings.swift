@@ -66,7 +66,7 @@ public struct Settings: Sendable {
     public var signUpPerAddress: Rate
     public var uploadsPerAccount: Rate
     public var editsPerAccount: Rate
-    /// Client addresses (CIDR) without per-address limits.
+    /// Client addresses (CIDR) no rate limit applies to.
     public var limitsExempt: String
     /// bcrypt checks waiting or running at once; past it a log-in or sign-up gets 503.
     public var maxPendingPasswordChecks: Int

@@ -472,6 +472,38 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
         }
     }
 
+    /// Jobs of versions a newer request has superseded render nothing (an edit costs a full
+    /// decode and encode), and an original no version will use again is deleted.
+    @Test func supersededPhotoJobsRenderNothing() async throws {
+        try await TestApp.run(["queue.inProcessWorkers": "0"]) { client, components in
+            let (id, session) = try await signUpJohn(client)
+            let a = try Imaging.testImage(width: 400, height: 300, format: .png)
+            let b = try Imaging.testImage(width: 500, height: 300, format: .png)
+            _ = try await uploadPhoto(client, user: id, session: session, a)
+            _ = try await uploadPhoto(client, user: id, session: session, b)
+            let edit = try await client.send(
+                .post, "/users/\(id)/photo/edits", json: #"{"blur":{"sigma":2}}"#, cookies: ["millions_session": session])
+            #expect(edit.status == .accepted, "\(edit.text)")
+            let metrics = AppMetrics()
+            let handler = PhotoJobs.handler(
+                store: components.photos, users: components.users, processor: components.images,
+                limits: components.settings.imageLimits, metrics: metrics, refresh: { _ in })
+            var jobs: [Job] = []
+            while let job = try await components.jobs.claim(queues: [PhotoJobs.queue], worker: "t", leaseSeconds: 60) { jobs.append(job) }
+            #expect(jobs.count == 3)
+            // Oldest first, as a queue runs them.
+            for job in jobs {
+                try await handler(job)
+                try await components.jobs.complete(id: job.id, worker: "t")
+            }
+            let editPayload = try #require(PhotoJobs.Payload.parse(jobs[2].payload))
+            #expect(try await components.photos.list(kind: .variant).count == 4)  // edited + 3 sizes
+            #expect(try await components.photos.list(kind: .original) == [PhotoName.original(owner: Int64(id)!, bytes: b, fileExtension: "png")])
+            #expect(String(decoding: metrics.exposition(), as: UTF8.self).contains("photo_jobs_superseded_total 2"))
+            #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == PhotoJobs.photo(editPayload).variants)
+        }
+    }
+
     /// A photo version and its job are written together or not at all (SQLite and
     /// PostgreSQL: one transaction).
     @Test(arguments: Engine.allCases) func aPhotoRequestIsAllOrNothing(engine: Engine) async throws {

@@ -113,6 +113,8 @@ public struct MemcachedResponseDecoder: ByteToMessageDecoder {
     public typealias InboundOut = MemcachedResponse
     /// Values larger than this are a protocol error (memcached's default item limit is 1 MiB).
     public static let maxValueBytes = 2 * 1024 * 1024
+    /// STAT lines one `stats` answer may have.
+    public static let maxStats = 4096
     private var stats: [String: String]? = nil
 
     public init() {}
@@ -151,6 +153,8 @@ public struct MemcachedResponseDecoder: ByteToMessageDecoder {
                 if tokens.count >= 3 {
                     stats = stats ?? [:]
                     stats![String(tokens[1])] = tokens[2...].joined(separator: " ")
+                    // memcached sends under a hundred; a peer that never ends them is broken.
+                    if stats!.count > Self.maxStats { throw MemcachedError.protocolError("more than \(Self.maxStats) STAT lines") }
                 }
                 continue
             }

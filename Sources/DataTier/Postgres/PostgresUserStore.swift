@@ -207,6 +207,16 @@ public struct PostgresUserStore: UserStore {
         }
     }
 
+    public func newestPhoto(id: UserID) async throws -> PhotoTicket? {
+        try await set.readPrimary("newest_photo") { client in
+            let rows = try await client.query("SELECT photo_version, photo_source FROM users WHERE id = \(id.rawValue)")
+            for try await (version, source) in rows.decode((Int64, String?).self) {
+                return source.map { PhotoTicket(version: version, source: $0) }
+            }
+            return nil
+        }
+    }
+
     public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool {
         let logger = self.logger
         return try await set.write("set_photo") { c in
