@@ -72,6 +72,7 @@ public struct Cluster: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(state).write(to: URL(fileURLWithPath: statePath))
+        chmod(statePath, 0o600)  // it names every node, port and folder: the operator's only
         // Whatever the topology now is, Prometheus can scrape all of it.
         try ServerConfigs.prometheus(web: state.webServers.map(\.address), workers: state.workers.map(\.address))
             .write(toFile: dir + "/prometheus.yml", atomically: true, encoding: .utf8)
@@ -497,9 +498,15 @@ public struct Cluster: Sendable {
 
     func startNginx(_ node: Node, upstreams: [Node], _ state: ClusterState) throws {
         let folder = nginxDir(node)
-        for d in ["", "/tmp/body", "/tmp/proxy", "/tmp/fastcgi", "/tmp/uwsgi", "/tmp/scgi"] {
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        chmod(folder, 0o755)
+        // nginx's workers run as nobody when root starts it: its temporary folders are
+        // theirs alone, not writable by everyone.
+        let nobody = geteuid() == 0 ? getpwnam("nobody") : nil
+        for d in ["/tmp", "/tmp/body", "/tmp/proxy", "/tmp/fastcgi", "/tmp/uwsgi", "/tmp/scgi"] {
             try FileManager.default.createDirectory(atPath: folder + d, withIntermediateDirectories: true)
-            chmod(folder + d, 0o777)  // workers run as nobody when started by root
+            if let nobody { chown(folder + d, nobody.pointee.pw_uid, nobody.pointee.pw_gid) }
+            chmod(folder + d, 0o700)
         }
         try writeNginxConfig(node, upstreams: upstreams, state)
         let status = try Processes.run(on(node, state) + ["/usr/sbin/nginx", "-e", "\(folder)/error.log", "-c", "\(folder)/nginx.conf"])
@@ -823,8 +830,18 @@ public struct Cluster: Sendable {
     public func pid(of node: Node) -> Int32? { readPid(node.pidFile) }
 
     func readPid(_ path: String) -> Int32? {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
-        return text.split(whereSeparator: \.isNewline).first.flatMap { Int32($0.trimmingCharacters(in: .whitespaces)) }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+            let pid = text.split(whereSeparator: \.isNewline).first.flatMap({ Int32($0.trimmingCharacters(in: .whitespaces)) })
+        else { return nil }
+        // A pid file outlives its process; the number may now be someone else's. The process
+        // a pid file names started before the file was written: one that started later is
+        // not ours, and is never signalled.
+        if let age = Processes.age(pid), let written = Processes.modificationTime(path),
+            age + 2 < Date().timeIntervalSince1970 - written
+        {
+            return nil
+        }
+        return pid
     }
 
     /// Child processes of `pid`, from /proc.

@@ -210,6 +210,27 @@ public enum Processes {
 
 /// A snapshot of /proc: each process's parent and CPU time, to find a server's children
 /// and to account the CPU of a node on loopback (with hosts, its cgroup does that).
+extension Processes {
+    /// How long ago `pid` started, in seconds, on the clock that counts from boot (so a
+    /// step of the wall clock does not move it); nil if there is no such process.
+    public static func age(_ pid: Int32) -> Double? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")"),
+            let uptime = (try? String(contentsOfFile: "/proc/uptime", encoding: .utf8))?.split(separator: " ").first.flatMap({ Double($0) })
+        else { return nil }
+        // After "pid (comm)": state is the 1st field, starttime (clock ticks since boot) the 20th.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let ticks = Double(fields[19]) else { return nil }
+        return uptime - ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// The file's last change, in seconds since 1970.
+    public static func modificationTime(_ path: String) -> Double? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
+    }
+}
+
 struct ProcessTable {
     struct Entry {
         var parent: Int32

@@ -1,4 +1,4 @@
-import Cluster
+@testable import Cluster
 import Foundation
 import Testing
 
@@ -148,6 +148,27 @@ import Testing
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         nginx.waitUntilExit()
         #expect(nginx.terminationStatus == 0, "\(text)")
+    }
+
+    /// A pid file names its process only if the process is older than the file: the same
+    /// number in an older file is a reused pid, and `cluster down` must not signal it.
+    @Test func aPidFileOlderThanItsProcessNamesNoOne() throws {
+        let dir = NSTemporaryDirectory() + "millions-pid-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cluster = Cluster(dir: dir, binary: "/bin/true", scripts: dir, say: { _ in })
+        let sleeper = Process()
+        sleeper.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        sleeper.arguments = ["120"]
+        try sleeper.run()
+        defer { sleeper.terminate() }
+        let path = dir + "/node.pid"
+        try "\(sleeper.processIdentifier)\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(cluster.readPid(path) == sleeper.processIdentifier)
+        let old = Int(Date().timeIntervalSince1970) - 600
+        var times = [timeval(tv_sec: old, tv_usec: 0), timeval(tv_sec: old, tv_usec: 0)]
+        #expect(utimes(path, &times) == 0)
+        #expect(cluster.readPid(path) == nil)
     }
 
     /// Root runs the servers as postgres, memcache and nobody: a cluster folder they cannot
