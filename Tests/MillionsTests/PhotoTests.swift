@@ -65,6 +65,21 @@ func stagePhotoJob(_ c: Components, _ image: [UInt8], edits: Edits?) async throw
     return (user, payload, try await PhotoJobs.enqueue(payload, on: c.jobs, maxAttempts: 5))
 }
 
+/// Claims every queued photo job and runs it with the photo handler (oldest first, or
+/// newest first); returns the jobs in the order they were queued.
+func runPhotoJobs(_ c: Components, metrics: AppMetrics = AppMetrics(), newestFirst: Bool = false) async throws -> [Job] {
+    let handler = PhotoJobs.handler(
+        store: c.photos, users: c.users, processor: c.images, limits: c.settings.imageLimits, metrics: metrics,
+        refresh: { _ in })
+    var jobs: [Job] = []
+    while let job = try await c.jobs.claim(queues: [PhotoJobs.queue], worker: "t", leaseSeconds: 60) { jobs.append(job) }
+    for job in newestFirst ? jobs.reversed() : jobs {
+        try await handler(job)
+        try await c.jobs.complete(id: job.id, worker: "t")
+    }
+    return jobs
+}
+
 /// A multipart/form-data body with the given text fields and one file.
 func multipart(boundary: String, fields: [String: String], file: (name: String, bytes: [UInt8])?) -> [UInt8] {
     var body: [UInt8] = []
@@ -456,16 +471,8 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
                 cookies: ["millions_session": session])
             #expect(edit.status == .accepted, "\(edit.text)")  // 450 fits B (500 wide), not A
             // Run the three jobs newest first: the older ones must not replace the edit.
-            let handler = PhotoJobs.handler(
-                store: components.photos, users: components.users, processor: components.images,
-                limits: components.settings.imageLimits, metrics: AppMetrics(), refresh: { _ in })
-            var jobs: [Job] = []
-            while let job = try await components.jobs.claim(queues: [PhotoJobs.queue], worker: "t", leaseSeconds: 60) { jobs.append(job) }
+            let jobs = try await runPhotoJobs(components, newestFirst: true)
             #expect(jobs.count == 3)
-            for job in jobs.reversed() {
-                try await handler(job)
-                try await components.jobs.complete(id: job.id, worker: "t")
-            }
             let editPayload = try #require(PhotoJobs.Payload.parse(jobs[2].payload))
             #expect(editPayload.source == PhotoName.original(owner: Int64(id)!, bytes: b, fileExtension: "png"))
             #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == PhotoJobs.photo(editPayload).variants)
@@ -485,17 +492,9 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
                 .post, "/users/\(id)/photo/edits", json: #"{"blur":{"sigma":2}}"#, cookies: ["millions_session": session])
             #expect(edit.status == .accepted, "\(edit.text)")
             let metrics = AppMetrics()
-            let handler = PhotoJobs.handler(
-                store: components.photos, users: components.users, processor: components.images,
-                limits: components.settings.imageLimits, metrics: metrics, refresh: { _ in })
-            var jobs: [Job] = []
-            while let job = try await components.jobs.claim(queues: [PhotoJobs.queue], worker: "t", leaseSeconds: 60) { jobs.append(job) }
-            #expect(jobs.count == 3)
             // Oldest first, as a queue runs them.
-            for job in jobs {
-                try await handler(job)
-                try await components.jobs.complete(id: job.id, worker: "t")
-            }
+            let jobs = try await runPhotoJobs(components, metrics: metrics)
+            #expect(jobs.count == 3)
             let editPayload = try #require(PhotoJobs.Payload.parse(jobs[2].payload))
             #expect(try await components.photos.list(kind: .variant).count == 4)  // edited + 3 sizes
             #expect(try await components.photos.list(kind: .original) == [PhotoName.original(owner: Int64(id)!, bytes: b, fileExtension: "png")])
