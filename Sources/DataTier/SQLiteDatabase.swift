@@ -98,6 +98,20 @@ public final class SQLiteDatabase: Service, Sendable {
         m.registerMigration("4-job-result-position") { db in
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN result_lsn INTEGER NOT NULL DEFAULT 0")
         }
+        // Failed log-ins by email and client address, known email or not (LoginThrottle);
+        // the columns on users they replace are no longer read.
+        m.registerMigration("5-login-failures") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE login_failures (
+                        key TEXT PRIMARY KEY,
+                        failures INTEGER NOT NULL,
+                        locked_until REAL,
+                        last_failure_at REAL NOT NULL
+                    );
+                    CREATE INDEX login_failures_by_time ON login_failures(last_failure_at);
+                    """)
+        }
         return m
     }
 

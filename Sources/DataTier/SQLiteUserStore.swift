@@ -89,43 +89,51 @@ public struct SQLiteUserStore: UserStore {
         try await db.pool.read { db in
             try Row.fetchOne(
                 db,
-                sql: "SELECT id, email, password_hash, failed_logins, locked_until FROM users WHERE email = ?",
+                sql: "SELECT id, email, password_hash FROM users WHERE email = ?",
                 arguments: [email]
             ).map { row in
                 Credentials(
-                    userID: UserID(rawValue: row["id"])!, email: row["email"], passwordHash: row["password_hash"],
-                    failedLogins: row["failed_logins"], lockedUntil: row["locked_until"])
+                    userID: UserID(rawValue: row["id"])!, email: row["email"], passwordHash: row["password_hash"])
             }
         }
     }
 
-    public func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
-        // One write transaction: SQLite has one writer at a time, so both statements are atomic.
+    public func reserveLoginAttempt(key: String, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
+        // One write transaction: SQLite has one writer at a time, so the read and the
+        // write are atomic.
         try await db.pool.write { db in
-            guard
-                let failures = try Int.fetchOne(
-                    db,
+            let row = try Row.fetchOne(
+                db, sql: "SELECT failures, locked_until, last_failure_at FROM login_failures WHERE key = ?", arguments: [key])
+            let next = throttle.attempt(
+                failures: row?["failures"] ?? 0, lockedUntil: row?["locked_until"], lastFailureAt: row?["last_failure_at"] ?? 0,
+                now: now)
+            switch next {
+            case .failure(let locked): return .locked(until: locked.until)
+            case .success(let state):
+                try db.execute(
                     sql: """
-                        UPDATE users SET failed_logins = failed_logins + 1
-                        WHERE id = ? AND (locked_until IS NULL OR locked_until <= ?) RETURNING failed_logins
+                        INSERT INTO login_failures (key, failures, locked_until, last_failure_at) VALUES (?, ?, ?, ?)
+                        ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, locked_until = excluded.locked_until,
+                            last_failure_at = excluded.last_failure_at
                         """,
-                    arguments: [userID.rawValue, now])
-            else {
-                let until = try Double.fetchOne(db, sql: "SELECT locked_until FROM users WHERE id = ?", arguments: [userID.rawValue])
-                return until.map { .locked(until: $0) } ?? .granted  // no such user: the password check fails
+                    arguments: [key, state.failures, state.lockedUntil, now])
+                return .granted
             }
-            if let lock = throttle.lockSeconds(afterFailures: failures) {
-                try db.execute(sql: "UPDATE users SET locked_until = ? WHERE id = ?", arguments: [now + lock, userID.rawValue])
-            }
-            return .granted
         }
     }
 
-    public func recordSuccessfulLogin(userID: UserID) async throws {
+    public func recordSuccessfulLogin(key: String) async throws {
+        try await db.pool.write { db in
+            try db.execute(sql: "DELETE FROM login_failures WHERE key = ?", arguments: [key])
+        }
+    }
+
+    public func forgetLoginFailures(before: Double) async throws -> Int {
         try await db.pool.write { db in
             try db.execute(
-                sql: "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ? AND failed_logins > 0",
-                arguments: [userID.rawValue])
+                sql: "DELETE FROM login_failures WHERE last_failure_at < ? AND (locked_until IS NULL OR locked_until < ?)",
+                arguments: [before, before])
+            return db.changesCount
         }
     }
 

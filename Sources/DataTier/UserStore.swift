@@ -17,11 +17,16 @@ public protocol UserStore: Sendable {
 
     /// The log-in identity for a normalized email.
     func credentials(email: String) async throws -> Credentials?
-    /// Counts a log-in attempt before its password is checked, and applies the throttle, in
-    /// one atomic step: parallel guesses cannot all pass a check made before any of them
-    /// is counted. Refused while the account is locked. A correct password then resets it.
-    func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt
-    func recordSuccessfulLogin(userID: UserID) async throws
+    /// Counts a log-in attempt for `key` (a normalized email and the client's address)
+    /// before its password is checked, and applies the throttle, in one atomic step:
+    /// parallel guesses cannot all pass a check made before any of them is counted. Refused
+    /// while the key is locked. The key need not name an account: an unknown email is
+    /// throttled exactly like a known one, so a lock reveals nothing.
+    func reserveLoginAttempt(key: String, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt
+    /// A correct password: the key's failures are forgotten.
+    func recordSuccessfulLogin(key: String) async throws
+    /// Deletes the failures last counted before `before` whose lock has ended; how many.
+    func forgetLoginFailures(before: Double) async throws -> Int
 
     /// Bulk insert for seeding; accounts whose id or email exists are skipped. Returns how
     /// many were inserted.
@@ -71,7 +76,7 @@ extension Photo {
 public enum LoginAttempt: Sendable, Equatable {
     /// The password may be checked; the attempt is counted as failed until it succeeds.
     case granted
-    /// The account is locked until then (seconds since 1970).
+    /// The key is locked until then (seconds since 1970).
     case locked(until: Double)
 }
 

@@ -126,17 +126,11 @@ public struct Credentials: Sendable {
     public var userID: UserID
     public var email: String
     public var passwordHash: String
-    /// Failed log-ins since the last success.
-    public var failedLogins: Int
-    /// Log-ins are refused until this instant (seconds since 1970), if set.
-    public var lockedUntil: Double?
 
-    public init(userID: UserID, email: String, passwordHash: String, failedLogins: Int, lockedUntil: Double?) {
+    public init(userID: UserID, email: String, passwordHash: String) {
         self.userID = userID
         self.email = email
         self.passwordHash = passwordHash
-        self.failedLogins = failedLogins
-        self.lockedUntil = lockedUntil
     }
 }
 

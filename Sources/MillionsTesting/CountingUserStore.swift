@@ -28,10 +28,11 @@ public final class CountingUserStore: UserStore {
     public func update(id: UserID, patch: ProfilePatch) async throws -> User? { try await inner.update(id: id, patch: patch) }
     public func delete(id: UserID) async throws -> DeletedUser? { try await inner.delete(id: id) }
     public func credentials(email: String) async throws -> Credentials? { try await inner.credentials(email: email) }
-    public func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
-        try await inner.reserveLoginAttempt(userID: userID, now: now, throttle: throttle)
+    public func reserveLoginAttempt(key: String, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
+        try await inner.reserveLoginAttempt(key: key, now: now, throttle: throttle)
     }
-    public func recordSuccessfulLogin(userID: UserID) async throws { try await inner.recordSuccessfulLogin(userID: userID) }
+    public func recordSuccessfulLogin(key: String) async throws { try await inner.recordSuccessfulLogin(key: key) }
+    public func forgetLoginFailures(before: Double) async throws -> Int { try await inner.forgetLoginFailures(before: before) }
     public func insertMany(_ accounts: [NewAccount]) async throws -> Int { try await inner.insertMany(accounts) }
     public func beginPhoto(id: UserID, source: String?) async throws -> PhotoTicket? {
         try await inner.beginPhoto(id: id, source: source)

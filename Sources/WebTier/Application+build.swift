@@ -240,10 +240,17 @@ public func engineServices(_ c: Components) -> [any Service] {
     if let database = c.database { services.append(database) }
     if let set = c.replicaSet { services.append(set) }
     if let redis = c.redis { services.append(redis) }
-    // Redis expires its sessions itself; SQL sessions need sweeping.
+    // Redis expires its sessions itself; SQL sessions need sweeping. Failed log-ins are
+    // forgotten once the throttle would ignore them.
+    var sweeps: [Sweeper.Sweep] = []
     if c.settings.sessionStore != "redis" {
-        services.append(SessionSweeper(store: c.sessions, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger))
+        sweeps.append(Sweeper.Sweep("sessions") { [sessions = c.sessions] in try await sessions.purgeExpired() })
     }
+    sweeps.append(
+        Sweeper.Sweep("login failures") { [users = c.users, forget = c.settings.loginThrottle.forgetAfterSeconds] in
+            try await users.forgetLoginFailures(before: Clock.secondsSince1970() - forget)
+        })
+    services.append(Sweeper(sweeps, interval: .seconds(c.settings.sessionSweepSeconds), logger: c.logger))
     if let memcached = c.memcached { services.append(memcached) }
     // Stops after the server and before the database closes.
     if c.settings.queueInProcessWorkers > 0 { services.append(c.worker(concurrency: c.settings.queueInProcessWorkers)) }

@@ -181,7 +181,8 @@ public struct Settings: Sendable {
         loginThrottle = LoginThrottle(
             freeAttempts: config.int(forKey: "auth.freeFailedLogins", default: 5),
             baseLockSeconds: config.double(forKey: "auth.baseLockSeconds", default: 1),
-            maxLockSeconds: config.double(forKey: "auth.maxLockSeconds", default: 900))
+            maxLockSeconds: config.double(forKey: "auth.maxLockSeconds", default: 900),
+            forgetAfterSeconds: config.double(forKey: "auth.forgetFailedLoginsAfterSeconds", default: 3600))
 
         cacheBackend = config.string(forKey: "cache.backend", default: "memory")
         stampedeProtection = config.bool(forKey: "cache.stampedeProtection", default: true)
@@ -255,6 +256,10 @@ public struct Settings: Sendable {
         try check(
             loginThrottle.baseLockSeconds > 0 && loginThrottle.maxLockSeconds >= loginThrottle.baseLockSeconds,
             "auth.baseLockSeconds must be positive and at most auth.maxLockSeconds")
+        // Failures forgotten sooner than the longest lock would never reach it.
+        try check(
+            loginThrottle.forgetAfterSeconds > loginThrottle.maxLockSeconds,
+            "auth.forgetFailedLoginsAfterSeconds must be longer than auth.maxLockSeconds")
         try check(cacheMaxEntries >= 1 && cacheMaxBytes >= 4096, "cache.maxEntries ≥ 1 and cache.maxBytes ≥ 4096")
         try check(cacheTTLSeconds >= 1 && cacheNegativeTTLSeconds >= 0, "cache TTLs must be positive")
         try check(["memory", "memcached", "none"].contains(cacheBackend), "cache.backend must be memory, memcached or none")
@@ -279,6 +284,7 @@ public struct Settings: Sendable {
         "session.store", "redis.address", "redis.password", "redis.database", "redis.protocol", "redis.connections",
         "redis.timeoutMs", "redis.sentinels", "redis.masterName", "redis.waitReplicas", "redis.waitTimeoutMs",
         "auth.bcryptCost", "auth.freeFailedLogins", "auth.baseLockSeconds", "auth.maxLockSeconds",
+        "auth.forgetFailedLoginsAfterSeconds",
         "cache.backend", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
         "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",

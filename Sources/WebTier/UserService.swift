@@ -65,22 +65,22 @@ struct UserService: Sendable {
         // No account's password has a NUL (sign-up refuses it), and bcrypt would stop at
         // one: "secret123\0anything" must not pass for "secret123".
         guard !password.utf8.contains(0) else { throw wrong }
+        // Counted before the account is read and before bcrypt (as failed until it
+        // succeeds): parallel guesses cannot all pass the lock check, and an unknown email
+        // is counted and locked exactly like a known one, so a 429 reveals no account. Keyed
+        // by the client's address too: a stranger's guesses do not lock the owner out.
+        let key = SHA256.hex(email + "\n" + address)
+        let now = Clock.secondsSince1970()
+        if case .locked(let until) = try await users.reserveLoginAttempt(key: key, now: now, throttle: settings.loginThrottle) {
+            throw MillionsError(
+                .tooManyRequests, "too many failed log-ins; try again later", retryAfter: max(1, Int((until - now).rounded(.up))))
+        }
         guard let creds = try await users.credentials(email: email) else {
             _ = try await verify(password, decoyHash)
             throw wrong
         }
-        let now = Clock.secondsSince1970()
-        func locked(_ until: Double) -> MillionsError {
-            MillionsError(.tooManyRequests, "too many failed log-ins; try again later", retryAfter: max(1, Int((until - now).rounded(.up))))
-        }
-        if let until = creds.lockedUntil, until > now { throw locked(until) }
-        // Counted before bcrypt (as failed until it succeeds), so parallel guesses cannot
-        // all pass the lock check: at most the throttle's free attempts reach the hash.
-        if case .locked(let until) = try await users.reserveLoginAttempt(userID: creds.userID, now: now, throttle: settings.loginThrottle) {
-            throw locked(until)
-        }
         guard try await verify(password, creds.passwordHash) else { throw wrong }
-        try await users.recordSuccessfulLogin(userID: creds.userID)
+        try await users.recordSuccessfulLogin(key: key)
         guard let user = try await users.user(id: creds.userID) else { throw wrong }
         let session = try await sessions.create(userID: user.id, ttl: settings.sessionTTLSeconds)
         return (user, session)

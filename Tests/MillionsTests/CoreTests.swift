@@ -136,4 +136,14 @@ import Testing
         #expect(t.lockSeconds(afterFailures: 7) == 10)
         #expect(t.lockSeconds(afterFailures: 500) == 10)
     }
+
+    @Test func anAttemptCountsLocksAndForgets() throws {
+        let t = LoginThrottle(freeAttempts: 2, baseLockSeconds: 1, maxLockSeconds: 10, forgetAfterSeconds: 100)
+        #expect(try t.attempt(failures: 0, lockedUntil: nil, lastFailureAt: 0, now: 50).get() == (1, nil))
+        #expect(try t.attempt(failures: 1, lockedUntil: nil, lastFailureAt: 50, now: 60).get() == (2, 61))
+        #expect(throws: LoginThrottle.Locked(until: 61)) { try t.attempt(failures: 2, lockedUntil: 61, lastFailureAt: 60, now: 60.5).get() }
+        #expect(try t.attempt(failures: 2, lockedUntil: 61, lastFailureAt: 60, now: 61).get() == (3, 63))
+        // A hundred seconds after the last failure it no longer counts.
+        #expect(try t.attempt(failures: 9, lockedUntil: 70, lastFailureAt: 60, now: 160).get() == (1, nil))
+    }
 }

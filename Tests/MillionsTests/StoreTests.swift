@@ -90,25 +90,36 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
         }
     }
 
+    /// Failed log-ins by key (email and address, known or not): the throttle's locks, a
+    /// reset on success, failures forgotten after a quiet spell, and the sweep.
     @Test(arguments: Engine.allCases) func failedLoginsLockWithTheThrottle(engine: Engine) async throws {
         try await withStores(engine) { store, _ in
-            let email = uniqueEmail("lock")
-            let user = try await store.create(Self.account(email))
-            let throttle = LoginThrottle(freeAttempts: 2, baseLockSeconds: 1, maxLockSeconds: 60)
-            func attempt(_ now: Double) async throws -> LoginAttempt {
-                try await store.reserveLoginAttempt(userID: user.id, now: now, throttle: throttle)
+            let key = uniqueEmail("lock") + "\n203.0.113.9"
+            let throttle = LoginThrottle(freeAttempts: 2, baseLockSeconds: 1, maxLockSeconds: 60, forgetAfterSeconds: 1000)
+            func attempt(_ now: Double, _ key: String = key) async throws -> LoginAttempt {
+                try await store.reserveLoginAttempt(key: key, now: now, throttle: throttle)
             }
             #expect(try await attempt(100) == .granted)
             #expect(try await attempt(100) == .granted)  // the second counted attempt locks for 1 s
             #expect(try await attempt(100) == .locked(until: 101))
             #expect(try await attempt(100.5) == .locked(until: 101))
+            #expect(try await attempt(100.5, key + "x") == .granted)  // another key is not locked
             #expect(try await attempt(101) == .granted)  // the third: 2 s
             #expect(try await attempt(102) == .locked(until: 103))
-            let creds = try #require(try await store.credentials(email: email))
-            #expect(creds.failedLogins == 3 && creds.lockedUntil == 103)
-            try await store.recordSuccessfulLogin(userID: user.id)
-            let reset = try #require(try await store.credentials(email: email))
-            #expect(reset.failedLogins == 0 && reset.lockedUntil == nil)
+            // A quiet spell as long as forgetAfterSeconds: the count starts again.
+            #expect(try await attempt(1101) == .granted)
+            #expect(try await attempt(1101) == .granted)
+            #expect(try await attempt(1101) == .locked(until: 1102))
+            // A right password forgets at once.
+            try await store.recordSuccessfulLogin(key: key)
+            #expect(try await attempt(1101) == .granted)
+            // The sweep deletes failures counted before its time whose lock has ended.
+            #expect(try await store.forgetLoginFailures(before: 1101) >= 1)  // key + "x"
+            #expect(try await store.forgetLoginFailures(before: 1101) == 0)
+            #expect(try await store.forgetLoginFailures(before: 1102) >= 1)  // key
+            #expect(try await attempt(1101.5) == .granted)
+            #expect(try await attempt(1101.5) == .granted)  // counted from zero again: locks now
+            #expect(try await attempt(1101.5) == .locked(until: 1102.5))
         }
     }
 
@@ -171,7 +182,7 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
         try await Self.withDatabase { db in
             let mode = try await db.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
             #expect(mode == "wal")
-            #expect(try db.appliedMigrations() == ["1-users-and-sessions", "2-jobs", "3-photos", "4-job-result-position"])
+            #expect(try db.appliedMigrations() == ["1-users-and-sessions", "2-jobs", "3-photos", "4-job-result-position", "5-login-failures"])
         }
     }
 }

@@ -3,6 +3,7 @@ import DataTier
 import Foundation
 import GRDB
 import HTTPTypes
+import Logging
 import HummingbirdTesting
 import MillionsCore
 import NIOCore
@@ -266,6 +267,49 @@ func signUpJohn(_ client: any TestClientProtocol, email: String = "john@example.
             #expect(statuses.filter { $0 == .tooManyRequests }.count == 37)
             let right = try await client.send(.post, "/sessions", json: #"{"email":"john@example.com","password":"correct horse"}"#)
             #expect(right.status == .tooManyRequests)
+        }
+    }
+
+    /// An unknown email is counted and locked like a known one: the answers (status, body,
+    /// Retry-After) cannot tell them apart, so the lock reveals no account.
+    @Test func unknownEmailsLockLikeKnownOnes() async throws {
+        try await TestApp.run(["auth.freeFailedLogins": "3", "auth.baseLockSeconds": "600"]) { client, _ in
+            _ = try await signUpJohn(client)
+            func answers(_ email: String) async throws -> [String] {
+                var seen: [String] = []
+                for _ in 0..<5 {
+                    let r = try await client.send(.post, "/sessions", json: #"{"email":"\#(email)","password":"wrong password"}"#)
+                    let error = r.object["error"] as? [String: String] ?? [:]
+                    seen.append("\(r.status.code) \(r.headers[.retryAfter] ?? "-") \(error["code"] ?? "") \(error["message"] ?? "")")
+                }
+                return seen
+            }
+            let known = try await answers("john@example.com")
+            let unknown = try await answers("nobody@example.com")
+            #expect(known == unknown)
+            #expect(known.map { $0.prefix(3) } == ["401", "401", "401", "429", "429"])
+        }
+    }
+
+    /// A stranger's guesses lock the stranger's address only: the owner, from another
+    /// address, still logs in (before, one guess per lock period kept the owner out).
+    @Test func aLockFromOneAddressLeavesTheOwnerElsewhere() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let settings = try TestApp.settings(
+                dataDirectory: dir, ["auth.freeFailedLogins": "3", "auth.baseLockSeconds": "600", "http.trustedProxies": "127.0.0.1"])
+            let components = try await Components.build(settings: settings, logger: Logger(label: "test"))
+            try await buildApplication(components).test(.live) { client in
+                _ = try await signUpJohn(client)
+                func logIn(_ password: String, from address: String) async throws -> HTTPResponse.Status {
+                    try await client.send(
+                        .post, "/sessions", json: #"{"email":"john@example.com","password":"\#(password)"}"#,
+                        headers: [.init("X-Forwarded-For")!: address]
+                    ).status
+                }
+                for _ in 0..<3 { #expect(try await logIn("wrong password", from: "203.0.113.9") == .unauthorized) }
+                #expect(try await logIn("correct horse", from: "203.0.113.9") == .tooManyRequests)
+                #expect(try await logIn("correct horse", from: "198.51.100.7") == .created)
+            }
         }
     }
 

@@ -86,6 +86,20 @@ public enum PostgresMigrations {
                 """
             ]
         ),
+        // Failed log-ins by email and client address, known email or not (LoginThrottle);
+        // the columns on users they replace are no longer read.
+        (
+            "6-login-failures",
+            [
+                """
+                CREATE TABLE login_failures (
+                    key text PRIMARY KEY, failures integer NOT NULL, locked_until double precision,
+                    last_failure_at double precision NOT NULL
+                )
+                """,
+                "CREATE INDEX login_failures_by_time ON login_failures (last_failure_at)",
+            ]
+        ),
     ]
 
     /// Applies what is missing; returns every applied migration's name.

@@ -104,52 +104,62 @@ public struct PostgresUserStore: UserStore {
     }
 
     public func credentials(email: String) async throws -> Credentials? {
-        // Log-ins read the primary: a just-created account and the failure count must be current.
+        // Log-ins read the primary: a just-created account must be found.
         try await set.readPrimary("credentials") { client in
-            let rows = try await client.query(
-                "SELECT id, email, password_hash, failed_logins, locked_until FROM users WHERE email = \(email)")
-            for try await (id, email, hash, failures, locked) in rows.decode((Int64, String, String, Int32, Double?).self) {
-                return Credentials(
-                    userID: UserID(rawValue: id)!, email: email, passwordHash: hash, failedLogins: Int(failures),
-                    lockedUntil: locked)
+            let rows = try await client.query("SELECT id, email, password_hash FROM users WHERE email = \(email)")
+            for try await (id, email, hash) in rows.decode((Int64, String, String).self) {
+                return Credentials(userID: UserID(rawValue: id)!, email: email, passwordHash: hash)
             }
             return nil
         }
     }
 
-    public func reserveLoginAttempt(userID: UserID, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
+    public func reserveLoginAttempt(key: String, now: Double, throttle: LoginThrottle) async throws -> LoginAttempt {
         let logger = self.logger
-        let (free, base, cap) = (throttle.freeAttempts, throttle.baseLockSeconds, throttle.maxLockSeconds)
         return try await set.write("login_attempt") { c in
-            // One statement, so the count and the lock it implies change together under the
-            // row's lock: a parallel attempt sees both or neither (LoginThrottle's rule in SQL).
-            let rows = try await c.query(
-                """
-                UPDATE users SET failed_logins = failed_logins + 1,
-                    locked_until = CASE WHEN failed_logins + 1 >= \(free)
-                        THEN \(now) + LEAST(\(base) * power(2, LEAST(failed_logins + 1 - \(free), 30)), \(cap))
-                        ELSE locked_until END
-                WHERE id = \(userID.rawValue) AND (locked_until IS NULL OR locked_until <= \(now))
-                RETURNING failed_logins
-                """,
+            // The row exists before it is locked, so parallel first attempts at a key queue
+            // on one row lock instead of racing to insert (LoginThrottle decides in Swift).
+            try await c.query(
+                "INSERT INTO login_failures (key, failures, last_failure_at) VALUES (\(key), 0, 0) ON CONFLICT DO NOTHING",
                 logger: logger)
-            var granted = false
-            for try await _ in rows.decode(Int32.self) { granted = true }
-            if granted { return .granted }
-            var until: Double? = nil
-            for try await u in try await c.query("SELECT locked_until FROM users WHERE id = \(userID.rawValue)", logger: logger)
-                .decode(Double?.self)
-            { until = u }
-            return until.map { .locked(until: $0) } ?? .granted  // no such user: the password check fails
+            var stored = (failures: 0, lockedUntil: Double?.none, lastFailureAt: 0.0)
+            let rows = try await c.query(
+                "SELECT failures, locked_until, last_failure_at FROM login_failures WHERE key = \(key) FOR UPDATE",
+                logger: logger)
+            for try await (f, l, t) in rows.decode((Int32, Double?, Double).self) { stored = (Int(f), l, t) }
+            switch throttle.attempt(failures: stored.failures, lockedUntil: stored.lockedUntil, lastFailureAt: stored.lastFailureAt, now: now) {
+            case .failure(let locked): return .locked(until: locked.until)
+            case .success(let next):
+                try await c.query(
+                    """
+                    UPDATE login_failures SET failures = \(Int32(clamping: next.failures)), locked_until = \(next.lockedUntil),
+                        last_failure_at = \(now) WHERE key = \(key)
+                    """,
+                    logger: logger)
+                return .granted
+            }
         }
     }
 
-    public func recordSuccessfulLogin(userID: UserID) async throws {
+    public func recordSuccessfulLogin(key: String) async throws {
         let logger = self.logger
         try await set.write("login_reset") { c in
-            try await c.query(
-                "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = \(userID.rawValue) AND failed_logins > 0",
+            try await c.query("DELETE FROM login_failures WHERE key = \(key)", logger: logger)
+        }
+    }
+
+    public func forgetLoginFailures(before: Double) async throws -> Int {
+        let logger = self.logger
+        return try await set.write("login_forget") { c in
+            var n = 0
+            let rows = try await c.query(
+                """
+                DELETE FROM login_failures WHERE last_failure_at < \(before) AND (locked_until IS NULL OR locked_until < \(before))
+                RETURNING 1
+                """,
                 logger: logger)
+            for try await _ in rows { n += 1 }
+            return n
         }
     }
 
