@@ -168,7 +168,9 @@ public struct SQLiteUserStore: UserStore {
 
     /// `beginPhoto` inside a transaction the caller holds (to enqueue the job with it).
     public static func beginPhoto(_ db: Database, id: UserID, source: String?) throws -> PhotoTicket? {
-        try Row.fetchOne(
+        // Inside a write transaction (one writer): the row read is the row updated.
+        let before = try String.fetchOne(db, sql: "SELECT photo_source FROM users WHERE id = ?", arguments: [id.rawValue])
+        return try Row.fetchOne(
             db,
             sql: """
                 UPDATE users SET photo_version = photo_version + 1, photo_source = COALESCE(?, photo_source)
@@ -176,7 +178,10 @@ public struct SQLiteUserStore: UserStore {
                 RETURNING photo_version, photo_source
                 """,
             arguments: [source, id.rawValue, source]
-        ).map { PhotoTicket(version: $0["photo_version"], source: $0["photo_source"]) }
+        ).map { row in
+            let now: String = row["photo_source"]
+            return PhotoTicket(version: row["photo_version"], source: now, replaced: source != nil && before != now ? before : nil)
+        }
     }
 
     public func photoSource(id: UserID) async throws -> String? {
@@ -192,15 +197,15 @@ public struct SQLiteUserStore: UserStore {
         }
     }
 
-    public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool {
+    public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> PhotoSwap {
         try await db.pool.write { db in
+            let before = try Row.fetchOne(
+                db, sql: "SELECT photo FROM users WHERE id = ? AND photo_applied <= ?", arguments: [id.rawValue, version])
+            guard let before else { return .notShown }
             try db.execute(
-                sql: """
-                    UPDATE users SET photo = ?, photo_applied = ?, updated_at = ?
-                    WHERE id = ? AND photo_applied <= ?
-                    """,
-                arguments: [photo.jsonText, version, Clock.secondsSince1970(), id.rawValue, version])
-            return db.changesCount > 0
+                sql: "UPDATE users SET photo = ?, photo_applied = ?, updated_at = ? WHERE id = ?",
+                arguments: [photo.jsonText, version, Clock.secondsSince1970(), id.rawValue])
+            return .shown(replaced: Photo.parse(before["photo"]))
         }
     }
 

@@ -37,8 +37,8 @@ public protocol UserStore: Sendable {
     /// nothing to edit. Versions count per user, so they never go backwards.
     func beginPhoto(id: UserID, source: String?) async throws -> PhotoTicket?
     /// Makes `photo` (version `version`) the user's current photo, unless a newer version is
-    /// already shown. False if not set.
-    func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool
+    /// already shown.
+    func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> PhotoSwap
     /// The newest uploaded original (what edits apply to), read from the primary.
     func photoSource(id: UserID) async throws -> String?
     /// The newest photo version asked for and its original, read from the primary; nil if
@@ -49,14 +49,26 @@ public protocol UserStore: Sendable {
     func ping() async throws
 }
 
-/// A photo version to process: its number, and the original it starts from.
+/// A photo version to process: its number, and the original it starts from; for an
+/// upload, also the original it replaced as the newest (nothing will use that one again).
 public struct PhotoTicket: Sendable, Equatable {
     public var version: Int64
     public var source: String
-    public init(version: Int64, source: String) {
+    public var replaced: String?
+    public init(version: Int64, source: String, replaced: String? = nil) {
         self.version = version
         self.source = source
+        self.replaced = replaced
     }
+}
+
+/// What `setPhoto` did: shown, with the photo it replaced (nil: none), or not (a newer
+/// version is shown, or there is no such user).
+public enum PhotoSwap: Sendable, Equatable {
+    case shown(replaced: Photo?)
+    case notShown
+
+    public var isShown: Bool { if case .shown = self { true } else { false } }
 }
 
 /// The id of a new user collided with an existing one; mint another and retry.
@@ -65,6 +77,9 @@ public struct DuplicateIDError: Error, Sendable {
 }
 
 extension Photo {
+    /// The variant file names (the last part of each variant's URL), sorted.
+    public var files: [String] { variants.values.compactMap { $0.split(separator: "/").last.map(String.init) }.sorted() }
+
     /// Reads the stored JSON text; nil if absent or unreadable.
     public static func parse(_ text: String?) -> Photo? {
         guard let text else { return nil }
@@ -92,7 +107,5 @@ public struct DeletedUser: Sendable, Equatable {
     }
 
     /// The variant file names (the last part of each variant's URL).
-    public var variantFiles: [String] {
-        (photo?.variants.values).map { $0.compactMap { $0.split(separator: "/").last.map(String.init) }.sorted() } ?? []
-    }
+    public var variantFiles: [String] { photo?.files ?? [] }
 }

@@ -37,7 +37,7 @@ public final class CountingUserStore: UserStore {
     public func beginPhoto(id: UserID, source: String?) async throws -> PhotoTicket? {
         try await inner.beginPhoto(id: id, source: source)
     }
-    public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool {
+    public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> PhotoSwap {
         try await inner.setPhoto(id: id, photo: photo, version: version)
     }
     public func photoSource(id: UserID) async throws -> String? { try await inner.photoSource(id: id) }

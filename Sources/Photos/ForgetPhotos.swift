@@ -24,6 +24,26 @@ public enum ForgetPhotos {
         public var isEmpty: Bool { originals.isEmpty && variants.isEmpty }
     }
 
+    /// Queues a forget job, `after` seconds from now.
+    public struct Scheduler: Sendable {
+        let jobs: any JobQueue
+        let maxAttempts: Int
+        /// How long a replaced photo's variants stay servable: a page rendered just before
+        /// the swap may still name them.
+        public let graceSeconds: Double
+
+        public init(jobs: any JobQueue, maxAttempts: Int, graceSeconds: Double) {
+            self.jobs = jobs
+            self.maxAttempts = maxAttempts
+            self.graceSeconds = graceSeconds
+        }
+
+        public func schedule(_ files: Payload, after seconds: Double = 0) async throws {
+            guard !files.isEmpty else { return }
+            _ = try await jobs.enqueue(queue: queue, payload: files.json, maxAttempts: maxAttempts, delaySeconds: seconds)
+        }
+    }
+
     public static func handler(store: any PhotoStore, edges: EdgePurge, metrics: AppMetrics) -> JobHandler {
         { job in
             guard let p = try? JSONDecoder().decode(Payload.self, from: Data(job.payload.utf8)),

@@ -41,9 +41,10 @@ public enum PhotoJobs {
     static let recipeVersion = "millions-photo-1"
 
     /// The variant names a job writes, fixed by its input before it runs: the SHA-256 of
-    /// the original's own content hash, the edits and the variant. A retried or duplicated
-    /// run writes the same names, so each variant exists once, and a changed input gets a
-    /// new name, so a URL's content never changes (safe to cache forever).
+    /// the original's name, the edits, the version and the variant. A retried or duplicated
+    /// run writes the same names, so each variant exists once; a new version gets new names,
+    /// so a URL's content never changes (safe to cache forever) and a name, once forgotten,
+    /// is never written again.
     public static func variantFiles(_ p: Payload) -> [String: String] {
         let edits = p.edits.map(canonicalJSON) ?? "-"
         var names = (p.edits == nil ? [] : ["edited"]) + sizes.map(\.name)
@@ -51,7 +52,7 @@ public enum PhotoJobs {
         var out: [String: String] = [:]
         for name in names {
             let size = sizes.first { $0.name == name }.map { String($0.size) } ?? "full"
-            out[name] = SHA256.hex("\(recipeVersion)\n\(p.source)\n\(edits)\n\(name)\n\(size)\nq\(jpegQuality)") + ".jpg"
+            out[name] = SHA256.hex("\(recipeVersion)\n\(p.source)\n\(edits)\nv\(p.version)\n\(name)\n\(size)\nq\(jpegQuality)") + ".jpg"
         }
         return out
     }
@@ -91,9 +92,10 @@ public enum PhotoJobs {
     /// The handler for the `photo` queue. `refresh` replaces the user's cached profile once
     /// the new photo is recorded; it runs in the write's read-your-writes scope, so it reads
     /// the profile from a node that has the write.
+    /// The photo it replaces is forgotten (`forget`) after the scheduler's grace period.
     public static func handler(
         store: any PhotoStore, users: any UserStore, processor: ImageProcessor, limits: ImageLimits,
-        metrics: AppMetrics, refresh: @escaping @Sendable (UserID) async -> Void
+        metrics: AppMetrics, forget: ForgetPhotos.Scheduler, refresh: @escaping @Sendable (UserID) async -> Void
     ) -> JobHandler {
         { job in
             guard let p = Payload.parse(job.payload), PhotoName.isValid(p.source), let user = UserID(rawValue: p.user) else {
@@ -142,12 +144,19 @@ public enum PhotoJobs {
             processed("thumbnail", sizes.count)
             // The worker's scope when there is one, so the job records the write's position.
             try await ReadYourWrites.$current.withValue(ReadYourWrites.current ?? ReadYourWrites()) {
-                if try await users.setPhoto(id: user, photo: photo(p), version: p.version) {
+                switch try await users.setPhoto(id: user, photo: photo(p), version: p.version) {
+                case .shown(let replaced):
                     await refresh(user)
-                } else if try await users.photoSource(id: user) == nil {
-                    // The account was deleted while this ran: nothing will ever name these.
+                    // A retry replaces its own photo: forget only names the new one lacks.
+                    let gone = (replaced?.files ?? []).filter { !files.values.contains($0) }
+                    try await forget.schedule(ForgetPhotos.Payload(originals: [], variants: gone), after: forget.graceSeconds)
+                case .notShown:
+                    // A newer version is shown, or the account was deleted while this ran:
+                    // nothing will ever name these variants.
                     for name in files.values { try await store.delete(name: name, kind: .variant) }
-                    try await store.delete(name: p.source, kind: .original)
+                    if try await users.photoSource(id: user) == nil {
+                        try await store.delete(name: p.source, kind: .original)
+                    }
                 }
             }
         }

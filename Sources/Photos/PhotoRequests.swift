@@ -6,9 +6,10 @@ import MessageQueue
 import MillionsCore
 import PostgresNIO
 
-/// Takes a new photo version for a user and queues the job that makes it. Where the queue
-/// lives in the data engine, both happen in one transaction: a version without its job
-/// (or a job without its version) never exists.
+/// Takes a new photo version for a user and queues the job that makes it, and, for an
+/// upload, the job that forgets the original it replaced. Where the queue lives in the
+/// data engine, all happen in one transaction: a version without its job (or a job
+/// without its version) never exists.
 public protocol PhotoRequests: Sendable {
     /// nil if there is no such user, or (`source` nil: an edit) no photo to edit.
     func request(user: UserID, source: String?, edits: Edits?, maxAttempts: Int) async throws
@@ -18,6 +19,14 @@ public protocol PhotoRequests: Sendable {
 extension PhotoJobs.Payload {
     init(_ user: UserID, _ ticket: PhotoTicket, _ edits: Edits?) {
         self.init(user: user.rawValue, version: ticket.version, source: ticket.source, edits: edits)
+    }
+}
+
+extension PhotoTicket {
+    /// The replaced original, to forget. Safe at once: edits now start from the new upload,
+    /// and a job of an older version finds itself superseded before it reads its original.
+    var forget: ForgetPhotos.Payload? {
+        replaced.map { ForgetPhotos.Payload(originals: [$0], variants: []) }
     }
 }
 
@@ -35,6 +44,10 @@ public struct SQLitePhotoRequests: PhotoRequests {
             let payload = PhotoJobs.Payload(user, ticket, edits)
             let job = try SQLiteJobQueue.enqueue(
                 db, queue: PhotoJobs.queue, payload: payload.json, maxAttempts: maxAttempts, runAt: now, now: now)
+            if let forget = ticket.forget {
+                _ = try SQLiteJobQueue.enqueue(
+                    db, queue: ForgetPhotos.queue, payload: forget.json, maxAttempts: maxAttempts, runAt: now, now: now)
+            }
             return (payload, job)
         }
     }
@@ -55,14 +68,19 @@ public struct PostgresPhotoRequests: PhotoRequests {
             let payload = PhotoJobs.Payload(user, ticket, edits)
             let job = try await PostgresJobQueue.enqueue(
                 c, queue: PhotoJobs.queue, payload: payload.json, maxAttempts: maxAttempts, runAt: now, now: now)
+            if let forget = ticket.forget {
+                _ = try await PostgresJobQueue.enqueue(
+                    c, queue: ForgetPhotos.queue, payload: forget.json, maxAttempts: maxAttempts, runAt: now, now: now)
+            }
             return (payload, job)
         }
     }
 }
 
-/// A queue in another store (Redis): the version, then the job. If the enqueue fails the
+/// A queue in another store (Redis): the version, then the jobs. If an enqueue fails the
 /// version is skipped, which is harmless (versions only need to grow); an upload's new
-/// original then waits for the next upload or edit to be processed.
+/// original then waits for the next upload or edit to be processed, and a replaced one
+/// stays on disk (`millions images` lists it).
 public struct SeparatePhotoRequests: PhotoRequests {
     let users: any UserStore
     let jobs: any JobQueue
@@ -76,6 +94,10 @@ public struct SeparatePhotoRequests: PhotoRequests {
     {
         guard let ticket = try await users.beginPhoto(id: user, source: source) else { return nil }
         let payload = PhotoJobs.Payload(user, ticket, edits)
-        return (payload, try await PhotoJobs.enqueue(payload, on: jobs, maxAttempts: maxAttempts))
+        let job = try await PhotoJobs.enqueue(payload, on: jobs, maxAttempts: maxAttempts)
+        if let forget = ticket.forget {
+            _ = try await jobs.enqueue(queue: ForgetPhotos.queue, payload: forget.json, maxAttempts: maxAttempts, delaySeconds: 0)
+        }
+        return (payload, job)
     }
 }

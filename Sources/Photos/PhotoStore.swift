@@ -33,10 +33,11 @@ public enum PhotoName {
         return parts[0].utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
     }
 
-    /// An original's name: the SHA-256 of its owner and its content. Two users' identical
-    /// uploads are two files, so deleting one account's photos never takes another's.
-    public static func original(owner: Int64, bytes: [UInt8], fileExtension: String) -> String {
-        SHA256.hex(Array("millions-photo-owner:\(owner)\n".utf8) + bytes) + "." + fileExtension
+    /// A new original's name: random, one per upload, so a name is never used again once
+    /// forgotten (the same bytes uploaded again are a new file), and deleting one
+    /// upload's file can never take a later one's.
+    public static func original(fileExtension: String) -> String {
+        Token.random(bytes: 32) + "." + fileExtension
     }
 
     public static func contentType(_ name: String) -> String {

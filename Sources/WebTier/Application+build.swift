@@ -162,6 +162,11 @@ public struct Components: Sendable {
         return path
     }
 
+    /// Queues the deletion of photo files nothing names any more.
+    public var forgetPhotos: ForgetPhotos.Scheduler {
+        ForgetPhotos.Scheduler(jobs: jobs, maxAttempts: settings.queueMaxAttempts, graceSeconds: settings.photosReplacedGraceSeconds)
+    }
+
     /// Consumers for every job kind this build knows, with the configured lease and grace.
     public func worker(concurrency: Int) -> Worker {
         var options = Worker.Options()
@@ -172,7 +177,7 @@ public struct Components: Sendable {
         var handlers = StandardHandlers.all(touchDirectory: settings.queueTouchDirectory)
         handlers[PhotoJobs.queue] = PhotoJobs.handler(
             store: photos, users: users, processor: images, limits: settings.imageLimits, metrics: metrics,
-            refresh: { [userCache, users] id in
+            forget: forgetPhotos, refresh: { [userCache, users] id in
                 guard let userCache else { return }
                 await userCache.invalidate(id)
                 // Fill it again at once, from a node that has the photo (the job's
@@ -196,7 +201,7 @@ public struct Components: Sendable {
     var service: UserService {
         UserService(
             users: users, sessions: sessions, cache: userCache, settings: settings, ids: UserIDGenerator(),
-            decoyHash: decoyHash, jobs: jobs, limits: limits, passwords: passwords)
+            decoyHash: decoyHash, forget: forgetPhotos, limits: limits, passwords: passwords)
     }
 
     /// The OpenAPI document served at `/openapi.yaml`.

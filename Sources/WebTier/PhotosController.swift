@@ -70,9 +70,7 @@ struct PhotosController {
             throw MillionsError(.unsupportedMediaType, "send the image as the body (image/jpeg, image/png, image/webp) or as multipart/form-data")
         }
         let info = try await probe(image)
-        let source = try await images.run {
-            PhotoName.original(owner: id.rawValue, bytes: image, fileExtension: info.format.fileExtension)
-        }
+        let source = PhotoName.original(fileExtension: info.format.fileExtension)
         try await photos.put(image, name: source, kind: .original)
         // The new version and its job, in one transaction where the queue allows.
         guard let made = try await requests.request(user: id, source: source, edits: nil, maxAttempts: settings.queueMaxAttempts)

@@ -116,6 +116,8 @@ public struct Settings: Sendable {
     public var queueTouchDirectory: String
     /// `host:port` of every edge cache a deleted photo is purged from (`PURGE /photos/NAME`).
     public var photosPurgeEdges: [String]
+    /// How long a replaced photo's variants stay servable before they are deleted.
+    public var photosReplacedGraceSeconds: Double
 
     public init(_ config: ConfigReader) throws {
         host = config.string(forKey: "http.host", default: "127.0.0.1")
@@ -215,11 +217,13 @@ public struct Settings: Sendable {
         photosStore = config.string(forKey: "photos.store", default: "folder")
         photosMaxBytes = config.int(forKey: "photos.maxBytes", default: 10 * 1024 * 1024)
         queueTouchDirectory = config.string(forKey: "queue.touchDirectory", default: "")
+        photosReplacedGraceSeconds = config.double(forKey: "photos.replacedGraceSeconds", default: 60)
         photosPurgeEdges = config.string(forKey: "photos.purgeEdges", default: "").split(separator: ",").map { String($0).trimmed }
             .filter { !$0.isEmpty }
         photosMaxPixels = config.int(forKey: "photos.maxPixels", default: 40_000_000)
         photosThreads = config.int(forKey: "photos.threads", default: ProcessInfo.processInfo.activeProcessorCount)
 
+        try check(photosReplacedGraceSeconds >= 0, "photos.replacedGraceSeconds must not be negative")
         try check(photosMaxBytes >= 1024 && photosMaxBytes <= 64 * 1024 * 1024, "photos.maxBytes must be 1 KiB...64 MiB")
         try check(photosMaxPixels >= 1 && photosMaxPixels <= 200_000_000, "photos.maxPixels must be 1...200000000")
         try check(photosThreads >= 1 && photosThreads <= 64, "photos.threads must be 1...64")
@@ -290,7 +294,7 @@ public struct Settings: Sendable {
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
         "cache.memcached.retrySeconds", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
         "queue.engine", "queue.inProcessWorkers", "queue.leaseSeconds", "queue.graceSeconds", "queue.maxAttempts", "queue.backoffBaseSeconds",
-        "photos.directory", "photos.store", "photos.maxBytes", "photos.maxPixels", "photos.threads", "photos.purgeEdges", "queue.touchDirectory",
+        "photos.directory", "photos.store", "photos.maxBytes", "photos.maxPixels", "photos.threads", "photos.purgeEdges", "photos.replacedGraceSeconds", "queue.touchDirectory",
         "limits.logInPerAddress", "limits.logInPerAccount", "limits.signUpPerAddress", "limits.uploadsPerAccount",
         "limits.editsPerAccount", "limits.exempt", "auth.maxPendingPasswordChecks",
     ]

@@ -21,8 +21,8 @@ struct UserService: Sendable {
     /// A real bcrypt hash to verify against when the email is unknown, so a wrong email
     /// takes as long as a wrong password and does not reveal who has an account.
     let decoyHash: String
-    /// Where a deleted account's photo files are sent to be forgotten (`ForgetPhotos`).
-    let jobs: any JobQueue
+    /// Where a deleted account's photo files are sent to be forgotten.
+    let forget: ForgetPhotos.Scheduler
     let limits: RateLimits
     let passwords: PasswordChecks
 
@@ -120,10 +120,7 @@ struct UserService: Sendable {
         try await sessions.deleteAll(userID: id)
         await cache?.invalidate(id)
         let files = ForgetPhotos.Payload(originals: deleted.photoSource.map { [$0] } ?? [], variants: deleted.variantFiles)
-        if !files.isEmpty {
-            try await jobs.enqueue(
-                queue: ForgetPhotos.queue, payload: files.json, maxAttempts: settings.queueMaxAttempts, delaySeconds: 0)
-        }
+        try await forget.schedule(files)
     }
 
     // MARK: Sessions

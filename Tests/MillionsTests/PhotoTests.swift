@@ -70,7 +70,7 @@ func stagePhotoJob(_ c: Components, _ image: [UInt8], edits: Edits?) async throw
 func runPhotoJobs(_ c: Components, metrics: AppMetrics = AppMetrics(), newestFirst: Bool = false) async throws -> [Job] {
     let handler = PhotoJobs.handler(
         store: c.photos, users: c.users, processor: c.images, limits: c.settings.imageLimits, metrics: metrics,
-        refresh: { _ in })
+        forget: c.forgetPhotos, refresh: { _ in })
     var jobs: [Job] = []
     while let job = try await c.jobs.claim(queues: [PhotoJobs.queue], worker: "t", leaseSeconds: 60) { jobs.append(job) }
     for job in newestFirst ? jobs.reversed() : jobs {
@@ -133,11 +133,17 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             let page = try await client.send(.get, "/people/\(id)")
             #expect(page.text.contains(#"src="\#(variants["medium"]!)""#))
 
-            // Content-addressed: the same photo again makes the same names, stored once.
+            // The same photo again is a new version with names of its own (a name once
+            // forgotten is never written again); the replaced variants stay for the grace
+            // period, the replaced original goes at once (by the in-process worker).
             let again = try await uploadPhoto(client, user: id, session: session, original)
-            let second = try await waitForJob(client, try #require(again.headers[.location]), session: session)
-            #expect(second["photo"] as? [String: String] == variants)
-            #expect(try await components.photos.list(kind: .variant).count == 3)
+            let againAt = try #require(again.headers[.location])
+            let second = try #require(try await waitForJob(client, againAt, session: session)["photo"] as? [String: String])
+            #expect(Set(second.values).isDisjoint(with: variants.values))
+            #expect(try await components.photos.list(kind: .variant).count == 6)
+            for _ in 0..<1200 where try await components.photos.list(kind: .original).count != 1 {
+                try await Task.sleep(for: .milliseconds(50))
+            }
             #expect(try await components.photos.list(kind: .original).count == 1)
 
             let metrics = try await client.send(.get, "/metrics").text
@@ -180,6 +186,48 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             for url in photos[staying]!.values { #expect(try await client.send(.get, url).status == .ok) }
             let metrics = try await client.send(.get, "/metrics").text
             #expect(metrics.contains("photo_files_forgotten_total 4"), "\(metrics)")
+        }
+    }
+
+    /// A photo replaced by an upload or an edit is deleted: the replaced original at once
+    /// (nothing will use it), the replaced variants after `photos.replacedGraceSeconds`, so
+    /// only the current photo's files stay on disk.
+    @Test(arguments: [0, 3600]) func aReplacedPhotoIsForgotten(grace: Int) async throws {
+        try await TestApp.run(["photos.replacedGraceSeconds": "\(grace)"]) { client, components in
+            let (id, session) = try await signUpJohn(client)
+            let cookie = ["millions_session": session]
+            func waitForFiles(originals: Int, variants: Int) async throws {
+                for _ in 0..<1200 {  // bounded: a minute
+                    if try await components.photos.list(kind: .original).count == originals,
+                        try await components.photos.list(kind: .variant).count == variants
+                    { return }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            var shown: [[String: String]] = []
+            for image in [try Imaging.testImage(width: 400, height: 300, format: .png), try Imaging.testImage(width: 500, height: 300, format: .png)] {
+                let upload = try await uploadPhoto(client, user: id, session: session, image)
+                let job = try await waitForJob(client, try #require(upload.headers[.location]), session: session)
+                shown.append(try #require(job["photo"] as? [String: String]))
+            }
+            let edit = try await client.send(.post, "/users/\(id)/photo/edits", json: #"{"blur":{"sigma":2}}"#, cookies: cookie)
+            let edited = try await waitForJob(client, try #require(edit.headers[.location]), session: session)
+            shown.append(try #require(edited["photo"] as? [String: String]))
+            let old = Array(shown[0].values) + Array(shown[1].values)
+            if grace == 0 {
+                try await waitForFiles(originals: 1, variants: 4)
+                #expect(try await components.photos.list(kind: .original).count == 1)
+                #expect(try await components.photos.list(kind: .variant).count == 4)  // edited + 3 sizes
+                for url in old { #expect(try await client.send(.get, url).status == .notFound) }
+            } else {
+                // Within the grace period the replaced variants still answer; the replaced
+                // original is gone already.
+                try await waitForFiles(originals: 1, variants: 10)
+                #expect(try await components.photos.list(kind: .original).count == 1)
+                for url in old { #expect(try await client.send(.get, url).status == .ok) }
+            }
+            for url in shown[2].values { #expect(try await client.send(.get, url).status == .ok) }
+            #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == shown[2])
         }
     }
 
@@ -345,7 +393,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             let job = try #require(try await c.jobs.job(id: id))
             let handler = PhotoJobs.handler(
                 store: c.photos, users: c.users, processor: c.images, limits: settings.imageLimits, metrics: AppMetrics(),
-                refresh: { _ in })
+                forget: c.forgetPhotos, refresh: { _ in })
             try await handler(job)
             let once = try await c.photos.list(kind: .variant)
             try await handler(job)
@@ -356,7 +404,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             #expect(try await c.users.user(id: user.id)?.photo == PhotoJobs.photo(payload))
             // An older version finishing late does not replace the newer photo.
             let older = PhotoJobs.photo(PhotoJobs.Payload(user: user.id.rawValue, version: payload.version - 1, source: source))
-            #expect(try await !c.users.setPhoto(id: user.id, photo: older, version: payload.version - 1))
+            #expect(try await c.users.setPhoto(id: user.id, photo: older, version: payload.version - 1) == .notShown)
             #expect(try await c.users.user(id: user.id)?.photo == PhotoJobs.photo(payload))
             #expect(id > 0)
             // Versions count per user; an edit starts from the newest upload.
@@ -474,7 +522,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             let jobs = try await runPhotoJobs(components, newestFirst: true)
             #expect(jobs.count == 3)
             let editPayload = try #require(PhotoJobs.Payload.parse(jobs[2].payload))
-            #expect(editPayload.source == PhotoName.original(owner: Int64(id)!, bytes: b, fileExtension: "png"))
+            #expect(editPayload.source == PhotoJobs.Payload.parse(jobs[1].payload)?.source)
             #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == PhotoJobs.photo(editPayload).variants)
         }
     }
@@ -497,7 +545,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             #expect(jobs.count == 3)
             let editPayload = try #require(PhotoJobs.Payload.parse(jobs[2].payload))
             #expect(try await components.photos.list(kind: .variant).count == 4)  // edited + 3 sizes
-            #expect(try await components.photos.list(kind: .original) == [PhotoName.original(owner: Int64(id)!, bytes: b, fileExtension: "png")])
+            #expect(try await components.photos.list(kind: .original) == [editPayload.source])
             #expect(String(decoding: metrics.exposition(), as: UTF8.self).contains("photo_jobs_superseded_total 2"))
             #expect(try await client.send(.get, "/users/\(id)").object["photo"] as? [String: String] == PhotoJobs.photo(editPayload).variants)
         }

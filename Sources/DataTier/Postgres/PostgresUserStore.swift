@@ -197,14 +197,16 @@ public struct PostgresUserStore: UserStore {
 
     /// `beginPhoto` inside a transaction the caller holds (to enqueue the job with it).
     public static func beginPhoto(_ c: PostgresConnection, id: UserID, source: String?, logger: Logger) async throws -> PhotoTicket? {
+        // The row locked and read in the same statement: `o` is the row before the update.
         let rows = try await c.query(
             """
-            UPDATE users SET photo_version = photo_version + 1, photo_source = COALESCE(\(source), photo_source)
-            WHERE id = \(id.rawValue) AND COALESCE(\(source), photo_source) IS NOT NULL
-            RETURNING photo_version, photo_source
+            UPDATE users u SET photo_version = u.photo_version + 1, photo_source = COALESCE(\(source), u.photo_source)
+            FROM (SELECT id, photo_source FROM users WHERE id = \(id.rawValue) FOR UPDATE) o
+            WHERE u.id = o.id AND COALESCE(\(source), u.photo_source) IS NOT NULL
+            RETURNING u.photo_version, u.photo_source, o.photo_source
             """, logger: logger)
-        for try await (version, source) in rows.decode((Int64, String).self) {
-            return PhotoTicket(version: version, source: source)
+        for try await (version, now, before) in rows.decode((Int64, String, String?).self) {
+            return PhotoTicket(version: version, source: now, replaced: source != nil && before != now ? before : nil)
         }
         return nil
     }
@@ -227,18 +229,18 @@ public struct PostgresUserStore: UserStore {
         }
     }
 
-    public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> Bool {
+    public func setPhoto(id: UserID, photo: Photo, version: Int64) async throws -> PhotoSwap {
         let logger = self.logger
         return try await set.write("set_photo") { c in
             let rows = try await c.query(
                 """
-                UPDATE users SET photo = \(photo.jsonText), photo_applied = \(version), updated_at = \(Clock.secondsSince1970())
-                WHERE id = \(id.rawValue) AND photo_applied <= \(version)
-                RETURNING id
+                UPDATE users u SET photo = \(photo.jsonText), photo_applied = \(version), updated_at = \(Clock.secondsSince1970())
+                FROM (SELECT id, photo FROM users WHERE id = \(id.rawValue) FOR UPDATE) o
+                WHERE u.id = o.id AND u.photo_applied <= \(version)
+                RETURNING o.photo
                 """, logger: logger)
-            var changed = false
-            for try await _ in rows.decode(Int64.self) { changed = true }
-            return changed
+            for try await before in rows.decode(String?.self) { return .shown(replaced: Photo.parse(before)) }
+            return .notShown
         }
     }
 
