@@ -2,9 +2,11 @@
 /// stores agree.
 public enum Limits {
     public static let emailMax = 254
+    /// Counted in Unicode code points, as JSON Schema's minLength and maxLength are (the
+    /// OpenAPI document states the same limits). bcrypt reads 72 bytes at most, so a longer
+    /// password is reduced to its SHA-256 first (`UserService.bcryptInput`).
     public static let passwordMin = 8
-    /// bcrypt reads only the first 72 bytes; longer passwords would silently be truncated.
-    public static let passwordMaxBytes = 72
+    public static let passwordMax = 256
     public static let nameMax = 100
     public static let streetMax = 200
     public static let cityMax = 100
@@ -16,22 +18,30 @@ public enum Limits {
 
 /// Field validation, returning every problem at once.
 public enum Validate {
+    /// A practical address grammar, the one the OpenAPI document's pattern states: a local
+    /// part of letters, digits, `!#$%&'*+/=?^_`{|}~-` and dots; a host name of two or more
+    /// dot-separated labels of letters, digits and hyphens.
     public static func email(_ email: String, into errors: inout [FieldError]) {
         let parts = email.split(separator: "@", omittingEmptySubsequences: false)
+        let labels = parts.count == 2 ? parts[1].split(separator: ".", omittingEmptySubsequences: false) : []
         let ok =
             email.utf8.count <= Limits.emailMax && parts.count == 2 && !parts[0].isEmpty
-            && parts[1].contains(".") && !parts[1].hasPrefix(".") && !parts[1].hasSuffix(".")
-            && !email.contains(where: { $0.isWhitespace || $0.isNewline || !$0.isASCII || $0.asciiValue! < 0x21 })
+            && parts[0].unicodeScalars.allSatisfy { isAlphanumericASCII($0) || localSymbols.contains($0) }
+            && labels.count >= 2
+            && labels.allSatisfy { !$0.isEmpty && $0.unicodeScalars.allSatisfy { isAlphanumericASCII($0) || $0 == "-" } }
         if !ok { errors.append(FieldError("email", "must be an email address of at most \(Limits.emailMax) characters")) }
     }
 
+    static let localSymbols = Set("!#$%&'*+/=?^_`{|}~.-".unicodeScalars)
+
+    static func isAlphanumericASCII(_ s: Unicode.Scalar) -> Bool {
+        ("a"..."z").contains(s) || ("A"..."Z").contains(s) || ("0"..."9").contains(s)
+    }
+
     public static func password(_ password: String, into errors: inout [FieldError]) {
-        let bytes = password.utf8.count
-        if password.count < Limits.passwordMin || bytes > Limits.passwordMaxBytes {
-            errors.append(
-                FieldError(
-                    "password",
-                    "must be at least \(Limits.passwordMin) characters and at most \(Limits.passwordMaxBytes) bytes"))
+        let count = password.unicodeScalars.count
+        if count < Limits.passwordMin || count > Limits.passwordMax {
+            errors.append(FieldError("password", "must be \(Limits.passwordMin) to \(Limits.passwordMax) characters"))
         } else if password.utf8.contains(0) {
             // bcrypt stops at a NUL: "\0zzzzzzz" would be the empty password.
             errors.append(FieldError("password", "must not contain NUL"))
@@ -61,20 +71,18 @@ public enum Validate {
         }
     }
 
-    /// Length within bounds, counted in characters and in bytes (a character may carry any
-    /// number of combining marks: 4 bytes a character at most), and no control, bidi
-    /// override or invisible characters.
+    /// Length within bounds, counted in code points as JSON Schema counts (so a character
+    /// carrying thousands of combining marks counts each, and the bytes are at most 4 a
+    /// code point), and no control, bidi override or invisible characters.
     static func text(_ value: String, _ field: String, min: Int, max: Int, into errors: inout [FieldError]) {
-        let count = value.count
-        if count < min || count > max || value.utf8.count > max * 4 {
-            errors.append(
-                FieldError(
-                    field, (min > 0 ? "must be \(min) to \(max) characters" : "must be at most \(max) characters") + " (\(max * 4) bytes)"))
+        let count = value.unicodeScalars.count
+        if count < min || count > max {
+            errors.append(FieldError(field, min > 0 ? "must be \(min) to \(max) characters" : "must be at most \(max) characters"))
         } else if value.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
             errors.append(FieldError(field, "must not contain control characters"))
         } else if value.unicodeScalars.contains(where: { hidden.contains($0.value) }) {
             errors.append(FieldError(field, "must not contain bidirectional controls or invisible characters"))
-        } else if min > 0 && value.allSatisfy(\.isWhitespace) {
+        } else if min > 0 && value.unicodeScalars.allSatisfy(\.properties.isWhitespace) {
             errors.append(FieldError(field, "must not be blank"))
         }
     }

@@ -52,6 +52,8 @@ struct JSONBody {
             guard here.contains(key) else {
                 throw MillionsError(.unknownField, "unknown field \"\(full)\"")
             }
+            // The document allows no null: leave a field out instead.
+            if value is NSNull { throw MillionsError(.malformedJSON, "\"\(full)\" must not be null") }
             if let nested = value as? [String: Any], allowed[full] != nil {
                 try checkKeys(nested, allowed: allowed, path: full)
             }

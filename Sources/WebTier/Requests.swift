@@ -19,8 +19,11 @@ struct SignUpRequest: StrictJSON {
     func validated() throws -> (email: String, password: String, profile: Profile) {
         var errors: [FieldError] = []
         let email = Validate.normalizedEmail(self.email ?? "")
-        if self.email == nil { errors.append(FieldError("email", "is required")) } else {
-            Validate.email(email, into: &errors)
+        if let raw = self.email {
+            // The limit holds before trimming too, as the document's maxLength does.
+            Validate.email(raw.unicodeScalars.count > Limits.emailMax ? raw : email, into: &errors)
+        } else {
+            errors.append(FieldError("email", "is required"))
         }
         if let password { Validate.password(password, into: &errors) } else {
             errors.append(FieldError("password", "is required"))

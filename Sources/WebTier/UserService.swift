@@ -30,11 +30,18 @@ struct UserService: Sendable {
 
     func hash(_ password: String) async throws -> String {
         let cost = UInt8(settings.bcryptCost)
-        return try await passwords.run { Bcrypt.hash(password, cost: cost) }
+        return try await passwords.run { Bcrypt.hash(Self.bcryptInput(password), cost: cost) }
     }
 
     func verify(_ password: String, _ hash: String) async throws -> Bool {
-        try await passwords.run { Bcrypt.verify(password, hash: hash) }
+        try await passwords.run { Bcrypt.verify(Self.bcryptInput(password), hash: hash) }
+    }
+
+    /// bcrypt reads 72 bytes at most: a longer password is first reduced to its SHA-256
+    /// (64 hex digits), so every byte of it counts. Passwords of 72 bytes or fewer go in as
+    /// they are, so hashes made before this rule still verify.
+    static func bcryptInput(_ password: String) -> String {
+        password.utf8.count > 72 ? SHA256.hex(password) : password
     }
 
     // MARK: Accounts

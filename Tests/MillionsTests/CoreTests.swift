@@ -76,10 +76,15 @@ import Testing
         #expect(fields.isSuperset(of: ["firstName", "lastName", "address.postalCode", "phoneNumbers", "phoneNumbers[0]"]))
     }
 
-    @Test func passwordsBeyondBcryptsLimitAreRefused() {
+    @Test func passwordsAreBoundedInCodePoints() {
         var errors: [FieldError] = []
-        Validate.password(String(repeating: "é", count: 40), into: &errors)  // 80 bytes
+        Validate.password(String(repeating: "é", count: 40), into: &errors)  // 80 bytes: bcryptInput hashes it
+        #expect(errors.isEmpty)
+        Validate.password(String(repeating: "x", count: 257), into: &errors)
         #expect(errors.map(\.field) == ["password"])
+        errors = []
+        Validate.password("e\u{301}e\u{301}e\u{301}e\u{301}", into: &errors)  // 4 characters, 8 code points (JSON Schema's count)
+        #expect(errors.isEmpty)
         errors = []
         Validate.password("\u{0}zzzzzzz", into: &errors)  // bcrypt would see ""
         #expect(errors.map(\.message) == ["must not contain NUL"])

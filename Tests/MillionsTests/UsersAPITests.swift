@@ -270,6 +270,24 @@ func signUpJohn(_ client: any TestClientProtocol, email: String = "john@example.
         }
     }
 
+    /// A password longer than bcrypt's 72 bytes counts in full: its 72-byte prefix does not
+    /// log in. A null field is refused (the document allows none).
+    @Test func aLongPasswordCountsEveryByte() async throws {
+        try await TestApp.run { client, _ in
+            let long = String(repeating: "p", count: 72) + "-the-rest"
+            let up = try await client.send(
+                .post, "/users", json: #"{"email":"long@example.com","password":"\#(long)","firstName":"A","lastName":"B"}"#)
+            #expect(up.status == .created, "\(up.text)")
+            let prefix = String(long.prefix(72))
+            #expect(try await client.send(.post, "/sessions", json: #"{"email":"long@example.com","password":"\#(prefix)"}"#).status == .unauthorized)
+            #expect(try await client.send(.post, "/sessions", json: #"{"email":"long@example.com","password":"\#(long)"}"#).status == .created)
+            let null = try await client.send(
+                .post, "/users", json: #"{"email":"null@example.com","password":"12345678","firstName":"A","lastName":"B","phoneNumbers":null}"#)
+            #expect(null.status == .badRequest)
+            #expect(null.errorCode == "malformed_json")
+        }
+    }
+
     /// An unknown email is counted and locked like a known one: the answers (status, body,
     /// Retry-After) cannot tell them apart, so the lock reveals no account.
     @Test func unknownEmailsLockLikeKnownOnes() async throws {
