@@ -30,6 +30,9 @@ public final class AppMetrics: Sendable {
             buckets: Self.latencyBuckets)
     }
 
-    /// The Prometheus text exposition of every metric.
-    public func exposition() -> [UInt8] { registry.emitToBuffer() }
+    /// The Prometheus text exposition of every metric, with the process's own figures.
+    public func exposition() -> [UInt8] {
+        updateProcessFigures()
+        return registry.emitToBuffer()
+    }
 }

@@ -14,7 +14,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Load generator: closed or open loop, HDR latency percentiles, table / JSON / SVG.",
-        subcommands: [Read.self, Mixed.self, Photos.self, JourneyCommand.self, ChaosCommand.self])
+        subcommands: [Read.self, Mixed.self, Photos.self, SoakCommand.self, JourneyCommand.self, ChaosCommand.self])
 
     /// Flags every scenario shares.
     struct LoadFlags: ParsableArguments {
@@ -93,6 +93,69 @@ struct BenchCommand: AsyncParsableCommand {
                 MixedScenario(
                     reads: ReadScenario(ids: ids, distribution: load.distribution), users: users, updatePercent: updatePercent,
                     loginPercent: loginPercent))
+        }
+    }
+
+    struct SoakCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "soak",
+            abstract: "The mixed load at half the measured capacity for ten minutes: memory over time (flat within 10%?) and errors (none?).",
+            discussion: """
+                Measures capacity with a closed loop first, then offers a fraction of it open-loop while
+                sampling process_resident_memory_bytes and process_open_fds from each --metrics endpoint
+                (default: the target itself). Exits 1 when memory after the warm-up grows past
+                --max-growth-percent or any request fails.
+                """)
+        @Option(name: .long, help: "Server address.") var host = "127.0.0.1"
+        @Option(name: .long, help: "Server port.") var port = 8080
+        @Option(name: [.short, .customLong("connections")], help: "Keep-alive connections.") var connections = 32
+        @Option(name: [.short, .customLong("duration")], help: "Seconds to soak.") var duration = 600
+        @Option(name: .customLong("capacity-seconds"), help: "Seconds of closed loop to measure capacity.") var capacitySeconds = 10
+        @Option(name: .long, help: "Share of the measured capacity to offer.") var fraction = 0.5
+        @Option(name: .customLong("sample-seconds"), help: "Seconds between memory samples.") var sampleSeconds = 10
+        @Option(name: .customLong("warmup-seconds"), help: "Seconds of the soak before memory is held to the limit.") var warmupSeconds = 60
+        @Option(name: .customLong("max-growth-percent"), help: "Largest allowed growth of resident memory after the warm-up.") var maxGrowthPercent = 10.0
+        @Option(name: .long, parsing: .upToNextOption, help: "host:port of each /metrics to sample (default: the target).") var metrics: [String] = []
+        @Option(name: .customLong("ids-file"), help: "Seeded ids (from `millions seed --ids-file`), most popular first.") var idsFile: String
+        @Option(name: .long, help: "Zipf exponent for choosing ids (0 = uniform).") var zipf = 0.99
+        @Option(name: .customLong("update-percent"), help: "Share of requests that update one's own profile.") var updatePercent = 10
+        @Option(name: .customLong("login-percent"), help: "Share of requests that log in.") var loginPercent = 1
+        @Option(name: .long, help: "Write the report as JSON here.") var json: String?
+
+        func validate() throws {
+            guard (1...10_000).contains(connections) else { throw ValidationError("--connections must be 1...10000") }
+            guard duration >= 1, capacitySeconds >= 1, sampleSeconds >= 1, warmupSeconds >= 0 else {
+                throw ValidationError("--duration, --capacity-seconds and --sample-seconds must be positive")
+            }
+            guard fraction > 0, fraction <= 1 else { throw ValidationError("--fraction must be in (0, 1]") }
+            guard maxGrowthPercent >= 0 else { throw ValidationError("--max-growth-percent must not be negative") }
+            guard updatePercent >= 0, loginPercent >= 0, updatePercent + loginPercent <= 100 else {
+                throw ValidationError("--update-percent and --login-percent must be 0…100 together")
+            }
+        }
+
+        func run() async throws {
+            let ids = try Setup.ids(file: idsFile)
+            let users = try await Setup.logIn(host: host, port: port, ids: ids, count: connections)
+            var load = LoadOptions(port: port)
+            load.host = host
+            load.connections = connections
+            load.duration = .seconds(Int64(duration))
+            var options = Soak.Options(load: load, metrics: metrics.isEmpty ? ["\(host):\(port)"] : metrics)
+            options.capacitySeconds = capacitySeconds
+            options.fraction = fraction
+            options.sampleSeconds = sampleSeconds
+            options.warmupSeconds = warmupSeconds
+            options.maxGrowth = maxGrowthPercent / 100
+            let scenario = MixedScenario(
+                reads: ReadScenario(ids: ids, distribution: zipf == 0 ? .uniform : .zipf(exponent: zipf)), users: users,
+                updatePercent: updatePercent, loginPercent: loginPercent)
+            let report = try await Soak.run(options, scenario: scenario) { line in
+                FileHandle.standardError.write(Data((line + "\n").utf8))
+            }
+            print(report.table, terminator: "")
+            if let json { try report.json().write(to: URL(fileURLWithPath: json)) }
+            if !report.passed { throw ExitCode(1) }
         }
     }
 

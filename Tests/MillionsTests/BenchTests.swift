@@ -10,6 +10,7 @@ import MillionsCore
 import MillionsTesting
 import NIOCore
 import NIOHTTP1
+import Observability
 import Synchronization
 import Testing
 
@@ -49,6 +50,22 @@ import Testing
         var hits = [Int](repeating: 0, count: 1000)
         for _ in 0..<200_000 { hits[uniform.sample(&rng)] += 1 }
         #expect(hits.min()! > 100 && hits.max()! < 320)
+    }
+}
+
+@Suite struct SoakTests {
+    @Test func growthCountsFromTheFirstSampleAfterTheWarmUp() throws {
+        let samples = [(0, 50), (30, 80), (60, 100), (90, 104), (120, 109), (150, 107)].map { (second: $0.0, bytes: $0.1) }
+        #expect(abs(try #require(Soak.growth(samples, warmup: 60)) - 0.09) < 1e-9)
+        #expect(abs(try #require(Soak.growth(samples, warmup: 0)) - 1.18) < 1e-9)
+        #expect(Soak.growth(samples, warmup: 200) == nil)
+    }
+
+    /// Every /metrics carries the process's resident memory and open files.
+    @Test func processFiguresAreInEveryExposition() throws {
+        let text = String(decoding: AppMetrics().exposition(), as: UTF8.self)
+        let figures = try #require(Soak.figures(inMetrics: text), "\(text)")
+        #expect(figures.residentBytes > 1_000_000 && figures.openFiles > 2)
     }
 }
 
@@ -201,6 +218,21 @@ import Testing
                 #expect(parser.parse(), "SVG is not well-formed XML")
                 #expect(root.name == "svg")
             }
+            // soak: capacity, then half of it open-loop, with the server's memory sampled from
+            // its /metrics (a generous limit: seconds of a test are all warm-up).
+            let soakJSON = dir + "/soak.json"
+            #expect(try await Command.runOffPool([
+                binary, "bench", "soak", "--port", String(server.port), "--ids-file", ids, "-d", "4", "-c", "4",
+                "--capacity-seconds", "2", "--sample-seconds", "1", "--warmup-seconds", "1", "--max-growth-percent", "1000",
+                "--json", soakJSON,
+            ]) == 0)
+            let soak = try JSONDecoder().decode(Soak.Report.self, from: Data(contentsOf: URL(fileURLWithPath: soakJSON)))
+            #expect(soak.passed && soak.errors == 0)
+            #expect(abs(soak.offeredRPS - soak.capacityRPS / 2) < 1)
+            #expect(soak.samples.count >= 3)
+            #expect(soak.samples.allSatisfy { ($0.residentBytes.values.first ?? 0) > 1_000_000 && ($0.openFiles.values.first ?? 0) > 3 })
+            #expect(soak.load.mode == "open" && soak.load.requests > 0)
+
             // photos: uploads, polls and finished jobs, counted from both sides.
             let json = dir + "/photos.json"
             #expect(try await Command.runOffPool([
