@@ -141,7 +141,7 @@ public struct Chaos: Sendable {
         logger.logLevel = .critical  // a dead node's refused connections are the point, not news
         let clients = databases.map { node -> (String, PostgresClient) in
             var config = PostgresClient.Configuration(
-                host: node.host, port: node.port, username: "postgres", password: nil, database: "millions", tls: .disable)
+                host: node.host, port: node.port, username: "postgres", password: state.postgresPassword, database: "millions", tls: .disable)
             config.options.connectTimeout = .seconds(1)
             config.options.maximumConnections = 2
             return (node.name, PostgresClient(configuration: config, backgroundLogger: logger))

@@ -19,6 +19,14 @@ public struct ClusterState: Codable, Sendable {
     public var sitesDown: [String]? = nil
     /// PostgreSQL under Patroni + etcd (`up --ha`): failover without an operator.
     public var ha: Bool? = nil
+    /// The password every Redis server and sentinel of the cluster requires, made at `up`
+    /// (this file is readable by its owner only). It reaches the servers' configuration
+    /// files and the web servers' environment, never a command line.
+    public var redisPassword: String? = nil
+    /// The same for memcached's ASCII authentication (user `millions`).
+    public var memcachedPassword: String? = nil
+    /// And for PostgreSQL's `postgres` user (scram-sha-256 over TCP).
+    public var postgresPassword: String? = nil
     public var patroni: Bool { ha ?? false }
     public var stage: Stage { topology.stage }
     public var nodes: [Node] {
@@ -137,6 +145,9 @@ public struct Cluster: Sendable {
         // stops by pid file and script, which skip what never started). Every node's
         // settings come from the whole topology, not from the part already running.
         var state = ClusterState(ports: ports, settings: settings, topology: topology, hosts: plan)
+        state.redisPassword = Self.newSecret()
+        state.memcachedPassword = Self.newSecret()
+        state.postgresPassword = Self.newSecret()
         state.syncReplication = syncReplication
         if syncReplication && topology.nodes(.database).count < 2 {
             throw Processes.Failure("--sync needs replicas; the \(stage.rawValue) stage has none")
@@ -193,7 +204,8 @@ public struct Cluster: Sendable {
             }
             // Once, before several servers start at the same moment.
             let status = try Processes.run(
-                [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state, site: nodes[0].site)), log: "\(logs)/migrate.log")
+                [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state, site: nodes[0].site)),
+                environment: secretEnv(state), log: "\(logs)/migrate.log")
             guard status == 0 else { throw Processes.Failure("millions migrate failed (exit \(status))") }
         case .cache:
             for n in nodes { try script("memcached", ["start", String(n.port), "64"], env: serverEnv(n, state)) }
@@ -244,9 +256,32 @@ public struct Cluster: Sendable {
         state.hosts == nil ? [] : ["\(dir)/hosts/\(node.name)"]
     }
 
+    /// 24 random bytes as hex, from the system's CSPRNG.
+    static func newSecret() -> String {
+        var rng = SystemRandomNumberGenerator()
+        return (0..<24).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
+    }
+
+    /// The cluster's secrets as the environment of a process that needs them (the web
+    /// servers, workers, `migrate`, `seed`, the Redis script): `/proc/PID/environ` is
+    /// readable by the process's owner only, unlike its command line.
+    public func secretEnv(_ state: ClusterState) -> [String: String] {
+        var env: [String: String] = [:]
+        env["MILLIONS_REDIS_PASSWORD"] = state.redisPassword
+        env["MILLIONS_MEMCACHED_PASSWORD"] = state.memcachedPassword
+        env["MILLIONS_CACHE_MEMCACHED_PASSWORD"] = state.memcachedPassword
+        env["MILLIONS_DATA_POSTGRES_PASSWORD"] = state.postgresPassword
+        return env
+    }
+
+    /// What psql needs to log in to the cluster's PostgreSQL (libpq reads `PGPASSWORD`).
+    func pgPasswordEnv(_ state: ClusterState) -> [String: String] {
+        state.postgresPassword.map { ["PGPASSWORD": $0] } ?? [:]
+    }
+
     /// memcached's and Redis's scripts: where to listen and how to get onto the host.
     func serverEnv(_ node: Node, _ state: ClusterState) -> [String: String] {
-        var env = ["MILLIONS_RUN_DIR": run]
+        var env = ["MILLIONS_RUN_DIR": run].merging(secretEnv(state)) { a, _ in a }
         if state.hosts != nil {
             env["MILLIONS_BIND"] = node.host
             env["MILLIONS_WRAP"] = "\(dir)/hosts/\(node.name)"
@@ -389,14 +424,14 @@ public struct Cluster: Sendable {
     func startWebServer(_ state: ClusterState, _ node: Node) throws {
         let argv = on(node, state) + [binary, "serve", "--host", node.host, "--port", String(node.port)]
             + setFlags(webSettings(state, site: node.site))
-        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
+        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log", environment: secretEnv(state))
         try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
 
     func startWorker(_ state: ClusterState, _ node: Node) throws {
         let argv = on(node, state) + [binary, "worker", "--concurrency", "2", "--metrics-host", node.host, "--metrics-port", String(node.port)]
             + setFlags(webSettings(state, site: node.site))
-        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
+        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log", environment: secretEnv(state))
         try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
 
@@ -710,7 +745,8 @@ public struct Cluster: Sendable {
         }
         let nodes = databases.map(\.address).joined(separator: ",")
         let status = try Processes.run(
-            [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(nodes)"], log: "\(logs)/failover.log")
+            [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(nodes)"],
+            environment: secretEnv(state), log: "\(logs)/failover.log")
         guard status == 0 else { throw Processes.Failure("failover failed (exit \(status); see \(logs)/failover.log)") }
         say("failover done in \(seconds(since: t))")
     }
@@ -794,6 +830,7 @@ public struct Cluster: Sendable {
             "MILLIONS_PATRONI_PORT": String(state.ports.patroni), "MILLIONS_ETCD_PORT": String(state.ports.etcd),
             "MILLIONS_LOG_DIR": logs,
         ]
+        env["MILLIONS_PG_PASSWORD"] = state.postgresPassword
         if state.hosts != nil {
             env["MILLIONS_PG_HOSTS"] = state.topology.nodes(.database)
                 .map { "\(Self.pgName($0))=\($0.host)" }.joined(separator: " ")

@@ -1,3 +1,4 @@
+import Cluster
 import Foundation
 
 /// Real memcached servers for a test, started and stopped by `scripts/memcached`.
@@ -5,11 +6,14 @@ import Foundation
 public final class MemcachedServers: Sendable {
     public let ports: [Int]
     public let megabytes: Int
+    /// ASCII authentication's password (user `millions`), if the servers require one.
+    public let password: String?
     public var addresses: [String] { ports.map { "127.0.0.1:\($0)" } }
 
-    private init(ports: [Int], megabytes: Int) {
+    private init(ports: [Int], megabytes: Int, password: String?) {
         self.ports = ports
         self.megabytes = megabytes
+        self.password = password
     }
 
     static var script: String {
@@ -17,9 +21,10 @@ public final class MemcachedServers: Sendable {
             .standardized.path
     }
 
+    /// The password goes to the script in its environment, never on a command line.
     @discardableResult
-    static func run(_ args: [String]) throws -> Int32 {
-        try Command.run(["/bin/bash", script] + args)
+    static func run(_ args: [String], password: String? = nil) throws -> Int32 {
+        try Processes.run(["/bin/bash", script] + args, environment: password.map { ["MILLIONS_MEMCACHED_PASSWORD": $0] } ?? [:])
     }
 
     public struct StartFailure: Error, CustomStringConvertible {
@@ -27,7 +32,7 @@ public final class MemcachedServers: Sendable {
     }
 
     /// Starts `count` servers on free loopback ports.
-    public static func start(count: Int, megabytes: Int = 16) throws -> MemcachedServers {
+    public static func start(count: Int, megabytes: Int = 16, password: String? = nil) throws -> MemcachedServers {
         var ports: [Int] = []
         var attempts = 0
         while ports.count < count {
@@ -36,9 +41,9 @@ public final class MemcachedServers: Sendable {
             let port = Int.random(in: 20_000..<30_000)
             if ports.contains(port) { continue }
             if try run(["status", String(port)]) == 0 { continue }
-            if try run(["start", String(port), String(megabytes)]) == 0 { ports.append(port) }
+            if try run(["start", String(port), String(megabytes)], password: password) == 0 { ports.append(port) }
         }
-        return MemcachedServers(ports: ports, megabytes: megabytes)
+        return MemcachedServers(ports: ports, megabytes: megabytes, password: password)
     }
 
     /// kill -9 one server.
@@ -50,7 +55,7 @@ public final class MemcachedServers: Sendable {
 
     /// Starts a killed server again on its port.
     public func restart(_ index: Int) throws {
-        guard try Self.run(["start", String(ports[index]), String(megabytes)]) == 0 else {
+        guard try Self.run(["start", String(ports[index]), String(megabytes)], password: password) == 0 else {
             throw StartFailure(description: "could not restart memcached on \(ports[index])")
         }
     }
@@ -60,10 +65,10 @@ public final class MemcachedServers: Sendable {
     }
 
     /// Runs `body` with fresh servers, stopping them afterwards whatever happens.
-    public static func with<T>(count: Int, megabytes: Int = 16, _ body: (MemcachedServers) async throws -> T)
-        async throws -> T
-    {
-        let servers = try start(count: count, megabytes: megabytes)
+    public static func with<T>(
+        count: Int, megabytes: Int = 16, password: String? = nil, _ body: (MemcachedServers) async throws -> T
+    ) async throws -> T {
+        let servers = try start(count: count, megabytes: megabytes, password: password)
         defer { servers.stopAll() }
         return try await body(servers)
     }

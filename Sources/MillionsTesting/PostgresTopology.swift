@@ -1,3 +1,4 @@
+import Cluster
 import Foundation
 
 /// A real PostgreSQL primary + replicas for a test, run by `scripts/postgres` in its own
@@ -6,15 +7,18 @@ public final class PostgresTopology: Sendable {
     public let directory: String
     public let basePort: Int
     public let replicas: Int
+    /// The `postgres` user's password (scram-sha-256), if the topology was made with one.
+    public let password: String?
 
     public var primaryAddress: String { "127.0.0.1:\(basePort)" }
     public var addresses: [String] { (0...replicas).map { "127.0.0.1:\(basePort + $0)" } }
     public func port(_ node: String) -> Int { node == "primary" ? basePort : basePort + Int(node.dropFirst())! }
 
-    init(directory: String, basePort: Int, replicas: Int) {
+    init(directory: String, basePort: Int, replicas: Int, password: String? = nil) {
         self.directory = directory
         self.basePort = basePort
         self.replicas = replicas
+        self.password = password
     }
 
     static var script: String {
@@ -26,17 +30,19 @@ public final class PostgresTopology: Sendable {
         public let description: String
     }
 
+    /// The script gets the password in its environment, never on a command line.
     func run(_ args: [String]) throws {
-        let status = try Command.run(
-            ["/usr/bin/env", "MILLIONS_PG_DIR=\(directory)", "MILLIONS_PG_PORT=\(basePort)", "/bin/bash", Self.script] + args)
+        var env = ["MILLIONS_PG_DIR": directory, "MILLIONS_PG_PORT": String(basePort)]
+        env["MILLIONS_PG_PASSWORD"] = password
+        let status = try Processes.run(["/bin/bash", Self.script] + args, environment: env)
         guard status == 0 else { throw Failure(description: "scripts/postgres \(args.joined(separator: " ")) failed: \(status)") }
     }
 
     /// Starts (or reuses) a topology in `directory` on `basePort`…`basePort + replicas`.
-    public static func start(directory: String, basePort: Int, replicas: Int = 2, sync: Bool = false) throws
+    public static func start(directory: String, basePort: Int, replicas: Int = 2, sync: Bool = false, password: String? = nil) throws
         -> PostgresTopology
     {
-        let t = PostgresTopology(directory: directory, basePort: basePort, replicas: replicas)
+        let t = PostgresTopology(directory: directory, basePort: basePort, replicas: replicas, password: password)
         try t.run(["start", String(replicas)] + (sync ? ["--sync"] : []))
         return t
     }
@@ -51,14 +57,14 @@ public final class PostgresTopology: Sendable {
     }
 
     /// A fresh topology for a test that breaks things; destroyed after `body`.
-    public static func withFresh<T>(replicas: Int = 2, sync: Bool = false, _ body: (PostgresTopology) async throws -> T)
-        async throws -> T
-    {
+    public static func withFresh<T>(
+        replicas: Int = 2, sync: Bool = false, password: String? = nil, _ body: (PostgresTopology) async throws -> T
+    ) async throws -> T {
         var port = 12000 + Int.random(in: 0..<300) * 10
         while FileManager.default.fileExists(atPath: "/tmp/millions-pg-test-\(port)") {
             port = 12000 + Int.random(in: 0..<300) * 10
         }
-        let t = try start(directory: "/tmp/millions-pg-test-\(port)", basePort: port, replicas: replicas, sync: sync)
+        let t = try start(directory: "/tmp/millions-pg-test-\(port)", basePort: port, replicas: replicas, sync: sync, password: password)
         defer { try? t.run(["destroy"]) }
         return try await body(t)
     }
@@ -68,11 +74,19 @@ public final class PostgresTopology: Sendable {
 
     /// Runs SQL on one node through psql.
     public func sql(_ node: String, _ statement: String) throws {
-        let status = try Command.run([
-            "/usr/bin/psql", "-q", "-h", "127.0.0.1", "-p", String(port(node)), "-U", "postgres", "-d", "millions", "-c",
-            statement,
-        ])
+        let status = try Processes.run(
+            [
+                "/usr/bin/psql", "-q", "-w", "-h", "127.0.0.1", "-p", String(port(node)), "-U", "postgres", "-d", "millions", "-c",
+                statement,
+            ], environment: password.map { ["PGPASSWORD": $0] } ?? [:])
         guard status == 0 else { throw Failure(description: "psql on \(node) failed: \(statement)") }
+    }
+
+    /// Whether psql gets into the primary over TCP with no password at all.
+    public func letsInWithoutPassword() throws -> Bool {
+        try Processes.run(
+            ["/usr/bin/psql", "-w", "-q", "-h", "127.0.0.1", "-p", String(basePort), "-U", "postgres", "-d", "millions", "-c", "SELECT 1"],
+            log: directory + "/anonymous-psql.log") == 0
     }
 
     public func pauseReplay(_ node: String) throws { try sql(node, "SELECT pg_wal_replay_pause()") }

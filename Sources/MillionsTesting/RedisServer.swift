@@ -1,5 +1,6 @@
 import Foundation
 import Cluster
+import MillionsCore
 
 /// A real Redis server for a test, started and stopped by `scripts/redis`, with its data
 /// in a folder of its own. Fails loudly if it cannot be started; never skips.
@@ -18,9 +19,10 @@ public final class RedisServer: Sendable {
             .standardized.path
     }
 
+    /// The password goes to the script in its environment, never on a command line.
     @discardableResult
-    static func run(_ args: [String]) throws -> Int32 {
-        try Command.run(["/bin/bash", script] + args)
+    static func run(_ args: [String], password: String? = nil) throws -> Int32 {
+        try Processes.run(["/bin/bash", script] + args, environment: password.map { ["MILLIONS_REDIS_PASSWORD": $0] } ?? [:])
     }
 
     /// Starts a server on a free loopback port (16000–17999), optionally with a password.
@@ -28,7 +30,7 @@ public final class RedisServer: Sendable {
         for _ in 0..<20 {
             let port = Int.random(in: 16_000..<18_000)
             if try run(["status", String(port)]) == 0 { continue }
-            if try run(["start", String(port)] + (password.map { [$0] } ?? [])) == 0 {
+            if try run(["start", String(port)], password: password) == 0 {
                 return RedisServer(port: port, password: password)
             }
         }
@@ -42,7 +44,7 @@ public final class RedisServer: Sendable {
     }
 
     public func restart() throws {
-        guard try Self.run(["start", String(port)] + (password.map { [$0] } ?? [])) == 0 else {
+        guard try Self.run(["start", String(port)], password: password) == 0 else {
             throw MemcachedServers.StartFailure(description: "could not restart redis on \(port)")
         }
     }
@@ -62,31 +64,36 @@ public final class RedisServer: Sendable {
 }
 
 /// A Redis master, two replicas and three sentinels (quorum 2) on six consecutive loopback
-/// ports, started by `scripts/redis`; the sentinels call the master `millions`.
+/// ports, started by `scripts/redis`; the sentinels call the master `millions`. Every
+/// server and sentinel requires `password` (as the cluster's do).
 public final class RedisSentinelGroup: Sendable {
     public let base: Int
+    public let password: String
     /// Master (at first), replica, replica.
     public var serverPorts: [Int] { [base, base + 1, base + 2] }
     public var sentinels: [String] { (3...5).map { "127.0.0.1:\(base + $0)" } }
 
-    private init(base: Int) { self.base = base }
+    private init(base: Int, password: String) {
+        self.base = base
+        self.password = password
+    }
 
-    static func run(_ args: [String], replicaOf: Int? = nil) throws -> Int32 {
-        var argv = ["/bin/bash", RedisServer.script] + args
-        if let replicaOf { argv = ["/usr/bin/env", "MILLIONS_REDIS_REPLICAOF=127.0.0.1 \(replicaOf)"] + argv }
-        return try Command.run(argv)
+    func run(_ args: [String], replicaOf: Int? = nil, log: String? = nil) throws -> Int32 {
+        var env = ["MILLIONS_REDIS_PASSWORD": password]
+        if let replicaOf { env["MILLIONS_REDIS_REPLICAOF"] = "127.0.0.1 \(replicaOf)" }
+        return try Processes.run(["/bin/bash", RedisServer.script] + args, environment: env, log: log)
     }
 
     public static func start() throws -> RedisSentinelGroup {
         for _ in 0..<20 {
             // Below RedisServer's range (16000–17999): its tests run alongside.
             let base = Int.random(in: 14_000..<14_990)
-            if try (0..<6).contains(where: { try run(["status", String(base + $0)]) == 0 }) { continue }
-            let group = RedisSentinelGroup(base: base)
-            guard try run(["start", String(base)]) == 0,
-                try run(["start", String(base + 1)], replicaOf: base) == 0,
-                try run(["start", String(base + 2)], replicaOf: base) == 0,
-                try (3...5).allSatisfy({ try run(["sentinel", String(base + $0), "127.0.0.1", String(base)]) == 0 })
+            let group = RedisSentinelGroup(base: base, password: Token.random(bytes: 16))
+            if try (0..<6).contains(where: { try group.run(["status", String(base + $0)]) == 0 }) { continue }
+            guard try group.run(["start", String(base)]) == 0,
+                try group.run(["start", String(base + 1)], replicaOf: base) == 0,
+                try group.run(["start", String(base + 2)], replicaOf: base) == 0,
+                try (3...5).allSatisfy({ try group.run(["sentinel", String(base + $0), "127.0.0.1", String(base)]) == 0 })
             else {
                 group.stop()
                 continue
@@ -102,7 +109,7 @@ public final class RedisSentinelGroup: Sendable {
             let port = Int(s.split(separator: ":")[1])!
             let out = NSTemporaryDirectory() + "sentinel-\(port)-\(UUID().uuidString)"
             defer { try? FileManager.default.removeItem(atPath: out) }
-            guard try Processes.run(["/bin/bash", RedisServer.script, "master", String(port)], log: out) == 0 else { continue }
+            guard try run(["master", String(port)], log: out) == 0 else { continue }
             let text = try String(contentsOfFile: out, encoding: .utf8)
             if let p = text.split(separator: " ").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) { return p }
         }
@@ -119,12 +126,12 @@ public final class RedisSentinelGroup: Sendable {
     }
 
     public func kill(_ port: Int) throws {
-        guard try Self.run(["kill", String(port)]) == 0 else { throw MemcachedServers.StartFailure(description: "could not kill redis on \(port)") }
+        guard try run(["kill", String(port)]) == 0 else { throw MemcachedServers.StartFailure(description: "could not kill redis on \(port)") }
     }
 
     public func stop() {
         for port in base..<(base + 6) {
-            _ = try? Self.run(["stop", String(port)])
+            _ = try? run(["stop", String(port)])
             let dir = (ProcessInfo.processInfo.environment["MILLIONS_RUN_DIR"] ?? "/tmp/millions-run") + "/redis-\(port)"
             try? FileManager.default.removeItem(atPath: dir)
         }

@@ -40,6 +40,7 @@ public enum TestApp {
             "data.engine": "postgres", "data.postgres.nodes": topology.addresses.joined(separator: ","),
             "data.postgres.discoveryMs": "200", "data.postgres.timeoutMs": "5000",
         ]
+        if let password = topology.password { o["data.postgres.password"] = password }
         o.merge(overrides) { _, new in new }
         return try settings(dataDirectory: dataDirectory, o)
     }

@@ -151,6 +151,8 @@ public final class RedisClient: Service, Sendable {
     /// The master sentinel `address` names (`SENTINEL get-master-addr-by-name`).
     private func askSentinel(_ address: String) async throws -> (host: String, port: Int) {
         var asked = try Configuration(address: address)
+        // The sentinels require the servers' password too (scripts/redis).
+        asked.password = configuration.password
         asked.protocolVersion = 2
         asked.timeout = configuration.timeout
         asked.connectTimeout = configuration.connectTimeout

@@ -106,6 +106,7 @@ public struct Components: Sendable {
             options.timeout = .milliseconds(Int64(settings.memcachedTimeoutMS))
             options.failureThreshold = settings.memcachedFailureThreshold
             options.retrySeconds = settings.memcachedRetrySeconds
+            options.password = settings.memcachedPassword
             options.leaseSeconds = settings.memcachedLeaseSeconds
             options.fallbackTTLSeconds = settings.memcachedFallbackTTLSeconds
             memcached = try MemcachedCache(

@@ -81,6 +81,8 @@ public struct Settings: Sendable {
     public var memcachedTimeoutMS: Int
     public var memcachedFailureThreshold: Int
     public var memcachedRetrySeconds: Double
+    /// memcached's ASCII authentication (`-Y`), user `millions`; nil: none.
+    public var memcachedPassword: String?
     public var memcachedLeaseSeconds: Int
     public var memcachedFallbackTTLSeconds: Int
     public var cacheMaxEntries: Int
@@ -198,6 +200,7 @@ public struct Settings: Sendable {
         memcachedTimeoutMS = config.int(forKey: "cache.memcached.timeoutMs", default: 250)
         memcachedFailureThreshold = config.int(forKey: "cache.memcached.failureThreshold", default: 3)
         memcachedRetrySeconds = config.double(forKey: "cache.memcached.retrySeconds", default: 2)
+        memcachedPassword = config.string(forKey: "cache.memcached.password", isSecret: true)
         memcachedLeaseSeconds = config.int(forKey: "cache.memcached.leaseSeconds", default: 5)
         memcachedFallbackTTLSeconds = config.int(forKey: "cache.memcached.fallbackTtlSeconds", default: 10)
         cacheMaxEntries = config.int(forKey: "cache.maxEntries", default: 100_000)
@@ -292,7 +295,7 @@ public struct Settings: Sendable {
         "cache.backend", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
         "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
-        "cache.memcached.retrySeconds", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
+        "cache.memcached.retrySeconds", "cache.memcached.password", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
         "queue.engine", "queue.inProcessWorkers", "queue.leaseSeconds", "queue.graceSeconds", "queue.maxAttempts", "queue.backoffBaseSeconds",
         "photos.directory", "photos.store", "photos.maxBytes", "photos.maxPixels", "photos.threads", "photos.purgeEdges", "photos.replacedGraceSeconds", "queue.touchDirectory",
         "limits.logInPerAddress", "limits.logInPerAccount", "limits.signUpPerAddress", "limits.uploadsPerAccount",

@@ -1,13 +1,14 @@
 import ArgumentParser
 import Cluster
 import Foundation
+import WebTier
 
 /// `millions cluster …`: the chapter's stages on this machine, from real servers.
 struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
         abstract: "Bring a stage of the journey up on this machine, inspect, scale, break and stop it.",
-        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Restart.self, Pause.self, Resume.self, Partition.self, Heal.self, Exec.self, Failover.self, SiteDown.self, SiteUp.self, Down.self])
+        subcommands: [Up.self, Status.self, Scale.self, Kill.self, Restart.self, Pause.self, Resume.self, Partition.self, Heal.self, Exec.self, Env.self, Failover.self, SiteDown.self, SiteUp.self, Down.self])
 
     struct Where: ParsableArguments {
         @Option(name: .long, help: "Folder for every server's data, configuration, pid and log files.")
@@ -173,6 +174,23 @@ struct ClusterCommand: ParsableCommand {
                 .split(separator: ":").map { "\($0)/\(argv[0])" }.first { FileManager.default.isExecutableFile(atPath: $0) } ?? argv[0]
             let status = try location.cluster().exec(node, [path] + argv.dropFirst())
             if status != 0 { throw ExitCode(status) }
+        }
+    }
+
+    struct Env: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The cluster's settings and secrets as shell exports, for commands of your own against it.",
+            discussion: "e.g. `eval \"$(millions cluster env)\"; millions seed --users 10000 --ids-file ids.txt`. Prints the passwords: keep the output private.")
+        @OptionGroup var location: Where
+
+        func run() throws {
+            let cluster = try location.cluster()
+            let state = try cluster.loadState()
+            var env = cluster.secretEnv(state)
+            for (key, value) in cluster.webSettings(state) { env["MILLIONS_" + ConfigSources.environmentName(key)] = value }
+            for (name, value) in env.sorted(by: { $0.key < $1.key }) {
+                print("export \(name)='\(value.replacingOccurrences(of: "'", with: "'\\''"))'")
+            }
         }
     }
 

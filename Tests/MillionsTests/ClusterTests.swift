@@ -240,6 +240,39 @@ import Testing
                 let me = try await Self.request(f.base, .GET, "/me", cookie: session)
                 #expect(me.status == 200)
             }
+            try await Self.checkPasswords(state)
+        }
+    }
+
+    /// Every backing service of a cluster wants its password (PostgreSQL, Redis, memcached
+    /// refuse a client without), and no process's command line shows one.
+    static func checkPasswords(_ state: ClusterState) async throws {
+        let secrets = [state.postgresPassword, state.redisPassword, state.memcachedPassword].compactMap { $0 }
+        #expect(secrets.count == 3 && Set(secrets).count == 3 && secrets.allSatisfy { $0.count == 48 })
+        func firstLine(_ port: Int, _ send: String) async throws -> String {
+            let c = try await RawConnection.open(port: port)
+            try await c.send(send)
+            let answer = try await c.wait(until: { $0.contains("\r\n") })
+            try await c.close()
+            return answer
+        }
+        if let redis = state.topology.nodes(.sessions).first {
+            #expect(try await firstLine(redis.port, "GET x\r\n").hasPrefix("-NOAUTH"))
+        }
+        for cache in state.topology.nodes(.cache) {
+            #expect(try await firstLine(cache.port, "mg x v\r\n").hasPrefix("CLIENT_ERROR unauthenticated"))
+        }
+        if let db = state.topology.nodes(.database).first {
+            let out = NSTemporaryDirectory() + "psql-\(UUID().uuidString)"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let status = try Processes.run(
+                ["/usr/bin/psql", "-w", "-h", db.host, "-p", String(db.port), "-U", "postgres", "-d", "millions", "-c", "SELECT 1"], log: out)
+            #expect(status != 0, "psql without the password got in")
+        }
+        for entry in try FileManager.default.contentsOfDirectory(atPath: "/proc") where Int32(entry) != nil {
+            guard let argv = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            let text = String(decoding: argv, as: UTF8.self)
+            for secret in secrets { #expect(!text.contains(secret), "pid \(entry)'s command line shows a password") }
         }
     }
 

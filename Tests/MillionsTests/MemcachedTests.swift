@@ -181,6 +181,24 @@ import WebTier
         }
     }
 
+    /// Servers started with a password (the cluster's) serve a client that logs in with it
+    /// and refuse one that does not: it never reads or writes a thing.
+    @Test func aServerWithAPasswordServesOnlyClientsThatHaveIt() async throws {
+        try await MemcachedServers.with(count: 1, password: "correct-horse") { servers in
+            var options = MemcachedCache.Options()
+            options.timeout = .seconds(2)
+            options.password = "correct-horse"
+            let cache = try MemcachedCache(nodes: servers.addresses, options: options, metrics: AppMetrics(), logger: Logger(label: "test"))
+            #expect(try await cache.set("k", [7], ttl: .seconds(60), lease: nil))
+            #expect(try await cache.get("k") == .hit([7]))
+            for wrong in [nil, "wrong"] {
+                options.password = wrong
+                let stranger = try MemcachedCache(nodes: servers.addresses, options: options, metrics: AppMetrics(), logger: Logger(label: "test"))
+                await #expect(throws: (any Error).self) { _ = try await stranger.nodes[0].send(.get(key: "k", flags: ["v"])) }
+            }
+        }
+    }
+
     @Test func aSlowReaderCannotReinstateAnInvalidatedValue() async throws {
         try await MemcachedServers.with(count: 2) { servers in
             let cache = try pool(servers)

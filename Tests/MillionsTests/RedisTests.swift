@@ -229,6 +229,7 @@ import Cluster
     func client(_ group: RedisSentinelGroup, waitReplicas: Int = 0) throws -> RedisClient {
         var config = RedisClient.Configuration(host: "127.0.0.1", port: group.base)
         config.sentinels = group.sentinels
+        config.password = group.password
         config.timeout = .seconds(2)
         config.connectTimeout = .seconds(2)
         config.waitReplicas = waitReplicas
@@ -243,6 +244,7 @@ import Cluster
             let metrics = AppMetrics()
             var config = RedisClient.Configuration(host: "127.0.0.1", port: group.base)
             config.sentinels = group.sentinels
+            config.password = group.password
             config.timeout = .seconds(2)
             config.waitReplicas = 1
             config.waitTimeout = .seconds(1)
@@ -250,6 +252,17 @@ import Cluster
             defer { redis.close() }
             try await redis.send(RedisCommand("SET", "kept", "1"), durable: true)
             #expect(try group.master() == group.base)
+            // Servers and sentinels alike refuse a client without the password.
+            var anonymous = config
+            anonymous.password = nil
+            let stranger = RedisClient(configuration: anonymous, metrics: AppMetrics(), logger: RedisClientTests.logger)
+            defer { stranger.close() }
+            await #expect(throws: RedisError.self) { try await stranger.send(RedisCommand("GET", "kept")) }
+            var direct = anonymous
+            direct.sentinels = []
+            let strangerAtMaster = RedisClient(configuration: direct, metrics: AppMetrics(), logger: RedisClientTests.logger)
+            defer { strangerAtMaster.close() }
+            await #expect(throws: RedisError.self) { try await strangerAtMaster.send(RedisCommand("GET", "kept")) }
             try group.kill(group.base)
             var after: Int? = nil
             for _ in 0..<300 where after == nil {

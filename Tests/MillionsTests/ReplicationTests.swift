@@ -132,6 +132,7 @@ import WebTier
 @Suite(.serialized) struct ReplicationTests {
     static func replicaSet(_ t: PostgresTopology, maxLagBytes: UInt64 = 16 << 20) throws -> ReplicaSet {
         var s = PostgresSettings(nodes: t.addresses)
+        s.password = t.password
         s.discoveryInterval = .milliseconds(100)
         s.queryTimeout = .seconds(3)  // a loaded machine is not a dead node
         s.maxLagBytes = maxLagBytes
@@ -389,8 +390,12 @@ import WebTier
         }
     }
 
+    /// With a password on the topology (as the cluster runs it): nothing connects without
+    /// it, and a failover keeps the other replica streaming (its repointed conninfo keeps
+    /// the password file).
     @Test func failoverPromotesAReplicaAndWritesResumeWithoutRestart() async throws {
-        try await PostgresTopology.withFresh { t in
+        try await PostgresTopology.withFresh(password: "pw-" + Token.random(bytes: 8)) { t in
+            #expect(try !t.letsInWithoutPassword(), "a client without the password was let in")
             try await TestApp.runPostgres(t, ["cache.backend": "none"]) { client, components in
                 let set = components.replicaSet!
                 let (id, session) = try await signUpJohn(client, email: "fo@example.com")

@@ -36,6 +36,9 @@ public final class MemcachedCache: Cache, Service {
         public var retrySeconds = 2.0
         public var leaseSeconds = 5
         public var fallbackTTLSeconds = 10
+        /// The password of memcached's ASCII authentication (user `millions`), if the
+        /// servers require one.
+        public var password: String? = nil
         public init() {}
     }
 
@@ -49,7 +52,7 @@ public final class MemcachedCache: Cache, Service {
             return MemcachedNode(
                 host: String(parts[0]), port: port, connections: options.connectionsPerNode, timeout: options.timeout,
                 health: NodeHealth(failureThreshold: options.failureThreshold, retryInterval: options.retrySeconds),
-                metrics: metrics)
+                metrics: metrics, credentials: options.password.map { ("millions", $0) })
         }
         guard !nodes.isEmpty else { throw MillionsError(.badRequest, "memcached needs at least one node") }
         self.nodes = try nodes.map(make)

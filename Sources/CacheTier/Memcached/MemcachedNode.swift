@@ -11,6 +11,8 @@ public final class MemcachedNode: Sendable {
     public let port: Int
     public var name: String { "\(host):\(port)" }
     let timeout: TimeAmount
+    /// ASCII authentication on each new connection (memcached `-Y`), if set.
+    let credentials: (user: String, password: String)?
     private let slots: Mutex<[MemcachedConnection?]>
     private let nextSlot = Atomic<Int>(0)
     let health: Mutex<NodeHealth>
@@ -19,11 +21,13 @@ public final class MemcachedNode: Sendable {
     let upGauge: Gauge
 
     public init(
-        host: String, port: Int, connections: Int, timeout: TimeAmount, health: NodeHealth, metrics: AppMetrics
+        host: String, port: Int, connections: Int, timeout: TimeAmount, health: NodeHealth, metrics: AppMetrics,
+        credentials: (user: String, password: String)? = nil
     ) {
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.credentials = credentials
         self.slots = Mutex(Array(repeating: nil, count: max(1, connections)))
         self.health = Mutex(health)
         let labels = [("node", "\(host):\(port)")]
@@ -79,6 +83,14 @@ public final class MemcachedNode: Sendable {
         let i = nextSlot.wrappingAdd(1, ordering: .relaxed).oldValue % count
         if let existing = slots.withLock({ $0[i] }), existing.isActive { return existing }
         let fresh = try await MemcachedConnection.connect(host: host, port: port, timeout: timeout)
+        if let credentials {
+            let answer = try await fresh.send(.authenticate(user: credentials.user, password: credentials.password), timeout: timeout)
+            guard answer.status == .ok else {
+                fresh.close()
+                // Not the request's fault: the node is unusable to this client.
+                throw MemcachedError.connectionClosed
+            }
+        }
         let (use, spare) = slots.withLock { slots -> (MemcachedConnection, MemcachedConnection?) in
             if let other = slots[i], other.isActive { return (other, fresh) }
             slots[i] = fresh

@@ -15,11 +15,14 @@ public enum MemcachedRequest: Sendable, Equatable {
     case stats
     /// `flush_all`: drops every item (used when a node rejoins after an outage).
     case flushAll
+    /// ASCII authentication (memcached's `-Y`): the first request of a connection,
+    /// `set <any> 0 0 <n>` with "user password" as its data; answers `STORED`.
+    case authenticate(user: String, password: String)
 
     public var key: String? {
         switch self {
         case .get(let k, _), .set(let k, _, _), .delete(let k, _): k
-        case .noop, .stats, .flushAll: nil
+        case .noop, .stats, .flushAll, .authenticate: nil
         }
     }
 
@@ -43,6 +46,9 @@ public enum MemcachedRequest: Sendable, Equatable {
         case .noop: buffer.writeString("mn\r\n")
         case .stats: buffer.writeString("stats\r\n")
         case .flushAll: buffer.writeString("flush_all\r\n")
+        case .authenticate(let user, let password):
+            let data = user + " " + password
+            buffer.writeString("set auth 0 0 \(data.utf8.count)\r\n\(data)\r\n")
         }
     }
 
@@ -186,7 +192,7 @@ public struct MemcachedResponseDecoder: ByteToMessageDecoder {
             case "EX": return MemcachedResponse(status: .exists, flags: flags)
             case "NF": return MemcachedResponse(status: .notFound, flags: flags)
             case "MN": return MemcachedResponse(status: .noop)
-            case "OK": return MemcachedResponse(status: .ok)
+            case "OK", "STORED": return MemcachedResponse(status: .ok)
             case "ERROR", "CLIENT_ERROR", "SERVER_ERROR": return MemcachedResponse(status: .error(line))
             default: throw MemcachedError.protocolError("unexpected response: \(line.prefix(100))")
             }

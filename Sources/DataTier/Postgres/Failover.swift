@@ -64,8 +64,15 @@ public enum Failover {
                 if count == 0 {
                     try await newPrimary.client.query("SELECT pg_create_physical_replication_slot(\(slot))")
                 }
-                let conninfo = "host=\(host) port=\(port) user=postgres application_name=\(other.name)"
                 let client = set.nodes[other.index].client
+                // Keep where the replica finds its password (scripts/postgres's pgpass file).
+                var passfile = ""
+                for try await current in try await client.query("SELECT setting FROM pg_settings WHERE name = 'primary_conninfo'")
+                    .decode(String.self)
+                {
+                    passfile = Self.passfileOption(current)
+                }
+                let conninfo = "host=\(host) port=\(port) user=postgres application_name=\(other.name)" + passfile
                 try await client.query(PostgresQuery(unsafeSQL: "ALTER SYSTEM SET primary_conninfo = '\(conninfo)'"))
                 try await client.query(PostgresQuery(unsafeSQL: "ALTER SYSTEM SET primary_slot_name = '\(slot)'"))
                 try await client.query("SELECT pg_reload_conf()")
@@ -75,5 +82,13 @@ public enum Failover {
             logger.info("repointed replica", metadata: ["node": "\(set.nodes[other.index].name)", "primary": "\(newPrimary.name)"])
         }
         return Result(promoted: newPrimary.name, repointed: repointed)
+    }
+
+    /// ` passfile=PATH` from a conninfo string (`passfile='/x'` or `passfile=/x`), or "".
+    static func passfileOption(_ conninfo: String) -> String {
+        guard let token = conninfo.split(separator: " ").first(where: { $0.hasPrefix("passfile=") }) else { return "" }
+        let path = token.dropFirst("passfile=".count).filter { $0 != "'" }
+        guard !path.isEmpty, path.allSatisfy({ $0.isLetter || $0.isNumber || "/._-".contains($0) }) else { return "" }
+        return " passfile=" + path
     }
 }
