@@ -10,7 +10,7 @@ public enum Command {
     /// The same, waiting on NIO's thread pool: a long command must not hold one of the
     /// few cooperative threads that the test's servers and clients need meanwhile.
     @discardableResult
-    public static func runOffPool(_ argv: [String]) async throws -> Int32 {
-        try await NIOThreadPool.singleton.runIfActive { try Processes.run(argv) }
+    public static func runOffPool(_ argv: [String], environment: [String: String] = [:]) async throws -> Int32 {
+        try await NIOThreadPool.singleton.runIfActive { try Processes.run(argv, environment: environment) }
     }
 }

@@ -45,6 +45,18 @@ import Testing
             try JSONDecoder().decode(ClusterState.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/state.json")))
         }
 
+        /// The cluster's passwords as the environment psql and `millions` commands read
+        /// (never on their command lines).
+        func secrets() throws -> [String: String] {
+            let s = try state()
+            var env: [String: String] = [:]
+            env["PGPASSWORD"] = s.postgresPassword
+            env["MILLIONS_DATA_POSTGRES_PASSWORD"] = s.postgresPassword
+            env["MILLIONS_REDIS_PASSWORD"] = s.redisPassword
+            env["MILLIONS_CACHE_MEMCACHED_PASSWORD"] = s.memcachedPassword
+            return env
+        }
+
         func pid(_ node: String) throws -> Int32 {
             let s = try state()
             let n = try #require(s.nodes.first { $0.name == node })
@@ -370,7 +382,8 @@ import Testing
             let inRecovery = "psql -h \(leader.host) -p \(leader.port) -U postgres -d postgres -Atc 'SELECT pg_is_in_recovery()' 2>/dev/null | grep -qx t"
             var demoted = false
             for _ in 0..<600 where !demoted {
-                demoted = try await Command.runOffPool([f.binary, "cluster", "exec", "--dir", f.dir, leader.name, "--", "/bin/sh", "-c", inRecovery]) == 0
+                demoted = try await Command.runOffPool(
+                    [f.binary, "cluster", "exec", "--dir", f.dir, leader.name, "--", "/bin/sh", "-c", inRecovery], environment: try f.secrets()) == 0
                 if !demoted { try await Task.sleep(for: .milliseconds(200)) }
             }
             #expect(demoted, "\(leader.name), cut off from etcd, stepped down")
@@ -648,12 +661,12 @@ import Testing
         try await f.withCluster("queued") {
             let pg = "data.postgres.nodes=127.0.0.1:\(f.base + 40),127.0.0.1:\(f.base + 41),127.0.0.1:\(f.base + 42)"
             let flags = ["--set", "data.engine=postgres", "--set", pg, "--log-level", "warning"]
-            #expect(try await Command.runOffPool([f.binary, "jobs", "enqueue", "noop", "--count", "50"] + flags) == 0)
+            #expect(try await Command.runOffPool([f.binary, "jobs", "enqueue", "noop", "--count", "50"] + flags, environment: try f.secrets()) == 0)
             let db = "127.0.0.1:\(f.base + 40)"
             var done = 0
             for _ in 0..<300 where done < 50 {
                 try await Task.sleep(for: .milliseconds(200))
-                done = Self.doneJobs(port: f.base + 40)
+                done = Self.doneJobs(port: f.base + 40, env: try f.secrets())
             }
             #expect(done == 50, "jobs done on \(db): \(done)")
             // Each worker serves its own figures; together they account for every job.
@@ -714,20 +727,20 @@ import Testing
             let jobs = 8
             for i in 0..<jobs {
                 let payload = #"{"path":"\#(out)/\#(i)","ms":3000}"#
-                #expect(try await Command.runOffPool([f.binary, "jobs", "enqueue", "touch", payload] + flags) == 0)
+                #expect(try await Command.runOffPool([f.binary, "jobs", "enqueue", "touch", payload] + flags, environment: try f.secrets()) == 0)
             }
             // Both worker processes (2 slots each; a worker is named host-pid-random) have
             // claimed jobs before one dies.
             var running: [String] = []
             for _ in 0..<600 where Set(running).count < 2 {
-                running = Self.query(primary, "SELECT DISTINCT substring(worker from '-([0-9]+)-[0-9]+$') FROM jobs WHERE state = 'running'")
+                running = Self.query(primary, "SELECT DISTINCT substring(worker from '-([0-9]+)-[0-9]+$') FROM jobs WHERE state = 'running'", env: try f.secrets())
                 if Set(running).count < 2 { try await Task.sleep(for: .milliseconds(100)) }
             }
             #expect(try await f.cluster("kill", "worker1") == 0)
             var done = 0
             for _ in 0..<1200 where done < jobs {
                 try await Task.sleep(for: .milliseconds(200))
-                done = Self.doneJobs(primary)
+                done = Self.doneJobs(primary, env: try f.secrets())
             }
             #expect(done == jobs, "jobs done: \(done) of \(jobs)")
             let files = try FileManager.default.contentsOfDirectory(atPath: out).sorted()
@@ -769,7 +782,7 @@ import Testing
 
             // East's replica streams from the primary across the WAN (its connection comes
             // from the gateway's west address); west's directly.
-            let senders = Self.query(primary, "SELECT application_name || '=' || host(client_addr) FROM pg_stat_replication ORDER BY 1")
+            let senders = Self.query(primary, "SELECT application_name || '=' || host(client_addr) FROM pg_stat_replication ORDER BY 1", env: try f.secrets())
             #expect(senders == ["r1=\(try #require(state.topology.node(named: "postgres-r1")).host)", "r2=\(gateway.alsoAt.first ?? "-")"])
 
             // A sign-up in east crosses the WAN to the primary (at least one round trip, 2 × 20 ms);
@@ -934,11 +947,11 @@ import Testing
             for w in writers { _ = Processes.stop(w, grace: 30) }
 
             // West's databases stream from the new primary; nothing acknowledged is missing.
-            let streaming = Self.query(promoted, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1")
+            let streaming = Self.query(promoted, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1", env: try f.secrets())
             #expect(streaming == ["primary", "r1"], "\(streaming)")
             let oldPrimary = try #require(state.topology.node(named: "postgres-primary"))
-            #expect(Self.query(oldPrimary, "SELECT pg_is_in_recovery()") == ["t"], "the old primary is a replica now")
-            let present = Set(Self.query(promoted, "SELECT id FROM users").compactMap { Int($0) })
+            #expect(Self.query(oldPrimary, "SELECT pg_is_in_recovery()", env: try f.secrets()) == ["t"], "the old primary is a replica now")
+            let present = Set(Self.query(promoted, "SELECT id FROM users", env: try f.secrets()).compactMap { Int($0) })
             var report: [String] = []
             for region in ["west", "east"] {
                 let h = Self.history("\(work)/\(region).log")
@@ -963,23 +976,23 @@ import Testing
     }
 
     /// One column of a query on a PostgreSQL node, through psql.
-    static func query(_ node: Node, _ sql: String) -> [String] {
+    static func query(_ node: Node, _ sql: String, env: [String: String]) -> [String] {
         let out = NSTemporaryDirectory() + "query-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: out) }
         let script = "psql -h \(node.host) -p \(node.port) -U postgres -d millions -Atc \"\(sql)\" > \(out)"
-        guard (try? Processes.run(["/bin/bash", "-c", script])) == 0 else { return [] }
+        guard (try? Processes.run(["/bin/bash", "-c", script], environment: env)) == 0 else { return [] }
         return ((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").split(whereSeparator: \.isNewline).map(String.init)
     }
 
-    static func doneJobs(_ node: Node) -> Int {
-        Int(query(node, "SELECT count(*) FROM jobs WHERE state = 'done'").first ?? "") ?? -1
+    static func doneJobs(_ node: Node, env: [String: String]) -> Int {
+        Int(query(node, "SELECT count(*) FROM jobs WHERE state = 'done'", env: env).first ?? "") ?? -1
     }
 
-    static func doneJobs(port: Int) -> Int {
+    static func doneJobs(port: Int, env: [String: String]) -> Int {
         let out = NSTemporaryDirectory() + "done-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: out) }
         let script = "psql -h 127.0.0.1 -p \(port) -U postgres -d millions -Atc \"SELECT count(*) FROM jobs WHERE state = 'done'\" > \(out)"
-        guard (try? Processes.run(["/bin/bash", "-c", script])) == 0 else { return -1 }
+        guard (try? Processes.run(["/bin/bash", "-c", script], environment: env)) == 0 else { return -1 }
         return Int((try? String(contentsOfFile: out, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
     }
 }
