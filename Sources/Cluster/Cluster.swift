@@ -139,7 +139,7 @@ public struct Cluster: Sendable {
         }
         try checkReachableByServiceUsers(topology)
         for d in [dir, logs, run, dir + "/hosts"] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
-        chmod(run, 0o1777)  // memcached writes its pid file after dropping to its own user
+        chmod(run, 0o755)  // memcached's pid file is in a folder of its own user (scripts/memcached)
 
         // Saved before anything starts, so `down` can clean up after a failed `up` (it
         // stops by pid file and script, which skip what never started). Every node's

@@ -170,7 +170,7 @@ public struct Layout: Sendable {
     public func caches(_ count: Int) -> [Node] { (0..<count).map { cache($0 + 1) } }
 
     func cache(_ i: Int) -> Node {
-        node("memcached\(i)", .cache, ports.memcached + i - 1, index: i, pidFile: "\(run)/memcached-\(ports.memcached + i - 1).pid")
+        node("memcached\(i)", .cache, ports.memcached + i - 1, index: i, pidFile: "\(run)/memcached-\(ports.memcached + i - 1)/memcached.pid")
     }
 
     /// The three coordinators of `up --ha`: etcd member i listens for clients at

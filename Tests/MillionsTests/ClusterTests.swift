@@ -807,8 +807,18 @@ import Testing
             // serves the change well before the TTL. The window is printed (a figure, not a bound).
             for _ in 0..<3 { #expect(try await Self.request(east.port, .GET, "/users/\(id)", host: east.host).status == 200) }
             let eastCache = try #require(state.topology.nodes(.cache, in: "east").first)
-            let holds = "import socket,sys\ns=socket.create_connection(('\(eastCache.host)',\(eastCache.port)),5)\ns.sendall(b'mg user:\(id) v\\r\\n')\nsys.exit(0 if s.recv(16).startswith(b'VA') else 1)"
-            #expect(try await Command.runOffPool(["/usr/bin/python3", "-c", holds]) == 0, "east's cache holds the profile")
+            // memcached wants the cluster's password first (ASCII authentication), read from the environment.
+            let holds = """
+                import os,socket,sys
+                s=socket.create_connection(('\(eastCache.host)',\(eastCache.port)),5)
+                login=b'millions '+os.environ['MILLIONS_CACHE_MEMCACHED_PASSWORD'].encode()
+                s.sendall(b'set auth 0 0 %d\\r\\n%s\\r\\n' % (len(login), login))
+                f=s.makefile('rb')
+                if not f.readline().startswith(b'STORED'): sys.exit(2)
+                s.sendall(b'mg user:\(id) v\\r\\n')
+                sys.exit(0 if f.readline().startswith(b'VA') else 1)
+                """
+            #expect(try await Command.runOffPool(["/usr/bin/python3", "-c", holds], environment: try f.secrets()) == 0, "east's cache holds the profile")
             let patched = try await Self.request(
                 west.port, .PATCH, "/users/\(id)", json: #"{"lastName":"Westwritten"}"#, cookie: session, host: west.host)
             #expect(patched.status == 200, "\(patched.body)")
