@@ -113,7 +113,7 @@ public struct Journey: Sendable {
         let seedStart = Date()
         let status = try Processes.run(
             [binary, "seed", "--users", String(users), "--ids-file", idsFile, "--log-level", "warning"]
-                + cluster.setFlags(cluster.webSettings(state)), environment: cluster.secretEnv(state), log: dir + "/logs/seed.log")
+                + cluster.setFlags(cluster.webSettings(state)), environment: state.secretEnvironment, log: dir + "/logs/seed.log")
         guard status == 0 else { throw BenchError("seeding failed (see \(dir)/logs/seed.log)") }
         let seedSeconds = Date().timeIntervalSince(seedStart)
         say("  seeded \(users) users in \(String(format: "%.1f", seedSeconds)) s")

@@ -6,6 +6,21 @@ import Glibc
 
 /// What `up` started, so later commands (status, scale, kill, down) can find it.
 public struct ClusterState: Codable, Sendable {
+    /// The secrets as the environment of a process that needs them (the web servers,
+    /// workers, `migrate`, `seed`, the scripts): `/proc/PID/environ` is readable by the
+    /// process's owner only, unlike its command line.
+    public var secretEnvironment: [String: String] {
+        var env: [String: String] = [:]
+        env["MILLIONS_REDIS_PASSWORD"] = redisPassword
+        env["MILLIONS_MEMCACHED_PASSWORD"] = memcachedPassword
+        env["MILLIONS_CACHE_MEMCACHED_PASSWORD"] = memcachedPassword
+        env["MILLIONS_DATA_POSTGRES_PASSWORD"] = postgresPassword
+        return env
+    }
+
+    /// What psql needs to log in to the cluster's PostgreSQL (libpq reads `PGPASSWORD`).
+    public var psqlEnvironment: [String: String] { postgresPassword.map { ["PGPASSWORD": $0] } ?? [:] }
+
     public var ports: Ports
     /// The user's `--set` keys, given to every web server.
     public var settings: [String: String]
@@ -205,7 +220,7 @@ public struct Cluster: Sendable {
             // Once, before several servers start at the same moment.
             let status = try Processes.run(
                 [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state, site: nodes[0].site)),
-                environment: secretEnv(state), log: "\(logs)/migrate.log")
+                environment: state.secretEnvironment, log: "\(logs)/migrate.log")
             guard status == 0 else { throw Processes.Failure("millions migrate failed (exit \(status))") }
         case .cache:
             for n in nodes { try script("memcached", ["start", String(n.port), "64"], env: serverEnv(n, state)) }
@@ -262,26 +277,9 @@ public struct Cluster: Sendable {
         return (0..<24).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined()
     }
 
-    /// The cluster's secrets as the environment of a process that needs them (the web
-    /// servers, workers, `migrate`, `seed`, the Redis script): `/proc/PID/environ` is
-    /// readable by the process's owner only, unlike its command line.
-    public func secretEnv(_ state: ClusterState) -> [String: String] {
-        var env: [String: String] = [:]
-        env["MILLIONS_REDIS_PASSWORD"] = state.redisPassword
-        env["MILLIONS_MEMCACHED_PASSWORD"] = state.memcachedPassword
-        env["MILLIONS_CACHE_MEMCACHED_PASSWORD"] = state.memcachedPassword
-        env["MILLIONS_DATA_POSTGRES_PASSWORD"] = state.postgresPassword
-        return env
-    }
-
-    /// What psql needs to log in to the cluster's PostgreSQL (libpq reads `PGPASSWORD`).
-    func pgPasswordEnv(_ state: ClusterState) -> [String: String] {
-        state.postgresPassword.map { ["PGPASSWORD": $0] } ?? [:]
-    }
-
     /// memcached's and Redis's scripts: where to listen and how to get onto the host.
     func serverEnv(_ node: Node, _ state: ClusterState) -> [String: String] {
-        var env = ["MILLIONS_RUN_DIR": run].merging(secretEnv(state)) { a, _ in a }
+        var env = ["MILLIONS_RUN_DIR": run].merging(state.secretEnvironment) { a, _ in a }
         if state.hosts != nil {
             env["MILLIONS_BIND"] = node.host
             env["MILLIONS_WRAP"] = "\(dir)/hosts/\(node.name)"
@@ -424,14 +422,14 @@ public struct Cluster: Sendable {
     func startWebServer(_ state: ClusterState, _ node: Node) throws {
         let argv = on(node, state) + [binary, "serve", "--host", node.host, "--port", String(node.port)]
             + setFlags(webSettings(state, site: node.site))
-        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log", environment: secretEnv(state))
+        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log", environment: state.secretEnvironment)
         try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
 
     func startWorker(_ state: ClusterState, _ node: Node) throws {
         let argv = on(node, state) + [binary, "worker", "--concurrency", "2", "--metrics-host", node.host, "--metrics-port", String(node.port)]
             + setFlags(webSettings(state, site: node.site))
-        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log", environment: secretEnv(state))
+        let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log", environment: state.secretEnvironment)
         try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
     }
 
@@ -746,7 +744,7 @@ public struct Cluster: Sendable {
         let nodes = databases.map(\.address).joined(separator: ",")
         let status = try Processes.run(
             [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(nodes)"],
-            environment: secretEnv(state), log: "\(logs)/failover.log")
+            environment: state.secretEnvironment, log: "\(logs)/failover.log")
         guard status == 0 else { throw Processes.Failure("failover failed (exit \(status); see \(logs)/failover.log)") }
         say("failover done in \(seconds(since: t))")
     }

@@ -31,7 +31,7 @@ extension Cluster {
             let f = Date()
             let status = try Processes.run(
                 [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(databases.map(\.address).joined(separator: ","))"],
-                environment: secretEnv(state), log: "\(logs)/failover.log")
+                environment: state.secretEnvironment, log: "\(logs)/failover.log")
             guard status == 0 else { throw Processes.Failure("failover failed (exit \(status); see \(logs)/failover.log)") }
             let promoted = try databases.first { $0.site != site && inRecovery($0) == false }
                 .orThrow("no primary outside \(site) after the failover (see \(logs)/failover.log)")
@@ -184,7 +184,7 @@ extension Cluster {
         defer { try? FileManager.default.removeItem(atPath: out) }
         let status = try Processes.run(
             ["/usr/bin/psql", "-h", node.host, "-p", String(node.port), "-U", "postgres", "-d", "millions", "-Atc", sql],
-            environment: ["PGCONNECT_TIMEOUT": "5"].merging(pgPasswordEnv(try loadState())) { a, _ in a }, log: out)
+            environment: ["PGCONNECT_TIMEOUT": "5"].merging(try loadState().psqlEnvironment) { a, _ in a }, log: out)
         let text = ((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
         guard status == 0 else { throw Processes.Failure("psql on \(node.name) failed: \(text)") }
         return text

@@ -186,7 +186,7 @@ struct ClusterCommand: ParsableCommand {
         func run() throws {
             let cluster = try location.cluster()
             let state = try cluster.loadState()
-            var env = cluster.secretEnv(state)
+            var env = state.secretEnvironment
             for (key, value) in cluster.webSettings(state) { env["MILLIONS_" + ConfigSources.environmentName(key)] = value }
             for (name, value) in env.sorted(by: { $0.key < $1.key }) {
                 print("export \(name)='\(value.replacingOccurrences(of: "'", with: "'\\''"))'")

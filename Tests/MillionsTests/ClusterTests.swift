@@ -49,12 +49,7 @@ import Testing
         /// (never on their command lines).
         func secrets() throws -> [String: String] {
             let s = try state()
-            var env: [String: String] = [:]
-            env["PGPASSWORD"] = s.postgresPassword
-            env["MILLIONS_DATA_POSTGRES_PASSWORD"] = s.postgresPassword
-            env["MILLIONS_REDIS_PASSWORD"] = s.redisPassword
-            env["MILLIONS_CACHE_MEMCACHED_PASSWORD"] = s.memcachedPassword
-            return env
+            return s.secretEnvironment.merging(s.psqlEnvironment) { a, _ in a }
         }
 
         func pid(_ node: String) throws -> Int32 {
