@@ -213,6 +213,7 @@ let package = Package(
             dependencies: [
                 "Cluster",
                 "DataTier",
+                "CacheTier",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

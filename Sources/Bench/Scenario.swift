@@ -76,6 +76,14 @@ public struct KeySampler: Sendable {
         }
     }
 
+    /// The share of draws that land on the `k` most popular indexes.
+    public func mass(ofMostPopular k: Int) -> Double {
+        guard k > 0 else { return 0 }
+        if k >= count { return 1 }
+        if case .zipf = distribution { return cdf[k - 1] }
+        return Double(k) / Double(count)
+    }
+
     public func sample(_ rng: inout SplitMix64) -> Int {
         switch distribution {
         case .uniform:

@@ -1,14 +1,9 @@
 import Synchronization
 
 /// In-process cache: least-recently-used eviction, bounded by entry count and by bytes,
-/// with a TTL on every entry (checked when read).
-public final class LRUCache: Cache {
-    public struct Stats: Sendable, Equatable {
-        public var entries: Int
-        public var bytes: Int
-        public var evictions: Int
-    }
-
+/// with a TTL on every entry (checked when read). `cache.policy=lru`; the default is
+/// `TinyLFUCache`, which a scan or a long tail cannot flush.
+public final class LRUCache: InProcessCache {
     private struct Node {
         var key: String
         var value: [UInt8]
@@ -25,8 +20,7 @@ public final class LRUCache: Cache {
         var tail = -1  // least recently used
         var bytes = 0
         var evictions = 0
-        var leases: [String: (token: UInt64, issuedAt: Double)] = [:]
-        var nextLease: UInt64 = 1
+        var leases = LeaseTable()
 
         mutating func unlink(_ i: Int) {
             let p = nodes[i].prev, n = nodes[i].next
@@ -60,10 +54,6 @@ public final class LRUCache: Cache {
     public let maxBytes: Int
     private let now: @Sendable () -> Double
     private let state = Mutex(State())
-    /// Outstanding leases are bounded; dropping one only makes its fill be refused.
-    private let maxLeases = 100_000
-    /// How long a lease holder has to fill before another reader may take over.
-    private let leaseSeconds = 10.0
 
     public init(maxEntries: Int, maxBytes: Int, now: @escaping @Sendable () -> Double) {
         precondition(maxEntries > 0 && maxBytes > 0)
@@ -83,13 +73,7 @@ public final class LRUCache: Cache {
                 }
                 s.remove(i)
             }
-            // One lease per key at a time; a holder that never fills loses it after a while.
-            if let held = s.leases[key], t - held.issuedAt < leaseSeconds { return .miss(nil) }
-            if s.leases.count >= maxLeases { s.leases.removeAll(keepingCapacity: true) }
-            let token = s.nextLease
-            s.nextLease += 1
-            s.leases[key] = (token, t)
-            return .miss(CacheLease(token: token))
+            return .miss(s.leases.take(key, at: t))
         }
     }
 
@@ -99,10 +83,7 @@ public final class LRUCache: Cache {
         let cost = State.cost(key: key, value: value)
         guard cost <= maxBytes else { return false }
         return state.withLock { s in
-            if let lease {
-                guard s.leases[key]?.token == lease.token else { return false }
-                s.leases[key] = nil
-            }
+            if let lease, !s.leases.redeem(lease, for: key) { return false }
             if let i = s.index[key] { s.remove(i) }
             while s.tail >= 0 && (s.index.count >= maxEntries || s.bytes + cost > maxBytes) {
                 s.remove(s.tail)
@@ -126,22 +107,24 @@ public final class LRUCache: Cache {
 
     public func delete(_ key: String) {
         state.withLock { s in
-            s.leases[key] = nil
+            s.leases.cancel(key)
             if let i = s.index[key] { s.remove(i) }
         }
     }
 
     public func removeAll() {
         state.withLock { s in
-            let evictions = s.evictions, nextLease = s.nextLease
+            var leases = s.leases
+            leases.removeAll()
+            let evictions = s.evictions
             s = State()
             s.evictions = evictions
-            s.nextLease = nextLease  // an old lease must not match a new one
+            s.leases = leases  // an old lease must not match a new one
         }
     }
 
-    public var stats: Stats {
-        state.withLock { Stats(entries: $0.index.count, bytes: $0.bytes, evictions: $0.evictions) }
+    public var stats: CacheStats {
+        state.withLock { CacheStats(entries: $0.index.count, bytes: $0.bytes, evictions: $0.evictions) }
     }
 
     /// Keys from most to least recently used (for tests and debugging).

@@ -32,8 +32,8 @@ public struct Components: Sendable {
     public let sessions: any SessionStore
     /// The Redis client, when `session.store` or `queue.engine` is `redis`.
     public let redis: RedisClient?
-    /// The in-process LRU, when `cache.backend` is `memory`.
-    public let lru: LRUCache?
+    /// The in-process cache, when `cache.backend` is `memory`.
+    public let memory: (any InProcessCache)?
     /// The memcached pool, when `cache.backend` is `memcached`.
     public let memcached: MemcachedCache?
     public let userCache: ReadThrough<User>?
@@ -93,13 +93,15 @@ public struct Components: Sendable {
             redis = client
             if settings.sessionStore == "redis" { sessions = RedisSessionStore(redis: client) }
         }
-        var lru: LRUCache? = nil
+        var memory: (any InProcessCache)? = nil
         var memcached: MemcachedCache? = nil
         switch settings.cacheBackend {
         case "memory":
-            lru = LRUCache(
-                maxEntries: settings.cacheMaxEntries, maxBytes: settings.cacheMaxBytes,
-                now: { Clock.secondsSince1970() })
+            let now: @Sendable () -> Double = { Clock.secondsSince1970() }
+            memory =
+                settings.cachePolicy == "lru"
+                ? LRUCache(maxEntries: settings.cacheMaxEntries, maxBytes: settings.cacheMaxBytes, now: now)
+                : TinyLFUCache(maxEntries: settings.cacheMaxEntries, maxBytes: settings.cacheMaxBytes, now: now)
         case "memcached":
             var options = MemcachedCache.Options()
             options.connectionsPerNode = settings.memcachedConnectionsPerNode
@@ -115,7 +117,7 @@ public struct Components: Sendable {
         default:
             break
         }
-        let cache: (any Cache)? = lru ?? memcached
+        let cache: (any Cache)? = memory ?? memcached
         let users = decorateUsers(MeteredUserStore(baseUsers, metrics: metrics))
         var readOptions = ReadThrough<User>.Options()
         readOptions.stampedeProtection = settings.stampedeProtection
@@ -136,7 +138,7 @@ public struct Components: Sendable {
             else { SQLitePhotoRequests(database: database!) }
         return Components(
             settings: settings, logger: logger, metrics: metrics, database: database, replicaSet: replicaSet,
-            users: users, sessions: sessions, redis: redis, lru: lru,
+            users: users, sessions: sessions, redis: redis, memory: memory,
             memcached: memcached,
             userCache: userCache, assets: try AssetCatalog(directory: resources + "/public"),
             jobs: jobs,

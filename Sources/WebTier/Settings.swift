@@ -71,8 +71,10 @@ public struct Settings: Sendable {
     /// bcrypt checks waiting or running at once; past it a log-in or sign-up gets 503.
     public var maxPendingPasswordChecks: Int
 
-    /// `memory` (in-process LRU), `memcached`, or `none`.
+    /// `memory` (in-process), `memcached`, or `none`.
     public var cacheBackend: String
+    /// The in-process cache's policy: `tinylfu` (W-TinyLFU admission) or `lru`.
+    public var cachePolicy: String
     public var stampedeProtection: Bool
     public var leaseWaitMS: Int
     public var memcachedNodes: [String]
@@ -189,6 +191,7 @@ public struct Settings: Sendable {
             forgetAfterSeconds: config.double(forKey: "auth.forgetFailedLoginsAfterSeconds", default: 3600))
 
         cacheBackend = config.string(forKey: "cache.backend", default: "memory")
+        cachePolicy = config.string(forKey: "cache.policy", default: "tinylfu")
         stampedeProtection = config.bool(forKey: "cache.stampedeProtection", default: true)
         leaseWaitMS = config.int(forKey: "cache.leaseWaitMs", default: 500)
         func list(_ key: String) -> [String] {
@@ -270,6 +273,7 @@ public struct Settings: Sendable {
         try check(cacheMaxEntries >= 1 && cacheMaxBytes >= 4096, "cache.maxEntries ≥ 1 and cache.maxBytes ≥ 4096")
         try check(cacheTTLSeconds >= 1 && cacheNegativeTTLSeconds >= 0, "cache TTLs must be positive")
         try check(["memory", "memcached", "none"].contains(cacheBackend), "cache.backend must be memory, memcached or none")
+        try check(["tinylfu", "lru"].contains(cachePolicy), "cache.policy must be tinylfu or lru")
         try check(
             cacheBackend != "memcached" || !memcachedNodes.isEmpty,
             "cache.memcached.nodes must list host:port pairs when cache.backend is memcached")
@@ -292,7 +296,7 @@ public struct Settings: Sendable {
         "redis.timeoutMs", "redis.sentinels", "redis.masterName", "redis.waitReplicas", "redis.waitTimeoutMs",
         "auth.bcryptCost", "auth.freeFailedLogins", "auth.baseLockSeconds", "auth.maxLockSeconds",
         "auth.forgetFailedLoginsAfterSeconds",
-        "cache.backend", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
+        "cache.backend", "cache.policy", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
         "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
         "cache.memcached.retrySeconds", "cache.memcached.password", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",

@@ -14,7 +14,9 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Load generator: closed or open loop, HDR latency percentiles, table / JSON / SVG.",
-        subcommands: [Read.self, Mixed.self, Photos.self, SoakCommand.self, JourneyCommand.self, ChaosCommand.self])
+        subcommands: [
+            Read.self, Mixed.self, Photos.self, SoakCommand.self, JourneyCommand.self, ChaosCommand.self, CachePolicyCommand.self,
+        ])
 
     /// Flags every scenario shares.
     struct LoadFlags: ParsableArguments {
@@ -189,6 +191,39 @@ struct BenchCommand: AsyncParsableCommand {
                 photos.append(ByteBuffer(bytes: try Imaging.testImage(width: w - i, height: h, format: .jpeg)))
             }
             try await load.run(PhotosScenario(users: users, images: photos, pollInterval: .milliseconds(Int64(pollMS))))
+        }
+    }
+
+    struct CachePolicyCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "cache-policy",
+            abstract: "The in-process cache's policies (W-TinyLFU, LRU) on a Zipf trace, plain and with one-time keys mixed in: hit ratio against the oracle.")
+        @Option(name: .long, help: "Distinct keys (users).") var users = 100_000
+        @Option(name: .long, help: "Cache size as a share of the users.") var fraction = 0.1
+        @Option(name: .long, help: "Zipf exponent.") var zipf = 0.99
+        @Option(name: .long, help: "Requests measured (half as many again warm the cache first).") var requests = 2_000_000
+        @Option(name: .long, help: "Share of requests for one-time keys in the second trace.") var scan = 0.2
+
+        func validate() throws {
+            guard users >= 100, fraction > 0, fraction < 1, zipf > 0, requests >= 1_000, scan > 0, scan < 1 else {
+                throw ValidationError("--users ≥ 100, 0 < --fraction < 1, --zipf > 0, --requests ≥ 1000, 0 < --scan < 1")
+            }
+        }
+
+        func run() async throws {
+            let capacity = Int(Double(users) * fraction)
+            print("| policy | trace | hit ratio | oracle | of the oracle |")
+            print("|---|---|---|---|---|")
+            for scanShare in [0, scan] {
+                for policy in ["tinylfu", "lru"] {
+                    let r = await CachePolicyTrial.run(
+                        policy: policy, users: users, capacity: capacity, exponent: zipf, requests: requests, scanShare: scanShare)
+                    let trace = scanShare == 0 ? "Zipf \(zipf)" : "Zipf \(zipf) + \(Int(scanShare * 100))% one-time keys"
+                    let figures = String(format: "%.3f | %.3f | %.3f", r.hitRatio, r.oracle, r.ofOracle)
+                    print("| \(policy) | \(trace) | \(figures) |")
+                    fflush(nil)
+                }
+            }
         }
     }
 

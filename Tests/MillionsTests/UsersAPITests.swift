@@ -175,8 +175,8 @@ func signUpJohn(_ client: any TestClientProtocol, email: String = "john@example.
         try await TestApp.run { client, components in
             let (id, session) = try await signUpJohn(client)
             for _ in 0..<3 { _ = try await client.send(.get, "/users/\(id)") }
-            let lru = try #require(components.lru)
-            #expect(lru.stats.entries == 1)
+            let memory = try #require(components.memory)
+            #expect(memory.stats.entries == 1)
             _ = try await client.send(
                 .patch, "/users/\(id)", json: #"{"lastName":"Smythe"}"#, cookies: ["millions_session": session])
             #expect(try await client.send(.get, "/users/\(id)").object["lastName"] as? String == "Smythe")
