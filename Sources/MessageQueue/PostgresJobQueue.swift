@@ -3,17 +3,27 @@ import Logging
 import MillionsCore
 import PostgresNIO
 
-/// `JobQueue` on the PostgreSQL primary. Claims take the first due row with
-/// `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on, or take, the same job;
-/// every enqueue sends `NOTIFY millions_jobs`, which wakes idle workers at once.
+/// `JobQueue` on the PostgreSQL primary. Claims take the first due rows with
+/// `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on, or take, the same job.
+///
+/// Concurrent enqueues, claims and completions of one process go to the database in
+/// batches (`Batcher`, group commit without a timer): one multi-row `INSERT` and one
+/// `NOTIFY millions_jobs` for every enqueue that arrived meanwhile, one claim statement for
+/// every idle worker slot, one `UPDATE` for every finished job. Each caller still gets its
+/// answer only after its batch commits, so nothing is acknowledged that was not written.
 public struct PostgresJobQueue: JobQueue {
     let set: ReplicaSet
     let now: @Sendable () -> Double
     static let channel = "millions_jobs"
+    private let batches: Batches
+
+    /// Statements per batch are bounded: a batch holds its rows' locks until it commits.
+    static let maxBatch = 64
 
     public init(replicaSet: ReplicaSet, now: @escaping @Sendable () -> Double = { Clock.secondsSince1970() }) {
         self.set = replicaSet
         self.now = now
+        self.batches = Batches(set: replicaSet, now: now)
     }
 
     typealias JobRow = (Int64, String, String, String, Int32, Int32, Double, Double?, String?, String?, Double, Int64)
@@ -39,11 +49,67 @@ public struct PostgresJobQueue: JobQueue {
         return out
     }
 
-    public func enqueue(queue: String, payload: String, maxAttempts: Int, delaySeconds: Double) async throws -> Int64 {
-        let now = now()
-        return try await set.write("job_enqueue") { c in
-            try await Self.enqueue(c, queue: queue, payload: payload, maxAttempts: maxAttempts, runAt: now + delaySeconds, now: now)
+    struct NewJob: Sendable {
+        var queue: String
+        var payload: String
+        var maxAttempts: Int
+        var runAt: Double
+    }
+
+    struct ClaimRequest: Sendable {
+        var queues: [String]
+        var worker: String
+        var leaseSeconds: Double
+    }
+
+    struct Completion: Sendable {
+        var id: Int64
+        var worker: String
+        var position: Int64
+    }
+
+    final class Batches: Sendable {
+        let enqueues: Batcher<NewJob, Int64>
+        let claims: Batcher<ClaimRequest, Job?>
+        let completions: Batcher<Completion, Void>
+
+        init(set: ReplicaSet, now: @escaping @Sendable () -> Double) {
+            enqueues = Batcher(maxBatch: PostgresJobQueue.maxBatch) { jobs in
+                try await set.write("job_enqueue") { c in try await PostgresJobQueue.enqueue(c, jobs, now: now()) }
+            }
+            claims = Batcher(maxBatch: PostgresJobQueue.maxBatch) { requests in
+                // One statement per kind of request; a worker process sends one kind.
+                var answers = [Job?](repeating: nil, count: requests.count)
+                var kinds: [String: [Int]] = [:]
+                for (i, r) in requests.enumerated() { kinds["\(r.queues)|\(r.worker)|\(r.leaseSeconds)", default: []].append(i) }
+                for positions in kinds.values {
+                    let r = requests[positions[0]]
+                    let jobs = try await set.write("job_claim") { c in
+                        try await PostgresJobQueue.claim(c, r, limit: positions.count, now: now())
+                    }
+                    for (position, job) in zip(positions, jobs) { answers[position] = job }
+                }
+                return answers
+            }
+            completions = Batcher(maxBatch: PostgresJobQueue.maxBatch) { done in
+                let finishedAt = now()
+                try await set.write("job_complete") { c in
+                    try await PostgresJobQueue.relaxed(c)
+                    try await c.query(
+                        """
+                        UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = \(finishedAt), result_lsn = d.position
+                        FROM unnest(\(done.map(\.id)), \(done.map(\.worker)), \(done.map(\.position))) AS d(id, worker, position)
+                        WHERE jobs.id = d.id AND jobs.worker = d.worker AND jobs.state = 'running'
+                        """, logger: Logger(label: "millions.queue"))
+                }
+                return done.map { _ in () }
+            }
         }
+    }
+
+    public func enqueue(queue: String, payload: String, maxAttempts: Int, delaySeconds: Double) async throws -> Int64 {
+        try await batches.enqueues.submit(
+            NewJob(queue: queue, payload: payload, maxAttempts: maxAttempts, runAt: now() + delaySeconds))
     }
 
     /// Enqueues inside the caller's transaction, so the job commits with the write that
@@ -51,45 +117,68 @@ public struct PostgresJobQueue: JobQueue {
     public static func enqueue(
         _ c: PostgresConnection, queue: String, payload: String, maxAttempts: Int, runAt: Double, now: Double
     ) async throws -> Int64 {
+        try await enqueue(c, [NewJob(queue: queue, payload: payload, maxAttempts: maxAttempts, runAt: runAt)], now: now)[0]
+    }
+
+    /// One `INSERT` for all of `jobs`, one `NOTIFY`; ids in the order given.
+    static func enqueue(_ c: PostgresConnection, _ jobs: [NewJob], now: Double) async throws -> [Int64] {
         let logger = Logger(label: "millions.queue")
         let rows = try await c.query(
             """
             INSERT INTO jobs (queue, payload, state, attempts, max_attempts, run_at, created_at)
-            VALUES (\(queue), \(payload), 'ready', 0, \(Int32(maxAttempts)), \(runAt), \(now)) RETURNING id
+            SELECT q, p, 'ready', 0, m, r, \(now)
+            FROM unnest(\(jobs.map(\.queue)), \(jobs.map(\.payload)), \(jobs.map { Int32($0.maxAttempts) }), \(jobs.map(\.runAt)))
+                WITH ORDINALITY AS j(q, p, m, r, n)
+            ORDER BY n
+            RETURNING id
             """, logger: logger)
-        var id: Int64 = 0
-        for try await v in rows.decode(Int64.self) { id = v }
+        var ids: [Int64] = []
+        for try await v in rows.decode(Int64.self) { ids.append(v) }
         try await c.query(PostgresQuery(unsafeSQL: "NOTIFY \(channel)"), logger: logger)
-        return id
+        // Ids come from one sequence in insertion order, which follows ORDER BY n.
+        return ids.sorted()
     }
 
     public func claim(queues: [String], worker: String, leaseSeconds: Double) async throws -> Job? {
-        let now = now()
-        return try await set.write("job_claim") { c in
-            let logger = Logger(label: "millions.queue")
-            try await Self.relaxed(c)
-            try await c.query(
-                """
+        try await batches.claims.submit(ClaimRequest(queues: queues, worker: worker, leaseSeconds: leaseSeconds))
+    }
+
+    /// Leases up to `limit` jobs in one statement: expired leases first (a job whose worker
+    /// died; on its last attempt it goes dead instead), then the oldest due jobs. Each
+    /// lookup walks a partial index that holds only rows in that state, so the done and dead
+    /// rows of a long-lived queue are never scanned.
+    static func claim(_ c: PostgresConnection, _ r: ClaimRequest, limit: Int, now: Double) async throws -> [Job] {
+        // Relaxed commit, as for every outcome; and no sort: a queue filled faster than
+        // autovacuum analyzes it is estimated at a few rows, and the planner would read
+        // every ready row and sort them (7 ms a claim at 20,000 ready) instead of walking
+        // the index in order and stopping at the limit (0.4 ms).
+        try await c.query(
+            "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_sort', 'off', true)",
+            logger: Logger(label: "millions.queue"))
+        let n = Int64(limit)
+        let returning = columns.split(separator: ", ").map { "jobs." + $0 }.joined(separator: ", ")
+        let rows = try await c.query(
+            """
+            WITH dead AS (
                 UPDATE jobs SET state = 'dead', last_error = 'lease expired on the last attempt', worker = NULL, lease_until = NULL
-                WHERE state = 'running' AND lease_until < \(now) AND attempts >= max_attempts AND queue = ANY(\(queues))
-                """, logger: logger)
-            // An expired lease first, else the oldest due job: two index scans that skip the
-            // rows other workers hold (one OR would scan every row, done ones included).
-            var candidate: Int64? = nil
-            for sql: PostgresQuery in [
-                "SELECT id FROM jobs WHERE state = 'running' AND lease_until < \(now) AND queue = ANY(\(queues)) ORDER BY lease_until LIMIT 1 FOR UPDATE SKIP LOCKED",
-                "SELECT id FROM jobs WHERE state = 'ready' AND queue = ANY(\(queues)) AND run_at <= \(now) ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-            ] where candidate == nil {
-                for try await id in try await c.query(sql, logger: logger).decode(Int64.self) { candidate = id }
-            }
-            guard let candidate else { return nil }
-            let rows = try await c.query(
-                """
-                UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = \(worker), lease_until = \(now + leaseSeconds)
-                WHERE id = \(candidate) RETURNING \(unescaped: Self.columns)
-                """, logger: logger)
-            return try await Self.jobs(rows).first
-        }
+                WHERE state = 'running' AND lease_until < \(now) AND attempts >= max_attempts AND queue = ANY(\(r.queues))
+                RETURNING id
+            ), expired AS (
+                SELECT id FROM jobs
+                WHERE state = 'running' AND lease_until < \(now) AND attempts < max_attempts AND queue = ANY(\(r.queues))
+                ORDER BY lease_until LIMIT \(n) FOR UPDATE SKIP LOCKED
+            ), due AS (
+                SELECT id FROM jobs
+                WHERE state = 'ready' AND run_at <= \(now) AND queue = ANY(\(r.queues))
+                ORDER BY run_at, id LIMIT \(n) FOR UPDATE SKIP LOCKED
+            ), picked AS (
+                SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT \(n)
+            )
+            UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = \(r.worker), lease_until = \(now + r.leaseSeconds)
+            FROM picked WHERE jobs.id = picked.id
+            RETURNING \(unescaped: returning)
+            """, logger: Logger(label: "millions.queue"))
+        return try await jobs(rows).sorted { ($0.runAt, $0.id) < ($1.runAt, $1.id) }
     }
 
     public func heartbeat(id: Int64, worker: String, leaseSeconds: Double) async throws -> Bool {
@@ -106,17 +195,7 @@ public struct PostgresJobQueue: JobQueue {
     }
 
     public func complete(id: Int64, worker: String, resultPosition: UInt64) async throws {
-        let now = now()
-        let position = Int64(bitPattern: resultPosition)
-        try await set.write("job_complete") { c in
-            try await Self.relaxed(c)
-            try await c.query(
-                """
-                UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = \(now), result_lsn = \(position)
-                WHERE id = \(id) AND worker = \(worker) AND state = 'running'
-                """,
-                logger: Logger(label: "millions.queue"))
-        }
+        try await batches.completions.submit(Completion(id: id, worker: worker, position: Int64(bitPattern: resultPosition)))
     }
 
     public func fail(id: Int64, worker: String, error: String, retryAt: Double?) async throws {

@@ -134,9 +134,9 @@ public final class Worker: Service, Sendable {
         }
         heartbeat.cancel()
         let elapsed = ContinuousClock.now - start
-        metrics.latency("job_duration", "Job run time by queue", [("queue", job.queue)]).record(elapsed)
+        metrics.cachedLatency("job_duration", "Job run time by queue", [("queue", job.queue)]).record(elapsed)
         func count(_ outcome: String) {
-            metrics.counter("jobs", "Job runs by queue and outcome", [("queue", job.queue), ("outcome", outcome)]).increment()
+            metrics.cachedCounter("jobs", "Job runs by queue and outcome", [("queue", job.queue), ("outcome", outcome)]).increment()
         }
         do {
             switch outcome {

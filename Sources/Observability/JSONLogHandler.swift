@@ -47,14 +47,22 @@ public struct JSONLogHandler: LogHandler {
         JSON.appendString(label, to: &line)
         line += ",\"msg\":"
         JSON.appendString(event.message.description, to: &line)
-        for key in merged.keys.sorted() where !["ts", "level", "logger", "msg"].contains(key) {
+        for key in merged.keys.sorted() where !Self.reserved(key) {
             line += ","
             JSON.appendString(key, to: &line)
             line += ":"
             JSON.append(merged[key]!, to: &line)
         }
         line += "}\n"
-        Self.write(line)
+        LogSink.standardError.append(line)
+        if event.level >= .error { LogSink.standardError.flush() }
+    }
+
+    private static func reserved(_ key: String) -> Bool {
+        switch key {
+        case "ts", "level", "logger", "msg": true
+        default: false
+        }
     }
 
     @available(*, deprecated, message: "use log(event:)")
@@ -66,18 +74,6 @@ public struct JSONLogHandler: LogHandler {
             event: LogEvent(
                 level: level, message: message, metadata: metadata, source: source, file: file, function: function,
                 line: line))
-    }
-
-    private static func write(_ line: String) {
-        var bytes = Array(line.utf8)
-        bytes.withUnsafeMutableBytes { buf in
-            var offset = 0
-            while offset < buf.count {
-                let n = Glibc.write(2, buf.baseAddress! + offset, buf.count - offset)
-                if n <= 0 { break }
-                offset += n
-            }
-        }
     }
 
     /// RFC 3339 UTC with milliseconds.

@@ -1,4 +1,5 @@
 import Prometheus
+import Synchronization
 
 /// One Prometheus registry per process (or per test app), with the metric names this
 /// project uses. Names follow `<tier>_<thing>_<unit>`, labels are low-cardinality.
@@ -14,6 +15,49 @@ public final class AppMetrics: Sendable {
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
+    }
+
+    private let counters = Mutex<[HandleKey: Counter]>([:])
+    private let latencies = Mutex<[HandleKey: DurationHistogram]>([:])
+    private let gauges = Mutex<[HandleKey: Gauge]>([:])
+
+    /// A metric's name and label values: hashed once per call instead of the registry's
+    /// lock, label array and descriptor on every lookup.
+    struct HandleKey: Hashable {
+        var name: String
+        var values: [String]
+        init(_ name: String, _ labels: [(String, String)]) {
+            self.name = name
+            values = labels.map(\.1)
+        }
+    }
+
+    /// Like `counter`, for hot paths: resolved through the registry once per label set.
+    /// A metric's label names must not vary between calls.
+    public func cachedCounter(_ name: String, _ help: String, _ labels: [(String, String)]) -> Counter {
+        let key = HandleKey(name, labels)
+        if let c = counters.withLock({ $0[key] }) { return c }
+        let c = counter(name, help, labels)
+        counters.withLock { $0[key] = c }
+        return c
+    }
+
+    /// Like `latency`, resolved once per label set.
+    public func cachedLatency(_ name: String, _ help: String, _ labels: [(String, String)]) -> DurationHistogram {
+        let key = HandleKey(name, labels)
+        if let h = latencies.withLock({ $0[key] }) { return h }
+        let h = latency(name, help, labels)
+        latencies.withLock { $0[key] = h }
+        return h
+    }
+
+    /// Like `gauge`, resolved once per label set.
+    public func cachedGauge(_ name: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
+        let key = HandleKey(name, labels)
+        if let g = gauges.withLock({ $0[key] }) { return g }
+        let g = gauge(name, help, labels)
+        gauges.withLock { $0[key] = g }
+        return g
     }
 
     public func counter(_ name: String, _ help: String, _ labels: [(String, String)] = []) -> Counter {

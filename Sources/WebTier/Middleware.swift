@@ -65,8 +65,8 @@ struct ObservabilityMiddleware: RouterMiddleware {
         let status = response.status.code
         let elapsed = ContinuousClock.now - start
         let labels = [("method", request.method.rawValue), ("route", route), ("status", String(status))]
-        metrics.counter("http_server_requests", "HTTP requests by method, route and status", labels).increment()
-        metrics.latency(
+        metrics.cachedCounter("http_server_requests", "HTTP requests by method, route and status", labels).increment()
+        metrics.cachedLatency(
             "http_server_request_duration", "HTTP request latency by method and route",
             [("method", request.method.rawValue), ("route", route)]
         ).record(elapsed)

@@ -142,22 +142,33 @@ struct JobsCommand: AsyncParsableCommand {
         @Argument var queue: String
         @Argument var payload: String = "{}"
         @Option(name: .long) var count = 1
+        @Option(name: .long, help: "Clients enqueueing at once (each job is its own enqueue).") var concurrency = 1
         @Option(name: .customLong("max-attempts")) var maxAttempts: Int?
 
         func validate() throws {
             guard StandardHandlers.names.contains(queue) else { throw ValidationError("unknown queue \(queue); known: noop, touch, fail") }
             guard count >= 1 && count <= 10_000_000 else { throw ValidationError("--count must be 1...10000000") }
+            guard concurrency >= 1 && concurrency <= 256 else { throw ValidationError("--concurrency must be 1...256") }
             guard (try? JSONSerialization.jsonObject(with: Data(payload.utf8))) != nil else { throw ValidationError("payload must be JSON") }
         }
 
         func run() async throws {
-            let (queue, payload, count) = (self.queue, self.payload, self.count)
+            let (queue, payload, count, clients) = (self.queue, self.payload, self.count, self.concurrency)
             let settings = try Settings(try await options.reader())
             let attempts = maxAttempts ?? settings.queueMaxAttempts
             let ids = try await JobsCommand.withQueue(options) { jobs in
-                var ids: [Int64] = []
-                for _ in 0..<count { ids.append(try await jobs.enqueue(queue: queue, payload: payload, maxAttempts: attempts, delaySeconds: 0)) }
-                return ids
+                try await withThrowingTaskGroup(of: [Int64].self) { group in
+                    for client in 0..<clients {
+                        group.addTask {
+                            var ids: [Int64] = []
+                            for _ in stride(from: client, to: count, by: clients) {
+                                ids.append(try await jobs.enqueue(queue: queue, payload: payload, maxAttempts: attempts, delaySeconds: 0))
+                            }
+                            return ids
+                        }
+                    }
+                    return try await group.reduce(into: [Int64]()) { $0 += $1 }.sorted()
+                }
             }
             print(ids.count == 1 ? "job \(ids[0])" : "jobs \(ids.first!)…\(ids.last!)")
         }

@@ -164,6 +164,40 @@ enum QueueEngine: String, CaseIterable, Sendable { case sqlite, postgres, redis,
         }
     }
 
+    /// Many callers at once (the PostgreSQL queue batches them into shared statements):
+    /// each enqueue gets its own job's id, each claim one job, each completion its own result.
+    @Test(arguments: QueueEngine.allCases) func concurrentCallersEachGetTheirOwnAnswer(engine: QueueEngine) async throws {
+        try await Self.withQueue(engine) { jobs, q in
+            let ids = try await withThrowingTaskGroup(of: (Int, Int64).self) { group in
+                for i in 0..<200 {
+                    group.addTask { (i, try await jobs.enqueue(queue: q, payload: "{\"i\":\(i)}", maxAttempts: 3, delaySeconds: 0)) }
+                }
+                return try await group.reduce(into: [Int: Int64]()) { $0[$1.0] = $1.1 }
+            }
+            #expect(Set(ids.values).count == 200)
+            for (i, id) in ids { #expect(try await jobs.job(id: id)?.payload == "{\"i\":\(i)}") }
+            let claimed = try await withThrowingTaskGroup(of: [Int64].self) { group in
+                for w in 0..<16 {
+                    group.addTask {
+                        var mine: [Int64] = []
+                        while let job = try await jobs.claim(queues: [q], worker: "w\(w % 4)", leaseSeconds: 30) {
+                            #expect(job.state == .running && job.worker == "w\(w % 4)")
+                            try await jobs.complete(id: job.id, worker: "w\(w % 4)", resultPosition: UInt64(job.id) * 7)
+                            mine.append(job.id)
+                        }
+                        return mine
+                    }
+                }
+                return try await group.reduce(into: [Int64]()) { $0 += $1 }
+            }
+            #expect(claimed.count == 200 && Set(claimed) == Set(ids.values))
+            for id in ids.values {
+                let job = try await jobs.job(id: id)
+                #expect(job?.state == .done && job?.resultPosition == UInt64(id) * 7)
+            }
+        }
+    }
+
     /// The job commits or rolls back with the write that causes it. SQL only: a Redis job
     /// cannot join a transaction of the database the user's write goes to.
     @Test(arguments: Engine.allCases) func enqueueJoinsTheCallersTransaction(engine: Engine) async throws {

@@ -100,6 +100,17 @@ public enum PostgresMigrations {
                 "CREATE INDEX login_failures_by_time ON login_failures (last_failure_at)",
             ]
         ),
+        // Claims walk indexes of ready and of running rows only (PostgresJobQueue.claim):
+        // the done rows of a busy queue no longer sit in the index a claim scans.
+        (
+            "7-job-claim-indexes",
+            [
+                "CREATE INDEX jobs_ready ON jobs (run_at, id) WHERE state = 'ready'",
+                "CREATE INDEX jobs_running ON jobs (lease_until) WHERE state = 'running'",
+                "DROP INDEX jobs_due",
+                "DROP INDEX jobs_leases",
+            ]
+        ),
     ]
 
     /// Applies what is missing; returns every applied migration's name.

@@ -44,14 +44,30 @@ public struct PostgresUserStore: UserStore {
 
     public func user(id: UserID) async throws -> User? {
         try await set.read("get_user") { client in
-            let rows = try await client.query(
-                """
-                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers, photo
-                FROM users WHERE id = \(id.rawValue)
-                """)
-            for try await row in rows.decode(Row.self) { return Self.user(row) }
+            for try await row in try await client.execute(GetUser(id: id.rawValue)) { return Self.user(row) }
             return nil
         }
+    }
+
+    /// The hottest read, prepared once per connection: each call sends only Bind and Execute,
+    /// and the server skips parsing and planning.
+    struct GetUser: PostgresPreparedStatement {
+        static let name = "millions_get_user"
+        static let sql = """
+            SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers, photo
+            FROM users WHERE id = $1
+            """
+        static let bindingDataTypes: [PostgresDataType] = [.int8]
+        typealias Row = PostgresUserStore.Row
+        var id: Int64
+
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 1)
+            bindings.append(id)
+            return bindings
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
     public func recentUsers(limit: Int) async throws -> [User] {

@@ -275,7 +275,7 @@ public final class ReplicaSet: Service {
         while true {
             let decision = router.choose(
                 statuses, minimumLSN: minimum, excluded: excluded, spread: spread.wrappingAdd(1, ordering: .relaxed).oldValue)
-            metrics.counter("db_read_routing", "Where reads were sent, and why", [("decision", decision.label)]).increment()
+            metrics.cachedCounter("db_read_routing", "Where reads were sent, and why", [("decision", decision.label)]).increment()
             guard let i = decision.node else {
                 throw MillionsError(.unavailable, "the database is unavailable", retryAfter: 2)
             }
@@ -325,8 +325,10 @@ public final class ReplicaSet: Service {
                     // Surface the closure's own error (a conflict, say), not the wrapper.
                     throw e.closureError ?? e.beginError ?? e.commitError ?? e.rollbackError ?? e
                 }
-                // The timeline with the position: see `LSN.position`.
+                // The timeline with the position: see `LSN.position`. Asked only when someone
+                // will read it (a request's session, a job's result): it costs a round trip.
                 var position: UInt64 = 0
+                guard ReadYourWrites.current != nil else { return (result, position) }
                 let rows = try await client.query(
                     """
                     SELECT pg_current_wal_lsn()::text,
@@ -358,12 +360,12 @@ public final class ReplicaSet: Service {
     ) async throws -> T {
         let start = ContinuousClock.now
         // Each call holds one pooled connection while it runs: this is the pool's occupancy.
-        let inUse = metrics.gauge(
+        let inUse = metrics.cachedGauge(
             "db_pool_in_use", "Calls holding (or waiting for) a pooled connection, by node", [("node", nodes[i].name)])
         inUse.increment()
         defer {
             inUse.decrement()
-            metrics.latency(
+            metrics.cachedLatency(
                 "db_query_duration", "Database calls by node, role and operation",
                 [("node", nodes[i].name), ("role", role), ("op", op)]
             ).record(ContinuousClock.now - start)

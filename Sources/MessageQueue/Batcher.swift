@@ -1,0 +1,55 @@
+import Synchronization
+
+/// Group commit for calls that can share one statement. A call that finds no batch running
+/// starts one at once; calls that arrive meanwhile wait and go together in the next. No
+/// timer: a lone call costs what it did alone, and under load one round trip serves many.
+/// `run` gets the inputs in arrival order and returns one output per input, in order.
+final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
+    private struct State {
+        var waiting: [(input: Input, reply: CheckedContinuation<Output, any Error>)] = []
+        var running = false
+    }
+
+    private let state = Mutex(State())
+    private let maxBatch: Int
+    private let run: @Sendable ([Input]) async throws -> [Output]
+
+    init(maxBatch: Int, run: @escaping @Sendable ([Input]) async throws -> [Output]) {
+        precondition(maxBatch >= 1)
+        self.maxBatch = maxBatch
+        self.run = run
+    }
+
+    func submit(_ input: Input) async throws -> Output {
+        try await withCheckedThrowingContinuation { reply in
+            let leads = state.withLock { s in
+                s.waiting.append((input, reply))
+                if s.running { return false }
+                s.running = true
+                return true
+            }
+            // Its own task: the batch must not inherit one caller's cancellation.
+            if leads { Task { await self.drain() } }
+        }
+    }
+
+    private func drain() async {
+        while true {
+            let batch = state.withLock { s in
+                let n = min(maxBatch, s.waiting.count)
+                if n == 0 { s.running = false }
+                let taken = Array(s.waiting.prefix(n))
+                s.waiting.removeFirst(n)
+                return taken
+            }
+            if batch.isEmpty { return }
+            do {
+                let outputs = try await run(batch.map(\.input))
+                precondition(outputs.count == batch.count, "a batch answers every input")
+                for (waiter, output) in zip(batch, outputs) { waiter.reply.resume(returning: output) }
+            } catch {
+                for waiter in batch { waiter.reply.resume(throwing: error) }
+            }
+        }
+    }
+}
