@@ -3,6 +3,15 @@
 #ifndef MILLIONS_CVIPS_SHIM_H
 #define MILLIONS_CVIPS_SHIM_H
 #include <vips/vips.h>
+#include <malloc.h>
+
+/* glibc raises its mmap threshold after each large free, so decoded images and uploads
+   (megabytes each) end up in the heap and stay resident; pinned at 256 KiB they are mapped
+   and unmapped. Two arenas: image threads would each grow one of their own. */
+static inline void mv_malloc_tune(void) {
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    mallopt(M_ARENA_MAX, 2);
+}
 
 static inline int mv_init(void) { return vips_init("millions"); }
 static inline void mv_unref(VipsImage *image) { if (image) g_object_unref(image); }

@@ -108,6 +108,7 @@ public enum Imaging {
         // Each operation on one thread: the processor's pool bounds the CPU used.
         mv_concurrency(1)
         mv_cache_off()
+        mv_malloc_tune()
         return ok
     }()
 
@@ -164,9 +165,11 @@ public enum Imaging {
         limits: ImageLimits = ImageLimits()
     ) throws -> [UInt8] {
         _ = try probe(data, limits: limits)
-        var copy = data  // libvips reads the buffer in place; it must stay put
-        return try copy.withUnsafeMutableBytes { raw in
-            let image = try make { mv_thumbnail_buffer(raw.baseAddress, raw.count, $0, Int32(width), Int32(height)) }
+        // libvips reads the buffer in place, without writing to it: no copy of the upload.
+        return try data.withUnsafeBytes { raw in
+            let image = try make {
+                mv_thumbnail_buffer(UnsafeMutableRawPointer(mutating: raw.baseAddress), raw.count, $0, Int32(width), Int32(height))
+            }
             return try encode(image, format: format, quality: quality)
         }
     }

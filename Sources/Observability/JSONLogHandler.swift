@@ -43,19 +43,38 @@ public struct JSONLogHandler: LogHandler {
         if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
         if let extra = event.metadata { merged.merge(extra) { _, new in new } }
 
-        var line = "{\"ts\":\"\(Self.timestamp())\",\"level\":\"\(event.level)\",\"logger\":"
+        // Bytes, not String appends: this runs for every request's access-log line.
+        var line: [UInt8] = []
+        line.reserveCapacity(320)
+        line.append(contentsOf: #"{"ts":""#.utf8)
+        Self.appendTimestamp(to: &line)
+        line.append(contentsOf: #"","level":""#.utf8)
+        line.append(contentsOf: Self.levelName(event.level).utf8)
+        line.append(contentsOf: #"","logger":"#.utf8)
         JSON.appendString(label, to: &line)
-        line += ",\"msg\":"
+        line.append(contentsOf: #","msg":"#.utf8)
         JSON.appendString(event.message.description, to: &line)
         for key in merged.keys.sorted() where !Self.reserved(key) {
-            line += ","
+            line.append(UInt8(ascii: ","))
             JSON.appendString(key, to: &line)
-            line += ":"
+            line.append(UInt8(ascii: ":"))
             JSON.append(merged[key]!, to: &line)
         }
-        line += "}\n"
+        line.append(contentsOf: "}\n".utf8)
         LogSink.standardError.append(line)
         if event.level >= .error { LogSink.standardError.flush() }
+    }
+
+    private static func levelName(_ level: Logger.Level) -> String {
+        switch level {
+        case .trace: "trace"
+        case .debug: "debug"
+        case .info: "info"
+        case .notice: "notice"
+        case .warning: "warning"
+        case .error: "error"
+        case .critical: "critical"
+        }
     }
 
     private static func reserved(_ key: String) -> Bool {
@@ -78,69 +97,97 @@ public struct JSONLogHandler: LogHandler {
 
     /// RFC 3339 UTC with milliseconds.
     static func timestamp() -> String {
+        var out: [UInt8] = []
+        appendTimestamp(to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func appendTimestamp(to out: inout [UInt8]) {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         var t = ts.tv_sec
         var tmv = tm()
         gmtime_r(&t, &tmv)
-        func pad(_ v: Int32, _ width: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
+        func digits(_ v: Int, _ width: Int) {
+            var divisor = 1
+            for _ in 1..<width { divisor *= 10 }
+            var v = v
+            while divisor > 0 {
+                out.append(UInt8(ascii: "0") + UInt8(v / divisor % 10))
+                v %= divisor
+                divisor /= 10
+            }
         }
-        return
-            "\(pad(tmv.tm_year + 1900, 4))-\(pad(tmv.tm_mon + 1, 2))-\(pad(tmv.tm_mday, 2))T\(pad(tmv.tm_hour, 2)):\(pad(tmv.tm_min, 2)):\(pad(tmv.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+        digits(Int(tmv.tm_year) + 1900, 4)
+        out.append(UInt8(ascii: "-"))
+        digits(Int(tmv.tm_mon) + 1, 2)
+        out.append(UInt8(ascii: "-"))
+        digits(Int(tmv.tm_mday), 2)
+        out.append(UInt8(ascii: "T"))
+        digits(Int(tmv.tm_hour), 2)
+        out.append(UInt8(ascii: ":"))
+        digits(Int(tmv.tm_min), 2)
+        out.append(UInt8(ascii: ":"))
+        digits(Int(tmv.tm_sec), 2)
+        out.append(UInt8(ascii: "."))
+        digits(Int(ts.tv_nsec / 1_000_000), 3)
+        out.append(UInt8(ascii: "Z"))
     }
 }
 
 /// Minimal JSON text writer for log lines.
 enum JSON {
-    static func append(_ value: Logger.Metadata.Value, to out: inout String) {
+    static func append(_ value: Logger.Metadata.Value, to out: inout [UInt8]) {
         switch value {
         case .string(let s): appendString(s, to: &out)
         case .stringConvertible(let c):
-            // Numbers stay numbers so log queries can compare them.
-            if c is any BinaryInteger || c is Double || c is Bool {
-                out += c.description
+            // Numbers stay numbers so log queries can compare them. Concrete types first:
+            // a cast to `any BinaryInteger` costs a metadata lookup on every call.
+            if c is Int || c is Double || c is Bool || c is UInt || c is Int64 || c is UInt64 || c is Int32
+                || c is UInt32 || c is UInt16 || c is any BinaryInteger
+            {
+                out.append(contentsOf: c.description.utf8)
             } else {
                 appendString(c.description, to: &out)
             }
         case .array(let items):
-            out += "["
+            out.append(UInt8(ascii: "["))
             for (i, item) in items.enumerated() {
-                if i > 0 { out += "," }
+                if i > 0 { out.append(UInt8(ascii: ",")) }
                 append(item, to: &out)
             }
-            out += "]"
+            out.append(UInt8(ascii: "]"))
         case .dictionary(let dict):
-            out += "{"
+            out.append(UInt8(ascii: "{"))
             for (i, key) in dict.keys.sorted().enumerated() {
-                if i > 0 { out += "," }
+                if i > 0 { out.append(UInt8(ascii: ",")) }
                 appendString(key, to: &out)
-                out += ":"
+                out.append(UInt8(ascii: ":"))
                 append(dict[key]!, to: &out)
             }
-            out += "}"
+            out.append(UInt8(ascii: "}"))
         }
     }
 
-    static func appendString(_ s: String, to out: inout String) {
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
+    /// A JSON string: quotes, backslashes and control characters escaped; other UTF-8
+    /// bytes copied as they are.
+    static func appendString(_ s: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for byte in s.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+            case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+            case UInt8(ascii: "\n"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+            case UInt8(ascii: "\r"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+            case UInt8(ascii: "\t"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+            case 0..<0x20:
+                out.append(contentsOf: "\\u00".utf8)
+                let low = byte & 0xF
+                out.append(UInt8(ascii: "0") + (byte >> 4))
+                out.append(low < 10 ? UInt8(ascii: "0") + low : UInt8(ascii: "a") + low - 10)
+            default: out.append(byte)
             }
         }
-        out += "\""
+        out.append(UInt8(ascii: "\""))
     }
 }

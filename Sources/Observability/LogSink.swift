@@ -38,13 +38,13 @@ public final class LogSink: @unchecked Sendable {
         thread.start()
     }
 
-    public func append(_ line: String) {
+    public func append(_ line: [UInt8]) {
         condition.lock()
         let wake = !awake
-        if pending.count + line.utf8.count > maxPending {
+        if pending.count + line.count > maxPending {
             dropped += 1
         } else {
-            pending.append(contentsOf: line.utf8)
+            pending.append(contentsOf: line)
         }
         awake = true
         condition.unlock()

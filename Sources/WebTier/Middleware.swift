@@ -5,6 +5,7 @@ import MillionsCore
 import NIOCore
 import Observability
 import Prometheus
+import Synchronization
 
 /// Outermost middleware: gives each request an id (from `X-Request-ID` when well formed),
 /// turns every error into the JSON error body, records metrics by route and status, and
@@ -99,8 +100,32 @@ struct ObservabilityMiddleware: RouterMiddleware {
         {
             return header
         }
+        return RequestIDs.next()
+    }
+}
+
+/// Fresh request ids: a counter mixed with a key drawn at start, so ids differ across
+/// processes and restarts, without a `getrandom` call per request. Not secrets (every
+/// answer carries its id); nothing may use one as a credential.
+enum RequestIDs {
+    private static let key: (UInt64, UInt64) = {
         var rng = SystemRandomNumberGenerator()
-        return Token.hex(withUnsafeBytes(of: (rng.next() as UInt64, rng.next() as UInt64)) { Array($0) })
+        return (rng.next(), rng.next())
+    }()
+    private static let counter = Atomic<UInt64>(0)
+
+    static func next() -> String {
+        let n = counter.wrappingAdd(1, ordering: .relaxed).newValue
+        let a = mix(n ^ key.0), b = mix(n &+ key.1)
+        return Token.hex(withUnsafeBytes(of: (a, b)) { Array($0) })
+    }
+
+    /// splitmix64's finalizer.
+    private static func mix(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
 

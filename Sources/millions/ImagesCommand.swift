@@ -29,7 +29,7 @@ struct ImagesCommand: AsyncParsableCommand {
                     guard let file = next.next() else { return }
                     group.addTask {
                         do {
-                            let data = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file)))
+                            let data = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file), options: .alwaysMapped))
                             let thumb = try await processor.run { try Imaging.thumbnail(data, width: size, height: size, format: format) }
                             let name = URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent + "." + format.fileExtension
                             try Data(thumb).write(to: URL(fileURLWithPath: out + "/" + name))

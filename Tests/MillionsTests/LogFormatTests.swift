@@ -1,0 +1,58 @@
+import Foundation
+import Logging
+import Testing
+
+@testable import Observability
+@testable import WebTier
+
+@Suite struct LogFormatTests {
+    /// Whatever a value holds, the line stays one JSON object that reads back the same.
+    @Test func stringsAreEscapedAndReadBackUnchanged() throws {
+        let hostile = "a\"b\\c\nd\r\te\u{01}\u{1F}é😀</script>"
+        var line: [UInt8] = []
+        line.append(contentsOf: "{\"k\":".utf8)
+        JSON.appendString(hostile, to: &line)
+        line.append(contentsOf: ",\"n\":".utf8)
+        JSON.append(.stringConvertible(42), to: &line)
+        line.append(contentsOf: ",\"d\":".utf8)
+        JSON.append(.stringConvertible(1.5), to: &line)
+        line.append(contentsOf: ",\"a\":".utf8)
+        JSON.append(.array([.string("x"), .dictionary(["z": .string("\"")])]), to: &line)
+        line.append(UInt8(ascii: "}"))
+        #expect(!line.contains(UInt8(ascii: "\n")))
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any])
+        #expect(object["k"] as? String == hostile)
+        #expect(object["n"] as? Int == 42)
+        #expect(object["d"] as? Double == 1.5)
+    }
+
+    @Test func timestampsAreRFC3339WithMilliseconds() {
+        let ts = JSONLogHandler.timestamp()
+        #expect(ts.wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/) != nil, "\(ts)")
+    }
+
+    @Test func requestIDsAreFreshAndWellFormed() {
+        let ids = (0..<10_000).map { _ in RequestIDs.next() }
+        #expect(Set(ids).count == ids.count)
+        #expect(ids.allSatisfy { $0.count == 32 && $0.allSatisfy(\.isHexDigit) })
+    }
+
+    /// Lines appended from many tasks at once come out whole, each once, after a flush.
+    @Test func theSinkWritesEveryLineWhole() async throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let sink = LogSink(fd: fds[1])
+        await withTaskGroup(of: Void.self) { group in
+            for t in 0..<8 {
+                group.addTask { for i in 0..<200 { sink.append(Array("{\"t\":\(t),\"i\":\(i)}\n".utf8)) } }
+            }
+        }
+        sink.flush()
+        close(fds[1])  // the sink's thread has nothing left to write
+        let data = FileHandle(fileDescriptor: fds[0], closeOnDealloc: true).readDataToEndOfFile()
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n")
+        #expect(lines.count == 1_600)
+        #expect(Set(lines).count == 1_600)
+        #expect(lines.allSatisfy { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) != nil })
+    }
+}
