@@ -33,7 +33,8 @@ public final class LogSink: @unchecked Sendable {
     init(fd: Int32) {
         self.fd = fd
         pending.reserveCapacity(64 * 1024)
-        let thread = Thread { [unowned self] in self.run() }
+        // The thread keeps its sink alive: a sink lives as long as the process.
+        let thread = Thread { self.run() }
         thread.name = "log-writer"
         thread.start()
     }
