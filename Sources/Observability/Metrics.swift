@@ -17,47 +17,25 @@ public final class AppMetrics: Sendable {
         self.registry = registry
     }
 
-    private let counters = Mutex<[HandleKey: Counter]>([:])
-    private let latencies = Mutex<[HandleKey: DurationHistogram]>([:])
-    private let gauges = Mutex<[HandleKey: Gauge]>([:])
+    private let counters = HandleTable<Counter>()
+    private let latencies = HandleTable<DurationHistogram>()
+    private let gauges = HandleTable<Gauge>()
 
-    /// A metric's name and label values: hashed once per call instead of the registry's
-    /// lock, label array and descriptor on every lookup.
-    struct HandleKey: Hashable {
-        var name: String
-        var values: [String]
-        init(_ name: String, _ labels: [(String, String)]) {
-            self.name = name
-            values = labels.map(\.1)
-        }
-    }
-
-    /// Like `counter`, for hot paths: resolved through the registry once per label set.
-    /// A metric's label names must not vary between calls.
+    /// Like `counter`, for hot paths: resolved through the registry once per label set
+    /// (the registry takes a lock and builds a descriptor on every lookup). A metric's label
+    /// names must not vary between calls.
     public func cachedCounter(_ name: String, _ help: String, _ labels: [(String, String)]) -> Counter {
-        let key = HandleKey(name, labels)
-        if let c = counters.withLock({ $0[key] }) { return c }
-        let c = counter(name, help, labels)
-        counters.withLock { $0[key] = c }
-        return c
+        counters.handle(name, labels) { counter(name, help, labels) }
     }
 
     /// Like `latency`, resolved once per label set.
     public func cachedLatency(_ name: String, _ help: String, _ labels: [(String, String)]) -> DurationHistogram {
-        let key = HandleKey(name, labels)
-        if let h = latencies.withLock({ $0[key] }) { return h }
-        let h = latency(name, help, labels)
-        latencies.withLock { $0[key] = h }
-        return h
+        latencies.handle(name, labels) { latency(name, help, labels) }
     }
 
     /// Like `gauge`, resolved once per label set.
     public func cachedGauge(_ name: String, _ help: String, _ labels: [(String, String)]) -> Gauge {
-        let key = HandleKey(name, labels)
-        if let g = gauges.withLock({ $0[key] }) { return g }
-        let g = gauge(name, help, labels)
-        gauges.withLock { $0[key] = g }
-        return g
+        gauges.handle(name, labels) { gauge(name, help, labels) }
     }
 
     public func counter(_ name: String, _ help: String, _ labels: [(String, String)] = []) -> Counter {
@@ -78,5 +56,23 @@ public final class AppMetrics: Sendable {
     public func exposition() -> [UInt8] {
         updateProcessFigures()
         return registry.emitToBuffer()
+    }
+}
+
+/// Metric handles by name and label values.
+private final class HandleTable<Handle: Sendable>: Sendable {
+    private struct Key: Hashable {
+        var name: String
+        var values: [String]
+    }
+
+    private let handles = Mutex<[Key: Handle]>([:])
+
+    func handle(_ name: String, _ labels: [(String, String)], make: () -> Handle) -> Handle {
+        let key = Key(name: name, values: labels.map(\.1))
+        if let found = handles.withLock({ $0[key] }) { return found }
+        let made = make()
+        handles.withLock { $0[key] = made }
+        return made
     }
 }
