@@ -77,6 +77,16 @@ public final class LRUCache: InProcessCache {
         }
     }
 
+    public func hit(_ key: String) -> [UInt8]? {
+        let t = now()
+        return state.withLock { s in
+            guard let i = s.index[key], s.nodes[i].expiresAt > t else { return nil }
+            s.unlink(i)
+            s.pushFront(i)
+            return s.nodes[i].value
+        }
+    }
+
     @discardableResult
     public func set(_ key: String, _ value: [UInt8], ttl: Duration, lease: CacheLease?) -> Bool {
         let expiresAt = now() + Double(ttl.components.seconds) + Double(ttl.components.attoseconds) / 1e18

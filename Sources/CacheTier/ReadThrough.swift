@@ -63,6 +63,19 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         try await bytes(id, load: load).map { try JSONDecoder().decode(Value.self, from: Data($0)) }
     }
 
+    /// Whether the cache lives in this process (then `cachedBytes` can answer).
+    public var isInProcess: Bool { cache is any InProcessCache }
+
+    /// A cached value's bytes when the cache is in this process and holds it, without
+    /// suspending: for answering on the event loop. nil otherwise (a miss, a cached
+    /// absence, a remote cache), and then nothing is counted: the caller goes on to `bytes`.
+    public func cachedBytes(_ id: some CustomStringConvertible) -> [UInt8]? {
+        guard let memory = cache as? any InProcessCache, let bytes = memory.hit(key(id)), bytes != Self.absentMarker
+        else { return nil }
+        hits.increment()
+        return bytes
+    }
+
     /// Like `get`, but returns the value's JSON encoding as cached, saving a decode and an
     /// encode on the hot path when the caller only sends it on.
     public func bytes(

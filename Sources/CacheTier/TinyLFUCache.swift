@@ -12,6 +12,9 @@ public struct CacheStats: Sendable, Equatable {
 /// The in-process caches (`cache.backend=memory`).
 public protocol InProcessCache: Cache {
     var stats: CacheStats { get }
+    /// A live entry's bytes, counted as a use like `get`; a miss changes nothing (no lease,
+    /// no count), so a caller that then goes through `get` is not counted twice.
+    func hit(_ key: String) -> [UInt8]?
 }
 
 /// In-process cache with W-TinyLFU admission, as in Caffeine. Every new entry lands in a small
@@ -130,6 +133,16 @@ public final class TinyLFUCache: InProcessCache {
                 s.remove(i)
             }
             return .miss(s.leases.take(key, at: t))
+        }
+    }
+
+    public func hit(_ key: String) -> [UInt8]? {
+        let t = now()
+        return state.withLock { s in
+            guard let i = s.index[key], s.nodes[i].expiresAt > t else { return nil }
+            s.sketch.increment(s.nodes[i].hash)
+            onHit(&s, i)
+            return s.nodes[i].value
         }
     }
 

@@ -39,9 +39,15 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
+        LogSink.standardError.append(format(level: event.level, message: event.message, metadata: event.metadata))
+        if event.level >= .error { LogSink.standardError.flush() }
+    }
+
+    /// One line, as written.
+    func format(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?) -> [UInt8] {
         var merged = metadata
         if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
-        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
+        if let extra { merged.merge(extra) { _, new in new } }
 
         // Bytes, not String appends: this runs for every request's access-log line.
         var line: [UInt8] = []
@@ -49,11 +55,11 @@ public struct JSONLogHandler: LogHandler {
         line.append(contentsOf: #"{"ts":""#.utf8)
         Self.appendTimestamp(to: &line)
         line.append(contentsOf: #"","level":""#.utf8)
-        line.append(contentsOf: Self.levelName(event.level).utf8)
+        line.append(contentsOf: Self.levelName(level).utf8)
         line.append(contentsOf: #"","logger":"#.utf8)
         JSON.appendString(label, to: &line)
         line.append(contentsOf: #","msg":"#.utf8)
-        JSON.appendString(event.message.description, to: &line)
+        JSON.appendString(message.description, to: &line)
         for key in merged.keys.sorted() where !Self.reserved(key) {
             line.append(UInt8(ascii: ","))
             JSON.appendString(key, to: &line)
@@ -61,8 +67,52 @@ public struct JSONLogHandler: LogHandler {
             JSON.append(merged[key]!, to: &line)
         }
         line.append(contentsOf: "}\n".utf8)
+        return line
+    }
+
+    /// The access-log line of one answered request, written as `log` would write
+    /// `info("request", metadata: [client, duration_ms, method, path, request_id, route,
+    /// status])` but without building a metadata dictionary, which cost as much as the rest
+    /// of a cached read. False (nothing written) when this handler carries metadata of its
+    /// own or the level is above info: then the caller logs the usual way.
+    public func logRequest(
+        method: String, path: String, route: String, status: Int, durationMS: Double, requestID: String, client: String
+    ) -> Bool {
+        guard logLevel <= .info,
+            let line = requestLine(
+                method: method, path: path, route: route, status: status, durationMS: durationMS, requestID: requestID,
+                client: client)
+        else { return false }
         LogSink.standardError.append(line)
-        if event.level >= .error { LogSink.standardError.flush() }
+        return true
+    }
+
+    func requestLine(
+        method: String, path: String, route: String, status: Int, durationMS: Double, requestID: String, client: String
+    ) -> [UInt8]? {
+        guard metadata.isEmpty, metadataProvider == nil else { return nil }
+        var line: [UInt8] = []
+        line.reserveCapacity(320)
+        line.append(contentsOf: #"{"ts":""#.utf8)
+        Self.appendTimestamp(to: &line)
+        line.append(contentsOf: #"","level":"info","logger":"#.utf8)
+        JSON.appendString(label, to: &line)
+        line.append(contentsOf: #","msg":"request","client":"#.utf8)
+        JSON.appendString(client, to: &line)
+        line.append(contentsOf: #","duration_ms":"#.utf8)
+        line.append(contentsOf: durationMS.description.utf8)
+        line.append(contentsOf: #","method":"#.utf8)
+        JSON.appendString(method, to: &line)
+        line.append(contentsOf: #","path":"#.utf8)
+        JSON.appendString(path, to: &line)
+        line.append(contentsOf: #","request_id":"#.utf8)
+        JSON.appendString(requestID, to: &line)
+        line.append(contentsOf: #","route":"#.utf8)
+        JSON.appendString(route, to: &line)
+        line.append(contentsOf: #","status":"#.utf8)
+        line.append(contentsOf: status.description.utf8)
+        line.append(contentsOf: "}\n".utf8)
+        return line
     }
 
     private static func levelName(_ level: Logger.Level) -> String {

@@ -219,7 +219,7 @@ public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
     // Outermost, so the access log and everything after it see the real client.
     router.add(middleware: ForwardedMiddleware(trustedProxies: Set(c.settings.trustedProxies)))
     let allowed = AllowedMethods()
-    router.add(middleware: ObservabilityMiddleware(metrics: c.metrics, drain: c.drain, allowed: allowed))
+    router.add(middleware: ObservabilityMiddleware(metrics: c.metrics, drain: c.drain, allowed: allowed, logger: c.logger))
     router.add(middleware: ReadYourWritesMiddleware())
     let body = JSONBody(maxBytes: c.settings.maxBodyBytes)
     let service = c.service
@@ -282,10 +282,17 @@ public func buildApplication(
         bodyTimeout: .milliseconds(Int64(s.bodyTimeoutSeconds * 1000)),
         maxPerAddress: s.maxConnectionsPerAddress, exempt: Set(s.trustedProxies))
     let (metrics, logger) = (c.metrics, c.logger)
+    let cachedReads = c.userCache.flatMap { cache in
+        s.cachedReadFastPath && cache.isInProcess
+            ? CachedReads(cache: cache, drain: c.drain, trustedProxies: Set(s.trustedProxies), metrics: metrics, logger: logger)
+            : nil
+    }
     var app = Application(
         router: router,
         server: HTTPServerBuilder { responder in
-            LimitedHTTP1Channel(responder: responder, configuration: http1, limits: limits, metrics: metrics, logger: logger)
+            LimitedHTTP1Channel(
+                responder: responder, configuration: http1, limits: limits, metrics: metrics, logger: logger,
+                cachedReads: cachedReads)
         },
         configuration: .init(
             address: .hostname(s.host, port: s.port), serverName: "millions",

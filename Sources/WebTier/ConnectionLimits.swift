@@ -74,10 +74,11 @@ struct LimitedHTTP1Channel: ServerChildChannel {
     let limits: ConnectionLimits
     let byAddress = ConnectionsByAddress()
     let metrics: ConnectionLimitMetrics
+    let cachedReads: CachedReads?
 
     init(
         responder: @escaping HTTPChannelHandler.Responder, configuration: HTTP1Channel.Configuration,
-        limits: ConnectionLimits, metrics: AppMetrics, logger: Logger
+        limits: ConnectionLimits, metrics: AppMetrics, logger: Logger, cachedReads: CachedReads? = nil
     ) {
         let counters = ConnectionLimitMetrics(metrics)
         var configuration = configuration
@@ -87,6 +88,7 @@ struct LimitedHTTP1Channel: ServerChildChannel {
             [RequestDeadlines(limits: limits, metrics: counters, logger: logger)]
         }
         inner = HTTP1Channel(responder: responder, configuration: configuration)
+        self.cachedReads = cachedReads
         self.limits = limits
         self.metrics = counters
     }
@@ -95,7 +97,12 @@ struct LimitedHTTP1Channel: ServerChildChannel {
         let refuse = !admit(channel, logger: logger)
         return inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
             // The channel is not active yet: its first request gets the 429.
-            if refuse { try channel.pipeline.syncOperations.handler(type: RequestDeadlines.self).refuse = true }
+            let pipeline = channel.pipeline.syncOperations
+            if refuse { try pipeline.handler(type: RequestDeadlines.self).refuse = true }
+            if let cachedReads {
+                try pipeline.addHandler(
+                    CachedReadPath(cachedReads), position: .after(try pipeline.handler(type: HTTPConnectionStateHandler.self)))
+            }
             return value
         }
     }

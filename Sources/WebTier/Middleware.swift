@@ -16,9 +16,11 @@ struct ObservabilityMiddleware: RouterMiddleware {
     let drain: DrainState
     let allowed: AllowedMethods
     let inFlight: Gauge
+    let accessLog: AccessLog
 
-    init(metrics: AppMetrics, drain: DrainState, allowed: AllowedMethods) {
+    init(metrics: AppMetrics, drain: DrainState, allowed: AllowedMethods, logger: Logger) {
         self.metrics = metrics
+        accessLog = AccessLog(logger)
         self.drain = drain
         self.allowed = allowed
         inFlight = metrics.gauge("http_server_requests_in_flight", "Requests being handled now")
@@ -72,14 +74,9 @@ struct ObservabilityMiddleware: RouterMiddleware {
             [("method", request.method.rawValue), ("route", route)]
         ).record(elapsed)
 
-        var meta: Logger.Metadata = [
-            LogKey.method: .string(request.method.rawValue),
-            LogKey.path: .string(request.uri.path),
-            LogKey.route: .string(route),
-            LogKey.status: .stringConvertible(status),
-            LogKey.durationMS: .stringConvertible(Double(elapsed.components.attoseconds / 1_000_000_000_000) / 1000 + Double(elapsed.components.seconds) * 1000),
-        ]
         if let failure {
+            var meta = AccessLog.metadata(
+                method: request.method.rawValue, path: request.uri.path, route: route, status: status, elapsed: elapsed)
             meta[LogKey.error] = .string(failure.description)
             if failure.code == .internalError {
                 context.logger.error("request failed", metadata: meta)
@@ -87,7 +84,9 @@ struct ObservabilityMiddleware: RouterMiddleware {
                 context.logger.info("request", metadata: meta)
             }
         } else {
-            context.logger.info("request", metadata: meta)
+            accessLog.record(
+                method: request.method.rawValue, path: request.uri.path, route: route, status: status, elapsed: elapsed,
+                requestID: requestID, client: context.clientAddress)
         }
         return response
     }
@@ -101,6 +100,48 @@ struct ObservabilityMiddleware: RouterMiddleware {
             return header
         }
         return RequestIDs.next()
+    }
+}
+
+/// The access log: one "request" line per answered request, the same from the middleware
+/// and from the cached-read path.
+struct AccessLog: Sendable {
+    let logger: Logger
+    /// The process's JSON handler when it can write the line directly (no metadata of its own).
+    let direct: JSONLogHandler?
+
+    init(_ logger: Logger) {
+        self.logger = logger
+        direct = (logger.handler as? JSONLogHandler).flatMap { $0.metadata.isEmpty ? $0 : nil }
+    }
+
+    /// A successful (or client-error) request's line.
+    func record(method: String, path: String, route: String, status: Int, elapsed: Duration, requestID: String, client: String) {
+        let ms = Self.milliseconds(elapsed)
+        if let direct,
+            direct.logRequest(method: method, path: path, route: route, status: status, durationMS: ms, requestID: requestID, client: client)
+        {
+            return
+        }
+        logger.info(
+            "request",
+            metadata: Self.metadata(method: method, path: path, route: route, status: status, elapsed: elapsed).merging([
+                LogKey.requestID: .string(requestID), LogKey.client: .string(client),
+            ]) { a, _ in a })
+    }
+
+    static func metadata(method: String, path: String, route: String, status: Int, elapsed: Duration) -> Logger.Metadata {
+        [
+            LogKey.method: .string(method),
+            LogKey.path: .string(path),
+            LogKey.route: .string(route),
+            LogKey.status: .stringConvertible(status),
+            LogKey.durationMS: .stringConvertible(milliseconds(elapsed)),
+        ]
+    }
+
+    static func milliseconds(_ d: Duration) -> Double {
+        Double(d.components.attoseconds / 1_000_000_000_000) / 1000 + Double(d.components.seconds) * 1000
     }
 }
 

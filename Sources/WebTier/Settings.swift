@@ -28,6 +28,8 @@ public struct Settings: Sendable {
     public var maxConnections: Int
     /// Open connections one client address may hold (trusted proxies are exempt; 0: no cap).
     public var maxConnectionsPerAddress: Int
+    /// Answer cached `GET /users/{id}` on the event loop, before the router (`CachedReadPath`).
+    public var cachedReadFastPath: Bool
     public var dataDirectory: String
     /// `sqlite` (embedded) or `postgres`.
     public var dataEngine: String
@@ -133,6 +135,7 @@ public struct Settings: Sendable {
         bodyTimeoutSeconds = config.double(forKey: "http.bodyTimeoutSeconds", default: 120)
         maxConnections = config.int(forKey: "http.maxConnections", default: 4096)
         maxConnectionsPerAddress = config.int(forKey: "http.maxConnectionsPerAddress", default: 256)
+        cachedReadFastPath = config.bool(forKey: "http.cachedReadFastPath", default: true)
         dataDirectory = config.string(forKey: "data.directory", default: "./data")
         dataEngine = config.string(forKey: "data.engine", default: "sqlite")
         postgres = PostgresSettings(
@@ -287,7 +290,7 @@ public struct Settings: Sendable {
     /// Every key `Settings` reads, with its default, in README order.
     public static let documentedKeys: [String] = [
         "http.host", "http.port", "http.maxBodyBytes", "http.trustedProxies", "http.metricsAllow", "http.drainSeconds", "http.idleTimeoutSeconds",
-        "http.headerTimeoutSeconds", "http.bodyTimeoutSeconds", "http.maxConnections", "http.maxConnectionsPerAddress", "data.directory", "data.engine", "data.postgres.nodes",
+        "http.headerTimeoutSeconds", "http.bodyTimeoutSeconds", "http.maxConnections", "http.maxConnectionsPerAddress", "http.cachedReadFastPath", "data.directory", "data.engine", "data.postgres.nodes",
         "data.postgres.user", "data.postgres.password", "data.postgres.database", "data.postgres.connectionsPerNode",
         "data.postgres.timeoutMs", "data.postgres.discoveryMs", "data.postgres.maxLagBytes",
         "data.postgres.maxLagSeconds", "log.level",

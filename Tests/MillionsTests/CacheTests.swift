@@ -87,6 +87,25 @@ final class FakeClock: Sendable {
         #expect(cache.stats.entries == 0)
     }
 
+    /// `hit` (the early path's lookup) answers live entries only and takes no lease on a
+    /// miss, so the route's `get` after it still gets the lease and fills.
+    @Test func aHitLookupNeverLeases() async throws {
+        let clock = FakeClock()
+        let caches: [any InProcessCache] = [
+            TinyLFUCache(maxEntries: 10, maxBytes: 1 << 20, now: { clock.now }),
+            LRUCache(maxEntries: 10, maxBytes: 1 << 20, now: { clock.now }),
+        ]
+        for cache in caches {
+            #expect(cache.hit("a") == nil)
+            guard case .miss(let lease?) = try await cache.get("a") else { Issue.record("the lookup before took the lease"); continue }
+            #expect(try await cache.set("a", [7], ttl: .seconds(10), lease: lease))
+            #expect(cache.hit("a") == [7])
+            clock.advance(10.1)
+            #expect(cache.hit("a") == nil)
+            clock.advance(-10.1)
+        }
+    }
+
     @Test func aNewValueKeepsItsPlace() {
         let cache = TinyLFUCache(maxEntries: 100, maxBytes: 1 << 20, now: { 0 })
         cache.set("a", [1], ttl: .seconds(60), lease: nil)

@@ -26,6 +26,32 @@ import Testing
         #expect(object["d"] as? Double == 1.5)
     }
 
+    /// The access line written directly is the line `info("request", metadata:)` writes.
+    @Test func theDirectAccessLineIsTheLoggedLine() {
+        let handler = JSONLogHandler(label: "millions")
+        let fields: (String, String, String, Int, Double, String, String) = (
+            "GET", "/users/7\"\n", "/users/{id}", 200, 0.125, "abc-1", "10.0.0.9"
+        )
+        let direct = handler.requestLine(
+            method: fields.0, path: fields.1, route: fields.2, status: fields.3, durationMS: fields.4, requestID: fields.5,
+            client: fields.6)
+        let logged = handler.format(
+            level: .info, message: "request",
+            metadata: [
+                LogKey.method: .string(fields.0), LogKey.path: .string(fields.1), LogKey.route: .string(fields.2),
+                LogKey.status: .stringConvertible(fields.3), LogKey.durationMS: .stringConvertible(fields.4),
+                LogKey.requestID: .string(fields.5), LogKey.client: .string(fields.6),
+            ])
+        // Equal apart from the timestamp.
+        func stripped(_ line: [UInt8]?) -> String {
+            String(decoding: line ?? [], as: UTF8.self).replacing(/"ts":"[^"]*"/, with: "")
+        }
+        #expect(direct != nil && stripped(direct) == stripped(logged), "\(stripped(direct))\n\(stripped(logged))")
+        var withMetadata = handler
+        withMetadata[metadataKey: "node"] = "w1"
+        #expect(withMetadata.requestLine(method: "GET", path: "/", route: "/", status: 200, durationMS: 0, requestID: "x", client: "y") == nil)
+    }
+
     @Test func timestampsAreRFC3339WithMilliseconds() {
         let ts = JSONLogHandler.timestamp()
         #expect(ts.wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/) != nil, "\(ts)")
