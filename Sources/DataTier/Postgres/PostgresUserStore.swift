@@ -67,7 +67,22 @@ public struct PostgresUserStore: UserStore {
             return bindings
         }
 
-        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+        func decodeRow(_ row: PostgresRow) throws -> Row { try PostgresUserStore.decodeRow(row) }
+    }
+
+    /// A users row, cell by cell with concrete types: `row.decode(Row.self)` goes through
+    /// parameter packs and looks up tuple metadata at run time on every row.
+    static func decodeRow(_ row: PostgresRow) throws -> Row {
+        var cells = row.makeIterator()
+        func next() throws -> PostgresCell {
+            guard let cell = cells.next() else { throw MillionsError(.internalError, "users row is short") }
+            return cell
+        }
+        return (
+            try next().decode(Int64.self), try next().decode(String.self), try next().decode(String.self),
+            try next().decode(String.self), try next().decode(String.self), try next().decode(String.self),
+            try next().decode(String.self), try next().decode([String].self), try next().decode(String?.self)
+        )
     }
 
     public func recentUsers(limit: Int) async throws -> [User] {
