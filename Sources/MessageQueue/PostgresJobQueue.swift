@@ -70,12 +70,28 @@ public struct PostgresJobQueue: JobQueue {
 
     final class Batches: Sendable {
         let enqueues: Batcher<NewJob, Int64>
+        let notifies: Batcher<Void, Void>
         let claims: Batcher<ClaimRequest, Job?>
         let completions: Batcher<Completion, Void>
 
         init(set: ReplicaSet, now: @escaping @Sendable () -> Double) {
+            // The INSERT commits on its own (no BEGIN/COMMIT round trips) and without a
+            // NOTIFY: PostgreSQL holds its notification lock from a notifying commit's start
+            // to its end, flush included, so notifying enqueues would commit one at a time.
             enqueues = Batcher(maxBatch: PostgresJobQueue.maxBatch) { jobs in
-                try await set.write("job_enqueue") { c in try await PostgresJobQueue.enqueue(c, jobs, now: now()) }
+                try await set.write("job_enqueue", transaction: false) { c in
+                    try await PostgresJobQueue.enqueue(c, jobs, now: now(), notify: false)
+                }
+            }
+            // One notification for all enqueues that committed meanwhile, committed without
+            // waiting for its flush (a lost one only delays a pickup until the next poll).
+            notifies = Batcher(maxBatch: 1 << 16) { waiting in
+                try await set.write("job_notify", transaction: false) { c in
+                    try await c.query(
+                        "SELECT set_config('synchronous_commit', 'off', true), pg_notify(\(PostgresJobQueue.channel), '')",
+                        logger: Logger(label: "millions.queue"))
+                }
+                return waiting.map { _ in () }
             }
             claims = Batcher(maxBatch: PostgresJobQueue.maxBatch) { requests in
                 // One statement per kind of request; a worker process sends one kind.
@@ -108,8 +124,12 @@ public struct PostgresJobQueue: JobQueue {
     }
 
     public func enqueue(queue: String, payload: String, maxAttempts: Int, delaySeconds: Double) async throws -> Int64 {
-        try await batches.enqueues.submit(
+        let id = try await batches.enqueues.submit(
             NewJob(queue: queue, payload: payload, maxAttempts: maxAttempts, runAt: now() + delaySeconds))
+        // After the commit, so a woken worker finds the job. A lost wake-up costs only
+        // latency: idle workers poll too.
+        try? await batches.notifies.submit(())
+        return id
     }
 
     /// Enqueues inside the caller's transaction, so the job commits with the write that
@@ -120,8 +140,9 @@ public struct PostgresJobQueue: JobQueue {
         try await enqueue(c, [NewJob(queue: queue, payload: payload, maxAttempts: maxAttempts, runAt: runAt)], now: now)[0]
     }
 
-    /// One `INSERT` for all of `jobs`, one `NOTIFY`; ids in the order given.
-    static func enqueue(_ c: PostgresConnection, _ jobs: [NewJob], now: Double) async throws -> [Int64] {
+    /// One `INSERT` for all of `jobs`, then (with `notify`, inside a transaction) one
+    /// `NOTIFY`, delivered at commit; ids in the order given.
+    static func enqueue(_ c: PostgresConnection, _ jobs: [NewJob], now: Double, notify: Bool = true) async throws -> [Int64] {
         let logger = Logger(label: "millions.queue")
         let rows = try await c.query(
             """
@@ -134,7 +155,7 @@ public struct PostgresJobQueue: JobQueue {
             """, logger: logger)
         var ids: [Int64] = []
         for try await v in rows.decode(Int64.self) { ids.append(v) }
-        try await c.query(PostgresQuery(unsafeSQL: "NOTIFY \(channel)"), logger: logger)
+        if notify { try await c.query(PostgresQuery(unsafeSQL: "NOTIFY \(channel)"), logger: logger) }
         // Ids come from one sequence in insertion order, which follows ORDER BY n.
         return ids.sorted()
     }

@@ -313,9 +313,12 @@ public final class ReplicaSet: Service {
     /// for read-your-writes. Without a primary: 503 with Retry-After, never a retry on
     /// another node (a write is not idempotent).
     /// `timeout` replaces `data.postgres.timeoutMs` for calls that may rightly wait long
-    /// (migrations wait for each other's lock and for DDL locks).
+    /// (migrations wait for each other's lock and for DDL locks). Without `transaction`,
+    /// each statement of `body` commits on its own: for a write that is one statement,
+    /// this saves the BEGIN and COMMIT round trips.
     public func write<T: Sendable>(
-        _ op: String, timeout: Duration? = nil, _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+        _ op: String, timeout: Duration? = nil, transaction: Bool = true,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let i = try await currentPrimary()
         let client = nodes[i].client
@@ -324,8 +327,12 @@ public final class ReplicaSet: Service {
             let (result, lsn) = try await run(i, op: op, role: "write", timeout: timeout) {
                 let result: T
                 do {
-                    result = try await client.withTransaction(logger: logger) { connection in
-                        try await body(connection)
+                    if transaction {
+                        result = try await client.withTransaction(logger: logger) { connection in
+                            try await body(connection)
+                        }
+                    } else {
+                        result = try await client.withConnection { connection in try await body(connection) }
                     }
                 } catch let e as PostgresTransactionError {
                     // Surface the closure's own error (a conflict, say), not the wrapper.
