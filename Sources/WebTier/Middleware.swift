@@ -107,12 +107,12 @@ struct ObservabilityMiddleware: RouterMiddleware {
 /// and from the cached-read path.
 struct AccessLog: Sendable {
     let logger: Logger
-    /// The process's JSON handler when it can write the line directly (no metadata of its own).
+    /// The process's JSON handler, which can write the line directly (`logRequest` says when).
     let direct: JSONLogHandler?
 
     init(_ logger: Logger) {
         self.logger = logger
-        direct = (logger.handler as? JSONLogHandler).flatMap { $0.metadata.isEmpty ? $0 : nil }
+        direct = logger.handler as? JSONLogHandler
     }
 
     /// A successful (or client-error) request's line.
