@@ -71,6 +71,8 @@ public final class PostgresTopology: Sendable {
 
     public func kill(_ node: String) throws { try run(["kill", node]) }
     public func startNode(_ node: String) throws { try run(["start-node", node]) }
+    /// Stops a node at once (no shutdown checkpoint), as a crash would, leaving no pid file behind.
+    public func stopNodeImmediately(_ node: String) throws { try run(["stop-node", node, "immediate"]) }
 
     /// Runs SQL on one node through psql.
     public func sql(_ node: String, _ statement: String) throws {

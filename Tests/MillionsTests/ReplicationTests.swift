@@ -338,6 +338,40 @@ import WebTier
         return (ok, failed, after)
     }
 
+    /// A replica that is down when the web server starts and comes up later (a slow WAN
+    /// timing connects out looks alike): its pool's first connects fail, later ones succeed,
+    /// and concurrent reads then ask it for more connections. It joins the rotation and the
+    /// process lives on (see the pool settings in `ReplicaSet.init`).
+    @Test func aReplicaDownAtStartJoinsWithoutStoppingTheProcess() async throws {
+        try await PostgresTopology.withFresh(replicas: 1) { t in
+            try t.stopNodeImmediately("r1")
+            let set = try Self.replicaSet(t)
+            try await set.withRunning {
+                try await PostgresMigrations.migrate(set)
+                // Discovery has asked r1's pool for connections, and every connect failed.
+                for _ in 0..<5 { await set.discover() }
+                #expect(!set.statuses[1].reachable)
+                try t.startNode("r1")
+                var back = false
+                for _ in 0..<600 where !back {
+                    await set.discover()
+                    back = set.statuses[1].reachable
+                    if !back { try await Task.sleep(for: .milliseconds(100)) }
+                }
+                try #require(back, "r1 did not come back")
+                let store = PostgresUserStore(replicaSet: set)
+                let before = Self.routed(set.metrics, "replica")
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 0..<16 {
+                        group.addTask { for _ in 0..<50 { _ = try await store.user(id: UserID(seconds: 0, shard: 0, sequence: 1)) } }
+                    }
+                    try await group.waitForAll()
+                }
+                #expect(Self.routed(set.metrics, "replica") > before)
+            }
+        }
+    }
+
     @Test func killingAReplicaFailsNoRead() async throws {
         try await PostgresTopology.withFresh { t in
             let set = try Self.replicaSet(t)

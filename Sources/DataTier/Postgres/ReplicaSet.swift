@@ -59,11 +59,15 @@ public final class ReplicaSet: Service {
                 host: String(parts[0]), port: port, username: settings.user, password: settings.password,
                 database: settings.database, tls: .disable)
             config.options.maximumConnections = settings.connectionsPerNode
-            // A fixed pool without keep-alive pings: the pool arms an idle timer (over the
-            // minimum) and a keep-alive timer each time a connection comes back, three tasks
-            // and a Dispatch timer per query (about a tenth of an uncached read's CPU).
-            // Discovery queries every node every `discoveryMs` instead.
-            config.options.minimumConnections = settings.connectionsPerNode
+            // No keep-alive pings: the pool would arm a keep-alive timer each time a
+            // connection comes back (tasks and a Dispatch timer per query); discovery
+            // queries every node every `discoveryMs` instead. No minimum of connections:
+            // postgres-nio 1.33 drops failed connects below the minimum (while a connect is
+            // failing, the others are discarded) and then stops the process with a
+            // precondition (`minimumConcurrentConnections <= active`) on the next lease that
+            // needs a new connection; multi-dc web servers, connecting across a slow WAN,
+            // died that way in CI.
+            config.options.minimumConnections = 0
             config.options.keepAliveBehavior = nil
             config.options.connectTimeout = .seconds(1)
             return Node(name: address, client: PostgresClient(configuration: config, backgroundLogger: logger))
