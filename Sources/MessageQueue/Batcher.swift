@@ -28,8 +28,10 @@ final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
                 s.running = true
                 return true
             }
-            // Its own task: the batch must not inherit one caller's cancellation.
-            if leads { Task { await self.drain() } }
+            // Detached: the batch must not inherit the leading caller's cancellation or
+            // task-locals (its read-your-writes scope would pay a WAL position query and get
+            // the whole batch's position while the other callers get none).
+            if leads { Task.detached { await self.drain() } }
         }
     }
 

@@ -85,15 +85,11 @@ public struct PostgresJobQueue: JobQueue {
             }
             // One notification for all enqueues that committed meanwhile, committed without
             // waiting for its flush (a lost one only delays a pickup until the next poll).
-            // Outside any read-your-writes scope the batch's task inherited: nobody reads
-            // after a notification, so its WAL position is not worth a round trip.
             notifies = Batcher(maxBatch: 1 << 16) { waiting in
-                try await ReadYourWrites.$current.withValue(nil) {
-                    try await set.write("job_notify", transaction: false) { c in
-                        try await c.query(
-                            "SELECT set_config('synchronous_commit', 'off', true), pg_notify(\(PostgresJobQueue.channel), '')",
-                            logger: Logger(label: "millions.queue"))
-                    }
+                try await set.write("job_notify", transaction: false) { c in
+                    try await c.query(
+                        "SELECT set_config('synchronous_commit', 'off', true), pg_notify(\(PostgresJobQueue.channel), '')",
+                        logger: Logger(label: "millions.queue"))
                 }
                 return waiting.map { _ in () }
             }

@@ -3,7 +3,7 @@ import DataTier
 import Foundation
 import GRDB
 import Logging
-import MessageQueue
+@testable import MessageQueue
 import WebTier
 import Photos
 import Imaging
@@ -517,5 +517,21 @@ enum QueueEngine: String, CaseIterable, Sendable { case sqlite, postgres, redis,
             let log = try String(contentsOfFile: dir + "/w.log", encoding: .utf8)
             #expect(log.components(separatedBy: "\"msg\":\"job failed\"").count - 1 == 3)
         }
+    }
+}
+
+@Suite struct BatcherTests {
+    /// A batch is shared by every caller in it, so it runs with none of the leading caller's
+    /// task-locals (a request's read-your-writes scope would get the batch's write position
+    /// and pay the query for it, while the other callers would get nothing).
+    @Test func aBatchRunsWithoutItsLeadingCallersTaskLocals() async throws {
+        let scopes = Mutex<[Bool]>([])
+        let batcher = Batcher<Int, Int>(maxBatch: 8) { inputs in
+            scopes.withLock { $0.append(ReadYourWrites.current != nil) }
+            return inputs.map { $0 * 2 }
+        }
+        let out = try await ReadYourWrites.$current.withValue(ReadYourWrites()) { try await batcher.submit(21) }
+        #expect(out == 42)
+        #expect(scopes.withLock { $0 } == [false])
     }
 }
