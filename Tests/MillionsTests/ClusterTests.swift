@@ -292,6 +292,21 @@ import Testing
             _ = try await Self.signUp(f.base, "before-etcd@example.com")
             let cluster = Cluster(dir: f.dir, binary: f.binary, scripts: try Cluster.findScripts(binary: f.binary)) { _ in }
             #expect(try cluster.currentPrimary(try cluster.loadState()) != nil)
+            // Patroni's REST API: reads answer anyone (discovery), a failover only the secret.
+            let state = try cluster.loadState()
+            let replica = try #require(state.topology.nodes(.database).first { cluster.inRecovery($0) == true })
+            let rest = state.ports.patroni + replica.port - state.ports.postgres
+            #expect(try await Self.request(rest, .GET, "/cluster").status == 200)
+            let forged = try await Self.request(rest, .POST, "/failover", json: "{\"candidate\": \"\(replica.name)\"}")
+            #expect(forged.status == 401, "an unauthenticated failover: \(forged.status) \(forged.body)")
+            #expect(cluster.inRecovery(replica) == true)
+            // etcd: without the secret, nobody reads or writes the leader key.
+            #expect(try await Self.request(state.ports.etcd, .GET, "/v2/keys/service/millions/leader").status == 401)
+            // The operator's command has it (and the replica it picks leads afterwards).
+            let before = try cluster.currentPrimary(state)
+            #expect(try await f.cluster("failover") == 0)
+            let after = try cluster.currentPrimary(state)
+            #expect(after != nil && after != before, "failover: \(String(describing: before)) → \(String(describing: after))")
             #expect(try await f.cluster("kill", "etcd") == 0)
             var demoted = false
             for _ in 0..<300 where !demoted {
