@@ -62,7 +62,7 @@ extension Cluster {
 
     /// A database node's Patroni REST port: as far above Patroni's first as its PostgreSQL
     /// port is above the primary's (`scripts/patroni`).
-    static func restPort(_ node: Node, _ state: ClusterState) -> Int {
+    public static func restPort(_ node: Node, _ state: ClusterState) -> Int {
         state.ports.patroni + node.port - state.ports.postgres
     }
 

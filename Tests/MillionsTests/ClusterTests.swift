@@ -295,7 +295,7 @@ import Testing
             // Patroni's REST API: reads answer anyone (discovery), a failover only the secret.
             let state = try cluster.loadState()
             let replica = try #require(state.topology.nodes(.database).first { cluster.inRecovery($0) == true })
-            let rest = state.ports.patroni + replica.port - state.ports.postgres
+            let rest = Cluster.restPort(replica, state)
             #expect(try await Self.request(rest, .GET, "/cluster").status == 200)
             let forged = try await Self.request(rest, .POST, "/failover", json: "{\"candidate\": \"\(replica.name)\"}")
             #expect(forged.status == 401, "an unauthenticated failover: \(forged.status) \(forged.body)")
