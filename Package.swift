@@ -53,6 +53,7 @@ let package = Package(
         .target(
             name: "DataTier",
             dependencies: [
+                .product(name: "Configuration", package: "swift-configuration"),
                 "MillionsCore",
                 "Observability",
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -69,6 +70,7 @@ let package = Package(
         .target(
             name: "RedisClient",
             dependencies: [
+                .product(name: "Configuration", package: "swift-configuration"),
                 "Observability",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -82,6 +84,7 @@ let package = Package(
         .target(
             name: "MessageQueue",
             dependencies: [
+                .product(name: "Configuration", package: "swift-configuration"),
                 "MillionsCore",
                 "DataTier",
                 "Observability",
@@ -114,6 +117,7 @@ let package = Package(
         .target(
             name: "Photos",
             dependencies: [
+                .product(name: "Configuration", package: "swift-configuration"),
                 "MillionsCore",
                 "DataTier",
                 "Imaging",
@@ -131,6 +135,7 @@ let package = Package(
         .target(
             name: "SessionTier",
             dependencies: [
+                .product(name: "Configuration", package: "swift-configuration"),
                 "MillionsCore",
                 "DataTier",
                 "RedisClient",
@@ -146,6 +151,7 @@ let package = Package(
         .target(
             name: "CacheTier",
             dependencies: [
+                .product(name: "Configuration", package: "swift-configuration"),
                 "MillionsCore",
                 "Observability",
                 .product(name: "Logging", package: "swift-log"),
@@ -162,12 +168,34 @@ let package = Package(
             dependencies: ["MillionsCore"],
             swiftSettings: swiftSettings
         ),
+        // The composition below the web tier: one value per data engine, the engines a
+        // role needs built from each tier's settings, and their lifecycle.
+        .target(
+            name: "Engines",
+            dependencies: [
+                "MillionsCore",
+                "Observability",
+                "DataTier",
+                "SessionTier",
+                "CacheTier",
+                "RedisClient",
+                "MessageQueue",
+                "Photos",
+                "Imaging",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The Hummingbird application: controllers, middleware, pages.
         .target(
             name: "WebTier",
             dependencies: [
                 "MillionsCore",
                 "Observability",
+                "Engines",
                 "DataTier",
                 "SessionTier",
                 "CacheTier",
@@ -255,6 +283,7 @@ let package = Package(
             name: "MillionsTesting",
             dependencies: [
                 "WebTier",
+                "Engines",
                 "Cluster",
                 "DataTier",
                 "MillionsCore",
@@ -283,6 +312,7 @@ let package = Package(
                 "Bench",
                 "Edge",
                 "WebTier",
+                "Engines",
                 "Observability",
                 "MillionsTesting",
                 .product(name: "GRDB", package: "GRDB.swift"),

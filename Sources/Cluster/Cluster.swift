@@ -52,8 +52,8 @@ public struct ClusterState: Codable, Sendable {
     public var workers: [Node] { topology.nodes(.worker) }
 }
 
-/// A node's state as `status` reports it.
-public struct NodeStatus: Sendable {
+/// A node process's state as `cluster status` reports it (a database node's role is DataTier's `NodeStatus`).
+public struct ProcessStatus: Sendable {
     public var node: Node
     public var pid: Int32?
     /// ready / unready (web), up, down
@@ -589,7 +589,7 @@ public struct Cluster: Sendable {
 
     // MARK: - status
 
-    public func status() throws -> [NodeStatus] {
+    public func status() throws -> [ProcessStatus] {
         let state = try loadState()
         return state.nodes.map { node in
             let pid = pid(of: node)
@@ -617,11 +617,11 @@ public struct Cluster: Sendable {
                     break
                 }
             }
-            return NodeStatus(node: node, pid: alive ? pid : nil, health: health)
+            return ProcessStatus(node: node, pid: alive ? pid : nil, health: health)
         }
     }
 
-    public static func table(_ rows: [NodeStatus]) -> String {
+    public static func table(_ rows: [ProcessStatus]) -> String {
         func col(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
         var out = col("node", 18) + col("role", 10) + col("site", 8) + col("address", 22) + col("pid", 9) + "health\n"
         for r in rows {

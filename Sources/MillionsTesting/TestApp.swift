@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import DataTier
+import Engines
 import Logging
 import WebTier
 

@@ -5,6 +5,7 @@ import Hummingbird
 import Logging
 import MillionsCore
 import Mustache
+import Photos
 import NIOCore
 import SessionTier
 
@@ -134,7 +135,7 @@ struct PagesController {
         if session?.userID == user.id, let job = request.uri.queryParameters["job"].flatMap({ Int64(String($0)) }) {
             page["job"] = "\(job)"
         }
-        page["maxPhotoMB"] = "\(service.settings.photosMaxBytes / (1024 * 1024))"
+        page["maxPhotoMB"] = "\(service.settings.photos.maxBytes / (1024 * 1024))"
         return try render("profile", page, session: session)
     }
 
@@ -224,7 +225,7 @@ struct PagesController {
 
     func csrfCookie(_ token: String) -> Hummingbird.Cookie {
         Hummingbird.Cookie(
-            name: Self.csrfCookie, value: token, path: "/", secure: service.settings.secureCookies, httpOnly: true,
+            name: Self.csrfCookie, value: token, path: "/", secure: service.settings.session.secureCookies, httpOnly: true,
             sameSite: .strict)
     }
 

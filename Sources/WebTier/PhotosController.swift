@@ -50,7 +50,7 @@ struct PhotosController {
                 throw MillionsError(.badRequest, "multipart body without a boundary")
             }
             // Room for the form's other fields and part headers on top of the image.
-            let raw = try await JSONBody(maxBytes: settings.photosMaxBytes + 64 * 1024).collect(request)
+            let raw = try await JSONBody(maxBytes: settings.photos.maxBytes + 64 * 1024).collect(request)
             // Scanning megabytes is CPU work: off the cooperative pool.
             let form = try await NIOThreadPool.singleton.runIfActive {
                 try MultipartForm(Array(raw.readableBytesView), boundary: boundary)
@@ -65,7 +65,7 @@ struct PhotosController {
             image = Array(part.body)
             fromForm = true
         } else if type.hasPrefix("image/") || type.hasPrefix("application/octet-stream") {
-            image = Array(try await JSONBody(maxBytes: settings.photosMaxBytes).collect(request).readableBytesView)
+            image = Array(try await JSONBody(maxBytes: settings.photos.maxBytes).collect(request).readableBytesView)
         } else {
             throw MillionsError(.unsupportedMediaType, "send the image as the body (image/jpeg, image/png, image/webp) or as multipart/form-data")
         }
@@ -73,7 +73,7 @@ struct PhotosController {
         let source = PhotoName.original(fileExtension: info.format.fileExtension)
         try await photos.put(image, name: source, kind: .original)
         // The new version and its job, in one transaction where the queue allows.
-        guard let made = try await requests.request(user: id, source: source, edits: nil, maxAttempts: settings.queueMaxAttempts)
+        guard let made = try await requests.request(user: id, source: source, edits: nil, maxAttempts: settings.queue.maxAttempts)
         else { throw MillionsError(.notFound, "no such user") }
         let jobID = made.job
         metrics.counter("photo_uploads", "Photo uploads accepted, by format", [("format", info.format.rawValue)]).increment()
@@ -106,7 +106,7 @@ struct PhotosController {
         } catch let e as ImageError {
             throw MillionsError(.validation, e.message)
         }
-        guard let made = try await requests.request(user: id, source: nil, edits: edits, maxAttempts: settings.queueMaxAttempts)
+        guard let made = try await requests.request(user: id, source: nil, edits: edits, maxAttempts: settings.queue.maxAttempts)
         else { throw noPhoto }
         let jobID = made.job
         context.logger.info("photo edit queued", metadata: ["user_id": "\(id)", "job_id": "\(jobID)"])
@@ -151,7 +151,7 @@ struct PhotosController {
 
     /// Format and size from the header only, within the configured bounds.
     func probe(_ image: [UInt8]) async throws -> ImageInfo {
-        let limits = settings.imageLimits
+        let limits = settings.photos.imageLimits
         do {
             return try await images.run { try Imaging.probe(image, limits: limits) }
         } catch let e as ImageError {

@@ -29,7 +29,7 @@ struct UserService: Sendable {
     // MARK: Passwords, off the event loops
 
     func hash(_ password: String) async throws -> String {
-        let cost = UInt8(settings.bcryptCost)
+        let cost = UInt8(settings.auth.bcryptCost)
         return try await passwords.run { Bcrypt.hash(Self.bcryptInput(password), cost: cost) }
     }
 
@@ -56,7 +56,7 @@ struct UserService: Sendable {
                     NewAccount(id: ids.next(), email: email, passwordHash: passwordHash, profile: profile))
                 // A negative entry may be cached for this id from before; drop it.
                 await cache?.invalidate(user.id)
-                let session = try await sessions.create(userID: user.id, ttl: settings.sessionTTLSeconds)
+                let session = try await sessions.create(userID: user.id, ttl: settings.session.ttl.inSeconds)
                 return (user, session)
             } catch is DuplicateIDError where attempt < 5 {
                 attempt += 1
@@ -78,7 +78,7 @@ struct UserService: Sendable {
         // by the client's address too: a stranger's guesses do not lock the owner out.
         let key = SHA256.hex(email + "\n" + address)
         let now = Clock.secondsSince1970()
-        if case .locked(let until) = try await users.reserveLoginAttempt(key: key, now: now, throttle: settings.loginThrottle) {
+        if case .locked(let until) = try await users.reserveLoginAttempt(key: key, now: now, throttle: settings.auth.loginThrottle) {
             throw MillionsError(
                 .tooManyRequests, "too many failed log-ins; try again later", retryAfter: max(1, Int((until - now).rounded(.up))))
         }
@@ -89,7 +89,7 @@ struct UserService: Sendable {
         guard try await verify(password, creds.passwordHash) else { throw wrong }
         try await users.recordSuccessfulLogin(key: key)
         guard let user = try await users.user(id: creds.userID) else { throw wrong }
-        let session = try await sessions.create(userID: user.id, ttl: settings.sessionTTLSeconds)
+        let session = try await sessions.create(userID: user.id, ttl: settings.session.ttl.inSeconds)
         return (user, session)
     }
 
@@ -134,10 +134,10 @@ struct UserService: Sendable {
 
     /// The live session named by the request's cookie, if any.
     func session(for request: Request) async throws -> Session? {
-        guard let id = request.cookies[settings.sessionCookieName]?.value, Session.isWellFormed(id) else {
+        guard let id = request.cookies[settings.session.cookieName]?.value, Session.isWellFormed(id) else {
             return nil
         }
-        return try await sessions.session(id: id, ttl: settings.sessionTTLSeconds)
+        return try await sessions.session(id: id, ttl: settings.session.ttl.inSeconds)
     }
 
     func requireSession(_ request: Request) async throws -> Session {
@@ -150,14 +150,14 @@ struct UserService: Sendable {
     /// The session cookie: HttpOnly, SameSite=Lax, Secure when configured.
     func sessionCookie(_ session: Session) -> Hummingbird.Cookie {
         Hummingbird.Cookie(
-            name: settings.sessionCookieName, value: session.id, maxAge: Int(settings.sessionTTLSeconds), path: "/",
-            secure: settings.secureCookies, httpOnly: true, sameSite: .lax)
+            name: settings.session.cookieName, value: session.id, maxAge: Int(settings.session.ttl.inSeconds), path: "/",
+            secure: settings.session.secureCookies, httpOnly: true, sameSite: .lax)
     }
 
     /// Tells the browser to forget the session cookie.
     func clearedSessionCookie() -> Hummingbird.Cookie {
         Hummingbird.Cookie(
-            name: settings.sessionCookieName, value: "", maxAge: 0, path: "/", secure: settings.secureCookies,
+            name: settings.session.cookieName, value: "", maxAge: 0, path: "/", secure: settings.session.secureCookies,
             httpOnly: true, sameSite: .lax)
     }
 

@@ -1,5 +1,7 @@
 import ArgumentParser
+import Configuration
 import DataTier
+import Engines
 import Foundation
 import Logging
 import Observability
@@ -8,20 +10,22 @@ import WebTier
 /// `millions db …`: operations on the data tier.
 struct Database: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "db", abstract: "Operate the PostgreSQL data tier.", subcommands: [Failover.self, Status.self])
+        commandName: "db", abstract: "Operate the PostgreSQL data tier.", subcommands: [PromoteBestReplica.self, Status.self])
 
-    struct Failover: AsyncParsableCommand {
+    /// `millions db failover`.
+    struct PromoteBestReplica: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "failover",
             abstract: "Promote the most caught-up replica after the primary died, and repoint the others.")
         @OptionGroup var options: ConfigOptions
 
         func run() async throws {
-            let settings = try Settings(try await options.reader())
+            let settings = try EngineSettings(try await options.reader())
             let logger = bootstrapLogging(settings.logLevel)
-            let set = try ReplicaSet(settings: settings.postgres, metrics: .init(), logger: logger)
+            let set = try ReplicaSet(settings: settings.data.postgres, metrics: .init(), logger: logger)
             let start = ContinuousClock.now
             let result = try await set.withRunning(requirePrimary: false) {
-                try await DataTier.Failover.promoteBestReplica(set, logger: logger)
+                try await Failover.promoteBestReplica(set, logger: logger)
             }
             logger.info(
                 "failover done",
@@ -37,7 +41,7 @@ struct Database: AsyncParsableCommand {
         @OptionGroup var options: ConfigOptions
 
         func run() async throws {
-            let settings = try Settings(try await options.reader())
+            let settings = try DataSettings(try await options.reader().scoped(to: "data"))
             let logger = bootstrapLogging(.warning)
             let set = try ReplicaSet(settings: settings.postgres, metrics: .init(), logger: logger)
             let statuses = try await set.withRunning(requirePrimary: false) { set.statuses }

@@ -1,5 +1,7 @@
 import ArgumentParser
+import Configuration
 import DataTier
+import Engines
 import Foundation
 import HummingbirdBcrypt
 import Logging
@@ -28,27 +30,23 @@ struct Seed: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var settings = try Settings(try await options.reader())
+        var settings = try EngineSettings(try await options.reader())
         // A bulk load, not a request: a batch on a small database host may rightly take
         // longer than the request path's bound.
-        settings.postgres.queryTimeout = max(settings.postgres.queryTimeout, .seconds(120))
+        settings.data.postgres.queryTimeout = max(settings.data.postgres.queryTimeout, .seconds(120))
         let logger = bootstrapLogging(settings.logLevel)
-        let components = try await Components.build(settings: settings, logger: logger)
+        let engines = try Engines(settings: settings, logger: logger)
+        // The web tier's cost, so seeded users log in as fast as real ones.
+        let cost = try AuthSettings(try await options.reader().scoped(to: "auth")).bcryptCost
         let seeder = Seeder(
-            passwordHash: Bcrypt.hash(Seeder.password, cost: UInt8(settings.bcryptCost)),
+            passwordHash: Bcrypt.hash(Seeder.password, cost: UInt8(cost)),
             startSeconds: Int64(Clock.secondsSince1970()), seed: seed)
         let start = ContinuousClock.now
-        let store = components.users
+        let store = engines.users
         let count = users
-        let ids: [UserID]
         let progress = Progress(total: count, noun: "users")
-        if let set = components.replicaSet {
-            ids = try await set.withRunning {
-                try await PostgresMigrations.migrate(set)
-                return try await seeder.seed(0..<count, into: store) { progress.update($0) }
-            }
-        } else {
-            ids = try await seeder.seed(0..<count, into: store) { progress.update($0) }
+        let ids = try await engines.withRunning { _ in
+            try await seeder.seed(0..<count, into: store) { progress.update($0) }
         }
         let elapsed = ContinuousClock.now - start
         if let idsFile {
@@ -62,6 +60,5 @@ struct Seed: AsyncParsableCommand {
                 "users": "\(users)", "seconds": "\(String(format: "%.2f", seconds))",
                 "users_per_second": "\(Int(Double(users) / max(seconds, 0.001)))",
             ])
-        try components.database?.close()
     }
 }

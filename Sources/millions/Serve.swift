@@ -1,8 +1,10 @@
 import ArgumentParser
 import Configuration
 import DataTier
+import Engines
 import Hummingbird
 import Logging
+import MillionsCore
 import NIOCore
 import Observability
 import ServiceLifecycle
@@ -19,23 +21,19 @@ struct Serve: AsyncParsableCommand {
         let settings = try Settings(try await options.reader())
         let logger = bootstrapLogging(settings.logLevel)
         let components = try await Components.build(settings: settings, logger: logger)
-        let drain = DrainService(state: components.drain, seconds: settings.drainSeconds, logger: logger)
+        let drain = DrainService(state: components.drain, seconds: settings.http.drain.inSeconds, logger: logger)
         let app = try buildApplication(components, withEngineServices: false) { channel in
             // Tests and scripts read the real port from this line when --port 0.
             logger.info(
                 "listening",
                 metadata: [
-                    "host": "\(settings.host)", "port": "\(channel.localAddress?.port ?? settings.port)",
-                    "data": "\(settings.dataDirectory)",
+                    "host": "\(settings.http.host)", "port": "\(channel.localAddress?.port ?? settings.http.port)",
+                    "data": "\(settings.data.directory)",
                 ])
         }
-        let group = ServiceGroup(
-            // The drain runs first at SIGTERM (services stop in reverse order), then the
-            // server, then the engines it uses.
-            configuration: .init(
-                services: engineServices(components) + [WebServerService(app), drain],
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        // The drain runs first at SIGTERM (services stop in reverse order), then the
+        // server, then the engines it uses.
+        try await components.engines.serviceGroup(webServices(components) + [WebServerService(app), drain]).run()
         logger.info("stopped")
     }
 }
@@ -47,16 +45,10 @@ struct Migrate: AsyncParsableCommand {
     @OptionGroup var options: ConfigOptions
 
     func run() async throws {
-        let settings = try Settings(try await options.reader())
+        let settings = try EngineSettings(try await options.reader())
         let logger = bootstrapLogging(settings.logLevel)
-        let components = try await Components.build(settings: settings, logger: logger)
-        let applied: [String]
-        if let set = components.replicaSet {
-            applied = try await set.withRunning { try await PostgresMigrations.migrate(set) }
-        } else {
-            applied = try components.database?.appliedMigrations() ?? []
-            try components.database?.close()
-        }
+        let engines = try Engines(settings: settings, logger: logger)
+        let applied = try await engines.withRunning { $0 }
         logger.info("migrations applied", metadata: ["migrations": .array(applied.map { .string($0) })])
     }
 }

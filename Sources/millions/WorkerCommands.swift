@@ -1,5 +1,6 @@
 import ArgumentParser
 import DataTier
+import Engines
 import Foundation
 import Hummingbird
 import Logging
@@ -26,36 +27,27 @@ struct WorkerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let settings = try Settings(try await options.reader())
+        let settings = try EngineSettings(try await options.reader())
         let logger = bootstrapLogging(settings.logLevel)
-        let components = try await Components.build(settings: settings, logger: logger)
-        let worker = components.worker(concurrency: concurrency)
-        // The database first, so it closes last.
+        let engines = try Engines(settings: settings, logger: logger)
+        let worker = engines.worker(concurrency: concurrency)
         var services: [any Service] = []
-        if let database = components.database { services.append(database) }
-        if let set = components.replicaSet { services.append(set) }
-        if let redis = components.redis { services.append(redis) }
-        // Its background loop brings failed nodes back; the photo job invalidates through it.
-        if let memcached = components.memcached { services.append(memcached) }
-        if let follower = try components.changeFollower() { services.append(follower) }
+        if let follower = try engines.changeFollower() { services.append(follower) }
         if let port = metricsPort {
             // Before the worker, so it stops after it: it answers while jobs drain.
-            services.append(Self.metricsServer(components, worker: worker, host: metricsHost, port: port, logger: logger))
+            services.append(Self.metricsServer(engines.metrics, worker: worker, host: metricsHost, port: port, logger: logger))
         }
         services.append(worker)
         logger.info("worker started", metadata: ["worker": "\(worker.name)", "concurrency": "\(concurrency)"])
-        let group = ServiceGroup(
-            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        try await engines.serviceGroup(services).run()
     }
 }
 
 extension WorkerCommand {
     /// A small HTTP server with the worker's own figures: jobs by outcome, durations,
     /// busy slots, queue depth, images processed; and liveness.
-    static func metricsServer(_ c: Components, worker: Worker, host: String, port: Int, logger: Logger) -> some Service {
+    static func metricsServer(_ metrics: AppMetrics, worker: Worker, host: String, port: Int, logger: Logger) -> some Service {
         let router = Router()
-        let metrics = c.metrics
         router.get("/metrics") { _, _ in
             Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
@@ -80,20 +72,9 @@ struct JobsCommand: AsyncParsableCommand {
 
     /// Runs `body` with the queue of the configured engine (PostgreSQL pools running).
     static func withQueue<T: Sendable>(_ options: ConfigOptions, _ body: @escaping @Sendable (any JobQueue) async throws -> T) async throws -> T {
-        let settings = try Settings(try await options.reader())
-        let logger = bootstrapLogging(.warning)
-        let components = try await Components.build(settings: settings, logger: logger)
-        if let set = components.replicaSet {
-            return try await set.withRunning {
-                try await PostgresMigrations.migrate(set)
-                return try await body(components.jobs)
-            }
-        }
-        defer {
-            try? components.database?.close()
-            components.redis?.close()
-        }
-        return try await body(components.jobs)
+        let settings = try EngineSettings(try await options.reader())
+        let engines = try Engines(settings: settings, logger: bootstrapLogging(.warning))
+        return try await engines.withRunning { _ in try await body(engines.jobs) }
     }
 
     struct List: AsyncParsableCommand {
@@ -154,8 +135,8 @@ struct JobsCommand: AsyncParsableCommand {
 
         func run() async throws {
             let (queue, payload, count, clients) = (self.queue, self.payload, self.count, self.concurrency)
-            let settings = try Settings(try await options.reader())
-            let attempts = maxAttempts ?? settings.queueMaxAttempts
+            let settings = try EngineSettings(try await options.reader())
+            let attempts = maxAttempts ?? settings.queue.maxAttempts
             let ids = try await JobsCommand.withQueue(options) { jobs in
                 try await withThrowingTaskGroup(of: [Int64].self) { group in
                     for client in 0..<clients {

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Logging
+import MillionsCore
 import MillionsTesting
 import NIOCore
 import NIOPosix

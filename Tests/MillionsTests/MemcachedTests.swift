@@ -1,5 +1,6 @@
 import CacheTier
 import DataTier
+import Engines
 import Foundation
 import HTTPTypes
 import Hummingbird

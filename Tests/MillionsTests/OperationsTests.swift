@@ -1,11 +1,14 @@
+import CacheTier
 import Configuration
 import DataTier
+import Engines
 import Foundation
 import GRDB
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import Logging
+import MillionsCore
 import MillionsTesting
 import Testing
 import WebTier
@@ -121,12 +124,12 @@ import WebTier
                 environment: ["MILLIONS_HTTP_PORT": "7002", "MILLIONS_HTTP_HOST": "127.0.0.2", "MILLIONS_CACHE_TTL_SECONDS": "43"],
                 configFile: file)
             let s = try Settings(reader)
-            #expect(s.port == 7003)  // flag
-            #expect(s.host == "127.0.0.2")  // environment over file
-            #expect(s.cacheTTLSeconds == 43)  // environment over file
-            #expect(s.cacheMaxEntries == 9)  // file over default
-            #expect(s.dataDirectory == "./data")  // default
-            #expect(s.maxBodyBytes == 64 * 1024)
+            #expect(s.http.port == 7003)  // flag
+            #expect(s.http.host == "127.0.0.2")  // environment over file
+            #expect(s.cache.ttl == .seconds(43))  // environment over file
+            #expect(s.cache.maxEntries == 9)  // file over default
+            #expect(s.data.directory == "./data")  // default
+            #expect(s.http.maxBodyBytes == 64 * 1024)
         }
     }
 

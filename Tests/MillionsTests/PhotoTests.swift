@@ -1,4 +1,5 @@
 import DataTier
+import Engines
 import Foundation
 import HTTPTypes
 import HummingbirdTesting
@@ -69,7 +70,7 @@ func stagePhotoJob(_ c: Components, _ image: [UInt8], edits: Edits?) async throw
 /// newest first); returns the jobs in the order they were queued.
 func runPhotoJobs(_ c: Components, metrics: AppMetrics = AppMetrics(), newestFirst: Bool = false) async throws -> [Job] {
     let handler = PhotoJobs.handler(
-        store: c.photos, users: c.users, processor: c.images, limits: c.settings.imageLimits, metrics: metrics,
+        store: c.photos, users: c.users, processor: c.images, limits: c.settings.photos.imageLimits, metrics: metrics,
         forget: c.forgetPhotos, refresh: { _ in })
     var jobs: [Job] = []
     while let job = try await c.jobs.claim(queues: [PhotoJobs.queue], worker: "t", leaseSeconds: 60) { jobs.append(job) }
@@ -392,7 +393,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             let source = payload.source
             let job = try #require(try await c.jobs.job(id: id))
             let handler = PhotoJobs.handler(
-                store: c.photos, users: c.users, processor: c.images, limits: settings.imageLimits, metrics: AppMetrics(),
+                store: c.photos, users: c.users, processor: c.images, limits: settings.photos.imageLimits, metrics: AppMetrics(),
                 forget: c.forgetPhotos, refresh: { _ in })
             try await handler(job)
             let once = try await c.photos.list(kind: .variant)
@@ -400,7 +401,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             #expect(try await c.photos.list(kind: .variant) == once)
             #expect(once.count == 4)
             #expect(Set(once) == Set(PhotoJobs.variantFiles(payload).values))
-            #expect(try FileManager.default.contentsOfDirectory(atPath: settings.photosDirectory + "/tmp").isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: settings.photos.directory + "/tmp").isEmpty)
             #expect(try await c.users.user(id: user.id)?.photo == PhotoJobs.photo(payload))
             // An older version finishing late does not replace the newer photo.
             let older = PhotoJobs.photo(PhotoJobs.Payload(user: user.id.rawValue, version: payload.version - 1, source: source))
@@ -639,7 +640,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
                         try await waitUntilReplicasReplay(set, LSN.offset(of: try #require(UInt64(uploaded, radix: 16))))
                         try t.pauseReplay("r1")
                         try t.pauseReplay("r2")
-                        let worker = c.worker(concurrency: 1)
+                        let worker = c.engines.worker(concurrency: 1)
                         let running = Task { try await worker.run() }
                         let (job, seen) = try await followJob(client, try #require(r.headers[.location]), cookies: cookies)
                         running.cancel()

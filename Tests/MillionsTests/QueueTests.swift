@@ -1,5 +1,6 @@
 import Cluster
 import DataTier
+import Engines
 import Foundation
 import GRDB
 import Logging

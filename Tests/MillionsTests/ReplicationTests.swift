@@ -1,4 +1,5 @@
 import DataTier
+import Engines
 import Foundation
 import HTTPTypes
 import HummingbirdTesting

@@ -1,0 +1,35 @@
+import Configuration
+import MillionsCore
+
+/// Which engine holds users (and, with `queue.engine=sql` / `session.store=sql`, jobs and
+/// sessions): the embedded SQLite file or PostgreSQL primary + replicas.
+public enum DataEngineKind: String, Sendable, CaseIterable {
+    case sqlite, postgres
+}
+
+/// The data tier's keys (`data.*`).
+public struct DataSettings: Sendable {
+    public var engine: DataEngineKind
+    /// Folder of the SQLite file (and the default photos folder).
+    public var directory: String
+    public var postgres: PostgresSettings
+
+    public var databasePath: String { directory + "/millions.sqlite" }
+
+    /// `config` is scoped to `data`.
+    public init(_ config: ConfigReader) throws {
+        directory = config.string(forKey: "directory", default: "./data")
+        engine = try settingChoice(config.string(forKey: "engine", default: "sqlite"), key: "data.engine")
+        postgres = PostgresSettings(nodes: config.string(forKey: "postgres.nodes", default: "").commaSeparated)
+        postgres.user = config.string(forKey: "postgres.user", default: "postgres")
+        postgres.password = config.string(forKey: "postgres.password", isSecret: true)
+        postgres.database = config.string(forKey: "postgres.database", default: "millions")
+        postgres.connectionsPerNode = config.int(forKey: "postgres.connectionsPerNode", default: 10)
+        postgres.queryTimeout = .milliseconds(config.int(forKey: "postgres.timeoutMs", default: 2000))
+        postgres.discoveryInterval = .milliseconds(config.int(forKey: "postgres.discoveryMs", default: 500))
+        postgres.maxLagBytes = UInt64(max(0, config.int(forKey: "postgres.maxLagBytes", default: 16 * 1024 * 1024)))
+        postgres.maxLagSeconds = config.double(forKey: "postgres.maxLagSeconds", default: 10)
+        try checkSetting(engine != .postgres || !postgres.nodes.isEmpty, "data.postgres.nodes must list host:port pairs")
+        try checkSetting(postgres.connectionsPerNode >= 1, "data.postgres.connectionsPerNode must be positive")
+    }
+}

@@ -1,0 +1,76 @@
+import DataTier
+import Foundation
+import Logging
+import MessageQueue
+import Observability
+import Photos
+import ServiceLifecycle
+import SessionTier
+
+/// One data engine and everything it supplies to the tiers that keep their state in it:
+/// users, SQL sessions, the SQL job queue, photo versions with their jobs, photo files
+/// (where the engine can hold them), the services that must run while it is used, and
+/// the schema.
+public protocol DataEngine: Sendable {
+    var users: any UserStore { get }
+    /// Sessions in the engine's `sessions` table (`session.store=sql`).
+    var sessions: any SessionStore { get }
+    /// Jobs in the engine's `jobs` table (`queue.engine=sql`).
+    var jobs: any JobQueue { get }
+    /// New photo versions and their jobs in one transaction (`queue.engine=sql`).
+    var photoRequests: any PhotoRequests { get }
+    /// Photo files kept in the engine itself (`photos.store=postgres`), if it can.
+    func photoFiles(logger: Logger) -> (any PhotoStore)?
+    /// What runs while the engine is used (pools), in start order.
+    var services: [any Service] { get }
+    /// Waits until the engine takes writes, then applies pending migrations; returns the
+    /// names of every applied migration. Needs `services` running.
+    func prepare() async throws -> [String]
+    /// Whether writes can be taken now (readiness), where the engine can tell.
+    var writesAvailable: (@Sendable () -> Bool)? { get }
+}
+
+/// The embedded default: one SQLite file.
+public struct SQLiteEngine: DataEngine {
+    public let database: SQLiteDatabase
+
+    /// Opens (creating the folder and file if needed) and migrates the database.
+    public init(settings: DataSettings, logger: Logger) throws {
+        try FileManager.default.createDirectory(atPath: settings.directory, withIntermediateDirectories: true)
+        database = try SQLiteDatabase(path: settings.databasePath, logger: logger)
+    }
+
+    public var users: any UserStore { SQLiteUserStore(database: database) }
+    public var sessions: any SessionStore { SQLiteSessionStore(database: database) }
+    public var jobs: any JobQueue { SQLiteJobQueue(database: database) }
+    public var photoRequests: any PhotoRequests { SQLitePhotoRequests(database: database) }
+    public func photoFiles(logger: Logger) -> (any PhotoStore)? { nil }
+    public var services: [any Service] { [database] }
+    public func prepare() async throws -> [String] { try database.appliedMigrations() }
+    public var writesAvailable: (@Sendable () -> Bool)? { nil }
+}
+
+/// PostgreSQL primary + streaming replicas.
+public struct PostgresEngine: DataEngine {
+    public let replicaSet: ReplicaSet
+
+    public init(settings: DataSettings, metrics: AppMetrics, logger: Logger) throws {
+        replicaSet = try ReplicaSet(settings: settings.postgres, metrics: metrics, logger: logger)
+    }
+
+    public var users: any UserStore { PostgresUserStore(replicaSet: replicaSet) }
+    public var sessions: any SessionStore { PostgresSessionStore(replicaSet: replicaSet) }
+    public var jobs: any JobQueue { PostgresJobQueue(replicaSet: replicaSet) }
+    public var photoRequests: any PhotoRequests { PostgresPhotoRequests(replicaSet: replicaSet) }
+    public func photoFiles(logger: Logger) -> (any PhotoStore)? { PostgresPhotoStore(replicaSet: replicaSet, logger: logger) }
+    public var services: [any Service] { [replicaSet] }
+
+    public func prepare() async throws -> [String] {
+        try await replicaSet.waitUntilDiscovered()
+        return try await PostgresMigrations.migrate(replicaSet)
+    }
+
+    public var writesAvailable: (@Sendable () -> Bool)? {
+        { [replicaSet] in replicaSet.primaryIndex != nil }
+    }
+}
