@@ -37,7 +37,7 @@ public struct SQLiteEngine: DataEngine {
     /// Opens (creating the folder and file if needed) and migrates the database.
     public init(settings: DataSettings, logger: Logger) throws {
         try FileManager.default.createDirectory(atPath: settings.directory, withIntermediateDirectories: true)
-        database = try SQLiteDatabase(path: settings.databasePath, logger: logger)
+        database = try SQLiteDatabase(path: settings.databasePath, migrations: Schema.sqlite, logger: logger)
     }
 
     public var users: any UserStore { SQLiteUserStore(database: database) }
@@ -67,7 +67,7 @@ public struct PostgresEngine: DataEngine {
 
     public func prepare() async throws -> [String] {
         try await replicaSet.waitUntilDiscovered()
-        return try await PostgresMigrations.migrate(replicaSet)
+        return try await Self.migrate(replicaSet)
     }
 
     public var writesAvailable: (@Sendable () -> Bool)? {

@@ -67,7 +67,7 @@ public enum TestApp {
             // The app's services run the pools (a client runs once); then discover and migrate.
             try await buildApplication(components).test(.router) { client in
                 try await set.waitUntilDiscovered()
-                try await PostgresMigrations.migrate(set)
+                try await PostgresEngine.migrate(set)
                 try await body(client, components)
             }
         }

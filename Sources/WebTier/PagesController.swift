@@ -1,4 +1,5 @@
 import Edge
+import Engines
 import DataTier
 import HTTPTypes
 import Hummingbird

@@ -1,4 +1,5 @@
 import DataTier
+import Engines
 import Edge
 import Foundation
 import HTTPTypes

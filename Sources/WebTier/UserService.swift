@@ -1,5 +1,6 @@
 import CacheTier
 import DataTier
+import Engines
 import Hummingbird
 import HummingbirdBcrypt
 import Logging

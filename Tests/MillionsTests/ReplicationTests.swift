@@ -153,7 +153,7 @@ import WebTier
         let t = try PostgresTopology.shared()
         let set = try Self.replicaSet(t)
         try await set.withRunning {
-            try await PostgresMigrations.migrate(set)
+            try await PostgresEngine.migrate(set)
             let feed = try ChangeFeed(set: set, slot: "test_feed_\(UInt32.random(in: 0...UInt32.max))", logger: quietLogger)
             do {
                 try await feed.ensureSlot()
@@ -204,7 +204,7 @@ import WebTier
         let set = try Self.replicaSet(t)
         try await set.withRunning {
           do {
-            try await PostgresMigrations.migrate(set)
+            try await PostgresEngine.migrate(set)
             let store = PostgresUserStore(replicaSet: set)
             let user = try await store.create(StoreSuite.account(uniqueEmail("repl")))
             // No read-your-writes scope: reads go to replicas whenever discovery has one in
@@ -266,7 +266,7 @@ import WebTier
         let t = try PostgresTopology.shared()
         let set = try Self.replicaSet(t, maxLagBytes: 4096)
         try await set.withRunning {
-            try await PostgresMigrations.migrate(set)
+            try await PostgresEngine.migrate(set)
             let store = PostgresUserStore(replicaSet: set)
             try t.pauseReplay("r1")
             do {
@@ -348,7 +348,7 @@ import WebTier
             try t.stopNodeImmediately("r1")
             let set = try Self.replicaSet(t)
             try await set.withRunning {
-                try await PostgresMigrations.migrate(set)
+                try await PostgresEngine.migrate(set)
                 // Discovery has asked r1's pool for connections, and every connect failed.
                 for _ in 0..<5 { await set.discover() }
                 #expect(!set.statuses[1].reachable)
@@ -379,7 +379,7 @@ import WebTier
         try await PostgresTopology.withFresh { t in
             let set = try Self.replicaSet(t)
             try await set.withRunning {
-                try await PostgresMigrations.migrate(set)
+                try await PostgresEngine.migrate(set)
                 let store = PostgresUserStore(replicaSet: set)
                 var ids: [UserID] = []
                 for i in 0..<20 { ids.append(try await store.create(StoreSuite.account("k\(i)@example.com")).id) }
@@ -483,7 +483,7 @@ import WebTier
             }
             let acknowledged = Acknowledged()
             try await set.withRunning {
-                try await PostgresMigrations.migrate(set)
+                try await PostgresEngine.migrate(set)
                 let store = PostgresUserStore(replicaSet: set)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for w in 0..<4 {

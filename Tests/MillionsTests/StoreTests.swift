@@ -1,4 +1,5 @@
 import DataTier
+import Engines
 import Foundation
 import GRDB
 import Logging
@@ -39,7 +40,7 @@ func withSharedReplicaSet(_ body: @escaping @Sendable (ReplicaSet) async throws 
     settings.queryTimeout = .seconds(10)
     let set = try ReplicaSet(settings: settings, metrics: AppMetrics(), logger: quietLogger)
     try await set.withRunning {
-        try await PostgresMigrations.migrate(set)
+        try await PostgresEngine.migrate(set)
         try await body(set)
     }
 }
@@ -164,7 +165,7 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
 @Suite struct SQLiteStoreTests {
     static func withDatabase(_ body: (SQLiteDatabase) async throws -> Void) async throws {
         try await TestApp.withTemporaryDirectory { dir in
-            let db = try SQLiteDatabase(path: dir + "/test.sqlite", logger: Logger(label: "test"))
+            let db = try SQLiteDatabase(path: dir + "/test.sqlite", migrations: Schema.sqlite, logger: Logger(label: "test"))
             try await body(db)
             try db.pool.close()
         }
@@ -182,7 +183,24 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
         try await Self.withDatabase { db in
             let mode = try await db.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
             #expect(mode == "wal")
-            #expect(try db.appliedMigrations() == ["1-users-and-sessions", "2-jobs", "3-photos", "4-job-result-position", "5-login-failures"])
+            #expect(try db.appliedMigrations() == Schema.sqlite.map(\.name))
+        }
+    }
+
+    /// A database made when "1-users-and-sessions" still made the sessions table too
+    /// (before each tier owned its schema) takes every tier's steps, and its sessions work.
+    @Test func aDatabaseFromBeforeTheTiersOwnedTheirSchemaMigrates() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let path = dir + "/old.sqlite"
+            let old = Migration("1-users-and-sessions", UserSchema.sqlite[0].statements + SessionSchema.sqlite[0].statements)
+            try SQLiteDatabase(path: path, migrations: [old], logger: Logger(label: "test")).close()
+            let db = try SQLiteDatabase(path: path, migrations: Schema.sqlite, logger: Logger(label: "test"))
+            #expect(try db.appliedMigrations() == Schema.sqlite.map(\.name))
+            let sessions = SQLiteSessionStore(database: db)
+            let user = UserIDGenerator().next()
+            let created = try await sessions.create(userID: user, ttl: 3600)
+            #expect(try await sessions.session(id: created.id, ttl: 3600)?.userID == user)
+            try db.close()
         }
     }
 }
