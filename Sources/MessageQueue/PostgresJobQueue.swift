@@ -33,7 +33,7 @@ public struct PostgresJobQueue: JobQueue {
     /// Claims, heartbeats and outcomes skip the commit's fsync: lost in a crash, they only
     /// make a job run again, which at-least-once delivery allows. Enqueues keep it.
     static func relaxed(_ c: PostgresConnection) async throws {
-        try await c.query("SET LOCAL synchronous_commit TO off", logger: Logger(label: "millions.queue"))
+        try await c.query("SET LOCAL synchronous_commit TO off", logger: c.logger)
     }
 
     static func job(_ r: JobRow) -> Job {
@@ -89,7 +89,7 @@ public struct PostgresJobQueue: JobQueue {
                 try await set.write("job_notify", transaction: false) { c in
                     try await c.query(
                         "SELECT set_config('synchronous_commit', 'off', true), pg_notify(\(PostgresJobQueue.channel), '')",
-                        logger: Logger(label: "millions.queue"))
+                        logger: c.logger)
                 }
                 return waiting.map { _ in () }
             }
@@ -116,7 +116,7 @@ public struct PostgresJobQueue: JobQueue {
                         UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = \(finishedAt), result_lsn = d.position
                         FROM unnest(\(done.map(\.id)), \(done.map(\.worker)), \(done.map(\.position))) AS d(id, worker, position)
                         WHERE jobs.id = d.id AND jobs.worker = d.worker AND jobs.state = 'running'
-                        """, logger: Logger(label: "millions.queue"))
+                        """, logger: c.logger)
                 }
                 return done.map { _ in () }
             }
@@ -143,7 +143,7 @@ public struct PostgresJobQueue: JobQueue {
     /// One `INSERT` for all of `jobs`, then (with `notify`, inside a transaction) one
     /// `NOTIFY`, delivered at commit; ids in the order given.
     static func enqueue(_ c: PostgresConnection, _ jobs: [NewJob], now: Double, notify: Bool = true) async throws -> [Int64] {
-        let logger = Logger(label: "millions.queue")
+        let logger = c.logger
         let rows = try await c.query(
             """
             INSERT INTO jobs (queue, payload, state, attempts, max_attempts, run_at, created_at)
@@ -175,7 +175,7 @@ public struct PostgresJobQueue: JobQueue {
         // the index in order and stopping at the limit (0.4 ms).
         try await c.query(
             "SELECT set_config('synchronous_commit', 'off', true), set_config('enable_sort', 'off', true)",
-            logger: Logger(label: "millions.queue"))
+            logger: c.logger)
         let n = Int64(limit)
         let returning = columns.split(separator: ", ").map { "jobs." + $0 }.joined(separator: ", ")
         let rows = try await c.query(
@@ -198,7 +198,7 @@ public struct PostgresJobQueue: JobQueue {
             UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = \(r.worker), lease_until = \(now + r.leaseSeconds)
             FROM picked WHERE jobs.id = picked.id
             RETURNING \(unescaped: returning)
-            """, logger: Logger(label: "millions.queue"))
+            """, logger: c.logger)
         return try await jobs(rows).sorted { ($0.runAt, $0.id) < ($1.runAt, $1.id) }
     }
 
@@ -208,7 +208,7 @@ public struct PostgresJobQueue: JobQueue {
             try await Self.relaxed(c)
             let rows = try await c.query(
                 "UPDATE jobs SET lease_until = \(until) WHERE id = \(id) AND worker = \(worker) AND state = 'running' RETURNING id",
-                logger: Logger(label: "millions.queue"))
+                logger: c.logger)
             var found = false
             for try await _ in rows.decode(Int64.self) { found = true }
             return found
@@ -223,7 +223,7 @@ public struct PostgresJobQueue: JobQueue {
         let message = String(error.prefix(2000))
         try await set.write("job_fail") { c in
             try await Self.relaxed(c)
-            let logger = Logger(label: "millions.queue")
+            let logger = c.logger
             if let retryAt {
                 try await c.query(
                     """
@@ -247,8 +247,8 @@ public struct PostgresJobQueue: JobQueue {
                 """
                 UPDATE jobs SET state = 'ready', attempts = greatest(attempts - 1, 0), run_at = \(now), lease_until = NULL, worker = NULL
                 WHERE id = \(id) AND worker = \(worker) AND state = 'running'
-                """, logger: Logger(label: "millions.queue"))
-            try await c.query(PostgresQuery(unsafeSQL: "NOTIFY \(Self.channel)"), logger: Logger(label: "millions.queue"))
+                """, logger: c.logger)
+            try await c.query(PostgresQuery(unsafeSQL: "NOTIFY \(Self.channel)"), logger: c.logger)
         }
     }
 
@@ -291,10 +291,10 @@ public struct PostgresJobQueue: JobQueue {
         return try await set.write("job_retry") { c in
             let rows = try await c.query(
                 "UPDATE jobs SET state = 'ready', attempts = 0, run_at = \(now), last_error = NULL WHERE id = \(id) AND state = 'dead' RETURNING id",
-                logger: Logger(label: "millions.queue"))
+                logger: c.logger)
             var found = false
             for try await _ in rows.decode(Int64.self) { found = true }
-            if found { try await c.query(PostgresQuery(unsafeSQL: "NOTIFY \(Self.channel)"), logger: Logger(label: "millions.queue")) }
+            if found { try await c.query(PostgresQuery(unsafeSQL: "NOTIFY \(Self.channel)"), logger: c.logger) }
             return found
         }
     }

@@ -1,5 +1,6 @@
 import DataTier
 import MillionsCore
+import Observability
 import Synchronization
 
 /// Wraps a real user store, counting `user(id:)` reads and optionally slowing them, so
@@ -8,6 +9,7 @@ public final class CountingUserStore: UserStore {
     let inner: any UserStore
     let delay: Duration
     private let count = Atomic<Int>(0)
+    private let seenRequestID = Mutex<String?>(nil)
 
     public init(_ inner: any UserStore, delay: Duration = .zero) {
         self.inner = inner
@@ -16,9 +18,12 @@ public final class CountingUserStore: UserStore {
 
     public var reads: Int { count.load(ordering: .relaxed) }
     public func resetReads() { count.store(0, ordering: .relaxed) }
+    /// The request the last `user(id:)` read ran for (`RequestScope`), as its log lines name it.
+    public var lastRequestID: String? { seenRequestID.withLock { $0 } }
 
     public func user(id: UserID) async throws -> User? {
         count.add(1, ordering: .relaxed)
+        seenRequestID.withLock { $0 = RequestScope.requestID }
         if delay > .zero { try await Task.sleep(for: delay) }
         return try await inner.user(id: id)
     }

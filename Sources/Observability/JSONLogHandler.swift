@@ -19,6 +19,13 @@ public enum LogKey {
     public static let client = "client"
 }
 
+/// The request a task is serving. Every line written while serving it names it, whichever
+/// logger wrote it (a store's, the pool's, the queue's), without threading the request's
+/// logger through every call.
+public enum RequestScope {
+    @TaskLocal public static var requestID: String?
+}
+
 /// Writes one JSON object per line to standard error:
 /// `{"ts":"…","level":"info","logger":"…","msg":"…", <metadata>…}`.
 public struct JSONLogHandler: LogHandler {
@@ -48,6 +55,7 @@ public struct JSONLogHandler: LogHandler {
         var merged = metadata
         if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
         if let extra { merged.merge(extra) { _, new in new } }
+        if merged[LogKey.requestID] == nil, let id = RequestScope.requestID { merged[LogKey.requestID] = .string(id) }
 
         // Bytes, not String appends: this runs for every request's access-log line.
         var line: [UInt8] = []

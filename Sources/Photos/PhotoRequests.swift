@@ -63,7 +63,7 @@ public struct PostgresPhotoRequests: PhotoRequests {
     {
         let now = Clock.secondsSince1970()
         return try await set.write("photo_request") { c in
-            guard let ticket = try await PostgresUserStore.beginPhoto(c, id: user, source: source, logger: Logger(label: "millions.photos"))
+            guard let ticket = try await PostgresUserStore.beginPhoto(c, id: user, source: source, logger: c.logger)
             else { return nil }
             let payload = PhotoJobs.Payload(user, ticket, edits)
             let job = try await PostgresJobQueue.enqueue(

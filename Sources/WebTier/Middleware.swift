@@ -42,7 +42,7 @@ struct ObservabilityMiddleware: RouterMiddleware {
         var response: Response
         var failure: MillionsError? = nil
         do {
-            response = try await next(request, context)
+            response = try await RequestScope.$requestID.withValue(requestID) { try await next(request, context) }
         } catch {
             var e = MillionsError.from(error)
             var allow: [String]? = nil

@@ -52,6 +52,24 @@ import Testing
         #expect(withMetadata.requestLine(method: "GET", path: "/", route: "/", status: 200, durationMS: 0, requestID: "x", client: "y") == nil)
     }
 
+    /// A line written while a task serves a request names the request, whichever logger
+    /// wrote it; metadata that names one itself wins; outside a request there is none.
+    @Test func linesWrittenWhileServingARequestNameIt() throws {
+        let handler = JSONLogHandler(label: "millions.postgres")
+        func requestID(_ line: [UInt8]) throws -> String? {
+            try #require(try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any])["request_id"] as? String
+        }
+        #expect(try requestID(handler.format(level: .warning, message: "node down", metadata: nil)) == nil)
+        let (scoped, own) = RequestScope.$requestID.withValue("req-7") {
+            (
+                handler.format(level: .warning, message: "node down", metadata: nil),
+                handler.format(level: .info, message: "x", metadata: [LogKey.requestID: "own"])
+            )
+        }
+        #expect(try requestID(scoped) == "req-7")
+        #expect(try requestID(own) == "own")
+    }
+
     @Test func timestampsAreRFC3339WithMilliseconds() {
         let ts = JSONLogHandler.timestamp()
         #expect(ts.wholeMatch(of: /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/) != nil, "\(ts)")

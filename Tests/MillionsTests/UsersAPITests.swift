@@ -5,11 +5,13 @@ import Foundation
 import GRDB
 import HTTPTypes
 import Logging
+import Hummingbird
 import HummingbirdTesting
 import MillionsCore
 import NIOCore
 import MillionsTesting
 import Observability
+import Synchronization
 import Testing
 import WebTier
 
@@ -378,6 +380,31 @@ func signUpJohn(_ client: any TestClientProtocol, email: String = "john@example.
             #expect(try await client.send(.get, "/users").status == .methodNotAllowed)
             #expect(try await client.send(.get, "/no/such/thing").status == .notFound)
             #expect(try await client.send(.head, "/healthz").status == .ok)
+        }
+    }
+}
+
+@Suite struct RequestScopeTests {
+    /// A store's read runs in the request's scope, so what it logs names the request id
+    /// the client sent (and echoed back); a second request gets its own.
+    @Test func aStoreReadRunsInTheRequestsScope() async throws {
+        try await TestApp.withTemporaryDirectory { dir in
+            let counting = Mutex<CountingUserStore?>(nil)
+            let c = try await TestApp.components(try TestApp.settings(dataDirectory: dir, ["cache.backend": "none"])) { inner in
+                let store = CountingUserStore(inner)
+                counting.withLock { $0 = store }
+                return store
+            }
+            let store = try #require(counting.withLock { $0 })
+            try await buildApplication(c).test(.router) { client in
+                let (id, _) = try await signUpJohn(client)
+                let r = try await client.send(.get, "/users/\(id)", headers: [HTTPField.Name("X-Request-ID")!: "trace-42"])
+                #expect(r.status == .ok)
+                #expect(r.headers[HTTPField.Name("X-Request-ID")!] == "trace-42")
+                #expect(store.lastRequestID == "trace-42")
+                let other = try await client.send(.get, "/users/\(id)")
+                #expect(store.lastRequestID == other.headers[HTTPField.Name("X-Request-ID")!] && store.lastRequestID != "trace-42")
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ public enum PostgresMigrations {
         // Not the query timeout: several processes starting at once wait for each other's
         // advisory lock, and ALTER TABLE waits for its lock; a timeout here is no node failure.
         try await set.write("migrate", timeout: .seconds(300)) { connection in
-            let logger = Logger(label: "millions.migrate")
+            let logger = connection.logger
             try await connection.query("SELECT pg_advisory_xact_lock(727274)", logger: logger)
             try await connection.query(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",

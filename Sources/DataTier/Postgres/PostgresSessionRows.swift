@@ -8,7 +8,7 @@ import PostgresNIO
 /// `SessionTier.PostgresSessions` adapts it.
 public struct PostgresSessionRows: Sendable {
     let set: ReplicaSet
-    let logger = Logger(label: "millions.postgres")
+    var logger: Logger { self.set.logger }
 
     public init(replicaSet: ReplicaSet) { self.set = replicaSet }
 

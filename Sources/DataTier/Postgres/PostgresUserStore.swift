@@ -5,7 +5,7 @@ import PostgresNIO
 /// `UserStore` on PostgreSQL: writes on the primary, reads through the replica set.
 public struct PostgresUserStore: UserStore {
     let set: ReplicaSet
-    let logger = Logger(label: "millions.postgres")
+    var logger: Logger { self.set.logger }
 
     public init(replicaSet: ReplicaSet) { self.set = replicaSet }
 

@@ -38,7 +38,7 @@ public final class ReplicaSet: Service {
     public let nodes: [Node]
     let settings: PostgresSettings
     public let router: ReadRouter
-    let logger: Logger
+    public let logger: Logger
     public let metrics: AppMetrics
     private let status: Mutex<[NodeStatus]>
     private let spread = Atomic<Int>(0)
