@@ -9,7 +9,9 @@ import ServiceLifecycle
 /// It is a `Service` so that the process closes the pool only after the web server has
 /// drained its in-flight requests.
 public final class SQLiteDatabase: Service, Sendable {
-    public let pool: DatabasePool
+    /// Internal: other tiers' SQL stores read and write through `read` and `write`, and
+    /// only this type opens and closes the pool.
+    let pool: DatabasePool
     public let path: String
     private let logger: Logger
     private let migrator: DatabaseMigrator
@@ -44,6 +46,16 @@ public final class SQLiteDatabase: Service, Sendable {
     /// Names of the migrations applied, oldest first.
     public func appliedMigrations() throws -> [String] {
         try pool.read { [migrator] db in try migrator.appliedMigrations(db) }
+    }
+
+    /// Runs `body` in a snapshot on one of the pool's reader connections.
+    public func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await pool.read(body)
+    }
+
+    /// Runs `body` in one transaction on the single writer.
+    public func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await pool.write(body)
     }
 
     /// Closes the pool (for commands that do not run as a service).

@@ -26,7 +26,7 @@ public struct SQLiteJobQueue: JobQueue {
 
     public func enqueue(queue: String, payload: String, maxAttempts: Int, delaySeconds: Double) async throws -> Int64 {
         let now = now()
-        return try await database.pool.write { db in
+        return try await database.write { db in
             try Self.enqueue(db, queue: queue, payload: payload, maxAttempts: maxAttempts, runAt: now + delaySeconds, now: now)
         }
     }
@@ -42,7 +42,7 @@ public struct SQLiteJobQueue: JobQueue {
 
     public func claim(queues: [String], worker: String, leaseSeconds: Double) async throws -> Job? {
         let now = now()
-        return try await database.pool.write { db in
+        return try await database.write { db in
             let marks = Array(repeating: "?", count: queues.count).joined(separator: ",")
             // A lease that ran out on the last attempt: the job dies instead of running again.
             try db.execute(
@@ -73,7 +73,7 @@ public struct SQLiteJobQueue: JobQueue {
 
     public func heartbeat(id: Int64, worker: String, leaseSeconds: Double) async throws -> Bool {
         let until = now() + leaseSeconds
-        return try await database.pool.write { db in
+        return try await database.write { db in
             try db.execute(
                 sql: "UPDATE jobs SET lease_until = ? WHERE id = ? AND worker = ? AND state = 'running'",
                 arguments: [until, id, worker])
@@ -83,7 +83,7 @@ public struct SQLiteJobQueue: JobQueue {
 
     public func complete(id: Int64, worker: String, resultPosition: UInt64) async throws {
         let now = now()
-        try await database.pool.write { db in
+        try await database.write { db in
             try db.execute(
                 sql: "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = ?, result_lsn = ? WHERE id = ? AND worker = ? AND state = 'running'",
                 arguments: [now, Int64(bitPattern: resultPosition), id, worker])
@@ -91,7 +91,7 @@ public struct SQLiteJobQueue: JobQueue {
     }
 
     public func fail(id: Int64, worker: String, error: String, retryAt: Double?) async throws {
-        try await database.pool.write { db in
+        try await database.write { db in
             if let retryAt {
                 try db.execute(
                     sql: """
@@ -109,7 +109,7 @@ public struct SQLiteJobQueue: JobQueue {
 
     public func release(id: Int64, worker: String) async throws {
         let now = now()
-        try await database.pool.write { db in
+        try await database.write { db in
             try db.execute(
                 sql: """
                     UPDATE jobs SET state = 'ready', attempts = max(attempts - 1, 0), run_at = ?, lease_until = NULL, worker = NULL
@@ -119,12 +119,12 @@ public struct SQLiteJobQueue: JobQueue {
     }
 
     public func job(id: Int64) async throws -> Job? {
-        try await database.pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]).map(Self.job) }
+        try await database.read { db in try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]).map(Self.job) }
     }
 
     public func stats() async throws -> [QueueStats] {
         let now = now()
-        return try await database.pool.read { db in
+        return try await database.read { db in
             try Row.fetchAll(
                 db,
                 sql: """
@@ -144,14 +144,14 @@ public struct SQLiteJobQueue: JobQueue {
     }
 
     public func deadJobs(limit: Int) async throws -> [Job] {
-        try await database.pool.read { db in
+        try await database.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM jobs WHERE state = 'dead' ORDER BY id DESC LIMIT ?", arguments: [limit]).map(Self.job)
         }
     }
 
     public func retryDead(id: Int64) async throws -> Bool {
         let now = now()
-        return try await database.pool.write { db in
+        return try await database.write { db in
             try db.execute(
                 sql: "UPDATE jobs SET state = 'ready', attempts = 0, run_at = ?, last_error = NULL WHERE id = ? AND state = 'dead'",
                 arguments: [now, id])

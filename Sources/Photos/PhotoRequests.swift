@@ -39,7 +39,7 @@ public struct SQLitePhotoRequests: PhotoRequests {
         -> (payload: PhotoJobs.Payload, job: Int64)?
     {
         let now = Clock.secondsSince1970()
-        return try await database.pool.write { db in
+        return try await database.write { db in
             guard let ticket = try SQLiteUserStore.beginPhoto(db, id: user, source: source) else { return nil }
             let payload = PhotoJobs.Payload(user, ticket, edits)
             let job = try SQLiteJobQueue.enqueue(

@@ -18,7 +18,7 @@ public struct SQLiteSessionStore: SessionStore {
         let arguments: StatementArguments = [
             Session.hash(session.id), userID.rawValue, session.csrfToken, now(), session.expiresAt,
         ]
-        try await db.pool.write { db in
+        try await db.write { db in
             try db.execute(
                 sql: "INSERT INTO sessions (id_hash, user_id, csrf_token, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
                 arguments: arguments)
@@ -30,7 +30,7 @@ public struct SQLiteSessionStore: SessionStore {
         guard Session.isWellFormed(id) else { return nil }
         let hash = Session.hash(id)
         let now = now()
-        let found = try await db.pool.read { db -> (userID: Int64, csrf: String, expiresAt: Double)? in
+        let found = try await db.read { db -> (userID: Int64, csrf: String, expiresAt: Double)? in
             try Row.fetchOne(
                 db, sql: "SELECT user_id, csrf_token, expires_at FROM sessions WHERE id_hash = ?", arguments: [hash]
             ).map { ($0["user_id"], $0["csrf_token"], $0["expires_at"]) }
@@ -44,7 +44,7 @@ public struct SQLiteSessionStore: SessionStore {
         var session = Session(id: id, userID: userID, csrfToken: found.csrf, expiresAt: expiresAt)
         if expiresAt - now < ttl / 2 {
             session.expiresAt = now + ttl
-            try await db.pool.write { [session] db in
+            try await db.write { [session] db in
                 try db.execute(
                     sql: "UPDATE sessions SET expires_at = ? WHERE id_hash = ?", arguments: [session.expiresAt, hash])
             }
@@ -55,20 +55,20 @@ public struct SQLiteSessionStore: SessionStore {
     public func delete(id: String) async throws {
         guard Session.isWellFormed(id) else { return }
         let hash = Session.hash(id)
-        try await db.pool.write { db in
+        try await db.write { db in
             try db.execute(sql: "DELETE FROM sessions WHERE id_hash = ?", arguments: [hash])
         }
     }
 
     public func deleteAll(userID: UserID) async throws {
-        try await db.pool.write { db in
+        try await db.write { db in
             try db.execute(sql: "DELETE FROM sessions WHERE user_id = ?", arguments: [userID.rawValue])
         }
     }
 
     public func purgeExpired() async throws -> Int {
         let now = now()
-        return try await db.pool.write { db in
+        return try await db.write { db in
             try db.execute(sql: "DELETE FROM sessions WHERE expires_at <= ?", arguments: [now])
             return db.changesCount
         }

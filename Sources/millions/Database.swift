@@ -46,9 +46,9 @@ struct Database: AsyncParsableCommand {
             let set = try ReplicaSet(settings: settings.postgres, metrics: .init(), logger: logger)
             let statuses = try await set.withRunning(requirePrimary: false) { set.statuses }
             print("node                   role      up     lsn            lag_bytes  lag_s")
-            for (node, s) in zip(set.nodes, statuses) {
+            for (name, s) in zip(set.nodeNames, statuses) {
                 print(
-                    node.name.padding(toLength: 22, withPad: " ", startingAt: 0),
+                    name.padding(toLength: 22, withPad: " ", startingAt: 0),
                     s.role.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0),
                     (s.reachable ? "yes" : "no").padding(toLength: 6, withPad: " ", startingAt: 0),
                     LSN.format(s.lsn).padding(toLength: 14, withPad: " ", startingAt: 0),

@@ -21,7 +21,7 @@ import WebTier
             #expect(ready.status == .ok)
             #expect(ready.object["status"] as? String == "ready")
             // With the database closed the process is alive but not ready.
-            try components.database!.pool.close()
+            try components.database!.close()
             #expect(try await client.send(.get, "/healthz").status == .ok)
             let degraded = try await client.send(.get, "/readyz")
             #expect(degraded.status == .serviceUnavailable)
@@ -78,7 +78,7 @@ import WebTier
             let documented = Set(try Self.operations(in: components.openAPIDocument()))
             #expect(routes.subtracting(htmlAndAssets) == documented)
             #expect(htmlAndAssets.isSubset(of: routes))
-            try components.database!.pool.close()
+            try components.database!.close()
         }
     }
 

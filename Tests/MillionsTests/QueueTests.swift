@@ -208,11 +208,11 @@ enum QueueEngine: String, CaseIterable, Sendable { case sqlite, postgres, redis,
         case .sqlite:
             try await SQLiteStoreTests.withDatabase { db in
                 let now = Clock.secondsSince1970()
-                _ = try? await db.pool.write { d -> Int64 in
+                _ = try? await db.write { d -> Int64 in
                     _ = try SQLiteJobQueue.enqueue(d, queue: q, payload: "{}", maxAttempts: 1, runAt: now, now: now)
                     throw Rollback()
                 }
-                let kept = try await db.pool.write { d in try SQLiteJobQueue.enqueue(d, queue: q, payload: "{}", maxAttempts: 1, runAt: now, now: now) }
+                let kept = try await db.write { d in try SQLiteJobQueue.enqueue(d, queue: q, payload: "{}", maxAttempts: 1, runAt: now, now: now) }
                 let jobs = SQLiteJobQueue(database: db)
                 #expect(try await jobs.stats().first { $0.queue == q }?.ready == 1)
                 #expect(try await jobs.job(id: kept) != nil)

@@ -457,7 +457,7 @@ import WebTier
                 }
                 let elapsed = try #require(firstWrite)
                 print("failover: primary killed -> first successful write in \(elapsed) (including a 300 ms pause before the command)")
-                #expect(set.primaryIndex == components.replicaSet!.nodes.firstIndex { $0.name == result.promoted })
+                #expect(set.primaryIndex == components.replicaSet!.nodeNames.firstIndex(of: result.promoted))
                 let patch = try await client.send(
                     .patch, "/users/\(id)", json: #"{"address":{"city":"Promoted"}}"#, cookies: ["millions_session": session])
                 #expect(patch.status == .ok)

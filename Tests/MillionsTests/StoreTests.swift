@@ -167,7 +167,7 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
         try await TestApp.withTemporaryDirectory { dir in
             let db = try SQLiteDatabase(path: dir + "/test.sqlite", migrations: Schema.sqlite, logger: Logger(label: "test"))
             try await body(db)
-            try db.pool.close()
+            try db.close()
         }
     }
 
@@ -181,7 +181,7 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
 
     @Test func databaseIsInWALModeAndMigrated() async throws {
         try await Self.withDatabase { db in
-            let mode = try await db.pool.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
+            let mode = try await db.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
             #expect(mode == "wal")
             #expect(try db.appliedMigrations() == Schema.sqlite.map(\.name))
         }
@@ -216,7 +216,7 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
             #expect(try await store.session(id: s.id, ttl: 100)?.userID == user)
 
             // Only the hash is stored.
-            let stored = try await db.pool.read { try String.fetchAll($0, sql: "SELECT id_hash FROM sessions") }
+            let stored = try await db.read { try String.fetchAll($0, sql: "SELECT id_hash FROM sessions") }
             #expect(stored == [SHA256.hex(s.id)])
 
             // Sliding expiry: past half the ttl a read extends it.

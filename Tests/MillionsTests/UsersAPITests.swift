@@ -356,7 +356,7 @@ func signUpJohn(_ client: any TestClientProtocol, email: String = "john@example.
             let (_, session) = try await signUpJohn(client)
             #expect(try await client.send(.get, "/me", cookies: ["millions_session": session]).status == .ok)
             // Age the session past its expiry in the store itself.
-            try await components.database!.pool.write { db in
+            try await components.database!.write { db in
                 try db.execute(sql: "UPDATE sessions SET expires_at = 0")
             }
             #expect(try await client.send(.get, "/me", cookies: ["millions_session": session]).status == .unauthorized)

@@ -30,12 +30,16 @@ public struct PostgresSettings: Sendable {
 /// node's role is discovered (`pg_is_in_recovery()`) every `discoveryInterval` and after
 /// connection errors, so a promoted replica is found without a restart.
 public final class ReplicaSet: Service {
-    public struct Node: Sendable {
-        public let name: String
-        public let client: PostgresClient
+    struct Node: Sendable {
+        let name: String
+        let client: PostgresClient
     }
 
-    public let nodes: [Node]
+    /// Internal: other tiers go through `read`, `write` and `transaction`, which route
+    /// and fail over; they never hold a node's pool.
+    let nodes: [Node]
+    /// `host:port` of each node, in the order `statuses` reports them.
+    public var nodeNames: [String] { nodes.map(\.name) }
     let settings: PostgresSettings
     public let router: ReadRouter
     public let logger: Logger
