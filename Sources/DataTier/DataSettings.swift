@@ -2,9 +2,10 @@ import Configuration
 import MillionsCore
 
 /// Which engine holds users (and, with `queue.engine=sql` / `session.store=sql`, jobs and
-/// sessions): the embedded SQLite file or PostgreSQL primary + replicas.
+/// sessions): the embedded SQLite file, PostgreSQL primary + replicas, or users sharded
+/// over several such clusters (`data.shards.clusters`).
 public enum DataEngineKind: String, Sendable, CaseIterable {
-    case sqlite, postgres
+    case sqlite, postgres, sharded
 }
 
 /// The data tier's keys (`data.*`).
@@ -13,6 +14,9 @@ public struct DataSettings: Sendable {
     /// Folder of the SQLite file (and the default photos folder).
     public var directory: String
     public var postgres: PostgresSettings
+    /// With `sharded`: each cluster's name and nodes, in map order; the first also keeps the
+    /// shard map, sessions and jobs. Connection settings are `postgres`'s.
+    public var shardClusters: [(name: String, nodes: [String])]
 
     public var databasePath: String { directory + "/millions.sqlite" }
 
@@ -30,6 +34,19 @@ public struct DataSettings: Sendable {
         postgres.maxLagBytes = UInt64(max(0, config.int(forKey: "postgres.maxLagBytes", default: 16 * 1024 * 1024)))
         postgres.maxLagSeconds = config.double(forKey: "postgres.maxLagSeconds", default: 10)
         try checkSetting(engine != .postgres || !postgres.nodes.isEmpty, "data.postgres.nodes must list host:port pairs")
+        // `a=host:port,host:port;b=host:port`
+        let clusters = config.string(forKey: "shards.clusters", default: "")
+        shardClusters = try clusters.split(separator: ";").map { part in
+            let pieces = part.split(separator: "=", maxSplits: 1).map { String($0).trimmed }
+            guard pieces.count == 2, !pieces[0].isEmpty, pieces[0].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }),
+                !pieces[1].commaSeparated.isEmpty
+            else { throw SettingsError("data.shards.clusters must be name=host:port,…;name=host:port,…, not \(clusters)") }
+            return (pieces[0], pieces[1].commaSeparated)
+        }
+        try checkSetting(
+            engine != .sharded || !shardClusters.isEmpty, "data.engine=sharded needs data.shards.clusters (name=host:port,…;…)")
+        try checkSetting(
+            Set(shardClusters.map(\.name)).count == shardClusters.count, "data.shards.clusters names each cluster once")
         try checkSetting(postgres.connectionsPerNode >= 1, "data.postgres.connectionsPerNode must be positive")
     }
 }

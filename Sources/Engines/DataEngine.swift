@@ -2,6 +2,7 @@ import DataTier
 import Foundation
 import Logging
 import MessageQueue
+import MillionsCore
 import Observability
 import Photos
 import ServiceLifecycle
@@ -72,5 +73,55 @@ public struct PostgresEngine: DataEngine {
 
     public var writesAvailable: (@Sendable () -> Bool)? {
         { [replicaSet] in replicaSet.primaryIndex != nil }
+    }
+}
+
+/// Users sharded over several PostgreSQL clusters (each a primary and its replicas) by
+/// the logical shard in their ids (`ShardedUserStore`). The first cluster is the directory:
+/// it keeps the shard map, and (not sharded yet) sessions and jobs.
+public struct ShardedEngine: DataEngine {
+    public let clusters: [String: ReplicaSet]
+    public let order: [String]
+    public let store: ShardedUserStore
+    /// The first cluster.
+    let directory: ReplicaSet
+
+    public init(settings: DataSettings, metrics: AppMetrics, logger: Logger) throws {
+        var clusters: [String: ReplicaSet] = [:]
+        for (name, nodes) in settings.shardClusters {
+            var postgres = settings.postgres
+            postgres.nodes = nodes
+            clusters[name] = try ReplicaSet(settings: postgres, metrics: metrics, logger: logger)
+        }
+        self.clusters = clusters
+        order = settings.shardClusters.map(\.name)
+        guard let first = order.first, let directory = clusters[first] else {
+            throw SettingsError("data.engine=sharded needs data.shards.clusters")
+        }
+        self.directory = directory
+        store = ShardedUserStore(clusters: clusters, directory: ShardDirectory(set: directory), metrics: metrics, logger: logger)
+    }
+    public var users: any UserStore { store }
+    public var sessions: any SessionStore { PostgresSessionStore(replicaSet: directory) }
+    public var jobs: any JobQueue { PostgresJobQueue(replicaSet: directory) }
+    /// Users and jobs are on different clusters: the version, then the job.
+    public var photoRequests: any PhotoRequests { SeparatePhotoRequests(users: store, jobs: jobs) }
+    public func photoFiles(logger: Logger) -> (any PhotoStore)? { nil }
+    public var services: [any Service] { order.compactMap { clusters[$0] } }
+
+    /// Every cluster up and migrated, then the map (version 1 on a new tier).
+    public func prepare() async throws -> [String] {
+        var applied: [String] = []
+        for name in order {
+            guard let set = clusters[name] else { continue }
+            try await set.waitUntilDiscovered()
+            applied = try await PostgresMigrations.migrate(set, Schema.shardedCluster(directory: set === directory))
+        }
+        try await store.directory.initialize(clusters: clusters, order: order)
+        return applied
+    }
+
+    public var writesAvailable: (@Sendable () -> Bool)? {
+        { [clusters] in clusters.values.allSatisfy { $0.primaryIndex != nil } }
     }
 }

@@ -55,6 +55,7 @@ public struct Engines: Sendable {
             switch settings.data.engine {
             case .sqlite: try SQLiteEngine(settings: settings.data, logger: logger)
             case .postgres: try PostgresEngine(settings: settings.data, metrics: metrics, logger: logger)
+            case .sharded: try ShardedEngine(settings: settings.data, metrics: metrics, logger: logger)
             }
         self.data = data
         let redis = settings.usesRedis ? RedisClient(configuration: settings.redis, metrics: metrics, logger: logger) : nil

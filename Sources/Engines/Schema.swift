@@ -8,6 +8,12 @@ import SessionTier
 public enum Schema {
     public static let sqlite = UserSchema.sqlite + SessionSchema.sqlite + JobSchema.sqlite + PhotoSchema.sqlite
     public static let postgres = UserSchema.postgres + SessionSchema.postgres + JobSchema.postgres + PhotoSchema.postgres
+
+    /// A cluster of a sharded data tier: the tiers' steps, then the shard fence and the email
+    /// directory; the directory cluster also keeps the shard maps.
+    public static func shardedCluster(directory: Bool) -> [Migration] {
+        postgres + ShardSchema.cluster + (directory ? ShardSchema.directory : [])
+    }
 }
 
 extension PostgresEngine {

@@ -31,6 +31,21 @@ func withStores(
     }
 }
 
+/// The user store's engines: the two of `Engine`, and PostgreSQL sharded over two clusters.
+enum UserStoreEngine: String, CaseIterable, Sendable { case sqlite, postgres, sharded }
+
+/// Runs `body` with the user store of `engine`, inside a read-your-writes scope.
+func withUserStore(_ engine: UserStoreEngine, _ body: @escaping @Sendable (any UserStore) async throws -> Void) async throws {
+    switch engine {
+    case .sqlite: try await withStores(.sqlite) { users, _ in try await body(users) }
+    case .postgres: try await withStores(.postgres) { users, _ in try await body(users) }
+    case .sharded:
+        try await ReadYourWrites.$current.withValue(ReadYourWrites()) {
+            try await withShardedClusters { store, _ in try await body(store) }
+        }
+    }
+}
+
 /// Runs `body` with a running, migrated replica set on the shared test topology.
 func withSharedReplicaSet(_ body: @escaping @Sendable (ReplicaSet) async throws -> Void) async throws {
     let topology = try PostgresTopology.shared()
@@ -64,8 +79,8 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
                 phoneNumbers: ["+47 22 00 00 00", "+47 22 00 00 01"]))
     }
 
-    @Test(arguments: Engine.allCases) func userLifecycle(engine: Engine) async throws {
-        try await withStores(engine) { store, _ in
+    @Test(arguments: UserStoreEngine.allCases) func userLifecycle(engine: UserStoreEngine) async throws {
+        try await withUserStore(engine) { store in
             let created = try await store.create(Self.account(uniqueEmail("ann")))
             #expect(try await store.user(id: created.id) == created)
             #expect(created.address.postalCode == "0150")
@@ -80,8 +95,8 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
         }
     }
 
-    @Test(arguments: Engine.allCases) func conflicts(engine: Engine) async throws {
-        try await withStores(engine) { store, _ in
+    @Test(arguments: UserStoreEngine.allCases) func conflicts(engine: UserStoreEngine) async throws {
+        try await withUserStore(engine) { store in
             let email = uniqueEmail("dup")
             let first = try await store.create(Self.account(email))
             await #expect(throws: MillionsError.self) { try await store.create(Self.account(email.uppercased().lowercased())) }
@@ -93,8 +108,8 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
 
     /// Failed log-ins by key (email and address, known or not): the throttle's locks, a
     /// reset on success, failures forgotten after a quiet spell, and the sweep.
-    @Test(arguments: Engine.allCases) func failedLoginsLockWithTheThrottle(engine: Engine) async throws {
-        try await withStores(engine) { store, _ in
+    @Test(arguments: UserStoreEngine.allCases) func failedLoginsLockWithTheThrottle(engine: UserStoreEngine) async throws {
+        try await withUserStore(engine) { store in
             let key = uniqueEmail("lock") + "\n203.0.113.9"
             let throttle = LoginThrottle(freeAttempts: 2, baseLockSeconds: 1, maxLockSeconds: 60, forgetAfterSeconds: 1000)
             func attempt(_ now: Double, _ key: String = key) async throws -> LoginAttempt {
@@ -144,8 +159,8 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
         }
     }
 
-    @Test(arguments: Engine.allCases) func bulkInsertSkipsExisting(engine: Engine) async throws {
-        try await withStores(engine) { store, _ in
+    @Test(arguments: UserStoreEngine.allCases) func bulkInsertSkipsExisting(engine: UserStoreEngine) async throws {
+        try await withUserStore(engine) { store in
             let seeder = Seeder(passwordHash: "x", startSeconds: Int64(Clock.secondsSince1970()) - Int64.random(in: 0..<10_000_000))
             let accounts = (0..<300).map { i in
                 var a = seeder.account(i)

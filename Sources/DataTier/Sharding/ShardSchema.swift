@@ -1,0 +1,61 @@
+/// What sharding adds to each PostgreSQL cluster, and to the directory.
+public enum ShardSchema {
+    /// The SQLSTATE a fenced write fails with: the cluster does not own the row's shard.
+    public static let wrongShardState = "MS001"
+
+    /// On every cluster: the logical shards it owns, and a fence on the tables keyed by
+    /// them. A write to a row of a shard the cluster does not own fails (`MS001`). The
+    /// fence takes a share lock on the ownership row, so a move that deletes the row waits
+    /// for writes in flight and every later write is refused.
+    public static let cluster: [Migration] = [
+        Migration(
+            "shards-1-ownership",
+            [
+                "CREATE TABLE shard_ownership (logical int PRIMARY KEY, map_version bigint NOT NULL)",
+                // Users carry the shard in their id; directory entries in a column.
+                """
+                CREATE FUNCTION millions_shard_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+                DECLARE l int; r record;
+                BEGIN
+                    IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+                    IF TG_TABLE_NAME = 'users' THEN l := (r.id >> 12) & 1023; ELSE l := r.logical; END IF;
+                    PERFORM 1 FROM shard_ownership WHERE logical = l FOR SHARE;
+                    IF NOT FOUND THEN
+                        RAISE EXCEPTION 'logical shard % is not on this cluster', l USING ERRCODE = 'MS001';
+                    END IF;
+                    RETURN r;
+                END $$
+                """,
+                """
+                CREATE TRIGGER users_shard_fence BEFORE INSERT OR UPDATE OR DELETE ON users
+                FOR EACH ROW EXECUTE FUNCTION millions_shard_fence()
+                """,
+                // Emails are found by email, across clusters: each lives on the cluster that
+                // owns its email's logical shard (`ShardMap.logicalShard(ofKey:)`).
+                """
+                CREATE TABLE email_directory (
+                    email text PRIMARY KEY, logical int NOT NULL, user_id bigint NOT NULL,
+                    state text NOT NULL, reserved_at double precision NOT NULL
+                )
+                """,
+                "CREATE INDEX email_directory_reserved ON email_directory (reserved_at) WHERE state = 'reserved'",
+                """
+                CREATE TRIGGER email_directory_shard_fence BEFORE INSERT OR UPDATE OR DELETE ON email_directory
+                FOR EACH ROW EXECUTE FUNCTION millions_shard_fence()
+                """,
+            ])
+    ]
+
+    /// On the directory cluster: every version of the map, newest wins.
+    public static let directory: [Migration] = [
+        Migration(
+            "shards-directory-1-maps",
+            [
+                """
+                CREATE TABLE shard_maps (
+                    version bigint PRIMARY KEY, owners text[] NOT NULL, created_at timestamptz NOT NULL DEFAULT now()
+                )
+                """
+            ])
+    ]
+}

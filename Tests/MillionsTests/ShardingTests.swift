@@ -1,0 +1,299 @@
+@testable import DataTier
+import Engines
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import MillionsCore
+import MillionsTesting
+import Observability
+import PostgresNIO
+import Testing
+import WebTier
+
+/// Two clusters (a primary each) on their own ports, shared by the sharding tests that do
+/// not move shards: the fence their users tables get would refuse other tests' writes on
+/// the shared topology. Map version 1: shards 0–511 on "a" (the directory), 512–1023 on "b".
+func withShardedClusters(
+    fresh: Bool = false, _ body: @escaping @Sendable (ShardedUserStore, [String: ReplicaSet]) async throws -> Void
+) async throws {
+    if fresh {
+        try await PostgresTopology.withFresh(replicas: 0) { a in
+            try await PostgresTopology.withFresh(replicas: 0) { b in try await runSharded(a, b, body) }
+        }
+    } else {
+        let a = try PostgresTopology.start(directory: "/tmp/millions-pg-tests-shard-a", basePort: 15532, replicas: 0)
+        let b = try PostgresTopology.start(directory: "/tmp/millions-pg-tests-shard-b", basePort: 15542, replicas: 0)
+        try await runSharded(a, b, body)
+    }
+}
+
+private func runSharded(
+    _ a: PostgresTopology, _ b: PostgresTopology, _ body: @escaping @Sendable (ShardedUserStore, [String: ReplicaSet]) async throws -> Void
+) async throws {
+    func set(_ t: PostgresTopology) throws -> ReplicaSet {
+        var s = PostgresSettings(nodes: t.addresses)
+        s.discoveryInterval = .milliseconds(200)
+        s.queryTimeout = .seconds(10)
+        return try ReplicaSet(settings: s, metrics: AppMetrics(), logger: quietLogger)
+    }
+    let clusters = ["a": try set(a), "b": try set(b)]
+    try await clusters["a"]!.withRunning {
+        try await clusters["b"]!.withRunning {
+            for (name, set) in clusters { try await PostgresMigrations.migrate(set, Schema.shardedCluster(directory: name == "a")) }
+            let directory = ShardDirectory(set: clusters["a"]!)
+            try await directory.initialize(clusters: clusters, order: ["a", "b"])
+            // Generous: a machine busy with the whole suite must not fail a fenced write.
+            let store = ShardedUserStore(
+                clusters: clusters, directory: directory, metrics: AppMetrics(), logger: quietLogger, fenceWait: .seconds(60))
+            try await body(store, clusters)
+        }
+    }
+}
+
+/// Rows in `table` on `set` matching `condition` (read on the primary).
+func count(_ set: ReplicaSet, _ sql: String) async throws -> Int {
+    try await set.readPrimary("count") { client in
+        var n = 0
+        for try await c in try await client.query(PostgresQuery(unsafeSQL: sql), logger: quietLogger).decode(Int.self) { n = c }
+        return n
+    }
+}
+
+func account(_ email: String, shard: Int) -> NewAccount {
+    NewAccount(
+        id: UserID(seconds: Int64(Clock.secondsSince1970()), shard: shard, sequence: Int.random(in: 0..<4096)), email: email,
+        passwordHash: "hash", profile: Profile(firstName: "Ann", lastName: "Lee", address: Address(city: "Oslo"), phoneNumbers: []))
+}
+
+extension ShardedUserStore {
+    /// `shard_refusals_total` of `cluster`, from the metrics page.
+    func refusals(on cluster: String) -> Int {
+        let page = String(decoding: metrics.exposition(), as: UTF8.self)
+        let line = page.split(separator: "\n").first { $0.hasPrefix("shard_refusals_total{cluster=\"\(cluster)\"}") }
+        return line.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) } ?? 0
+    }
+}
+
+@Suite struct ShardMapTests {
+    @Test func versionOneSplitsTheShardsEvenlyInRanges() throws {
+        let map = try ShardMap.even(["a", "b", "c"])
+        #expect(map.version == 1)
+        #expect(map.owner(of: 0) == "a" && map.owner(of: 341) == "a" && map.owner(of: 342) == "b" && map.owner(of: 1023) == "c")
+        #expect(map.shards(of: "a").count + map.shards(of: "b").count + map.shards(of: "c").count == 1024)
+        let moved = try map.moving([5, 6], to: "c")
+        #expect(moved.version == 2 && moved.owner(of: 5) == "c" && moved.owner(of: 7) == "a")
+        #expect(throws: MillionsError.self) { try ShardMap(version: 1, owners: ["a"]) }
+    }
+
+    @Test func keysHaveAStableShard() {
+        // FNV-1a: the same in every process and every release (the directory depends on it).
+        #expect(ShardMap.logicalShard(ofKey: "") == Int(UInt64(0xcbf2_9ce4_8422_2325) % 1024))
+        #expect(ShardMap.logicalShard(ofKey: "ann@example.com") == ShardMap.logicalShard(ofKey: "ann@example.com"))
+        let spread = Set((0..<2000).map { ShardMap.logicalShard(ofKey: "user\($0)@example.com") })
+        #expect(spread.count > 800)
+    }
+}
+
+@Suite struct ShardedStoreTests {
+    @Test func usersLiveOnTheClusterThatOwnsTheirShard() async throws {
+        try await withShardedClusters { store, clusters in
+            let onA = try await store.create(account(uniqueEmail("a"), shard: 3))
+            let onB = try await store.create(account(uniqueEmail("b"), shard: 700))
+            #expect(try await count(clusters["a"]!, "SELECT count(*) FROM users WHERE id = \(onA.id.rawValue)") == 1)
+            #expect(try await count(clusters["b"]!, "SELECT count(*) FROM users WHERE id = \(onA.id.rawValue)") == 0)
+            #expect(try await count(clusters["b"]!, "SELECT count(*) FROM users WHERE id = \(onB.id.rawValue)") == 1)
+            #expect(try await store.user(id: onA.id) == onA)
+            #expect(try await store.user(id: onB.id) == onB)
+            let recent = try await store.recentUsers(limit: 1000).map(\.id)
+            #expect(recent.contains(onA.id) && recent.contains(onB.id))
+            #expect(recent == recent.sorted(by: >))
+        }
+    }
+
+    /// The fence is in the database: a row of a shard the cluster does not own is refused
+    /// whoever writes it.
+    @Test func aClusterRefusesRowsOfShardsItDoesNotOwn() async throws {
+        try await withShardedClusters { _, clusters in
+            let id = UserID(seconds: Int64(Clock.secondsSince1970()), shard: 3, sequence: 1).rawValue
+            let b = clusters["b"]!
+            await #expect {
+                try await b.write("insert") { c in
+                    try await c.query(
+                        """
+                        INSERT INTO users (id, email, password_hash, first_name, last_name, created_at, updated_at)
+                        VALUES (\(id), \(uniqueEmail("x")), 'h', 'A', 'B', 0, 0)
+                        """, logger: quietLogger)
+                }
+            } throws: { ($0 as? PSQLError)?.serverInfo?[.sqlState] == ShardSchema.wrongShardState }
+        }
+    }
+
+    /// An email is unique across clusters: of sign-ups racing for one email, on shards of
+    /// both clusters, exactly one makes an account, and log-in by email finds it.
+    @Test func racingSignUpsOfOneEmailMakeOneAccount() async throws {
+        try await withShardedClusters { store, clusters in
+            let email = uniqueEmail("race")
+            let outcomes = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in 0..<8 {
+                    group.addTask {
+                        do {
+                            _ = try await store.create(account(email, shard: i % 2 == 0 ? 10 + i : 600 + i))
+                            return true
+                        } catch let e as MillionsError where e.code == .conflict { return false }
+                    }
+                }
+                return try await group.reduce(into: [Bool]()) { $0.append($1) }
+            }
+            #expect(outcomes.filter { $0 }.count == 1)
+            var rows = 0
+            for set in clusters.values { rows += try await count(set, "SELECT count(*) FROM users WHERE email = '\(email)'") }
+            #expect(rows == 1)
+            let credentials = try #require(try await store.credentials(email: email))
+            #expect(try await store.user(id: credentials.userID) != nil)
+            #expect(try await store.credentials(email: uniqueEmail("nobody")) == nil)
+        }
+    }
+
+    /// A reservation whose sign-up died, and an entry whose user was deleted behind the
+    /// directory's back, do not keep an email from a new account.
+    @Test func orphanedEmailEntriesAreResolved() async throws {
+        try await withShardedClusters { store, clusters in
+            for state in ["reserved", "committed"] {
+                let email = uniqueEmail("orphan-\(state)")
+                let logical = ShardMap.logicalShard(ofKey: email)
+                let home = clusters[try await store.directory.current().owner(of: logical)]!
+                let ghost = UserID(seconds: Int64(Clock.secondsSince1970()), shard: 5, sequence: 9).rawValue
+                try await home.write("orphan") { c in
+                    try await c.query(
+                        """
+                        INSERT INTO email_directory (email, logical, user_id, state, reserved_at)
+                        VALUES (\(email), \(Int32(logical)), \(ghost), \(state), 0)
+                        """, logger: quietLogger)
+                }
+                let user = try await store.create(account(email, shard: 800))
+                #expect(try await store.credentials(email: email)?.userID == user.id)
+                // Deleting the account frees the email for the next one.
+                #expect(try await store.delete(id: user.id) != nil)
+                #expect(try await store.credentials(email: email) == nil)
+                _ = try await store.create(account(email, shard: 20))
+            }
+        }
+    }
+}
+
+@Suite struct ShardMoveTests {
+    /// The first step of moving `logical` off "a": the fence. From here "a" refuses the
+    /// shard's rows (writes wait in the store until the map moves on).
+    static func fence(_ logical: Int, _ clusters: [String: ReplicaSet]) async throws {
+        try await clusters["a"]!.write("fence") { c in
+            try await c.query("DELETE FROM shard_ownership WHERE logical = \(Int32(logical))", logger: quietLogger)
+        }
+    }
+
+    /// The rest of the move to "b", in a move's order: the new owner, the rows copied, the
+    /// map published, the old copy cleaned. Through a directory of its own, so the store's
+    /// cached map stays stale.
+    static func finishMove(_ logical: Int, _ clusters: [String: ReplicaSet]) async throws {
+        let (a, b) = (clusters["a"]!, clusters["b"]!)
+        let directory = ShardDirectory(set: a)
+        let next = try await directory.refresh().moving([logical], to: "b")
+        try await ShardDirectory.own([logical], version: next.version, on: b)
+        let rows = try await a.readPrimary("copy") { client in
+            var out: [(Int64, String, String, String, String, String)] = []
+            let q = "SELECT id, email, password_hash, first_name, last_name, city FROM users WHERE (id >> 12) & 1023 = \(logical)"
+            for try await r in try await client.query(PostgresQuery(unsafeSQL: q), logger: quietLogger)
+                .decode((Int64, String, String, String, String, String).self)
+            { out.append(r) }
+            return out
+        }
+        try await b.write("copy") { c in
+            for r in rows {
+                try await c.query(
+                    """
+                    INSERT INTO users (id, email, password_hash, first_name, last_name, city, created_at, updated_at)
+                    VALUES (\(r.0), \(r.1), \(r.2), \(r.3), \(r.4), \(r.5), 0, 0)
+                    """, logger: quietLogger)
+            }
+        }
+        try await directory.publish(next)
+        try await a.write("clean") { c in
+            // The fence refuses this too: cleaning bypasses triggers, as replication does.
+            try await c.query("SET LOCAL session_replication_role = replica", logger: quietLogger)
+            try await c.query(PostgresQuery(unsafeSQL: "DELETE FROM users WHERE (id >> 12) & 1023 = \(logical)"), logger: quietLogger)
+        }
+    }
+
+    /// A process whose map is stale finds a moved user anyway: the old cluster answers
+    /// "not mine", the store reads the map again, and reads and writes land on the new one.
+    @Test func aStaleMapIsRefreshedWhenAShardHasMoved() async throws {
+        try await withShardedClusters(fresh: true) { store, clusters in
+            let user = try await store.create(account(uniqueEmail("mover"), shard: 42))
+            #expect(try await store.directory.current().version == 1)
+            try await Self.fence(42, clusters)
+            try await Self.finishMove(42, clusters)
+            #expect(try await store.user(id: user.id)?.id == user.id)
+            #expect(store.refusals(on: "a") == 1)  // the old cluster said "not mine" once
+            #expect(try await store.directory.current().version == 2)
+            let updated = try await store.update(id: user.id, patch: ProfilePatch(city: "Bergen"))
+            #expect(updated?.address.city == "Bergen")
+            #expect(try await count(clusters["b"]!, "SELECT count(*) FROM users WHERE city = 'Bergen' AND id = \(user.id.rawValue)") == 1)
+            #expect(try await count(clusters["a"]!, "SELECT count(*) FROM users WHERE id = \(user.id.rawValue)") == 0)
+        }
+    }
+
+    /// A write to a shard behind a move's fence waits for the new owner and lands there; it
+    /// does not fail and is not lost.
+    @Test func aWriteBehindAMovesFenceWaitsAndLands() async throws {
+        try await withShardedClusters(fresh: true) { store, clusters in
+            let user = try await store.create(account(uniqueEmail("fenced"), shard: 77))
+            try await Self.fence(77, clusters)
+            let write = Task { try await store.update(id: user.id, patch: ProfilePatch(city: "Tromsø")) }
+            // The move goes on only once the fence has refused the write (which then waits).
+            while store.refusals(on: "a") == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            try await Self.finishMove(77, clusters)
+            #expect(try await write.value?.address.city == "Tromsø")
+            #expect(try await count(clusters["b"]!, "SELECT count(*) FROM users WHERE city = 'Tromsø' AND id = \(user.id.rawValue)") == 1)
+        }
+    }
+}
+
+/// The whole site on `data.engine=sharded` (two clusters): sign-up, log-in by email, reads,
+/// a second sign-up with a taken email, updates and the newest users, through the HTTP API.
+@Suite struct ShardedSiteTests {
+    @Test func theSiteWorksOnShardedUsers() async throws {
+        _ = try PostgresTopology.start(directory: "/tmp/millions-pg-tests-shard-a", basePort: 15532, replicas: 0)
+        _ = try PostgresTopology.start(directory: "/tmp/millions-pg-tests-shard-b", basePort: 15542, replicas: 0)
+        try await TestApp.withTemporaryDirectory { dir in
+            let settings = try TestApp.settings(
+                dataDirectory: dir,
+                [
+                    "data.engine": "sharded", "data.shards.clusters": "a=127.0.0.1:15532;b=127.0.0.1:15542",
+                    "data.postgres.timeoutMs": "10000", "data.postgres.discoveryMs": "200",
+                ])
+            let c = try await TestApp.components(settings)
+            try await buildApplication(c).test(.router) { client in
+                try await c.engines.prepare()
+                var ids: [String] = []
+                for i in 0..<6 {
+                    let email = uniqueEmail("site\(i)")
+                    let (id, session) = try await signUpJohn(client, email: email)
+                    ids.append(id)
+                    #expect(try await client.send(.get, "/users/\(id)").object["lastName"] as? String == "Smith")
+                    let login = try await client.send(
+                        .post, "/sessions", json: #"{"email":"\#(email)","password":"correct horse"}"#)
+                    #expect(login.status == .created || login.status == .ok, "\(login.status)")
+                    let again = try await client.send(.post, "/users", json: john.replacingOccurrences(of: "john@example.com", with: email))
+                    #expect(again.status == .conflict)
+                    let patch = try await client.send(
+                        .patch, "/users/\(id)", json: #"{"lastName":"Smythe"}"#, cookies: ["millions_session": session])
+                    #expect(patch.status == .ok)
+                    #expect(try await client.send(.get, "/users/\(id)").object["lastName"] as? String == "Smythe")
+                }
+                let home = try await client.send(.get, "/")
+                #expect(home.status == .ok)
+                #expect(try await client.send(.get, "/readyz").status == .ok)
+            }
+        }
+    }
+}
