@@ -83,6 +83,7 @@ public struct ShardedEngine: DataEngine {
     public let clusters: [String: ReplicaSet]
     public let order: [String]
     public let store: ShardedUserStore
+    public let logger: Logger
     /// The first cluster.
     let directory: ReplicaSet
 
@@ -94,6 +95,7 @@ public struct ShardedEngine: DataEngine {
             clusters[name] = try ReplicaSet(settings: postgres, metrics: metrics, logger: logger)
         }
         self.clusters = clusters
+        self.logger = logger
         order = settings.shardClusters.map(\.name)
         guard let first = order.first, let directory = clusters[first] else {
             throw SettingsError("data.engine=sharded needs data.shards.clusters")

@@ -3,12 +3,72 @@ import DataTier
 import Engines
 import Foundation
 import Logging
+import MillionsCore
 
 /// `millions shards …`: the sharded data tier's map and clusters.
 struct ShardsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shards", abstract: "The shard map and what each cluster holds (data.engine=sharded).",
-        subcommands: [Status.self], defaultSubcommand: Status.self)
+        subcommands: [Status.self, Move.self, Rebalance.self], defaultSubcommand: Status.self)
+
+    /// Runs `body` with the sharded engine's clusters running and migrated.
+    static func withSharded<T: Sendable>(_ options: ConfigOptions, _ body: (ShardedEngine) async throws -> T) async throws -> T {
+        let settings = try EngineSettings(try await options.reader())
+        guard settings.data.engine == .sharded else { throw ValidationError("shards needs data.engine=sharded") }
+        let engines = try Engines(settings: settings, logger: bootstrapLogging(settings.logLevel))
+        guard let sharded = engines.data as? ShardedEngine else { throw ValidationError("shards needs data.engine=sharded") }
+        return try await engines.withRunning { _ in try await body(sharded) }
+    }
+
+    static func report(_ moves: [ShardMover.Move]) {
+        for m in moves {
+            print(
+                "logical \(m.logical): \(m.from) → \(m.to), \(m.users) users, \(m.emails) emails, writes fenced \(m.fenced.inMilliseconds) ms, map v\(m.version)")
+        }
+        let fences = moves.map(\.fenced).sorted()
+        if let longest = fences.last {
+            print("\(moves.count) moved; fence p50 \(fences[fences.count / 2].inMilliseconds) ms, longest \(longest.inMilliseconds) ms")
+        }
+    }
+
+    struct Move: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move logical shards to a cluster while the site runs (fence, copy, verify, switch, clean).")
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "Logical shards, 0...1023.") var logicals: [Int]
+        @Option(name: .long, help: "The cluster that will own them.") var to: String
+
+        func validate() throws {
+            guard !logicals.isEmpty, logicals.allSatisfy({ (0..<1024).contains($0) }) else {
+                throw ValidationError("logical shards are 0...1023")
+            }
+        }
+
+        func run() async throws {
+            let (logicals, target) = (self.logicals, to)
+            let moves = try await ShardsCommand.withSharded(options) { sharded in
+                let mover = ShardMover(clusters: sharded.clusters, directory: sharded.store.directory, logger: sharded.logger)
+                var moves: [ShardMover.Move] = []
+                for l in logicals { if let m = try await mover.move(l, to: target) { moves.append(m) } }
+                return moves
+            }
+            ShardsCommand.report(moves)
+        }
+    }
+
+    struct Rebalance: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Give every configured cluster its even share of the shards (after adding one), moving as few as that takes.")
+        @OptionGroup var options: ConfigOptions
+
+        func run() async throws {
+            let moves = try await ShardsCommand.withSharded(options) { sharded in
+                try await ShardMover(clusters: sharded.clusters, directory: sharded.store.directory, logger: sharded.logger)
+                    .rebalance(sharded.order)
+            }
+            ShardsCommand.report(moves)
+        }
+    }
 
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -16,11 +76,7 @@ struct ShardsCommand: AsyncParsableCommand {
         @OptionGroup var options: ConfigOptions
 
         func run() async throws {
-            let settings = try EngineSettings(try await options.reader())
-            guard settings.data.engine == .sharded else { throw ValidationError("shards needs data.engine=sharded") }
-            let engines = try Engines(settings: settings, logger: bootstrapLogging(.warning))
-            guard let sharded = engines.data as? ShardedEngine else { throw ValidationError("shards needs data.engine=sharded") }
-            let (version, clusters) = try await engines.withRunning { _ in try await sharded.store.status(order: sharded.order) }
+            let (version, clusters) = try await ShardsCommand.withSharded(options) { try await $0.store.status(order: $0.order) }
             print("shard map version \(version)")
             print("cluster           shards     users   emails")
             for c in clusters {

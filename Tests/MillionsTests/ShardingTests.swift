@@ -8,6 +8,7 @@ import MillionsCore
 import MillionsTesting
 import Observability
 import PostgresNIO
+import Synchronization
 import Testing
 import WebTier
 
@@ -31,24 +32,45 @@ func withShardedClusters(
 private func runSharded(
     _ a: PostgresTopology, _ b: PostgresTopology, _ body: @escaping @Sendable (ShardedUserStore, [String: ReplicaSet]) async throws -> Void
 ) async throws {
-    func set(_ t: PostgresTopology) throws -> ReplicaSet {
+    try await runSharded([("a", a), ("b", b)], mapped: ["a", "b"], body)
+}
+
+/// Runs `body` with clusters named as given (the first is the directory), migrated, and
+/// map version 1 over `mapped`.
+func runSharded(
+    _ topologies: [(String, PostgresTopology)], mapped: [String],
+    _ body: @escaping @Sendable (ShardedUserStore, [String: ReplicaSet]) async throws -> Void
+) async throws {
+    var clusters: [String: ReplicaSet] = [:]
+    for (name, t) in topologies {
         var s = PostgresSettings(nodes: t.addresses)
         s.discoveryInterval = .milliseconds(200)
         s.queryTimeout = .seconds(10)
-        return try ReplicaSet(settings: s, metrics: AppMetrics(), logger: quietLogger)
+        clusters[name] = try ReplicaSet(settings: s, metrics: AppMetrics(), logger: quietLogger)
     }
-    let clusters = ["a": try set(a), "b": try set(b)]
-    try await clusters["a"]!.withRunning {
-        try await clusters["b"]!.withRunning {
-            for (name, set) in clusters { try await PostgresMigrations.migrate(set, Schema.shardedCluster(directory: name == "a")) }
-            let directory = ShardDirectory(set: clusters["a"]!)
-            try await directory.initialize(clusters: clusters, order: ["a", "b"])
-            // Generous: a machine busy with the whole suite must not fail a fenced write.
-            let store = ShardedUserStore(
-                clusters: clusters, directory: directory, metrics: AppMetrics(), logger: quietLogger, fenceWait: .seconds(60))
-            try await body(store, clusters)
+    let directoryName = topologies[0].0
+    let all = clusters
+    let pools = Task {
+        await withDiscardingTaskGroup { group in for set in all.values { group.addTask { await set.runClients() } } }
+    }
+    do {
+        for (name, set) in clusters {
+            try await set.waitUntilDiscovered()
+            try await PostgresMigrations.migrate(set, Schema.shardedCluster(directory: name == directoryName))
         }
+        let directory = ShardDirectory(set: clusters[directoryName]!)
+        try await directory.initialize(clusters: clusters, order: mapped)
+        // Generous: a machine busy with the whole suite must not fail a fenced write.
+        let store = ShardedUserStore(
+            clusters: clusters, directory: directory, metrics: AppMetrics(), logger: quietLogger, fenceWait: .seconds(60))
+        try await body(store, clusters)
+    } catch {
+        pools.cancel()
+        await pools.value
+        throw error
     }
+    pools.cancel()
+    await pools.value
 }
 
 /// Rows in `table` on `set` matching `condition` (read on the primary).
@@ -293,6 +315,108 @@ extension ShardedUserStore {
                 let home = try await client.send(.get, "/")
                 #expect(home.status == .ok)
                 #expect(try await client.send(.get, "/readyz").status == .ok)
+            }
+        }
+    }
+}
+
+/// What the load of a move test shares between its tasks.
+final class LoadState: Sendable {
+    private let done = Atomic<Bool>(false)
+    private let failed = Atomic<Int>(0)
+    private let slowestWrite = Mutex<Duration>(.zero)
+
+    var isDone: Bool { done.load(ordering: .relaxed) }
+    func finish() { done.store(true, ordering: .relaxed) }
+    func fail() { failed.add(1, ordering: .relaxed) }
+    var failures: Int { failed.load(ordering: .relaxed) }
+    func wrote(in took: Duration) { slowestWrite.withLock { $0 = max($0, took) } }
+    var slowest: Duration { slowestWrite.withLock { $0 } }
+}
+
+@Suite struct ShardMoverTests {
+    /// Two shards move while writers update their users and readers read them: every
+    /// acknowledged write is on the new cluster, every user is there exactly once, and no
+    /// read or write failed (writes to a fenced shard waited).
+    @Test func aMoveUnderLoadLosesNothingAndDuplicatesNothing() async throws {
+        try await withShardedClusters(fresh: true) { store, clusters in
+            let shards = [100, 101]
+            var made: [UserID] = []
+            for i in 0..<40 { made.append(try await store.create(account(uniqueEmail("load\(i)"), shard: shards[i % 2])).id) }
+            let users = made
+            let load = LoadState()
+            // Each writer owns a quarter of the users, so a user's writes are in order.
+            let writers = (0..<4).map { w in
+                Task { () -> [UserID: Int] in
+                    var acknowledged: [UserID: Int] = [:]
+                    var n = 0
+                    while !load.isDone || n < 20 {
+                        n += 1
+                        let id = users[(w + 4 * n) % users.count]
+                        let start = ContinuousClock.now
+                        do {
+                            if try await store.update(id: id, patch: ProfilePatch(city: "w\(w)-\(n)")) != nil { acknowledged[id] = n }
+                            else { load.fail() }
+                        } catch { load.fail() }
+                        load.wrote(in: ContinuousClock.now - start)
+                    }
+                    return acknowledged.mapValues { $0 }
+                }
+            }
+            let readers = (0..<2).map { r in
+                Task {
+                    var n = 0
+                    while !load.isDone {
+                        n += 1
+                        do { if try await store.user(id: users[(r + n) % users.count]) == nil { load.fail() } }
+                        catch { load.fail() }
+                    }
+                }
+            }
+            let mover = ShardMover(clusters: clusters, directory: ShardDirectory(set: clusters["a"]!), logger: quietLogger)
+            var fenced: [Duration] = []
+            for shard in shards { fenced.append(try #require(try await mover.move(shard, to: "b")).fenced) }
+            load.finish()
+            var last: [UserID: (writer: Int, n: Int)] = [:]
+            for (w, task) in writers.enumerated() { for (id, n) in await task.value { last[id] = (w, n) } }
+            for task in readers { await task.value }
+            print("shard moves under load: fenced \(fenced), slowest write \(load.slowest)")
+            #expect(load.failures == 0)
+            for id in users {
+                #expect(try await count(clusters["a"]!, "SELECT count(*) FROM users WHERE id = \(id.rawValue)") == 0)
+                #expect(try await count(clusters["b"]!, "SELECT count(*) FROM users WHERE id = \(id.rawValue)") == 1)
+                if let (w, n) = last[id] { #expect(try await store.user(id: id)?.address.city == "w\(w)-\(n)") }
+            }
+            #expect(try await store.directory.refresh().version == 3)
+        }
+    }
+
+    /// A third cluster joins: rebalancing gives it its share of the shards, taken from the
+    /// others, and every user is still found, once.
+    @Test func rebalanceGivesANewClusterItsShare() async throws {
+        try await PostgresTopology.withFresh(replicas: 0) { a in
+            try await PostgresTopology.withFresh(replicas: 0) { b in
+                try await PostgresTopology.withFresh(replicas: 0) { c in
+                    try await runSharded([("a", a), ("b", b), ("c", c)], mapped: ["a", "b"]) { store, clusters in
+                        var users: [UserID] = []
+                        for i in 0..<30 {
+                            users.append(try await store.create(account(uniqueEmail("rb\(i)"), shard: Int.random(in: 0..<1024))).id)
+                        }
+                        let mover = ShardMover(clusters: clusters, directory: store.directory, logger: quietLogger)
+                        let moves = try await mover.rebalance(["a", "b", "c"])
+                        let map = try await store.directory.current()
+                        #expect(moves.count == 341)  // only what c needs: 171 from a, 170 from b
+                        #expect(map.shards(of: "a").count == 342 && map.shards(of: "b").count == 341 && map.shards(of: "c").count == 341)
+                        #expect(try await mover.rebalance(["a", "b", "c"]).isEmpty)
+                        var total = 0
+                        for set in clusters.values { total += try await count(set, "SELECT count(*) FROM users") }
+                        #expect(total == users.count)
+                        for id in users { #expect(try await store.user(id: id) != nil) }
+                        for (name, set) in clusters {
+                            #expect(try await count(set, "SELECT count(*) FROM shard_ownership") == map.shards(of: name).count)
+                        }
+                    }
+                }
             }
         }
     }

@@ -1,0 +1,185 @@
+import Logging
+import MillionsCore
+import PostgresNIO
+
+/// Moves logical shards between clusters while the site runs. A logical shard is a
+/// 1/1,024th of the users, so its rows are copied inside a short write fence:
+///
+/// 1. The target is told it owns the shard from the next map version (nobody routes there
+///    yet: the map still names the source).
+/// 2. Fence: the source's ownership row is deleted. That waits for writes in flight; every
+///    later write to the shard is refused, and the store retries it until the map moves on.
+///    Reads go on at the source.
+/// 3. Copy: the shard's users and email entries, every column, source → target.
+/// 4. Verify: row counts and an md5 over the rows' text, source against target.
+/// 5. Switch: the next map version is published. Waiting writes now land on the target.
+/// 6. Clean: the source's rows of the shard are deleted.
+///
+/// A failure before the switch undoes the move: the source owns the shard again, and the
+/// target forgets it and its copies.
+public struct ShardMover: Sendable {
+    let clusters: [String: ReplicaSet]
+    let directory: ShardDirectory
+    let logger: Logger
+
+    public init(clusters: [String: ReplicaSet], directory: ShardDirectory, logger: Logger) {
+        self.clusters = clusters
+        self.directory = directory
+        self.logger = logger
+    }
+
+    /// What one move did.
+    public struct Move: Sendable {
+        public let logical: Int
+        public let from: String
+        public let to: String
+        public let users: Int
+        public let emails: Int
+        /// From the fence to the switch: how long writes to the shard waited at most.
+        public let fenced: Duration
+        public let version: Int64
+    }
+
+    func cluster(_ name: String) throws -> ReplicaSet {
+        guard let set = clusters[name] else { throw MillionsError(.badRequest, "no cluster named \(name) is configured") }
+        return set
+    }
+
+    /// Moves `logical` to `target`; nil if it is there already.
+    public func move(_ logical: Int, to target: String) async throws -> Move? {
+        guard (0..<ShardMap.logicalShards).contains(logical) else {
+            throw MillionsError(.badRequest, "a logical shard is 0...\(ShardMap.logicalShards - 1), not \(logical)")
+        }
+        let map = try await directory.refresh()
+        let sourceName = map.owner(of: logical)
+        guard sourceName != target else { return nil }
+        let (source, destination) = (try cluster(sourceName), try cluster(target))
+        let next = try map.moving([logical], to: target)
+
+        try await ShardDirectory.own([logical], version: next.version, on: destination)
+        let fencedAt = ContinuousClock.now
+        try await source.write("shard_fence") { c in
+            try await c.query("DELETE FROM shard_ownership WHERE logical = \(Int32(logical))", logger: c.logger)
+        }
+        let copied: (users: Int, emails: Int)
+        do {
+            copied = try await copy(logical, from: source, to: destination)
+            let (before, after) = (try await Self.digest(logical, on: source), try await Self.digest(logical, on: destination))
+            guard before == after else {
+                throw MillionsError(.internalError, "logical shard \(logical): the copy on \(target) differs from \(sourceName) (\(before) vs \(after))")
+            }
+            try await directory.publish(next)
+        } catch {
+            logger.error("shard move undone", metadata: ["logical": "\(logical)", "to": "\(target)", "error": "\(error)"])
+            try await undo(logical, source: source, target: destination, version: map.version)
+            throw error
+        }
+        let fenced = ContinuousClock.now - fencedAt
+        try await Self.removeRows(logical, on: source)
+        logger.info(
+            "shard moved",
+            metadata: [
+                "logical": "\(logical)", "from": "\(sourceName)", "to": "\(target)", "users": "\(copied.users)",
+                "emails": "\(copied.emails)", "fenced_ms": "\(fenced.inMilliseconds)", "map_version": "\(next.version)",
+            ])
+        return Move(
+            logical: logical, from: sourceName, to: target, users: copied.users, emails: copied.emails, fenced: fenced,
+            version: next.version)
+    }
+
+    /// Moves shards until every cluster in `order` owns its even share (1,024 / N, the
+    /// first ones one more when it does not divide), moving as few as that takes: only
+    /// clusters above their share give, from their highest shards.
+    public func rebalance(_ order: [String]) async throws -> [Move] {
+        guard !order.isEmpty else { return [] }
+        for name in order { _ = try cluster(name) }
+        let map = try await directory.refresh()
+        var owned = Dictionary(uniqueKeysWithValues: order.map { ($0, map.shards(of: $0)) })
+        let share = ShardMap.logicalShards / order.count, extra = ShardMap.logicalShards % order.count
+        let target = Dictionary(uniqueKeysWithValues: order.enumerated().map { ($1, share + ($0 < extra ? 1 : 0)) })
+        // Shards of clusters no longer listed go first; then each cluster's surplus.
+        var surplus = map.owners.indices.filter { owned[map.owner(of: $0)] == nil }
+        for name in order {
+            while let count = owned[name]?.count, count > target[name, default: 0], let last = owned[name]?.popLast() {
+                surplus.append(last)
+            }
+        }
+        var moves: [Move] = []
+        for name in order {
+            while let count = owned[name]?.count, count < target[name, default: 0], let logical = surplus.popLast() {
+                owned[name]?.append(logical)
+                if let move = try await move(logical, to: name) { moves.append(move) }
+            }
+        }
+        return moves
+    }
+
+    /// Copies the shard's users and email entries (every column, as JSON rows) in one
+    /// transaction on the target, replacing leftovers of an earlier attempt.
+    func copy(_ logical: Int, from source: ReplicaSet, to target: ReplicaSet) async throws -> (users: Int, emails: Int) {
+        let l = Int32(logical)
+        let logger = source.logger
+        let (users, emails) = try await source.readPrimary("shard_copy_read") { client in
+            var users = "[]", emails = "[]"
+            let u = try await client.query(
+                """
+                SELECT coalesce(json_agg(u), '[]')::text FROM users u WHERE (u.id >> 12) & 1023 = \(l)
+                """, logger: logger)
+            for try await text in u.decode(String.self) { users = text }
+            let e = try await client.query(
+                "SELECT coalesce(json_agg(e), '[]')::text FROM email_directory e WHERE e.logical = \(l)", logger: logger)
+            for try await text in e.decode(String.self) { emails = text }
+            return (users, emails)
+        }
+        return try await target.write("shard_copy_write", timeout: .seconds(120)) { c in
+            try await c.query("DELETE FROM users WHERE (id >> 12) & 1023 = \(l)", logger: c.logger)
+            try await c.query("DELETE FROM email_directory WHERE logical = \(l)", logger: c.logger)
+            var counts = (users: 0, emails: 0)
+            let u = try await c.query(
+                "INSERT INTO users SELECT * FROM json_populate_recordset(null::users, \(users)::json) RETURNING 1", logger: c.logger)
+            for try await _ in u { counts.users += 1 }
+            let e = try await c.query(
+                "INSERT INTO email_directory SELECT * FROM json_populate_recordset(null::email_directory, \(emails)::json) RETURNING 1",
+                logger: c.logger)
+            for try await _ in e { counts.emails += 1 }
+            return counts
+        }
+    }
+
+    /// Row count and md5 of the rows' text, in id order, of the shard's users and entries.
+    static func digest(_ logical: Int, on set: ReplicaSet) async throws -> String {
+        let l = Int32(logical)
+        let logger = set.logger
+        return try await set.readPrimary("shard_digest") { client in
+            let rows = try await client.query(
+                """
+                SELECT (SELECT count(*) FROM users u WHERE (u.id >> 12) & 1023 = \(l))::text || '/' ||
+                    (SELECT coalesce(md5(string_agg(u::text, '|' ORDER BY u.id)), '') FROM users u WHERE (u.id >> 12) & 1023 = \(l)) || '/' ||
+                    (SELECT count(*) FROM email_directory e WHERE e.logical = \(l))::text || '/' ||
+                    (SELECT coalesce(md5(string_agg(e::text, '|' ORDER BY e.email)), '') FROM email_directory e WHERE e.logical = \(l))
+                """, logger: logger)
+            for try await text in rows.decode(String.self) { return text }
+            return ""
+        }
+    }
+
+    /// Deletes the shard's rows from a cluster that no longer owns it. The fence refuses
+    /// that too, so the delete bypasses triggers, as replication does.
+    static func removeRows(_ logical: Int, on set: ReplicaSet) async throws {
+        let l = Int32(logical)
+        try await set.write("shard_clean", timeout: .seconds(120)) { c in
+            try await c.query("SET LOCAL session_replication_role = replica", logger: c.logger)
+            try await c.query("DELETE FROM users WHERE (id >> 12) & 1023 = \(l)", logger: c.logger)
+            try await c.query("DELETE FROM email_directory WHERE logical = \(l)", logger: c.logger)
+        }
+    }
+
+    /// Before the switch: the source owns the shard again; the target forgets it.
+    func undo(_ logical: Int, source: ReplicaSet, target: ReplicaSet, version: Int64) async throws {
+        try await ShardDirectory.own([logical], version: version, on: source)
+        try await target.write("shard_undo") { c in
+            try await c.query("DELETE FROM shard_ownership WHERE logical = \(Int32(logical))", logger: c.logger)
+        }
+        try await Self.removeRows(logical, on: target)
+    }
+}
