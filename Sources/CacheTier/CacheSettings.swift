@@ -32,6 +32,11 @@ public struct CacheSettings: Sendable {
     public var memcachedNodes: [String]
     public var memcachedGutter: [String]
     public var memcached: MemcachedCache.Options
+    /// With a shared cache: how long a hot key's value is kept in this process (nil: no
+    /// near copies; hot keys are still counted and shown on `/metrics`).
+    public var nearTTL: Duration?
+    /// The share of reads that makes a key hot.
+    public var hotKeyShare: Double
 
     /// `config` is scoped to `cache`.
     public init(_ config: ConfigReader) throws {
@@ -59,6 +64,11 @@ public struct CacheSettings: Sendable {
         memcached.leaseSeconds = config.int(forKey: "memcached.leaseSeconds", default: 5)
         memcached.fallbackTTLSeconds = config.int(forKey: "memcached.fallbackTtlSeconds", default: 10)
 
+        let nearMs = config.int(forKey: "nearTtlMs", default: 0)
+        nearTTL = nearMs > 0 ? .milliseconds(nearMs) : nil
+        hotKeyShare = config.double(forKey: "hotKeyShare", default: 0.01)
+        try checkSetting(nearMs >= 0 && nearMs <= 60_000, "cache.nearTtlMs must be 0...60000")
+        try checkSetting(hotKeyShare > 0 && hotKeyShare <= 1, "cache.hotKeyShare must be in (0, 1]")
         try checkSetting(maxEntries >= 1 && maxBytes >= 4096, "cache.maxEntries ≥ 1 and cache.maxBytes ≥ 4096")
         try checkSetting(ttlSeconds >= 1 && negativeSeconds >= 0, "cache TTLs must be positive")
         try checkSetting(

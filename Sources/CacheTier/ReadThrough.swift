@@ -16,7 +16,24 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
     let encode: @Sendable (Value) throws -> [UInt8]
     let logger: Logger
     let options: Options
-    let hits, misses, loads, sets, leaseWaits, staleFillsRefused, errors: Prometheus.Counter
+    public let hot: HotSpots?
+    let hits, misses, loads, sets, leaseWaits, staleFillsRefused, errors, nearHits: Prometheus.Counter
+
+    /// The celebrity problem, in front of a shared cache: reads are counted by key
+    /// (`HotKeys`), and a hot key's value is kept in this process (`NearCache`, when there
+    /// is one) so its reads stop landing on one cache node. `bypass` says when a request
+    /// must not be served from the near copy (it has just written: read-your-writes).
+    public struct HotSpots: Sendable {
+        public let keys: HotKeys
+        public let near: NearCache?
+        public let bypass: @Sendable () -> Bool
+
+        public init(keys: HotKeys, near: NearCache?, bypass: @escaping @Sendable () -> Bool) {
+            self.keys = keys
+            self.near = near
+            self.bypass = bypass
+        }
+    }
 
     /// How a read-through behaves on a miss.
     public struct Options: Sendable {
@@ -34,10 +51,11 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
 
     public init(
         kind: String, cache: any Cache, ttl: Duration, negativeTTL: Duration, metrics: AppMetrics, logger: Logger,
-        options: Options = Options(),
+        options: Options = Options(), hot: HotSpots? = nil,
         encode: @escaping @Sendable (Value) throws -> [UInt8] = { Array(try JSONEncoder().encode($0)) }
     ) {
         self.encode = encode
+        self.hot = hot
         self.options = options
         self.kind = kind
         self.cache = cache
@@ -52,6 +70,7 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         leaseWaits = metrics.counter("cache_lease_waits", "Pauses while another reader held the lease", l)
         staleFillsRefused = metrics.counter("cache_stale_fills_refused", "Fills refused because the key changed", l)
         errors = metrics.counter("cache_errors", "Cache operations that failed and fell through", l)
+        nearHits = metrics.counter("cache_near_hits", "Reads of hot keys answered from this process's near copy", l)
     }
 
     public func key(_ id: some CustomStringConvertible) -> String { "\(kind):\(id)" }
@@ -82,6 +101,14 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         _ id: some CustomStringConvertible, load: @escaping @Sendable () async throws -> Value?
     ) async throws -> [UInt8]? {
         let key = key(id)
+        var near: NearCache? = nil
+        if let hot, hot.keys.observe(key), let copy = hot.near, !hot.bypass() {
+            if let bytes = copy.get(key) {
+                nearHits.increment()
+                return bytes == Self.absentMarker ? nil : bytes
+            }
+            near = copy
+        }
         var lookup: CacheLookup? = nil
         do {
             lookup = try await cache.get(key)
@@ -91,6 +118,7 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         }
         if case .hit(let bytes) = lookup {
             hits.increment()
+            near?.put(key, bytes)
             return bytes == Self.absentMarker ? nil : bytes
         }
         misses.increment()
@@ -110,6 +138,7 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
             bytes = try value.map(encode) ?? Self.absentMarker
             if cacheAnswered { await store(key, bytes, absent: value == nil, lease: nil) }
         }
+        near?.put(key, bytes)
         return bytes == Self.absentMarker ? nil : bytes
     }
 
@@ -155,6 +184,7 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
     /// cache could not be emptied, since the caller is then still exposed to stale values.
     public func invalidateAll() async throws {
         flights.forgetAll()
+        hot?.near?.removeAll()
         try await cache.removeAll()
     }
 
@@ -162,6 +192,7 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
     public func invalidate(_ id: some CustomStringConvertible) async {
         let key = key(id)
         flights.forget(key)
+        hot?.near?.remove(key)
         do {
             try await cache.delete(key)
         } catch {

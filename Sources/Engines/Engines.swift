@@ -109,11 +109,18 @@ public struct Engines: Sendable {
         var readOptions = ReadThrough<User>.Options()
         readOptions.stampedeProtection = cache.stampedeProtection
         readOptions.leaseWaitAttempts = Int(cache.leaseWait.inMilliseconds / 20)
+        // A shared cache gets the celebrity's reads on one node: count keys, and keep hot
+        // ones here too when configured. A request that has written reads past the copy.
+        let hot = memcached.map { _ in
+            ReadThrough<User>.HotSpots(
+                keys: HotKeys(metrics: metrics, hotShare: cache.hotKeyShare), near: cache.nearTTL.map { NearCache(ttl: $0) },
+                bypass: { (ReadYourWrites.current?.minimumLSN ?? 0) > 0 })
+        }
         let shared: (any Cache)? = memory ?? memcached
         userCache = shared.map {
             ReadThrough<User>(
                 kind: "user", cache: $0, ttl: cache.ttl, negativeTTL: cache.negativeTTL, metrics: metrics, logger: logger,
-                options: readOptions, encode: { $0.json })
+                options: readOptions, hot: hot, encode: { $0.json })
         }
     }
 

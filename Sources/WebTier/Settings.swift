@@ -46,7 +46,7 @@ public struct Settings: Sendable {
         "auth.bcryptCost", "auth.freeFailedLogins", "auth.baseLockSeconds", "auth.maxLockSeconds",
         "auth.forgetFailedLoginsAfterSeconds",
         "cache.backend", "cache.policy", "cache.maxEntries", "cache.maxBytes", "cache.ttlSeconds", "cache.negativeTtlSeconds",
-        "cache.stampedeProtection", "cache.leaseWaitMs", "cache.memcached.nodes", "cache.memcached.gutter",
+        "cache.stampedeProtection", "cache.leaseWaitMs", "cache.nearTtlMs", "cache.hotKeyShare", "cache.memcached.nodes", "cache.memcached.gutter",
         "cache.memcached.connectionsPerNode", "cache.memcached.timeoutMs", "cache.memcached.failureThreshold",
         "cache.memcached.retrySeconds", "cache.memcached.password", "cache.memcached.leaseSeconds", "cache.memcached.fallbackTtlSeconds",
         "queue.engine", "queue.inProcessWorkers", "queue.leaseSeconds", "queue.graceSeconds", "queue.maxAttempts", "queue.backoffBaseSeconds",

@@ -185,6 +185,21 @@ final class FakeClock: Sendable {
     }
 }
 
+@Suite struct HotKeysTests {
+    /// Space-Saving finds the key a quarter of the reads go to among a thousand others,
+    /// calls no ordinary key hot, and lets the celebrity cool once nobody reads it.
+    @Test func theHotKeyIsFoundAndCoolsWhenNobodyReadsIt() {
+        let hot = HotKeys(metrics: AppMetrics(), capacity: 16, hotShare: 0.05, minimumObservations: 100, decayEvery: 1000)
+        for i in 0..<5000 { hot.observe(i % 4 == 0 ? "user:1" : "user:\(100 + i % 997)") }
+        #expect(hot.top(1).first?.key == "user:1")
+        #expect((hot.top(1).first?.share ?? 0) > 0.2)
+        #expect(hot.isHot("user:1"))
+        #expect(!hot.isHot("user:150") && !hot.observe("user:150"))
+        for i in 0..<20_000 { hot.observe("user:\(100 + i % 997)") }
+        #expect(!hot.isHot("user:1"))
+    }
+}
+
 @Suite struct ReadThroughTests {
     struct Item: Codable, Sendable, Equatable { var name: String }
 

@@ -311,6 +311,65 @@ import WebTier
         }
     }
 
+    /// Memcached requests per node, from the metrics page.
+    static func requestsByNode(_ metrics: AppMetrics) -> [String: Double] {
+        var out: [String: Double] = [:]
+        for line in String(decoding: metrics.exposition(), as: UTF8.self).split(separator: "\n")
+        where line.hasPrefix("memcached_request_duration") && line.contains("_count{") {
+            guard let node = line.firstMatch(of: /node="([^"]+)"/)?.1, let value = Double(line.split(separator: " ").last ?? "") else { continue }
+            out[String(node), default: 0] += value
+        }
+        return out
+    }
+
+    /// The celebrity problem: one user takes 30% of the reads. Without near copies the
+    /// memcached node that holds the user's key serves about twice its share; with them
+    /// (`cache.nearTtlMs`) no node serves more than 1.5× the mean, the hot key is found
+    /// (`cache_hot_key`), and the celebrity's reads cost the database nothing.
+    @Test func aCelebritysReadsAreSpreadByNearCopies() async throws {
+        try await MemcachedServers.with(count: 5) { servers in
+            for near in [false, true] {
+                try await TestApp.withTemporaryDirectory { dir in
+                    let counting = Mutex<CountingUserStore?>(nil)
+                    let s = try Self.settings(dir, servers, near ? ["cache.nearTtlMs": "60000"] : [:])
+                    let c = try await TestApp.components(s) { inner in
+                        let store = CountingUserStore(inner)
+                        counting.withLock { $0 = store }
+                        return store
+                    }
+                    let store = try #require(counting.withLock { $0 })
+                    var made: [UserID] = []
+                    for i in 0..<500 {
+                        let account = NewAccount(
+                            id: UserIDGenerator().next(), email: uniqueEmail("fan\(i)"), passwordHash: "x",
+                            profile: Profile(firstName: "F", lastName: "L", address: Address(), phoneNumbers: []))
+                        made.append(try await c.users.create(account).id)
+                    }
+                    let ids = made, celebrity = made[0]
+                    try await buildApplication(c).test(.router) { client in
+                        for i in 0..<3000 {
+                            let id = i % 10 < 3 ? celebrity : ids[1 + (i * 7919) % (ids.count - 1)]
+                            #expect(try await client.send(.get, "/users/\(id)").status == .ok)
+                        }
+                        let perNode = Self.requestsByNode(c.metrics)
+                        let mean = perNode.values.reduce(0, +) / Double(servers.ports.count)
+                        let ratio = (perNode.values.max() ?? 0) / mean
+                        print("celebrity at 30% of reads, near copies \(near): busiest memcached node \(ratio)× the mean \(perNode)")
+                        store.resetReads()
+                        for _ in 0..<200 { _ = try await client.send(.get, "/users/\(celebrity)") }
+                        #expect(store.reads == 0)  // from memcached or the near copy
+                        if near {
+                            #expect(ratio <= 1.5)
+                            #expect(c.engines.userCache.map { $0.hot?.keys.top(1).first?.key } == "user:\(celebrity)")
+                        } else {
+                            #expect(ratio > 1.5)  // the problem, measured
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     @Test func anUpdateOnOneServerIsSeenByTheNextReadOnEvery() async throws {
         try await MemcachedServers.with(count: 3) { servers in
             try await Self.twoServers(servers) { a, b, _, storeB in
