@@ -1,42 +1,78 @@
 import Synchronization
 
 /// Read-your-writes for one request. The web tier puts one of these in a task-local for
-/// each request: the client's last write position comes in (from its cookie) as
-/// `minimumLSN` (a write position: timeline and WAL position, see `LSN.position`); stores
-/// raise it when they commit a write, and the web tier sends the new position back. Replica reads for this request use only replicas that have replayed at
-/// least `minimumLSN`. Engines without replicas ignore it.
+/// each request: the client's last write positions come in from its cookie; stores raise
+/// them when they commit a write, and the web tier sends the new ones back. Replica reads
+/// for this request use only replicas that have replayed at least the position of their
+/// cluster. Engines without replicas ignore it.
+///
+/// A position is a write position (timeline and WAL position, see `LSN.position`) of one
+/// primary. Positions of different primaries do not compare, so each is kept under its
+/// cluster's scope (`ReplicaSet.scope`; "" for the one cluster of an unsharded tier).
 public final class ReadYourWrites: Sendable {
     @TaskLocal public static var current: ReadYourWrites?
 
-    private let lsn: Mutex<UInt64>
-    private let raised = Mutex(false)
+    private let state: Mutex<(positions: [String: UInt64], raised: Bool)>
 
     public init(minimumLSN: UInt64 = 0) {
-        self.lsn = Mutex(minimumLSN)
+        self.state = Mutex((minimumLSN > 0 ? ["": minimumLSN] : [:], false))
     }
 
-    /// The write position this request's reads must see (0: none).
-    public var minimumLSN: UInt64 { lsn.withLock { $0 } }
-    /// True if this request committed a write, or learned of one it must see from now on.
-    public var advanced: Bool { raised.withLock { $0 } }
+    public init(positions: [String: UInt64]) {
+        self.state = Mutex((positions.filter { $0.value > 0 }, false))
+    }
 
-    /// Records a committed write's position.
-    public func wrote(at position: UInt64) {
-        lsn.withLock { $0 = max($0, position) }
-        raised.withLock { $0 = true }
+    /// The write position this request's reads of the unsharded cluster must see (0: none).
+    public var minimumLSN: UInt64 { position(for: "") }
+    /// The write position reads of `scope`'s cluster must see (0: none).
+    public func position(for scope: String) -> UInt64 { state.withLock { $0.positions[scope] ?? 0 } }
+    /// Every scope's position.
+    public var positions: [String: UInt64] { state.withLock { $0.positions } }
+    /// True if this request committed a write, or learned of one it must see from now on.
+    public var advanced: Bool { state.withLock { $0.raised } }
+
+    /// Records a committed write's position on `scope`'s cluster.
+    public func wrote(at position: UInt64, scope: String = "") {
+        state.withLock {
+            $0.positions[scope] = max($0.positions[scope] ?? 0, position)
+            $0.raised = true
+        }
     }
 
     /// Records a write made elsewhere (a job's result) that this client has been told of,
     /// so its next reads see it too. True if that raised the position.
     @discardableResult
-    public func learned(of position: UInt64) -> Bool {
-        let higher = lsn.withLock { current in
-            guard position > current else { return false }
-            current = position
+    public func learned(of position: UInt64, scope: String = "") -> Bool {
+        state.withLock {
+            guard position > ($0.positions[scope] ?? 0) else { return false }
+            $0.positions[scope] = position
+            $0.raised = true
             return true
         }
-        if higher { raised.withLock { $0 = true } }
-        return higher
+    }
+
+    /// The positions as a cookie value: hex for the unsharded scope alone (as before
+    /// sharding), else `scope.hex` joined by `~`.
+    public var cookieValue: String {
+        state.withLock { s in
+            s.positions.sorted { $0.key < $1.key }.map { $0.key.isEmpty ? String($0.value, radix: 16) : "\($0.key).\(String($0.value, radix: 16))" }
+                .joined(separator: "~")
+        }
+    }
+
+    /// Reads `cookieValue`; what does not parse is left out (a client's bad cookie only
+    /// costs it its own read-your-writes). At most 64 scopes.
+    public static func positions(cookie: String) -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for part in cookie.split(separator: "~").prefix(64) {
+            let pieces = part.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+            if pieces.count == 1, let value = UInt64(pieces[0], radix: 16) {
+                out[""] = value
+            } else if pieces.count == 2, !pieces[0].isEmpty, pieces[0].count <= 64, let value = UInt64(pieces[1], radix: 16) {
+                out[String(pieces[0])] = value
+            }
+        }
+        return out
     }
 }
 

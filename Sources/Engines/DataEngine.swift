@@ -92,7 +92,7 @@ public struct ShardedEngine: DataEngine {
         for (name, nodes) in settings.shardClusters {
             var postgres = settings.postgres
             postgres.nodes = nodes
-            clusters[name] = try ReplicaSet(settings: postgres, metrics: metrics, logger: logger)
+            clusters[name] = try ReplicaSet(settings: postgres, metrics: metrics, logger: logger, scope: name)
         }
         self.clusters = clusters
         self.logger = logger

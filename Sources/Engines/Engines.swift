@@ -114,7 +114,7 @@ public struct Engines: Sendable {
         let hot = memcached.map { _ in
             ReadThrough<User>.HotSpots(
                 keys: HotKeys(metrics: metrics, hotShare: cache.hotKeyShare), near: cache.nearTTL.map { NearCache(ttl: $0) },
-                bypass: { (ReadYourWrites.current?.minimumLSN ?? 0) > 0 })
+                bypass: { !(ReadYourWrites.current?.positions.isEmpty ?? true) })
         }
         let shared: (any Cache)? = memory ?? memcached
         userCache = shared.map {

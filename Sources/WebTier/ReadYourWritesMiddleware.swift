@@ -1,8 +1,8 @@
 import DataTier
 import Hummingbird
 
-/// Carries a client's last write position (timeline and WAL position, `LSN.position`)
-/// between requests in the `millions_lsn` cookie, so its reads go only to replicas that have
+/// Carries a client's last write positions (timeline and WAL position, `LSN.position`; one
+/// per cluster when users are sharded) between requests in the `millions_lsn` cookie, so its reads go only to replicas that have
 /// replayed its writes (or to the primary). The value only affects the client that sends it:
 /// a stale one gives it stale reads, an inflated position sends its reads to the primary, an
 /// inflated timeline gets it 503s (no node has that history) until the cookie expires.
@@ -16,13 +16,13 @@ struct ReadYourWritesMiddleware: RouterMiddleware {
         _ request: Request, context: AppRequestContext,
         next: (Request, AppRequestContext) async throws -> Response
     ) async throws -> Response {
-        let incoming = request.cookies[Self.cookie].flatMap { UInt64($0.value, radix: 16) } ?? 0
-        let ryw = ReadYourWrites(minimumLSN: incoming)
+        let incoming = request.cookies[Self.cookie].map { ReadYourWrites.positions(cookie: $0.value) } ?? [:]
+        let ryw = ReadYourWrites(positions: incoming)
         var response = try await ReadYourWrites.$current.withValue(ryw) { try await next(request, context) }
         if ryw.advanced {
             response.setCookie(
                 Cookie(
-                    name: Self.cookie, value: String(ryw.minimumLSN, radix: 16), maxAge: Self.maxAge, path: "/",
+                    name: Self.cookie, value: ryw.cookieValue, maxAge: Self.maxAge, path: "/",
                     httpOnly: true, sameSite: .lax))
         }
         return response

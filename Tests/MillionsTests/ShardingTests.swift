@@ -46,7 +46,7 @@ func runSharded(
         var s = PostgresSettings(nodes: t.addresses)
         s.discoveryInterval = .milliseconds(200)
         s.queryTimeout = .seconds(10)
-        clusters[name] = try ReplicaSet(settings: s, metrics: AppMetrics(), logger: quietLogger)
+        clusters[name] = try ReplicaSet(settings: s, metrics: AppMetrics(), logger: quietLogger, scope: name)
     }
     let directoryName = topologies[0].0
     let all = clusters
@@ -277,6 +277,40 @@ extension ShardedUserStore {
             #expect(try await write.value?.address.city == "Tromsø")
             #expect(try await count(clusters["b"]!, "SELECT count(*) FROM users WHERE city = 'Tromsø' AND id = \(user.id.rawValue)") == 1)
         }
+    }
+}
+
+@Suite struct ShardedReadYourWritesTests {
+    /// A request's write positions are kept per cluster: positions of different primaries
+    /// do not compare, so a write on one cluster must not hold back reads on another.
+    @Test func writePositionsAreKeptPerCluster() async throws {
+        try await withShardedClusters { store, _ in
+            let ryw = ReadYourWrites()
+            try await ReadYourWrites.$current.withValue(ryw) {
+                _ = try await store.create(account(uniqueEmail("ryw-a"), shard: 8))
+            }
+            // The sign-up wrote the user on "a", and its email entry on the email's cluster.
+            #expect(ryw.position(for: "a") > 0)
+            #expect(ryw.position(for: "") == 0)
+            let before = ryw.positions
+            try await ReadYourWrites.$current.withValue(ryw) {
+                _ = try await store.create(account(uniqueEmail("ryw-b"), shard: 900))
+            }
+            #expect(ryw.position(for: "b") > 0)
+            #expect(Set(ryw.positions.keys) == ["a", "b"])
+            #expect(ryw.position(for: "a") >= before["a"] ?? 0)
+        }
+    }
+
+    @Test func positionsTravelInOneCookie() {
+        let ryw = ReadYourWrites(positions: ["": 0x1F, "a": 0x20, "shard-b": 0xABC])
+        #expect(ryw.cookieValue == "1f~a.20~shard-b.abc")
+        #expect(ReadYourWrites.positions(cookie: ryw.cookieValue) == ["": 0x1F, "a": 0x20, "shard-b": 0xABC])
+        // The unsharded cookie of before reads as it did.
+        #expect(ReadYourWrites.positions(cookie: "3F00") == ["": 0x3F00])
+        #expect(ReadYourWrites(positions: ["": 0x3F00]).cookieValue == "3f00")
+        // Garbage is left out, not an error.
+        #expect(ReadYourWrites.positions(cookie: "zz~a.~.5~b.12") == ["b": 0x12])
     }
 }
 

@@ -43,14 +43,18 @@ public final class ReplicaSet: Service {
     let settings: PostgresSettings
     public let router: ReadRouter
     public let logger: Logger
+    /// The cluster's name among several (sharded users), under which a request's write
+    /// positions on it are kept (`ReadYourWrites`); "" for the one cluster of a tier.
+    public let scope: String
     public let metrics: AppMetrics
     private let status: Mutex<[NodeStatus]>
     private let spread = Atomic<Int>(0)
     private let discoverNow = Atomic<Bool>(false)
 
-    public init(settings: PostgresSettings, metrics: AppMetrics, logger: Logger) throws {
+    public init(settings: PostgresSettings, metrics: AppMetrics, logger: Logger, scope: String = "") throws {
         guard !settings.nodes.isEmpty else { throw MillionsError(.badRequest, "data.postgres.nodes is empty") }
         self.settings = settings
+        self.scope = scope
         self.logger = logger
         self.metrics = metrics
         self.router = ReadRouter(maxLagBytes: settings.maxLagBytes, maxLagSeconds: settings.maxLagSeconds)
@@ -284,7 +288,7 @@ public final class ReplicaSet: Service {
     public func read<T: Sendable>(
         _ op: String, _ body: @escaping @Sendable (PostgresClient) async throws -> T
     ) async throws -> T {
-        let minimum = ReadYourWrites.current?.minimumLSN ?? 0
+        let minimum = ReadYourWrites.current?.position(for: scope) ?? 0
         var excluded = Set<Int>()
         while true {
             let decision = router.choose(
@@ -360,7 +364,7 @@ public final class ReplicaSet: Service {
                 }
                 return (result, position)
             }
-            ReadYourWrites.current?.wrote(at: lsn)
+            ReadYourWrites.current?.wrote(at: lsn, scope: scope)
             return result
         } catch let error where Self.isNodeFailure(error) {
             markFailed(i, error)
