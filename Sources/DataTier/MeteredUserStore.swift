@@ -29,6 +29,10 @@ public struct MeteredUserStore: UserStore {
         reads.increment()
         return try await inner.recentUsers(limit: limit)
     }
+    public func recentPage(limit: Int) async throws -> RecentUsers {
+        reads.increment()
+        return try await inner.recentPage(limit: limit)
+    }
     public func create(_ account: NewAccount) async throws -> User {
         creates.increment()
         return try await inner.create(account)

@@ -10,6 +10,9 @@ public protocol UserStore: Sendable {
     func user(id: UserID) async throws -> User?
     /// Newest first.
     func recentUsers(limit: Int) async throws -> [User]
+    /// Newest first, saying how many clusters (shards) did not answer in time and are
+    /// missing from the page; 0 for an unsharded store.
+    func recentPage(limit: Int) async throws -> RecentUsers
     /// Applies the patch in one transaction; nil if the user does not exist.
     func update(id: UserID, patch: ProfilePatch) async throws -> User?
     /// Deletes the user; what it leaves to clean up, or nil if there was no such user.
@@ -47,6 +50,21 @@ public protocol UserStore: Sendable {
 
     /// Succeeds if the store can serve requests.
     func ping() async throws
+}
+
+/// The newest users, and how many clusters are missing from them.
+public struct RecentUsers: Sendable {
+    public var users: [User]
+    public var missingClusters: Int
+
+    public init(users: [User], missingClusters: Int = 0) {
+        self.users = users
+        self.missingClusters = missingClusters
+    }
+}
+
+extension UserStore {
+    public func recentPage(limit: Int) async throws -> RecentUsers { RecentUsers(users: try await recentUsers(limit: limit)) }
 }
 
 /// A photo version to process: its number, and the original it starts from; for an

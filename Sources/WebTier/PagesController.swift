@@ -40,9 +40,10 @@ struct PagesController {
 
     @Sendable func home(_ request: Request, context: AppRequestContext) async throws -> Response {
         let session = try await service.session(for: request)
-        let recent = try await service.users.recentUsers(limit: 20)
+        let recent = try await service.users.recentPage(limit: 20)
         var page = try await base(title: "Millions", session: session)
-        page["people"] = recent.map { ["id": "\($0.id)", "name": "\($0.firstName) \($0.lastName)", "city": $0.address.city] }
+        page["partial"] = recent.missingClusters > 0
+        page["people"] = recent.users.map { ["id": "\($0.id)", "name": "\($0.firstName) \($0.lastName)", "city": $0.address.city] }
         return try render("home", page, session: session)
     }
 

@@ -280,6 +280,39 @@ extension ShardedUserStore {
     }
 }
 
+@Suite struct ShardedGatherTests {
+    /// The home page's newest users come from every cluster. With one cluster down the page
+    /// still comes, from the others, and says it may be missing people.
+    @Test func aClusterDownGivesAPartialPageNotAnError() async throws {
+        try await PostgresTopology.withFresh(replicas: 0) { a in
+            try await PostgresTopology.withFresh(replicas: 0) { b in
+                try await TestApp.withTemporaryDirectory { dir in
+                    let clusters = "a=\(a.addresses.joined(separator: ","));b=\(b.addresses.joined(separator: ","))"
+                    let c = try await TestApp.components(
+                        try TestApp.settings(
+                            dataDirectory: dir,
+                            ["data.engine": "sharded", "data.shards.clusters": clusters, "data.postgres.timeoutMs": "10000"]))
+                    try await buildApplication(c).test(.router) { client in
+                        try await c.engines.prepare()
+                        let onA = try await c.users.create(account(uniqueEmail("ga"), shard: 1))
+                        let onB = try await c.users.create(account(uniqueEmail("gb"), shard: 1000))
+                        let whole = try await c.users.recentPage(limit: 10)
+                        #expect(whole.missingClusters == 0 && Set(whole.users.map(\.id)) == [onA.id, onB.id])
+                        #expect(try await client.send(.get, "/").text.contains("/people/\(onB.id)"))
+                        try b.kill("primary")
+                        let partial = try await c.users.recentPage(limit: 10)
+                        #expect(partial.missingClusters == 1)
+                        #expect(partial.users.map(\.id) == [onA.id])
+                        let page = try await client.send(.get, "/")
+                        #expect(page.status == .ok)
+                        #expect(page.text.contains("may be missing people") && page.text.contains("/people/\(onA.id)"))
+                    }
+                }
+            }
+        }
+    }
+}
+
 @Suite struct ShardedReadYourWritesTests {
     /// A request's write positions are kept per cluster: positions of different primaries
     /// do not compare, so a write on one cluster must not hold back reads on another.

@@ -157,9 +157,11 @@ public struct ShardedUserStore: UserStore {
         return deleted
     }
 
-    /// Newest first, from every cluster at once. A cluster that does not answer within
-    /// `gatherDeadline` is left out of the page (logged), not an error.
-    public func recentUsers(limit: Int) async throws -> [User] {
+    public func recentUsers(limit: Int) async throws -> [User] { try await recentPage(limit: limit).users }
+
+    /// Newest first, from every cluster at once. A cluster that fails or does not answer
+    /// within `gatherDeadline` is left out of the page and counted, not an error.
+    public func recentPage(limit: Int) async throws -> RecentUsers {
         let deadline = gatherDeadline
         let pages = await withTaskGroup(of: [User]?.self) { group in
             for store in stores.values {
@@ -168,11 +170,14 @@ public struct ShardedUserStore: UserStore {
             return await group.reduce(into: [[User]?]()) { $0.append($1) }
         }
         let missing = pages.filter { $0 == nil }.count
-        if missing > 0 { logger.warning("recent users without some clusters", metadata: ["missing": "\(missing)"]) }
+        if missing > 0 {
+            logger.warning("recent users without some clusters", metadata: ["missing": "\(missing)"])
+            metrics.cachedCounter("shard_partial_reads", "Cross-shard reads answered without some clusters", []).increment()
+        }
         // A shard being moved is on two clusters for a while: one row per user.
         var seen = Set<UserID>()
-        return pages.compactMap { $0 }.joined().sorted { $0.id > $1.id }.filter { seen.insert($0.id).inserted }.prefix(limit)
-            .map { $0 }
+        let users = pages.compactMap { $0 }.joined().sorted { $0.id > $1.id }.filter { seen.insert($0.id).inserted }.prefix(limit)
+        return RecentUsers(users: Array(users), missingClusters: missing)
     }
 
     public func credentials(email: String) async throws -> Credentials? {
