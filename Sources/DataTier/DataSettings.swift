@@ -17,6 +17,8 @@ public struct DataSettings: Sendable {
     /// With `sharded`: each cluster's name and nodes, in map order; the first also keeps the
     /// shard map, sessions and jobs. Connection settings are `postgres`'s.
     public var shardClusters: [(name: String, nodes: [String])]
+    /// How long a cross-shard read (the newest users) waits for each cluster.
+    public var shardGatherDeadline: Duration
 
     public var databasePath: String { directory + "/millions.sqlite" }
 
@@ -34,6 +36,9 @@ public struct DataSettings: Sendable {
         postgres.maxLagBytes = UInt64(max(0, config.int(forKey: "postgres.maxLagBytes", default: 16 * 1024 * 1024)))
         postgres.maxLagSeconds = config.double(forKey: "postgres.maxLagSeconds", default: 10)
         try checkSetting(engine != .postgres || !postgres.nodes.isEmpty, "data.postgres.nodes must list host:port pairs")
+        let gatherMs = config.int(forKey: "shards.gatherMs", default: 500)
+        try checkSetting(gatherMs >= 1 && gatherMs <= 60_000, "data.shards.gatherMs must be 1...60000")
+        shardGatherDeadline = .milliseconds(gatherMs)
         // `a=host:port,host:port;b=host:port`
         let clusters = config.string(forKey: "shards.clusters", default: "")
         shardClusters = try clusters.split(separator: ";").map { part in

@@ -101,7 +101,9 @@ public struct ShardedEngine: DataEngine {
             throw SettingsError("data.engine=sharded needs data.shards.clusters")
         }
         self.directory = directory
-        store = ShardedUserStore(clusters: clusters, directory: ShardDirectory(set: directory), metrics: metrics, logger: logger)
+        store = ShardedUserStore(
+            clusters: clusters, directory: ShardDirectory(set: directory), metrics: metrics, logger: logger,
+            gatherDeadline: settings.shardGatherDeadline)
     }
     public var users: any UserStore { store }
     public var sessions: any SessionStore { PostgresSessionStore(replicaSet: directory) }
@@ -117,7 +119,7 @@ public struct ShardedEngine: DataEngine {
         for name in order {
             guard let set = clusters[name] else { continue }
             try await set.waitUntilDiscovered()
-            applied = try await PostgresMigrations.migrate(set, Schema.shardedCluster(directory: set === directory))
+            applied += try await PostgresMigrations.migrate(set, Schema.shardedCluster(directory: set === directory)).map { "\(name): \($0)" }
         }
         try await store.directory.initialize(clusters: clusters, order: order)
         return applied

@@ -39,7 +39,7 @@ public struct Settings: Sendable {
         "http.headerTimeoutSeconds", "http.bodyTimeoutSeconds", "http.maxConnections", "http.maxConnectionsPerAddress", "http.cachedReadFastPath", "data.directory", "data.engine", "data.postgres.nodes",
         "data.postgres.user", "data.postgres.password", "data.postgres.database", "data.postgres.connectionsPerNode",
         "data.postgres.timeoutMs", "data.postgres.discoveryMs", "data.postgres.maxLagBytes",
-        "data.postgres.maxLagSeconds", "data.shards.clusters", "log.level",
+        "data.postgres.maxLagSeconds", "data.shards.clusters", "data.shards.gatherMs", "log.level",
         "session.ttlSeconds", "session.cookieName", "session.secureCookies", "session.sweepSeconds",
         "session.store", "redis.address", "redis.password", "redis.database", "redis.protocol", "redis.connections",
         "redis.timeoutMs", "redis.sentinels", "redis.masterName", "redis.waitReplicas", "redis.waitTimeoutMs",

@@ -62,7 +62,8 @@ func runSharded(
         try await directory.initialize(clusters: clusters, order: mapped)
         // Generous: a machine busy with the whole suite must not fail a fenced write.
         let store = ShardedUserStore(
-            clusters: clusters, directory: directory, metrics: AppMetrics(), logger: quietLogger, fenceWait: .seconds(60))
+            clusters: clusters, directory: directory, metrics: AppMetrics(), logger: quietLogger, fenceWait: .seconds(60),
+            gatherDeadline: .seconds(60))
         try await body(store, clusters)
     } catch {
         pools.cancel()
@@ -291,7 +292,11 @@ extension ShardedUserStore {
                     let c = try await TestApp.components(
                         try TestApp.settings(
                             dataDirectory: dir,
-                            ["data.engine": "sharded", "data.shards.clusters": clusters, "data.postgres.timeoutMs": "10000"]))
+                            [
+                                "data.engine": "sharded", "data.shards.clusters": clusters, "data.postgres.timeoutMs": "10000",
+                                // The killed cluster fails at once; the live one must never be late.
+                                "data.shards.gatherMs": "60000",
+                            ]))
                     try await buildApplication(c).test(.router) { client in
                         try await c.engines.prepare()
                         let onA = try await c.users.create(account(uniqueEmail("ga"), shard: 1))
@@ -358,7 +363,7 @@ extension ShardedUserStore {
                 dataDirectory: dir,
                 [
                     "data.engine": "sharded", "data.shards.clusters": "a=127.0.0.1:15532;b=127.0.0.1:15542",
-                    "data.postgres.timeoutMs": "10000", "data.postgres.discoveryMs": "200",
+                    "data.postgres.timeoutMs": "10000", "data.postgres.discoveryMs": "200", "data.shards.gatherMs": "60000",
                 ])
             let c = try await TestApp.components(settings)
             try await buildApplication(c).test(.router) { client in

@@ -28,7 +28,7 @@ public final class ShardDirectory: Sendable {
             return nil
         }
         guard let (version, owners) = stored else {
-            throw MillionsError(.unavailable, "no shard map yet: run `millions shards init`")
+            throw NoShardMapError()
         }
         let map = try ShardMap(version: version, owners: owners)
         cached.withLock { current in
@@ -57,7 +57,9 @@ public final class ShardDirectory: Sendable {
     /// which shards it owns before the map names it. Returns the newest map. Idempotent.
     @discardableResult
     public func initialize(clusters: [String: ReplicaSet], order: [String]) async throws -> ShardMap {
-        if let existing = try? await refresh() { return existing }
+        // Only a directory that answers "no map" gets version 1: one that does not answer
+        // must not re-grant shards that have moved since.
+        do { return try await refresh() } catch is NoShardMapError {}
         let map = try ShardMap.even(order)
         for name in order {
             guard let cluster = clusters[name] else { throw MillionsError(.internalError, "no cluster named \(name)") }
@@ -89,4 +91,9 @@ public final class ShardDirectory: Sendable {
             return false
         }
     }
+}
+
+/// The directory answered, and has no shard map yet (a new sharded tier).
+public struct NoShardMapError: Error, Sendable, CustomStringConvertible {
+    public var description: String { "no shard map yet: the first `millions serve` makes version 1" }
 }

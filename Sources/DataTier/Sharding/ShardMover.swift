@@ -58,11 +58,11 @@ public struct ShardMover: Sendable {
 
         try await ShardDirectory.own([logical], version: next.version, on: destination)
         let fencedAt = ContinuousClock.now
-        try await source.write("shard_fence") { c in
-            try await c.query("DELETE FROM shard_ownership WHERE logical = \(Int32(logical))", logger: c.logger)
-        }
         let copied: (users: Int, emails: Int)
         do {
+            try await source.write("shard_fence") { c in
+                try await c.query("DELETE FROM shard_ownership WHERE logical = \(Int32(logical))", logger: c.logger)
+            }
             copied = try await copy(logical, from: source, to: destination)
             let (before, after) = (try await Self.digest(logical, on: source), try await Self.digest(logical, on: destination))
             guard before == after else {
@@ -70,6 +70,14 @@ public struct ShardMover: Sendable {
             }
             try await directory.publish(next)
         } catch {
+            // A publish whose answer was lost may have committed: undo only what the map
+            // does not name (else the shard would be owned by nobody the map points to).
+            guard let now = try? await directory.refresh(), now.owner(of: logical) == sourceName else {
+                logger.error(
+                    "shard move not undone: the map names the target, or could not be read; run the move again",
+                    metadata: ["logical": "\(logical)", "error": "\(error)"])
+                throw error
+            }
             logger.error("shard move undone", metadata: ["logical": "\(logical)", "to": "\(target)", "error": "\(error)"])
             try await undo(logical, source: source, target: destination, version: map.version)
             throw error

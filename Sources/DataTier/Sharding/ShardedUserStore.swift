@@ -228,7 +228,9 @@ public struct ShardedUserStore: UserStore {
     /// flight) has it. An entry that names a user who was never made, or who is gone, is
     /// resolved and the reservation tried once more.
     func reserve(_ email: String, for id: UserID, logical: Int) async throws {
-        for attempt in 0..<2 {
+        var attempt = 0
+        while true {
+            attempt += 1
             let now = Clock.secondsSince1970()
             let holder: (Int64, String, Double)? = try await routed(logical) { name in
                 let set = try cluster(name).set
@@ -244,12 +246,14 @@ public struct ShardedUserStore: UserStore {
                     let rows = try await c.query(
                         "SELECT user_id, state, reserved_at FROM email_directory WHERE email = \(email)", logger: logger)
                     for try await row in rows.decode((Int64, String, Double).self) { return row }
-                    return nil
+                    // Taken, then gone before we looked (resolved or deleted): try again.
+                    return (0, "gone", 0)
                 }
             }
             guard let (holderID, state, reservedAt) = holder, holderID != id.rawValue else { return }
+            if state == "gone", attempt < 5 { continue }
             let settledOrStale = state == "committed" || reservedAt < now - staleReservationSeconds
-            guard attempt == 0, settledOrStale, try await resolve(email, holder: holderID, logical: logical) == .released else {
+            guard attempt == 1, settledOrStale, try await resolve(email, holder: holderID, logical: logical) == .released else {
                 throw MillionsError(.conflict, "an account with this email already exists")
             }
         }
