@@ -197,14 +197,17 @@ public struct Journey: Sendable {
     /// cached), and deletes that land after the warm pass would be measured as misses.
     func waitForChangeFeeds(_ state: ClusterState, _ cluster: Cluster, say: @escaping @Sendable (String) -> Void) async throws {
         let slots = Set(state.topology.sites.compactMap { cluster.webSettings(state, site: $0)["cache.followSlot"] })
-        guard !slots.isEmpty, let primary = state.topology.nodes(.database).first else { return }
+        guard !slots.isEmpty else { return }
         let started = Date()
         let list = slots.sorted().map { "'\($0)'" }.joined(separator: ",")
-        let target = try cluster.psql(primary, "SELECT pg_current_wal_lsn()")
-        let behind = "SELECT \(slots.count) - count(*) FILTER (WHERE confirmed_flush_lsn >= '\(target)') FROM pg_replication_slots WHERE slot_name IN (\(list))"
-        while try cluster.psql(primary, behind) != "0" {
-            guard Date().timeIntervalSince(started) < 600 else { throw BenchError("the caches' change feeds did not catch up with the seed in 600 s") }
-            try await Task.sleep(for: .milliseconds(200))
+        // Every cluster's primary: a sharded tier has one per shard cluster, each with its slots.
+        for primary in state.topology.databaseGroups.map({ $0[0] }) {
+            let target = try cluster.psql(primary, "SELECT pg_current_wal_lsn()")
+            let behind = "SELECT \(slots.count) - count(*) FILTER (WHERE confirmed_flush_lsn >= '\(target)') FROM pg_replication_slots WHERE slot_name IN (\(list))"
+            while try cluster.psql(primary, behind) != "0" {
+                guard Date().timeIntervalSince(started) < 600 else { throw BenchError("the caches' change feeds did not catch up with the seed in 600 s") }
+                try await Task.sleep(for: .milliseconds(200))
+            }
         }
         say("  caches' change feeds past the seed after \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
     }

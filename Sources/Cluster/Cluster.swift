@@ -107,7 +107,7 @@ public struct Cluster: Sendable {
     @discardableResult
     public func up(
         stage: Stage, webServers: Int?, basePort: Int, settings: [String: String], hosts: Bool = false, cpus: Double? = nil,
-        wan: (delayMs: Double, jitterMs: Double)? = nil, syncReplication: Bool = false, ha: Bool = false
+        wan: (delayMs: Double, jitterMs: Double)? = nil, syncReplication: Bool = false, ha: Bool = false, shards: Int? = nil
     ) throws -> Double {
         let started = Date()
         if let existing = try? loadState(), existing.nodes.contains(where: { pid(of: $0).map(Processes.isAlive) ?? false }) {
@@ -117,6 +117,11 @@ public struct Cluster: Sendable {
             guard web >= 1, web <= Ports.maxWebServers, stage.balanced || web == 1 else {
                 throw Processes.Failure(
                     stage.balanced ? "--web must be 1...\(Ports.maxWebServers)" : "the \(stage.rawValue) stage has one web server")
+            }
+        }
+        if let shards {
+            guard stage == .sharded, (1...Stage.maxShards).contains(shards) else {
+                throw Processes.Failure(stage == .sharded ? "--shards must be 1...\(Stage.maxShards)" : "--shards is for the sharded stage")
             }
         }
         guard hosts || !stage.needsHosts else {
@@ -139,9 +144,9 @@ public struct Cluster: Sendable {
             plan = HostsPlan(prefix: prefix, subnets: subnets, cpus: cpus ?? budget.cpus, memoryBytes: budget.memoryBytes)
         }
         let layout = Layout(ports: ports, dir: dir, subnets: plan?.subnets ?? [])
-        var topology = stage.topology(web: webServers, layout)
+        var topology = stage.topology(web: webServers, shards: shards, layout)
         if ha {
-            guard topology.nodes(.database).count >= 2, topology.sites.count == 1 else {
+            guard topology.nodes(.database).count >= 2, topology.sites.count == 1, !topology.isSharded else {
                 throw Processes.Failure("--ha needs a one-site stage with replicas (replicated, cached, stateless, queued)")
             }
             topology.nodes += layout.coordinators()
@@ -197,9 +202,12 @@ public struct Cluster: Sendable {
         return took
     }
 
-    /// Every host's budget unless `--cpus` says otherwise: the same for every stage.
+    /// Every host's budget unless `--cpus` says otherwise: the same for every stage. It is
+    /// sized by the journey up to `queued`; the sharded stage's clusters are machines added
+    /// beyond it (with 2 or 3 clusters its hosts' caps add up to more than the box has).
     public static var defaultHostBudget: (cpus: Double, memoryBytes: UInt64) {
-        HostsPlan.defaultBudget(hostsInLargestStage: Stage.journey.map { $0.standard.nodes.count }.max() ?? 1)
+        let sized = Stage.journey.filter { $0 != .sharded }
+        return HostsPlan.defaultBudget(hostsInLargestStage: sized.map { $0.standard.nodes.count }.max() ?? 1)
     }
 
     /// Starts the nodes of one role and waits until they serve.
@@ -211,17 +219,15 @@ public struct Cluster: Sendable {
         case .coordinator:
             try script("patroni", ["start-etcd"], env: pgEnv(state))
         case .database:
-            let replicas = nodes.count - 1
-            if state.patroni {
-                try script("patroni", ["start", String(replicas)] + (state.syncReplication ? ["--sync"] : []), env: pgEnv(state))
-            } else {
-                try script("postgres", ["start", String(replicas)] + syncFlag(state), env: pgEnv(state))
+            for group in state.topology.databaseGroups where group.contains(where: nodes.contains) {
+                let replicas = group.count - 1
+                if state.patroni {
+                    try script("patroni", ["start", String(replicas)] + (state.syncReplication ? ["--sync"] : []), env: pgEnv(state))
+                } else {
+                    try script("postgres", ["start", String(replicas)] + syncFlag(state, group), env: pgEnv(state, group))
+                }
             }
-            // Once, before several servers start at the same moment.
-            let status = try Processes.run(
-                [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state, site: nodes[0].site)),
-                environment: state.secretEnvironment, log: "\(logs)/migrate.log")
-            guard status == 0 else { throw Processes.Failure("millions migrate failed (exit \(status))") }
+            try migrate(state, site: nodes[0].site)
         case .cache:
             for n in nodes { try script("memcached", ["start", String(n.port), "64"], env: serverEnv(n, state)) }
         case .sessions:
@@ -245,6 +251,15 @@ public struct Cluster: Sendable {
         case .client:
             break  // a host only: `cluster exec client -- …` runs the load generator there
         }
+    }
+
+    /// `millions migrate`: every cluster's schema (and a sharded tier's first map), once,
+    /// before several servers start at the same moment.
+    func migrate(_ state: ClusterState, site: String) throws {
+        let status = try Processes.run(
+            [binary, "migrate", "--log-level", "warning"] + setFlags(webSettings(state, site: site)),
+            environment: state.secretEnvironment, log: "\(logs)/migrate.log")
+        guard status == 0 else { throw Processes.Failure("millions migrate failed (exit \(status); see \(logs)/migrate.log)") }
     }
 
     // MARK: - hosts
@@ -367,7 +382,10 @@ public struct Cluster: Sendable {
 
     func startedLine(_ role: Role, _ nodes: [Node]) -> String {
         switch role {
-        case .database: "postgres: primary + \(nodes.count - 1) replicas ready, schema migrated"
+        case .database:
+            nodes.contains { $0.shard != nil }
+                ? "postgres: \(Set(nodes.map(\.shard)).count) shard clusters, each a primary + \(nodes.count / max(1, Set(nodes.map(\.shard)).count) - 1) replicas, ready, schema migrated"
+                : "postgres: primary + \(nodes.count - 1) replicas ready, schema migrated"
         case .cache: "memcached ×\(nodes.count) up"
         case .sessions: "redis up"
         case .web: "\(nodes.count) web server\(nodes.count == 1 ? "" : "s") ready"
@@ -623,9 +641,9 @@ public struct Cluster: Sendable {
 
     public static func table(_ rows: [ProcessStatus]) -> String {
         func col(_ text: String, _ width: Int) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
-        var out = col("node", 18) + col("role", 10) + col("site", 8) + col("address", 22) + col("pid", 9) + "health\n"
+        var out = col("node", 20) + col("role", 10) + col("site", 8) + col("address", 22) + col("pid", 9) + "health\n"
         for r in rows {
-            out += col(r.node.name, 18) + col(r.node.role.rawValue, 10) + col(r.node.site, 8)
+            out += col(r.node.name, 20) + col(r.node.role.rawValue, 10) + col(r.node.site, 8)
                 + col(r.node.port > 0 ? r.node.address : r.node.host, 22)
                 + col(r.pid.map(String.init) ?? "-", 9) + r.health + "\n"
         }
@@ -703,7 +721,7 @@ public struct Cluster: Sendable {
         let node = try self.node(named: name, state)
         switch node.role {
         case .database:
-            try script(state.patroni ? "patroni" : "postgres", ["kill", Self.pgName(node)], env: pgEnv(state))
+            try script(state.patroni ? "patroni" : "postgres", ["kill", Self.pgName(node)], env: pgEnv(state, state.topology.databaseGroup(of: node)))
         case .cache:
             try script("memcached", ["kill", String(node.port)], env: serverEnv(node, state))
         case .sessions:
@@ -732,8 +750,19 @@ public struct Cluster: Sendable {
     public func failover() throws {
         let state = try loadState()
         try refuseSeveralSites(state, "failover")
-        let databases = state.topology.nodes(.database)
-        guard databases.count > 1 else { throw Processes.Failure("the \(state.stage.rawValue) stage has no replicas") }
+        let groups = state.topology.databaseGroups
+        guard groups.contains(where: { $0.count > 1 }) else { throw Processes.Failure("the \(state.stage.rawValue) stage has no replicas") }
+        if groups.count > 1 {
+            // Sharded: each cluster whose primary is down.
+            let down = groups.filter { g in !(pid(of: g[0]).map(Processes.isAlive) ?? false) }
+            guard !down.isEmpty else { throw Processes.Failure("every shard cluster's primary is running") }
+            for g in down { try failover(g, state) }
+            return
+        }
+        try failover(groups[0], state)
+    }
+
+    func failover(_ databases: [Node], _ state: ClusterState) throws {
         let t = Date()
         if state.patroni {
             // Patroni's own failover (or switchover, when the leader answers): to the replica least behind.
@@ -746,7 +775,7 @@ public struct Cluster: Sendable {
             [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(nodes)"],
             environment: state.secretEnvironment, log: "\(logs)/failover.log")
         guard status == 0 else { throw Processes.Failure("failover failed (exit \(status); see \(logs)/failover.log)") }
-        say("failover done in \(seconds(since: t))")
+        say("failover\(databases[0].shard.map { " of cluster " + $0 } ?? "") done in \(seconds(since: t))")
     }
 
     // MARK: - down
@@ -771,7 +800,9 @@ public struct Cluster: Sendable {
             case .cache:
                 for node in nodes { try? script("memcached", ["stop", String(node.port)], env: serverEnv(node, state)) }
             case .database:
-                if !nodes.isEmpty { try? script(state.patroni ? "patroni" : "postgres", ["destroy"], env: pgEnv(state)) }
+                for group in state.topology.databaseGroups {
+                    try? script(state.patroni ? "patroni" : "postgres", ["destroy"], env: pgEnv(state, group))
+                }
             case .dns:
                 for node in nodes { try? script("dns", ["stop", dnsDir(node)], env: serverEnv(node, state)) }
             case .client, .coordinator:
@@ -812,9 +843,9 @@ public struct Cluster: Sendable {
 
     /// `--sync=…` for scripts/postgres: a commit waits for one replica, of another site than
     /// the primary's when there is one (so a site's loss loses no acknowledged write).
-    func syncFlag(_ state: ClusterState) -> [String] {
+    func syncFlag(_ state: ClusterState, _ group: [Node]? = nil) -> [String] {
         guard state.syncReplication else { return [] }
-        let databases = state.topology.nodes(.database)
+        let databases = group ?? state.topology.databaseGroups.first ?? []
         guard let primary = databases.first else { return [] }
         let replicas = databases.dropFirst()
         let remote = replicas.filter { $0.site != primary.site }
@@ -822,21 +853,28 @@ public struct Cluster: Sendable {
         return ["--sync=" + names.joined(separator: ",")]
     }
 
-    func pgEnv(_ state: ClusterState) -> [String: String] {
+    /// scripts/postgres's (and scripts/patroni's) environment for one database cluster: a
+    /// shard's, or by default the first (the only one unless the users are sharded).
+    func pgEnv(_ state: ClusterState, _ group: [Node]? = nil) -> [String: String] {
+        let databases = group ?? state.topology.databaseGroups.first ?? []
+        let primary = databases.first
+        // postgres-primary's data is in pg/primary, postgres-b-primary's in pg-b/primary.
+        let folder = primary.map { URL(fileURLWithPath: $0.pidFile).deletingLastPathComponent().deletingLastPathComponent().path } ?? dir + "/pg"
         var env = [
-            "MILLIONS_PG_DIR": dir + "/pg", "MILLIONS_PG_PORT": String(state.ports.postgres),
+            "MILLIONS_PG_DIR": folder, "MILLIONS_PG_PORT": String(primary?.port ?? state.ports.postgres),
             "MILLIONS_PATRONI_PORT": String(state.ports.patroni), "MILLIONS_ETCD_PORT": String(state.ports.etcd),
             "MILLIONS_LOG_DIR": logs,
         ]
         env["MILLIONS_PG_PASSWORD"] = state.postgresPassword
         if state.hosts != nil {
-            env["MILLIONS_PG_HOSTS"] = state.topology.nodes(.database)
-                .map { "\(Self.pgName($0))=\($0.host)" }.joined(separator: " ")
+            env["MILLIONS_PG_HOSTS"] = databases.map { "\(Self.pgName($0))=\($0.host)" }.joined(separator: " ")
             env["MILLIONS_WRAP_DIR"] = dir + "/hosts"
+            if let shard = primary?.shard, primary?.name.hasPrefix("postgres-\(shard)-") == true {
+                env["MILLIONS_PG_WRAP_PREFIX"] = "postgres-\(shard)-"
+            }
             env["MILLIONS_ETCD_HOSTS"] = state.topology.nodes(.coordinator).map(\.host).joined(separator: " ")
             // A replica in another site than the primary streams through its site's gateway.
-            let databases = state.topology.nodes(.database)
-            if let primary = databases.first {
+            if let primary {
                 env["MILLIONS_PG_UPSTREAMS"] = databases.dropFirst().filter { $0.site != primary.site }
                     .map { "\(Self.pgName($0))=\(state.topology.address(of: primary, from: $0.site))" }
                     .joined(separator: " ")

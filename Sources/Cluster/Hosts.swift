@@ -347,7 +347,7 @@ public struct HostsPlan: Codable, Sendable, Equatable {
     }
 
     /// The same budget for every host of every stage, so stages compare: the largest stage
-    /// of the journey (`queued`, 12 hosts) fits the machine's cores with half a core left for the load
+    /// (`queued`, 12 hosts) fits the machine's cores with half a core left for the load
     /// generator and the tools: 1.5 / 12 = 0.125 cores per host on 2 cores. Memory: a
     /// share of what is left after 2 GiB for the machine, at most 1 GiB per host.
     public static func defaultBudget(hostsInLargestStage: Int) -> (cpus: Double, memoryBytes: UInt64) {

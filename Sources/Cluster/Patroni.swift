@@ -58,7 +58,12 @@ extension Cluster {
     }
 
     /// scripts/postgres's and scripts/patroni's name for a database node (primary, r1, …).
-    static func pgName(_ node: Node) -> String { String(node.name.dropFirst("postgres-".count)) }
+    /// The node's name in scripts/postgres (primary, r1, …): without its shard's prefix.
+    static func pgName(_ node: Node) -> String {
+        let name = node.name.dropFirst("postgres-".count)
+        if let shard = node.shard, name.hasPrefix(shard + "-") { return String(name.dropFirst(shard.count + 1)) }
+        return String(name)
+    }
 
     /// A database node's Patroni REST port: as far above Patroni's first as its PostgreSQL
     /// port is above the primary's (`scripts/patroni`).
@@ -166,7 +171,11 @@ extension Cluster {
     /// Each database node's role and state as Patroni sees it (`scripts/patroni status`).
     public func databaseStatus() throws -> String {
         let state = try loadState()
-        return try scriptOutput(state.patroni ? "patroni" : "postgres", ["status"], env: pgEnv(state))
+        let groups = state.topology.databaseGroups
+        return try groups.map { group in
+            let text = try scriptOutput(state.patroni ? "patroni" : "postgres", ["status"], env: pgEnv(state, group))
+            return groups.count > 1 ? "cluster \(group[0].shard ?? "")\n" + text : text
+        }.joined(separator: "\n")
     }
 
     /// A script's standard output, trimmed; throws when it fails.

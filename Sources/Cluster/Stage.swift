@@ -8,23 +8,30 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     case cached
     case stateless
     case queued
+    /// Users over several PostgreSQL clusters (shards), each a primary and a replica.
+    case sharded
     /// Two data centers joined by a WAN (needs hosts).
     case multiDC = "multi-dc"
 
     /// The stages of the journey on one site, each the one before plus a tier.
-    public static let journey: [Stage] = [.single, .separateDB, .loadBalanced, .replicated, .cached, .stateless, .queued]
+    public static let journey: [Stage] = [.single, .separateDB, .loadBalanced, .replicated, .cached, .stateless, .queued, .sharded]
+
+    /// Clusters of the sharded stage unless `up --shards` says otherwise, and the most it
+    /// has ports for.
+    public static let defaultShards = 2
+    public static let maxShards = 3
 
     /// The data centers the stage spans.
     public var sites: [String] { self == .multiDC ? ["west", "east"] : ["dc1"] }
 
     /// The stage's nodes: what runs, on which port, where. `web` overrides the number of
-    /// web servers behind a balancer (per site).
-    public func topology(web: Int? = nil, _ layout: Layout) -> Topology {
+    /// web servers behind a balancer (per site), `shards` the sharded stage's clusters.
+    public func topology(web: Int? = nil, shards: Int? = nil, _ layout: Layout) -> Topology {
         var nodes: [Node] = []
         for (i, site) in sites.enumerated() {
             let l = layout.at(site, index: i, of: sites.count)
             // With hosts, clients get a host of their own too, outside the servers' budget.
-            nodes += servers(web: web, l) + (layout.onHosts ? [l.client()] : [])
+            nodes += servers(web: web, shards: shards, l) + (layout.onHosts ? [l.client()] : [])
         }
         let links = sites.count > 1 ? [WANLink(sites: sites, delayMs: WANLink.defaultDelayMs, jitterMs: 0)] : []
         if sites.count > 1 && layout.onHosts { nodes.append(layout.dns()) }
@@ -32,7 +39,7 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     }
 
     /// The stage's servers on one site; each stage is the one before it plus what it adds.
-    func servers(web: Int?, _ l: Layout) -> [Node] {
+    func servers(web: Int?, shards: Int? = nil, _ l: Layout) -> [Node] {
         switch self {
         case .multiDC:
             // Each site: edge, balancer, web servers, a cache, a worker, a replica, and its
@@ -58,6 +65,10 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
             return Stage.cached.servers(web: web, l) + [l.sessions()]
         case .queued:
             return Stage.stateless.servers(web: web, l) + l.workers(2)
+        case .sharded:
+            // As queued, with the users spread over clusters instead of one primary's.
+            let clusters = (0..<(shards ?? Self.defaultShards)).flatMap { l.shardCluster($0, replicas: 1) }
+            return clusters + Stage.queued.servers(web: web, l).filter { $0.role != .database }
         }
     }
 
@@ -66,7 +77,7 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
     var standard: Topology { topology(Layout(ports: Ports.standard, dir: "")) }
     /// Sites live on subnets of hosts: without them, nothing keeps them apart.
     public var needsHosts: Bool { sites.count > 1 }
-    public var replicas: Int { max(0, standard.nodes(.database).count - 1) }
+    public var replicas: Int { max(0, standard.nodes(.database).count - standard.databaseGroups.count) }
     /// nginx in front of several web servers.
     public var balanced: Bool { !standard.nodes(.balancer).isEmpty }
     /// Varnish as the edge (CDN) in front of nginx.
@@ -85,6 +96,7 @@ public enum Stage: String, CaseIterable, Codable, Sendable {
         case .cached: "Varnish edge, nginx, web servers, memcached ×2, PostgreSQL primary + 2 replicas"
         case .stateless: "as cached, with sessions in Redis"
         case .queued: "as stateless, with worker processes on the PostgreSQL queue"
+        case .sharded: "as queued, with the users over PostgreSQL clusters (shards), each a primary + 1 replica"
         case .multiDC: "two sites (west, east) joined by a WAN, each with an edge, nginx, web servers, memcached, a replica, a worker; the primary in west, sessions in PostgreSQL"
         }
     }
@@ -167,6 +179,22 @@ public struct Layout: Sendable {
         node("postgres-r\(r)", .database, ports.postgres + r, index: r, pidFile: "\(dir)/pg/r\(r)/postmaster.pid")
     }
 
+    /// Shard cluster `k` (named a, b, c): a primary and `replicas` replicas. The first keeps
+    /// the unsharded names and folder (it also holds the shard map, sessions and jobs); the
+    /// others are `postgres-b-primary`, `postgres-b-r1`, … with their data in `pg-b`.
+    public func shardCluster(_ k: Int, replicas: Int) -> [Node] {
+        let name = Self.shardName(k)
+        let nodes = k == 0 ? databases(replicas: replicas) : (0...replicas).map { r in
+            let member = r == 0 ? "primary" : "r\(r)"
+            return node(
+                "postgres-\(name)-\(member)", .database, ports.shardPostgres(k) + r, index: 3 * k + r,
+                pidFile: "\(dir)/pg-\(name)/\(member)/postmaster.pid")
+        }
+        return nodes.map { var n = $0; n.shard = name; return n }
+    }
+
+    public static func shardName(_ k: Int) -> String { String(UnicodeScalar(UInt8(ascii: "a") + UInt8(k))) }
+
     public func caches(_ count: Int) -> [Node] { (0..<count).map { cache($0 + 1) } }
 
     func cache(_ i: Int) -> Node {
@@ -228,6 +256,8 @@ public struct Ports: Codable, Sendable, Equatable {
     public var balancerBehindEdge: Int { base + 1 }
     public func web(_ i: Int) -> Int { base + 10 + i }
     public var postgres: Int { base + 40 }
+    /// Shard cluster `k`'s primary (its replicas on the next ports); the first is `postgres`.
+    public func shardPostgres(_ k: Int) -> Int { k == 0 ? postgres : base + 50 + 3 * k }
     /// Patroni's REST API, one port per database node (with `--ha`).
     public var patroni: Int { base + 45 }
     /// etcd's three members: clients here and at +1, +2; peers at +3…+5 (with `--ha`).

@@ -39,6 +39,8 @@ public struct Node: Codable, Sendable, Equatable {
     public var pidFile: String
     /// Its addresses on other sites' subnets (a gateway is on both ends of the WAN).
     public var alsoAt: [String] = []
+    /// A database node of a sharded stage: the name of its cluster (a, b, …).
+    public var shard: String? = nil
 
     public var address: String { "\(host):\(port)" }
 }
@@ -72,6 +74,19 @@ public struct Topology: Codable, Sendable, Equatable {
     public func nodes(_ role: Role) -> [Node] { nodes.filter { $0.role == role } }
     public func nodes(_ role: Role, in site: String) -> [Node] { nodes.filter { $0.role == role && $0.site == site } }
     public func node(named name: String) -> Node? { nodes.first { $0.name == name } }
+
+    /// The database nodes by cluster, each its primary first: one group unless the users
+    /// are sharded, then one per shard cluster in map order.
+    public var databaseGroups: [[Node]] {
+        var groups: [[Node]] = []
+        for n in nodes(.database) {
+            if let i = groups.firstIndex(where: { $0[0].shard == n.shard }) { groups[i].append(n) } else { groups.append([n]) }
+        }
+        return groups.map { $0.sorted { $0.port < $1.port } }.sorted { ($0[0].shard ?? "") < ($1[0].shard ?? "") }
+    }
+    /// The cluster `node` belongs to.
+    public func databaseGroup(of node: Node) -> [Node] { databaseGroups.first { $0.contains(node) } ?? [node] }
+    public var isSharded: Bool { nodes(.database).contains { $0.shard != nil } }
     /// The sites, in the order their nodes come (the DNS server is in none of them).
     public var sites: [String] {
         nodes.filter { $0.role != .dns }.map(\.site).reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
@@ -150,6 +165,14 @@ public struct Topology: Codable, Sendable, Equatable {
         let databases = nodes(.database).enumerated().filter { $0.offset == 0 || $0.element.site == site }.map(\.element)
         if databases.isEmpty {
             s["data.directory"] = dataDirectory
+        } else if isSharded {
+            // Each cluster's primary and its replicas in this site, in map order.
+            s["data.engine"] = "sharded"
+            s["data.shards.clusters"] = databaseGroups.map { group in
+                let here = group.enumerated().filter { $0.offset == 0 || $0.element.site == site }.map(\.element)
+                return (group[0].shard ?? "") + "=" + here.map { address(of: $0, from: site) }.joined(separator: ",")
+            }.joined(separator: ";")
+            s["queue.inProcessWorkers"] = stage.hasWorkers ? "0" : "1"
         } else {
             s["data.engine"] = "postgres"
             s["data.postgres.nodes"] = databases.map { address(of: $0, from: site) }.joined(separator: ",")

@@ -195,12 +195,17 @@ public struct Engines: Sendable {
             logger: logger)
     }
 
-    /// The worker's follower of the primary's change feed (`cache.followSlot`), which
-    /// deletes cached profiles once this site's replicas have replayed their writes.
-    public func changeFollower() throws -> (any Service)? {
-        guard !settings.cache.followSlot.isEmpty, let replicaSet, let userCache else { return nil }
-        let feed = try ChangeFeed(set: replicaSet, slot: settings.cache.followSlot, logger: logger)
-        return ChangeFollower(changes: feed, cache: userCache, metrics: metrics, logger: logger)
+    /// The worker's followers of the primaries' change feeds (`cache.followSlot`), which
+    /// delete cached profiles once this site's replicas have replayed their writes: one per
+    /// cluster (a sharded tier has a primary per shard cluster).
+    public func changeFollowers() throws -> [any Service] {
+        guard !settings.cache.followSlot.isEmpty, let userCache else { return [] }
+        let sets: [ReplicaSet] =
+            if let replicaSet { [replicaSet] } else if let sharded = data as? ShardedEngine { sharded.order.compactMap { sharded.clusters[$0] } } else { [] }
+        return try sets.map { set in
+            let feed = try ChangeFeed(set: set, slot: settings.cache.followSlot, logger: logger)
+            return ChangeFollower(changes: feed, cache: userCache, metrics: metrics, logger: logger)
+        }
     }
 }
 

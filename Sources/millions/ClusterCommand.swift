@@ -43,6 +43,8 @@ struct ClusterCommand: ParsableCommand {
         var sync = false
         @Flag(name: .long, help: "PostgreSQL under Patroni with a three-member etcd, Redis under three sentinels: a replica takes over by itself when the primary dies (one-site stages with replicas; with --hosts, etcd members and sentinels on three coordinator hosts).")
         var ha = false
+        @Option(name: .long, help: "Shard clusters of the sharded stage (1...\(Stage.maxShards), default \(Stage.defaultShards)).")
+        var shards: Int?
 
         func run() throws {
             guard let stage = Stage(rawValue: stage) else {
@@ -57,7 +59,7 @@ struct ClusterCommand: ParsableCommand {
             if cpus != nil && !hosts { throw ValidationError("--cpus needs --hosts") }
             if let cpus, !(cpus > 0) { throw ValidationError("--cpus must be more than 0") }
             let wan = wanMs.map { (delayMs: $0, jitterMs: wanJitterMs) } ?? (wanJitterMs > 0 ? (WANLink.defaultDelayMs, wanJitterMs) : nil)
-            try cluster.up(stage: stage, webServers: web, basePort: basePort, settings: extra, hosts: hosts, cpus: cpus, wan: wan, syncReplication: sync, ha: ha)
+            try cluster.up(stage: stage, webServers: web, basePort: basePort, settings: extra, hosts: hosts, cpus: cpus, wan: wan, syncReplication: sync, ha: ha, shards: shards)
             print(Cluster.table(try cluster.status()), terminator: "")
         }
     }
@@ -82,9 +84,9 @@ struct ClusterCommand: ParsableCommand {
 
     struct Scale: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Change the number of web servers or workers (`scale web=3 workers=4`), or a host's CPU budget (`scale --cpu web1=0.5`, `--cpu web=1`).")
+            abstract: "Change the number of web servers or workers (`scale web=3 workers=4`), add shard clusters and rebalance online (`scale shards=3`), or a host's CPU budget (`scale --cpu web1=0.5`, `--cpu web=1`).")
         @OptionGroup var location: Where
-        @Argument(help: "web=N and/or workers=M.") var targets: [String] = []
+        @Argument(help: "web=N, workers=M and/or shards=S.") var targets: [String] = []
         @Option(name: .long, help: ArgumentHelp("Cores for a node or every node of a role (hosts only).", valueName: "name=cores"))
         var cpu: [String] = []
 
@@ -104,7 +106,8 @@ struct ClusterCommand: ParsableCommand {
                 switch parts[0] {
                 case "web": try cluster.scale(web: n)
                 case "workers": try cluster.scale(workers: n)
-                default: throw ValidationError("unknown tier \(parts[0]); expected web=N or workers=M")
+                case "shards": try cluster.scale(shards: n)
+                default: throw ValidationError("unknown tier \(parts[0]); expected web=N, workers=M or shards=S")
                 }
             }
         }

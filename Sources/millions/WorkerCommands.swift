@@ -32,7 +32,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let engines = try Engines(settings: settings, logger: logger)
         let worker = engines.worker(concurrency: concurrency)
         var services: [any Service] = []
-        if let follower = try engines.changeFollower() { services.append(follower) }
+        services += try engines.changeFollowers()
         if let port = metricsPort {
             // Before the worker, so it stops after it: it answers while jobs drain.
             services.append(Self.metricsServer(engines.metrics, worker: worker, host: metricsHost, port: port, logger: logger))

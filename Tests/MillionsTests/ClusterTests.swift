@@ -483,6 +483,62 @@ import Testing
         }
     }
 
+    /// The sharded stage: users spread over two clusters; `scale shards=3` under reads and
+    /// log-ins adds a third and moves its share of the shards there with no failed request;
+    /// every user is still there once (each email in the directory once); a shard cluster's
+    /// primary killed, `cluster failover` promotes that cluster's replica and sign-ups land
+    /// on every cluster again.
+    @Test func shardedStageGrowsByAClusterUnderLoadAndFailsOverPerCluster() async throws {
+        let f = try Fixture(base: 20600)
+        try await f.withCluster("sharded") {
+            var ids: [Int] = []
+            for i in 0..<24 { ids.append(try await Self.signUp(f.base, "sharded\(i)@example.com").id) }
+            let counts = { (ports: [Int]) in
+                try ports.map { port in
+                    try Self.psqlValue(port: port, "SELECT count(*) FROM users", env: try f.secrets())
+                }
+            }
+            let two = try counts([f.base + 40, f.base + 53])
+            #expect(two.allSatisfy { (Int($0) ?? 0) > 0 }, "users per cluster: \(two)")
+            #expect(two.compactMap { Int($0) }.reduce(0, +) == 24)
+
+            let grow = try await Self.underLoad(port: f.base + 1, userID: ids[0], email: "sharded0@example.com") {
+                let status = try await f.cluster("scale", "shards=3")
+                #expect(status == 0)
+            }
+            #expect(grow.failures.withLock { $0 } == [])
+            let state = try f.state()
+            #expect(state.topology.databaseGroups.map { $0.map(\.name) } == [
+                ["postgres-primary", "postgres-r1"], ["postgres-b-primary", "postgres-b-r1"], ["postgres-c-primary", "postgres-c-r1"],
+            ])
+            #expect(state.webServers.map(\.name) == ["web3", "web4"])
+            let three = try counts([f.base + 40, f.base + 53, f.base + 56]).compactMap { Int($0) }
+            #expect(three.reduce(0, +) == 24, "users per cluster: \(three)")
+            // A cluster's ownership rows are the logical shards it owns: all 1,024, evenly.
+            let owned = try [f.base + 40, f.base + 53, f.base + 56].map {
+                Int(try Self.psqlValue(port: $0, "SELECT count(*) FROM shard_ownership", env: try f.secrets())) ?? 0
+            }
+            #expect(owned.reduce(0, +) == 1024 && owned.max()! - owned.min()! <= 1, "shards per cluster: \(owned)")
+            let emails = try [f.base + 40, f.base + 53, f.base + 56].map {
+                Int(try Self.psqlValue(port: $0, "SELECT count(*) FROM email_directory", env: try f.secrets())) ?? 0
+            }
+            #expect(emails.reduce(0, +) == 24)
+            for id in ids { #expect(try await Self.request(f.base + 1, .GET, "/users/\(id)").status == 200) }
+
+            // One cluster's primary dies: its shards' writes wait, the others' go on.
+            #expect(try await f.cluster("kill", "postgres-b-primary") == 0)
+            #expect(try await f.cluster("failover") == 0)
+            var created = 0
+            for i in 0..<200 where created < 24 {
+                let r = try await Self.request(f.base + 1, .POST, "/users", json: Self.signUpBody("after\(i)@example.com"))
+                if r.status == 201 { created += 1 } else { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(created == 24)
+            let b = Int(try Self.psqlValue(port: f.base + 54, "SELECT count(*) FROM users", env: try f.secrets())) ?? 0
+            #expect(b > three[1], "the promoted replica of cluster b takes sign-ups")
+        }
+    }
+
     /// The chapter's failover drill on the replicated stage: kill the primary, reads go
     /// on, writes answer 503; `cluster failover`; writes work again through the site.
     @Test func primaryKilledThenFailoverRestoresWrites() async throws {
@@ -1006,6 +1062,16 @@ import Testing
 
     static func doneJobs(_ node: Node, env: [String: String]) -> Int {
         Int(query(node, "SELECT count(*) FROM jobs WHERE state = 'done'", env: env).first ?? "") ?? -1
+    }
+
+    /// One value from a query on the cluster listening at `port`; throws when psql fails.
+    static func psqlValue(port: Int, _ sql: String, env: [String: String]) throws -> String {
+        let out = NSTemporaryDirectory() + "psql-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let script = "psql -h 127.0.0.1 -p \(port) -U postgres -d millions -Atc \"\(sql)\" > \(out)"
+        let status = try Processes.run(["/bin/bash", "-c", script], environment: env)
+        guard status == 0 else { throw EndToEndTests.TestFailure("psql on port \(port) exited \(status): \(sql)") }
+        return try String(contentsOfFile: out, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     static func doneJobs(port: Int, env: [String: String]) -> Int {
