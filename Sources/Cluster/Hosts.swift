@@ -134,7 +134,11 @@ public struct HostNetwork: Sendable {
     public func remove(_ host: NodeHost) throws {
         if try namespaces().contains(namespace(host)) { try ip("netns", "delete", namespace(host)) }
         try? FileManager.default.removeItem(atPath: "/etc/netns/\(namespace(host))")
-        if linkExists(veth(host)) { try ip("link", "delete", veth(host)) }
+        // The namespace takes its end of the pair with it, and the kernel then removes
+        // ours: it may go between the look and the delete.
+        if linkExists(veth(host)) {
+            do { try ip("link", "delete", veth(host)) } catch { if linkExists(veth(host)) { throw error } }
+        }
         try cgroups.removeTree(cgroup(host))
     }
 

@@ -53,11 +53,13 @@ public final class ReadYourWrites: Sendable {
 
     /// The positions as a cookie value: hex for the unsharded scope alone (as before
     /// sharding), else `scope.hex` joined by `~`.
-    public var cookieValue: String {
-        state.withLock { s in
-            s.positions.sorted { $0.key < $1.key }.map { $0.key.isEmpty ? String($0.value, radix: 16) : "\($0.key).\(String($0.value, radix: 16))" }
-                .joined(separator: "~")
-        }
+    public var cookieValue: String { Self.text(positions) }
+
+    /// Positions as text, as in the cookie (and a job's result).
+    public static func text(_ positions: [String: UInt64]) -> String {
+        positions.filter { $0.value > 0 }.sorted { $0.key < $1.key }
+            .map { $0.key.isEmpty ? String($0.value, radix: 16) : "\($0.key).\(String($0.value, radix: 16))" }
+            .joined(separator: "~")
     }
 
     /// Reads `cookieValue`; what does not parse is left out (a client's bad cookie only

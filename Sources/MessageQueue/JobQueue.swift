@@ -18,14 +18,15 @@ public struct Job: Sendable, Equatable {
     public var worker: String?
     public var lastError: String?
     public var createdAt: Double
-    /// Where the job's result was committed: the WAL position (LSN) of the last database
-    /// write its handler made, on PostgreSQL; 0 when none, or on an engine without
+    /// Where the job's result was committed: the write position (`ReadYourWrites`) of the
+    /// database writes its handler made, by cluster scope ("" on an unsharded tier; one
+    /// per cluster written on a sharded one); empty when none, or on an engine without
     /// replicas. A client that learns the job is done must read from there on.
-    public var resultPosition: UInt64
+    public var resultPositions: [String: UInt64]
 
     public init(
         id: Int64, queue: String, payload: String, state: State, attempts: Int, maxAttempts: Int, runAt: Double,
-        leaseUntil: Double?, worker: String?, lastError: String?, createdAt: Double, resultPosition: UInt64 = 0
+        leaseUntil: Double?, worker: String?, lastError: String?, createdAt: Double, resultPositions: [String: UInt64] = [:]
     ) {
         self.id = id
         self.queue = queue
@@ -38,7 +39,7 @@ public struct Job: Sendable, Equatable {
         self.worker = worker
         self.lastError = lastError
         self.createdAt = createdAt
-        self.resultPosition = resultPosition
+        self.resultPositions = resultPositions
     }
 }
 
@@ -68,8 +69,8 @@ public protocol JobQueue: Sendable {
     func claim(queues: [String], worker: String, leaseSeconds: Double) async throws -> Job?
     /// Extends the lease; false if the job is no longer this worker's (lease lost).
     func heartbeat(id: Int64, worker: String, leaseSeconds: Double) async throws -> Bool
-    /// Marks the job done, with the commit position of its result (see `Job.resultPosition`).
-    func complete(id: Int64, worker: String, resultPosition: UInt64) async throws
+    /// Marks the job done, with the commit positions of its result (see `Job.resultPositions`).
+    func complete(id: Int64, worker: String, resultPositions: [String: UInt64]) async throws
     /// Records a failed run: retried at `retryAt`, or dead when nil.
     func fail(id: Int64, worker: String, error: String, retryAt: Double?) async throws
     /// Gives a job back without counting the run (graceful shutdown).
@@ -86,7 +87,7 @@ public protocol JobQueue: Sendable {
 extension JobQueue {
     /// Marks the job done; its handler wrote nothing a replica could lag behind on.
     public func complete(id: Int64, worker: String) async throws {
-        try await complete(id: id, worker: worker, resultPosition: 0)
+        try await complete(id: id, worker: worker, resultPositions: [:])
     }
 
     @discardableResult

@@ -28,6 +28,9 @@ public enum JobSchema {
         // Where a job's result was committed, so a client told "done" reads it (always 0
         // on SQLite, which has no replicas; kept so every engine stores the same job).
         Migration("4-job-result-position", ["ALTER TABLE jobs ADD COLUMN result_lsn INTEGER NOT NULL DEFAULT 0"]),
+        // The result's positions by cluster (as `ReadYourWrites.text`); replaces result_lsn,
+        // which names no cluster and so cannot serve a sharded tier.
+        Migration("8-job-result-positions", ["ALTER TABLE jobs ADD COLUMN result_positions TEXT NOT NULL DEFAULT ''"]),
     ]
 
     public static let postgres: [Migration] = [
@@ -65,5 +68,8 @@ public enum JobSchema {
                 "DROP INDEX jobs_due",
                 "DROP INDEX jobs_leases",
             ]),
+        // The result's positions by cluster (as `ReadYourWrites.text`); replaces result_lsn,
+        // which names no cluster and so cannot serve a sharded tier.
+        Migration("8-job-result-positions", ["ALTER TABLE jobs ADD COLUMN result_positions text NOT NULL DEFAULT ''"]),
     ]
 }

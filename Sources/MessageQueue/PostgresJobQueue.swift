@@ -26,9 +26,9 @@ public struct PostgresJobQueue: JobQueue {
         self.batches = Batches(set: replicaSet, now: now)
     }
 
-    typealias JobRow = (Int64, String, String, String, Int32, Int32, Double, Double?, String?, String?, Double, Int64)
+    typealias JobRow = (Int64, String, String, String, Int32, Int32, Double, Double?, String?, String?, Double, String)
     static let columns =
-        "id, queue, payload, state, attempts, max_attempts, run_at, lease_until, worker, last_error, created_at, result_lsn"
+        "id, queue, payload, state, attempts, max_attempts, run_at, lease_until, worker, last_error, created_at, result_positions"
 
     /// Claims, heartbeats and outcomes skip the commit's fsync: lost in a crash, they only
     /// make a job run again, which at-least-once delivery allows. Enqueues keep it.
@@ -40,7 +40,7 @@ public struct PostgresJobQueue: JobQueue {
         Job(
             id: r.0, queue: r.1, payload: r.2, state: Job.State(rawValue: r.3) ?? .dead, attempts: Int(r.4),
             maxAttempts: Int(r.5), runAt: r.6, leaseUntil: r.7, worker: r.8, lastError: r.9, createdAt: r.10,
-            resultPosition: UInt64(bitPattern: r.11))
+            resultPositions: ReadYourWrites.positions(cookie: r.11))
     }
 
     static func jobs(_ rows: PostgresRowSequence) async throws -> [Job] {
@@ -65,7 +65,7 @@ public struct PostgresJobQueue: JobQueue {
     struct Completion: Sendable {
         var id: Int64
         var worker: String
-        var position: Int64
+        var positions: String
     }
 
     final class Batches: Sendable {
@@ -113,8 +113,8 @@ public struct PostgresJobQueue: JobQueue {
                     try await PostgresJobQueue.relaxed(c)
                     try await c.query(
                         """
-                        UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = \(finishedAt), result_lsn = d.position
-                        FROM unnest(\(done.map(\.id)), \(done.map(\.worker)), \(done.map(\.position))) AS d(id, worker, position)
+                        UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = \(finishedAt), result_positions = d.positions
+                        FROM unnest(\(done.map(\.id)), \(done.map(\.worker)), \(done.map(\.positions))) AS d(id, worker, positions)
                         WHERE jobs.id = d.id AND jobs.worker = d.worker AND jobs.state = 'running'
                         """, logger: c.logger)
                 }
@@ -215,8 +215,8 @@ public struct PostgresJobQueue: JobQueue {
         }
     }
 
-    public func complete(id: Int64, worker: String, resultPosition: UInt64) async throws {
-        try await batches.completions.submit(Completion(id: id, worker: worker, position: Int64(bitPattern: resultPosition)))
+    public func complete(id: Int64, worker: String, resultPositions: [String: UInt64]) async throws {
+        try await batches.completions.submit(Completion(id: id, worker: worker, positions: ReadYourWrites.text(resultPositions)))
     }
 
     public func fail(id: Int64, worker: String, error: String, retryAt: Double?) async throws {

@@ -1,3 +1,4 @@
+import DataTier
 import MillionsCore
 import NIOCore
 import RedisClient
@@ -99,7 +100,7 @@ public struct RedisJobQueue: JobQueue {
         return Job(
             id: id, queue: queue, payload: payload, state: state, attempts: attempts, maxAttempts: maxAttempts, runAt: runAt,
             leaseUntil: number("leaseUntil"), worker: text("worker"), lastError: text("lastError"), createdAt: createdAt,
-            resultPosition: text("resultLSN").flatMap { UInt64($0) } ?? 0)
+            resultPositions: ReadYourWrites.positions(cookie: text("resultPositions") ?? ""))
     }
 
     static func flag(_ reply: RESPValue, _ script: String) throws -> Bool {
@@ -129,9 +130,9 @@ public struct RedisJobQueue: JobQueue {
         return try Self.flag(reply, "heartbeat")
     }
 
-    public func complete(id: Int64, worker: String, resultPosition: UInt64) async throws {
+    public func complete(id: Int64, worker: String, resultPositions: [String: UInt64]) async throws {
         _ = try await eval(
-            Self.completeScript, [String(id), worker, String(self.now()), String(doneRetentionSeconds), String(resultPosition)],
+            Self.completeScript, [String(id), worker, String(self.now()), String(doneRetentionSeconds), ReadYourWrites.text(resultPositions)],
             durable: true)
     }
 
@@ -396,7 +397,7 @@ public struct RedisJobQueue: JobQueue {
         redis.call('ZREM', qkey('leases', q), id)
         drop(id, q, job[4])
         forget(q, worker)
-        redis.call('HSET', jobkey(id), 'state', 'done', 'finishedAt', now, 'resultLSN', position)
+        redis.call('HSET', jobkey(id), 'state', 'done', 'finishedAt', now, 'resultPositions', position)
         redis.call('HDEL', jobkey(id), 'leaseUntil')
         redis.call('HINCRBY', qkey('counts', q), 'done', 1)
         if keep > 0 then redis.call('EXPIRE', jobkey(id), keep) end

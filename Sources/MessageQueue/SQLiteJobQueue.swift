@@ -21,7 +21,7 @@ public struct SQLiteJobQueue: JobQueue {
             id: row["id"], queue: row["queue"], payload: row["payload"], state: Job.State(rawValue: row["state"]) ?? .dead,
             attempts: row["attempts"], maxAttempts: row["max_attempts"], runAt: row["run_at"], leaseUntil: row["lease_until"],
             worker: row["worker"], lastError: row["last_error"], createdAt: row["created_at"],
-            resultPosition: UInt64(bitPattern: row["result_lsn"] ?? 0))
+            resultPositions: ReadYourWrites.positions(cookie: row["result_positions"] ?? ""))
     }
 
     public func enqueue(queue: String, payload: String, maxAttempts: Int, delaySeconds: Double) async throws -> Int64 {
@@ -81,12 +81,12 @@ public struct SQLiteJobQueue: JobQueue {
         }
     }
 
-    public func complete(id: Int64, worker: String, resultPosition: UInt64) async throws {
+    public func complete(id: Int64, worker: String, resultPositions: [String: UInt64]) async throws {
         let now = now()
         try await database.write { db in
             try db.execute(
-                sql: "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = ?, result_lsn = ? WHERE id = ? AND worker = ? AND state = 'running'",
-                arguments: [now, Int64(bitPattern: resultPosition), id, worker])
+                sql: "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = ?, result_positions = ? WHERE id = ? AND worker = ? AND state = 'running'",
+                arguments: [now, ReadYourWrites.text(resultPositions), id, worker])
         }
     }
 

@@ -125,7 +125,8 @@ struct PhotosController {
         else { throw MillionsError(.notFound, "no such job") }
         // The worker's write is not this session's: once the session is told "done", its
         // reads must see the result, so its read-your-writes position moves past it.
-        if job.state == .done, job.resultPosition > 0, ReadYourWrites.current?.learned(of: job.resultPosition) == true {
+        let raised = job.state == .done && job.resultPositions.contains { ReadYourWrites.current?.learned(of: $0.value, scope: $0.key) == true }
+        if raised {
             metrics.counter(
                 "read_your_writes_raised", "Client positions raised to an asynchronous write they learned of", [("source", "job")]
             ).increment()

@@ -597,7 +597,7 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
         try await PostgresTopology.withFresh { t in
             try await TestApp.runPostgres(t, ["queue.inProcessWorkers": "1", "cache.backend": "memory"]) { client, components in
                 let (id, session) = try await signUpJohn(client, email: uniqueEmail("lag-photo"))
-                try await waitUntilReplicasReplay(components.replicaSet!, try await primaryPosition(components.replicaSet!))
+                try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
                 try t.pauseReplay("r1")
                 try t.pauseReplay("r2")
                 defer {
@@ -662,16 +662,64 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
     }
 }
 
-/// The primary's current WAL position, as the replica set's discovery last saw it.
-/// The primary's WAL position now, asked of the primary itself (discovery's view may be
-/// older than the last write).
-func primaryPosition(_ set: ReplicaSet) async throws -> UInt64 {
-    let text = try await set.readPrimary("test_position") { client in
-        var last = ""
-        for try await t in try await client.query("SELECT pg_current_wal_lsn()::text").decode(String.self) { last = t }
-        return last
+/// The same on a sharded tier: the worker's write is on the user's cluster, so the job's
+/// result names that cluster's position, and the session told "done" reads the new photo
+/// with every replica of both clusters frozen.
+@Suite struct ShardedPhotoTests {
+    @Test func aSessionToldItsJobIsDoneReadsTheResultOnItsCluster() async throws {
+        try await PostgresTopology.withFresh(replicas: 1) { a in
+            try await PostgresTopology.withFresh(replicas: 1) { b in
+                try await TestApp.withTemporaryDirectory { dir in
+                    let settings = try TestApp.settings(
+                        dataDirectory: dir,
+                        [
+                            "data.engine": "sharded",
+                            "data.shards.clusters": "a=\(a.addresses.joined(separator: ","));b=\(b.addresses.joined(separator: ","))",
+                            "data.postgres.timeoutMs": "10000", "data.postgres.discoveryMs": "100", "data.postgres.maxLagSeconds": "3600",
+                            "data.shards.gatherMs": "60000", "queue.inProcessWorkers": "0", "cache.backend": "none",
+                        ])
+                    let c = try await TestApp.components(settings)
+                    try await buildApplication(c).test(.router) { client in
+                        try await c.engines.prepare()
+                        let (id, session) = try await signUpJohn(client, email: uniqueEmail("sharded-told-done"))
+                        let image = try Imaging.testImage(width: 220, height: 100, format: .png)
+                        let r = try await client.execute(
+                            uri: "/users/\(id)/photo", method: .post,
+                            headers: [.contentType: "image/png", .cookie: "millions_session=\(session)"], body: ByteBuffer(bytes: image))
+                        #expect(r.status == .accepted, "\(r.text)")
+                        let uploaded = try #require(r.cookie("millions_lsn"))
+                        #expect(uploaded.contains("."), "a sharded position names its cluster: \(uploaded)")
+                        // Every replica has the upload, then stops replaying.
+                        for t in [a, b] {
+                            let set = try ReplicationTests.replicaSet(t)
+                            try await set.withRunning {
+                                let position = try await set.primaryPosition()
+                                #expect(await set.waitForReplay(of: position, timeout: .seconds(60)) == [])
+                            }
+                            try t.pauseReplay("r1")
+                        }
+                        defer { for t in [a, b] { try? t.resumeReplay("r1") } }
+                        // Let discovery see the replicas caught up with the upload, so reads
+                        // at the upload's position may go to them.
+                        try await Task.sleep(for: .milliseconds(500))
+                        let worker = c.engines.worker(concurrency: 1)
+                        let running = Task { try await worker.run() }
+                        let (job, seen) = try await followJob(
+                            client, try #require(r.headers[.location]), cookies: ["millions_session": session, "millions_lsn": uploaded])
+                        running.cancel()
+                        _ = try? await running.value
+                        #expect(job["state"] as? String == "done", "\(job)")
+                        let raised = ReadYourWrites.positions(cookie: seen["millions_lsn"] ?? "")
+                        let before = ReadYourWrites.positions(cookie: uploaded)
+                        #expect(raised.contains { $0.value > before[$0.key] ?? 0 }, "position not raised: \(uploaded) → \(raised)")
+                        let me = try await client.send(.get, "/users/\(id)", cookies: seen)
+                        #expect(me.status == .ok)
+                        #expect(me.object["photo"] as? [String: String] == job["photo"] as? [String: String])
+                    }
+                }
+            }
+        }
     }
-    return try #require(LSN.parse(text))
 }
 
 /// Waits (up to a minute) until discovery has seen every replica replay past `position`,

@@ -74,11 +74,12 @@ enum QueueEngine: String, CaseIterable, Sendable { case sqlite, postgres, redis,
             #expect(try await jobs.claim(queues: [q], worker: "w3", leaseSeconds: 30) == nil)
             try await jobs.complete(id: a, worker: "w1")
             #expect(try await jobs.job(id: a)?.state == .done)
-            #expect(try await jobs.job(id: a)?.resultPosition == 0)
-            // The result's commit position is kept with the job, all 64 bits of it.
-            let position: UInt64 = 0xFFFF_FFF0_0000_1234
-            try await jobs.complete(id: b, worker: "w2", resultPosition: position)
-            #expect(try await jobs.job(id: b)?.resultPosition == position)
+            #expect(try await jobs.job(id: a)?.resultPositions == [:])
+            // The result's commit positions are kept with the job, all 64 bits of each, by
+            // cluster: an unsharded tier's ("") and a sharded tier's clusters' alike.
+            let positions: [String: UInt64] = ["": 0xFFFF_FFF0_0000_1234, "b": 0x0001_0000_0A00_0010]
+            try await jobs.complete(id: b, worker: "w2", resultPositions: positions)
+            #expect(try await jobs.job(id: b)?.resultPositions == positions)
             let stats = try await jobs.stats().first { $0.queue == q }
             #expect(stats?.done == 2 && stats?.running == 0 && stats?.ready == 0)
         }
@@ -183,7 +184,7 @@ enum QueueEngine: String, CaseIterable, Sendable { case sqlite, postgres, redis,
                         var mine: [Int64] = []
                         while let job = try await jobs.claim(queues: [q], worker: "w\(w % 4)", leaseSeconds: 30) {
                             #expect(job.state == .running && job.worker == "w\(w % 4)")
-                            try await jobs.complete(id: job.id, worker: "w\(w % 4)", resultPosition: UInt64(job.id) * 7)
+                            try await jobs.complete(id: job.id, worker: "w\(w % 4)", resultPositions: ["": UInt64(job.id) * 7])
                             mine.append(job.id)
                         }
                         return mine
@@ -194,7 +195,7 @@ enum QueueEngine: String, CaseIterable, Sendable { case sqlite, postgres, redis,
             #expect(claimed.count == 200 && Set(claimed) == Set(ids.values))
             for id in ids.values {
                 let job = try await jobs.job(id: id)
-                #expect(job?.state == .done && job?.resultPosition == UInt64(id) * 7)
+                #expect(job?.state == .done && job?.resultPositions == ["": UInt64(id) * 7])
             }
         }
     }

@@ -7,6 +7,7 @@ import Logging
 import MillionsCore
 import MillionsTesting
 import Observability
+import PostgresNIO
 import Synchronization
 import Testing
 import WebTier
@@ -212,7 +213,7 @@ import WebTier
             // read then falls back to the primary, as it should), so poll until a read that a
             // replica served returns the user (up to a minute).
             // Replicas first replay the schema and the row (a fresh topology may not have yet).
-            try await waitUntilReplicasReplay(set, try await primaryPosition(set))
+            try await waitUntilReplicasReplay(set, try await set.primaryPosition())
             var seen: User? = nil
             for _ in 0..<1200 where seen == nil {
                 let before = Self.routed(set.metrics, "replica")
@@ -228,13 +229,34 @@ import WebTier
         }
     }
 
+    /// A shard move publishes the map only once the target's replicas have replayed the
+    /// copy: `waitForReplay` names a replica whose replay is paused, and nothing once it
+    /// goes on.
+    @Test func waitForReplayNamesTheReplicasBehindAPosition() async throws {
+        let t = try PostgresTopology.shared()
+        let set = try Self.replicaSet(t)
+        try await set.withRunning {
+            try t.pauseReplay("r1")
+            defer { try? t.resumeReplay("r1") }
+            try await set.write("replay_probe") { c in
+                try await c.query("CREATE TABLE IF NOT EXISTS replay_probe (n int)")
+                try await c.query("INSERT INTO replay_probe VALUES (1)")
+            }
+            let position = try await set.primaryPosition()
+            let behind = await set.waitForReplay(of: position, timeout: .milliseconds(200))
+            #expect(behind.contains(t.addresses[1]), "behind: \(behind)")
+            try t.resumeReplay("r1")
+            #expect(await set.waitForReplay(of: position, timeout: .seconds(60)) == [])
+        }
+    }
+
     @Test func readYourWritesWhileReplicasArePaused() async throws {
         let t = try PostgresTopology.shared()
         // Replicas paused stay in rotation however long a loaded machine takes.
         try await TestApp.runPostgres(t, ["cache.backend": "none", "data.postgres.maxLagSeconds": "3600"]) { client, components in
             let (id, session) = try await signUpJohn(client, email: uniqueEmail("ryw"))
             // Let the replicas have the new user, then freeze them.
-            try await waitUntilReplicasReplay(components.replicaSet!, try await primaryPosition(components.replicaSet!))
+            try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
             try t.pauseReplay("r1")
             try t.pauseReplay("r2")
             defer {
@@ -383,7 +405,7 @@ import WebTier
                 let store = PostgresUserStore(replicaSet: set)
                 var ids: [UserID] = []
                 for i in 0..<20 { ids.append(try await store.create(StoreSuite.account("k\(i)@example.com")).id) }
-                try await waitUntilReplicasReplay(set, try await primaryPosition(set))
+                try await waitUntilReplicasReplay(set, try await set.primaryPosition())
                 let (ok, failed, after) = try await Self.readUnderLoad(store, ids) { try t.kill("r1") }
                 #expect(failed == 0)
                 #expect(ok > 0 && after >= 100)
@@ -404,7 +426,7 @@ import WebTier
                 let store = PostgresUserStore(replicaSet: set)
                 var ids: [UserID] = []
                 for i in 0..<20 { ids.append(UserID(try await signUpJohn(client, email: "p\(i)@example.com").id)!) }
-                try await waitUntilReplicasReplay(set, try await primaryPosition(set))
+                try await waitUntilReplicasReplay(set, try await set.primaryPosition())
                 let (ok, failed, after) = try await Self.readUnderLoad(store, ids) { try t.kill("primary") }
                 #expect(failed == 0)
                 #expect(ok > 0 && after >= 100)

@@ -260,6 +260,34 @@ public final class ReplicaSet: Service {
         throw Self.noPrimary
     }
 
+    /// The primary's current WAL position.
+    public func primaryPosition() async throws -> UInt64 {
+        try await readPrimary("wal_position") { client in
+            for try await text in try await client.query("SELECT pg_current_wal_lsn()::text").decode(String.self) {
+                if let lsn = LSN.parse(text) { return lsn }
+            }
+            throw MillionsError(.internalError, "the primary gave no WAL position")
+        }
+    }
+
+    /// Waits until every replica that answers has replayed `position`, or `timeout` has
+    /// passed; the names of those still behind. A replica that does not answer is not
+    /// waited for: reads are not routed to it either.
+    public func waitForReplay(of position: UInt64, timeout: Duration) async -> [String] {
+        let deadline = ContinuousClock.now + timeout
+        var waiting = Array(nodes.indices)
+        while true {
+            var behind: [Int] = []
+            for i in waiting {
+                let s = await probe(i, timeout: settings.queryTimeout)
+                if s.reachable && s.role == .replica && s.lsn < position { behind.append(i) }
+            }
+            waiting = behind
+            if waiting.isEmpty || ContinuousClock.now >= deadline { return waiting.map { nodes[$0].name } }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
     /// Asks the discovery loop to probe every node now.
     public func rediscoverSoon() { discoverNow.store(true, ordering: .relaxed) }
 

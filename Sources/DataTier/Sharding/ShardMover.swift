@@ -11,7 +11,8 @@ import PostgresNIO
 ///    later write to the shard is refused, and the store retries it until the map moves on.
 ///    Reads go on at the source.
 /// 3. Copy: the shard's users and email entries, every column, source → target.
-/// 4. Verify: row counts and an md5 over the rows' text, source against target.
+/// 4. Verify: row counts and an md5 over the rows' text, source against target; then wait
+///    (bounded) until the target's replicas have replayed the copy.
 /// 5. Switch: the next map version is published. Waiting writes now land on the target.
 /// 6. Clean: the source's rows of the shard are deleted.
 ///
@@ -22,10 +23,14 @@ public struct ShardMover: Sendable {
     let directory: ShardDirectory
     let logger: Logger
 
-    public init(clusters: [String: ReplicaSet], directory: ShardDirectory, logger: Logger) {
+    /// How long a move waits (fenced) for the target's replicas to replay the copy.
+    let replayTimeout: Duration
+
+    public init(clusters: [String: ReplicaSet], directory: ShardDirectory, logger: Logger, replayTimeout: Duration = .seconds(5)) {
         self.clusters = clusters
         self.directory = directory
         self.logger = logger
+        self.replayTimeout = replayTimeout
     }
 
     /// What one move did.
@@ -67,6 +72,15 @@ public struct ShardMover: Sendable {
             let (before, after) = (try await Self.digest(logical, on: source), try await Self.digest(logical, on: destination))
             guard before == after else {
                 throw MillionsError(.internalError, "logical shard \(logical): the copy on \(target) differs from \(sourceName) (\(before) vs \(after))")
+            }
+            // Reads go to the target's replicas once the map names it: they must have the
+            // copy by then, or a moved user reads as "not found" for a moment.
+            let copiedAt = try await destination.primaryPosition()
+            let behind = await destination.waitForReplay(of: copiedAt, timeout: replayTimeout)
+            if !behind.isEmpty {
+                logger.warning(
+                    "shard published before these replicas replayed its copy; they may answer 'not found' for it until they do",
+                    metadata: ["logical": "\(logical)", "replicas": "\(behind.joined(separator: ","))"])
             }
             try await directory.publish(next)
         } catch {
