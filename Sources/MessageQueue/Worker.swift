@@ -141,7 +141,7 @@ public final class Worker: Service, Sendable {
         do {
             switch outcome {
             case .done:
-                try await queue.complete(id: job.id, worker: name, resultPosition: written.advanced ? written.minimumLSN : 0)
+                try await queue.complete(id: job.id, worker: name, resultPositions: written.advanced ? written.positions : [:])
                 count("done")
                 log.info("job done", metadata: ["attempt": "\(job.attempts)"])
             case .failed(let error):
