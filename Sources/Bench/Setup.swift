@@ -14,11 +14,14 @@ public enum Setup {
         return ids
     }
 
-    /// Logs in the first `count` seeded users (email `seed-<i>@example.com`) and keeps
-    /// their session cookies.
+    /// Logs in `count` seeded users (email `seed-<i>@example.com`) spread evenly over the
+    /// seeding order, and keeps their session cookies. Seeded user i is on logical shard
+    /// i % 1024, so the first few would all live on one cluster of a sharded tier and
+    /// every update would go to it.
     public static func logIn(host: String, port: Int, ids: [Int64], count: Int) async throws -> [MixedScenario.LoggedIn] {
         var users: [MixedScenario.LoggedIn] = []
-        for i in 0..<min(count, ids.count) {
+        let n = min(count, ids.count)
+        for i in (0..<n).map({ $0 * ids.count / n }) {
             var request = HTTPClientRequest(url: "http://\(host):\(port)/sessions")
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/json")
