@@ -9,7 +9,7 @@ import MillionsCore
 struct ShardsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shards", abstract: "The shard map and what each cluster holds (data.engine=sharded).",
-        subcommands: [Status.self, Move.self, Rebalance.self], defaultSubcommand: Status.self)
+        subcommands: [Status.self, Move.self, Rebalance.self, Clean.self], defaultSubcommand: Status.self)
 
     /// Runs `body` with the sharded engine's clusters running and migrated.
     static func withSharded<T: Sendable>(_ options: ConfigOptions, _ body: (ShardedEngine) async throws -> T) async throws -> T {
@@ -67,6 +67,24 @@ struct ShardsCommand: AsyncParsableCommand {
                     .rebalance(sharded.order)
             }
             ShardsCommand.report(moves)
+        }
+    }
+
+    struct Clean: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Remove rows a cluster keeps of shards moved away from it (left when a move's clean failed).")
+        @OptionGroup var options: ConfigOptions
+        @Flag(name: .long, help: "Count them; remove nothing.") var dryRun = false
+
+        func run() async throws {
+            let dryRun = self.dryRun
+            let found = try await ShardsCommand.withSharded(options) { sharded in
+                try await ShardMover(clusters: sharded.clusters, directory: sharded.store.directory, logger: sharded.logger)
+                    .clean(dryRun: dryRun)
+            }
+            for f in found {
+                print("cluster \(f.cluster): \(dryRun ? "" : "removed ")\(f.users) users, \(f.emails) email entries of shards it no longer has")
+            }
         }
     }
 

@@ -465,6 +465,41 @@ final class LoadState: Sendable {
 
     /// A third cluster joins: rebalancing gives it its share of the shards, taken from the
     /// others, and every user is still found, once.
+    /// A move whose clean failed leaves the shard's rows on the source (made here by putting
+    /// them back, past the fence). `clean` counts them in a dry run, then removes exactly
+    /// those: the users live on once, on the cluster that owns them.
+    @Test func cleanRemovesWhatAFailedMoveLeftOnTheSource() async throws {
+        try await withShardedClusters(fresh: true) { store, clusters in
+            let (a, b) = (clusters["a"]!, clusters["b"]!)
+            var moved: [UserID] = []
+            for i in 0..<5 { moved.append(try await store.create(account(uniqueEmail("left\(i)"), shard: 7)).id) }
+            let stay = try await store.create(account(uniqueEmail("stay"), shard: 8)).id
+            let snapshot = try await a.readPrimary("snapshot") { client in
+                var json = "[]"
+                for try await t in try await client.query(
+                    "SELECT coalesce(json_agg(u), '[]')::text FROM users u WHERE (u.id >> 12) & 1023 = 7").decode(String.self) { json = t }
+                return json
+            }
+            let mover = ShardMover(clusters: clusters, directory: store.directory, logger: quietLogger)
+            #expect(try await mover.move(7, to: "b") != nil)
+            try await a.write("put_back") { c in
+                try await c.query("SET LOCAL session_replication_role = replica", logger: c.logger)
+                try await c.query("INSERT INTO users SELECT * FROM json_populate_recordset(null::users, \(snapshot)::json)", logger: c.logger)
+            }
+            #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 5)
+
+            let counted = try await mover.clean(dryRun: true)
+            #expect(counted == [.init(cluster: "a", users: 5, emails: 0), .init(cluster: "b", users: 0, emails: 0)])
+            #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 5)
+            #expect(try await mover.clean() == counted)
+            #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 0)
+            #expect(try await count(b, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 5)
+            #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 8") == 1)
+            for id in moved + [stay] { #expect(try await store.user(id: id) != nil) }
+            #expect(try await mover.clean(dryRun: true).allSatisfy { $0.users == 0 && $0.emails == 0 })
+        }
+    }
+
     @Test func rebalanceGivesANewClusterItsShare() async throws {
         try await PostgresTopology.withFresh(replicas: 0) { a in
             try await PostgresTopology.withFresh(replicas: 0) { b in
