@@ -1,5 +1,6 @@
 import Cluster
 import Foundation
+import Synchronization
 
 /// A real PostgreSQL primary + replicas for a test, run by `scripts/postgres` in its own
 /// folder and ports. Fails loudly if it cannot start; never skips.
@@ -43,6 +44,9 @@ public final class PostgresTopology: Sendable {
         -> PostgresTopology
     {
         let t = PostgresTopology(directory: directory, basePort: basePort, replicas: replicas, password: password)
+        // Already running (started by `scripts/test`, or by an earlier test): no script,
+        // which would hold one of the few threads the tests' tasks share while it checks.
+        if !sync && t.isRunning { return t }
         try t.run(["start", String(replicas)] + (sync ? ["--sync"] : []))
         return t
     }
@@ -52,21 +56,57 @@ public final class PostgresTopology: Sendable {
 
     /// The topology shared by non-destructive tests: started on first use, destroyed by
     /// `scripts/test` when the run ends.
+    /// Started (or found running) once per process: each start waits for the script, on
+    /// one of the few threads every test's tasks share (`scripts/test` starts it first).
     public static func shared() throws -> PostgresTopology {
-        try start(directory: "/tmp/millions-pg-tests-shared", basePort: 15432, replicas: 2)
+        try sharedTopology.withLock { started in
+            if let started { return started }
+            let t = try start(directory: "/tmp/millions-pg-tests-shared", basePort: 15432, replicas: 2)
+            started = t
+            return t
+        }
     }
+    private static let sharedTopology = Mutex<PostgresTopology?>(nil)
 
     /// A fresh topology for a test that breaks things; destroyed after `body`.
     public static func withFresh<T>(
         replicas: Int = 2, sync: Bool = false, password: String? = nil, _ body: (PostgresTopology) async throws -> T
     ) async throws -> T {
-        var port = 12000 + Int.random(in: 0..<300) * 10
+        // 12000–13999: Redis Sentinel groups take 14000–14995 (RedisSentinelGroup).
+        var port = 12000 + Int.random(in: 0..<200) * 10
         while FileManager.default.fileExists(atPath: "/tmp/millions-pg-test-\(port)") {
-            port = 12000 + Int.random(in: 0..<300) * 10
+            port = 12000 + Int.random(in: 0..<200) * 10
         }
-        let t = try start(directory: "/tmp/millions-pg-test-\(port)", basePort: port, replicas: replicas, sync: sync, password: password)
-        defer { try? t.run(["destroy"]) }
-        return try await body(t)
+        let (directory, basePort) = ("/tmp/millions-pg-test-\(port)", port)
+        let t = try await offThePool { try start(directory: directory, basePort: basePort, replicas: replicas, sync: sync, password: password) }
+        do {
+            let result = try await body(t)
+            try? await offThePool { try t.run(["destroy"]) }
+            return result
+        } catch {
+            try? await offThePool { try t.run(["destroy"]) }
+            throw error
+        }
+    }
+
+    /// Runs a blocking call (a script, waited for) on a thread of its own. The cooperative
+    /// pool has a thread per core (two here): tests starting topologies at once would hold
+    /// them all, and every other test's tasks (replica sets' discovery among them) would
+    /// miss their deadlines meanwhile.
+    static func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try body() }) }.start()
+        }
+    }
+
+    /// Every node's postmaster is alive (by its pid file).
+    var isRunning: Bool {
+        (["primary"] + (0..<replicas).map { "r\($0 + 1)" }).allSatisfy { node in
+            guard let text = try? String(contentsOfFile: "\(directory)/\(node)/postmaster.pid", encoding: .utf8),
+                let pid = text.split(whereSeparator: \.isNewline).first.flatMap({ Int32($0) })
+            else { return false }
+            return Foundation.kill(pid, 0) == 0
+        }
     }
 
     public func kill(_ node: String) throws { try run(["kill", node]) }

@@ -406,7 +406,7 @@ final class LoadState: Sendable {
     var slowest: Duration { slowestWrite.withLock { $0 } }
 }
 
-@Suite struct ShardMoverTests {
+@Suite(.serialized) struct ShardMoverTests {
     /// Two shards move while writers update their users and readers read them: every
     /// acknowledged write is on the new cluster, every user is there exactly once, and no
     /// read or write failed (writes to a fenced shard waited).
