@@ -1075,10 +1075,6 @@ import Testing
     }
 
     static func doneJobs(port: Int, env: [String: String]) -> Int {
-        let out = NSTemporaryDirectory() + "done-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: out) }
-        let script = "psql -h 127.0.0.1 -p \(port) -U postgres -d millions -Atc \"SELECT count(*) FROM jobs WHERE state = 'done'\" > \(out)"
-        guard (try? Processes.run(["/bin/bash", "-c", script], environment: env)) == 0 else { return -1 }
-        return Int((try? String(contentsOfFile: out, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? -1
+        Int((try? psqlValue(port: port, "SELECT count(*) FROM jobs WHERE state = 'done'", env: env)) ?? "") ?? -1
     }
 }
