@@ -78,11 +78,13 @@ public struct PostgresEngine: DataEngine {
 
 /// Users sharded over several PostgreSQL clusters (each a primary and its replicas) by
 /// the logical shard in their ids (`ShardedUserStore`). The first cluster is the directory:
-/// it keeps the shard map, and (not sharded yet) sessions and jobs.
+/// it keeps the shard map, and (not sharded yet) sessions. Jobs are spread over every
+/// cluster's queue, a photo's job on its user's cluster (`ShardedJobQueue`).
 public struct ShardedEngine: DataEngine {
     public let clusters: [String: ReplicaSet]
     public let order: [String]
     public let store: ShardedUserStore
+    public let queue: ShardedJobQueue
     public let logger: Logger
     /// The first cluster.
     let directory: ReplicaSet
@@ -104,12 +106,12 @@ public struct ShardedEngine: DataEngine {
         store = ShardedUserStore(
             clusters: clusters, directory: ShardDirectory(set: directory), metrics: metrics, logger: logger,
             gatherDeadline: settings.shardGatherDeadline)
+        queue = ShardedJobQueue(clusters: clusters, order: order, directory: store.directory, logger: logger)
     }
     public var users: any UserStore { store }
     public var sessions: any SessionStore { PostgresSessionStore(replicaSet: directory) }
-    public var jobs: any JobQueue { PostgresJobQueue(replicaSet: directory) }
-    /// Users and jobs are on different clusters: the version, then the job.
-    public var photoRequests: any PhotoRequests { SeparatePhotoRequests(users: store, jobs: jobs) }
+    public var jobs: any JobQueue { queue }
+    public var photoRequests: any PhotoRequests { ShardedPhotoRequests(users: store, jobs: queue) }
     public func photoFiles(logger: Logger) -> (any PhotoStore)? { nil }
     public var services: [any Service] { order.compactMap { clusters[$0] } }
 
@@ -122,6 +124,8 @@ public struct ShardedEngine: DataEngine {
             applied += try await PostgresMigrations.migrate(set, Schema.shardedCluster(directory: set === directory)).map { "\(name): \($0)" }
         }
         try await store.directory.initialize(clusters: clusters, order: order)
+        // Before any job is enqueued: a job's id names its cluster by number.
+        try await store.directory.number(order)
         return applied
     }
 

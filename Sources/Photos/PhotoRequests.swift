@@ -77,6 +77,29 @@ public struct PostgresPhotoRequests: PhotoRequests {
     }
 }
 
+/// A sharded tier: the version and its jobs in one transaction on the user's cluster, whose
+/// part of the queue the job's id then names (`ShardedJobQueue`). A shard moving meanwhile
+/// is retried as any write to it (`ShardedUserStore.onOwner`).
+public struct ShardedPhotoRequests: PhotoRequests {
+    let users: ShardedUserStore
+    let jobs: ShardedJobQueue
+    public init(users: ShardedUserStore, jobs: ShardedJobQueue) {
+        self.users = users
+        self.jobs = jobs
+    }
+
+    public func request(user: UserID, source: String?, edits: Edits?, maxAttempts: Int) async throws
+        -> (payload: PhotoJobs.Payload, job: Int64)?
+    {
+        let made = try await users.onOwner(of: user) { name, set in
+            try await PostgresPhotoRequests(replicaSet: set).request(user: user, source: source, edits: edits, maxAttempts: maxAttempts)
+                .map { ($0.payload, $0.job, name) }
+        }
+        guard let (payload, local, cluster) = made else { return nil }
+        return (payload, try await jobs.id(local: local, on: cluster))
+    }
+}
+
 /// A queue in another store (Redis): the version, then the jobs. If an enqueue fails the
 /// version is skipped, which is harmless (versions only need to grow); an upload's new
 /// original then waits for the next upload or edit to be processed, and a replaced one

@@ -239,8 +239,8 @@ import WebTier
             try t.pauseReplay("r1")
             defer { try? t.resumeReplay("r1") }
             try await set.write("replay_probe") { c in
-                try await c.query("CREATE TABLE IF NOT EXISTS replay_probe (n int)")
-                try await c.query("INSERT INTO replay_probe VALUES (1)")
+                try await c.query("CREATE TABLE IF NOT EXISTS replay_probe (n int)", logger: c.logger)
+                try await c.query("INSERT INTO replay_probe VALUES (1)", logger: c.logger)
             }
             let position = try await set.primaryPosition()
             let behind = await set.waitForReplay(of: position, timeout: .milliseconds(200))

@@ -1,5 +1,7 @@
 @testable import DataTier
 import Engines
+@testable import MessageQueue
+import Photos
 import Foundation
 import Hummingbird
 import HummingbirdTesting
@@ -60,6 +62,7 @@ func runSharded(
         }
         let directory = ShardDirectory(set: clusters[directoryName]!)
         try await directory.initialize(clusters: clusters, order: mapped)
+        try await directory.number(topologies.map(\.0))
         // Generous: a machine busy with the whole suite must not fail a fenced write.
         let store = ShardedUserStore(
             clusters: clusters, directory: directory, metrics: AppMetrics(), logger: quietLogger, fenceWait: .seconds(60),
@@ -525,6 +528,79 @@ final class LoadState: Sendable {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The job queue of a sharded tier: every cluster's `jobs` table, ids naming the cluster.
+@Suite struct ShardedJobQueueTests {
+    static func queue(_ store: ShardedUserStore, _ clusters: [String: ReplicaSet]) -> ShardedJobQueue {
+        ShardedJobQueue(clusters: clusters, order: ["a", "b"], directory: store.directory, logger: quietLogger)
+    }
+
+    @Test func jobsAreSpreadOverTheClustersAndTheirIdsNameTheirCluster() async throws {
+        try await withShardedClusters { store, clusters in
+            let jobs = Self.queue(store, clusters)
+            let numbers = try await store.directory.clusterNumbers()
+            #expect(numbers["a"] == 0 && numbers["b"] == 1, "\(numbers)")
+            let q = "sq-\(UUID().uuidString.prefix(8))"
+            var ids: [Int64] = []
+            for n in 0..<10 { ids.append(try await jobs.enqueue(queue: q, payload: #"{"n":\#(n)}"#)) }
+            #expect(Set(ids).count == 10)
+            // Half on each cluster, each id naming the cluster whose table holds it.
+            #expect(Set(ids.map { $0 >> ShardedJobQueue.localBits }) == [0, 1])
+            for (name, number) in [("a", Int64(0)), ("b", Int64(1))] {
+                let local = ids.filter { $0 >> ShardedJobQueue.localBits == number }.map { $0 & ShardedJobQueue.localMask }
+                #expect(local.count == 5)
+                #expect(try await count(clusters[name]!, "SELECT count(*) FROM jobs WHERE queue = '\(q)'") == 5)
+                #expect(
+                    try await count(
+                        clusters[name]!, "SELECT count(*) FROM jobs WHERE queue = '\(q)' AND id IN (\(local.map(String.init).joined(separator: ",")))")
+                        == 5)
+            }
+            // Every job is claimed once, from both clusters, and ends where it began.
+            var claimed: [Job] = []
+            while let job = try await jobs.claim(queues: [q], worker: "w", leaseSeconds: 60) { claimed.append(job) }
+            #expect(Set(claimed.map(\.id)) == Set(ids))
+            #expect(try await jobs.heartbeat(id: ids[0], worker: "w", leaseSeconds: 60))
+            #expect(try await jobs.heartbeat(id: ids[0], worker: "other", leaseSeconds: 60) == false)
+            for id in ids.dropFirst(2) { try await jobs.complete(id: id, worker: "w", resultPositions: ["b": 42]) }
+            try await jobs.fail(id: ids[0], worker: "w", error: "boom", retryAt: nil)
+            try await jobs.release(id: ids[1], worker: "w")
+            let done = try #require(try await jobs.job(id: ids[3]))
+            #expect(done.id == ids[3] && done.state == .done && done.resultPositions == ["b": 42])
+            #expect(try await jobs.job(id: ids[1])?.state == .ready)
+            let stats = try #require(try await jobs.stats().first { $0.queue == q })
+            #expect(stats.done == 8 && stats.dead == 1 && stats.ready == 1 && stats.running == 0, "\(stats)")
+            #expect(try await jobs.deadJobs(limit: 1000).contains { $0.id == ids[0] && $0.lastError == "boom" })
+            #expect(try await jobs.retryDead(id: ids[0]))
+            #expect(try await jobs.job(id: ids[0])?.state == .ready)
+            // An id no cluster could have made is not found, not an error.
+            #expect(try await jobs.job(id: 30 << 48 | 1) == nil)
+            #expect(try await jobs.job(id: -5) == nil)
+        }
+    }
+
+    /// A photo's version and its jobs commit together on the user's cluster, and the job's
+    /// id names that cluster.
+    @Test func aPhotoJobIsQueuedOnItsUsersCluster() async throws {
+        try await withShardedClusters { store, clusters in
+            let jobs = Self.queue(store, clusters)
+            let requests = ShardedPhotoRequests(users: store, jobs: jobs)
+            for (shard, name, number) in [(5, "a", Int64(0)), (800, "b", Int64(1))] {
+                let user = try await store.create(account(uniqueEmail("photo-\(name)"), shard: shard))
+                let made = try #require(try await requests.request(user: user.id, source: "orig-\(UUID().uuidString).jpg", edits: nil, maxAttempts: 3))
+                #expect(made.job >> ShardedJobQueue.localBits == number)
+                let local = made.job & ShardedJobQueue.localMask
+                #expect(
+                    try await count(
+                        clusters[name]!, "SELECT count(*) FROM jobs WHERE id = \(local) AND payload::jsonb ->> 'user' = '\(user.id.rawValue)'") == 1)
+                #expect(try await jobs.job(id: made.job)?.payload == made.payload.json)
+                #expect(try await store.newestPhoto(id: user.id)?.version == made.payload.version)
+            }
+            // No such user: no version and no job.
+            let ghost = UserID(seconds: Int64(Clock.secondsSince1970()), shard: 900, sequence: 7)
+            #expect(try await requests.request(user: ghost, source: "x.jpg", edits: nil, maxAttempts: 3) == nil)
         }
     }
 }

@@ -9,6 +9,7 @@ import Synchronization
 public final class ShardDirectory: Sendable {
     let set: ReplicaSet
     private let cached = Mutex<ShardMap?>(nil)
+    private let numbering = Mutex<[String: Int]?>(nil)
 
     public init(set: ReplicaSet) { self.set = set }
 
@@ -67,6 +68,45 @@ public final class ShardDirectory: Sendable {
         }
         do { try await publish(map) } catch let e as MillionsError where e.code == .conflict {}
         return try await refresh()
+    }
+
+    /// Gives each of `names` that has no number the next one (0 for the first cluster ever
+    /// numbered), in order, and returns every cluster's number. Numbers are never changed or
+    /// reused, so an id that names a cluster by number names it for good.
+    @discardableResult
+    public func number(_ names: [String]) async throws -> [String: Int] {
+        let logger = set.logger
+        let all = try await set.write("number_clusters") { c -> [String: Int] in
+            // One numbering at a time: two new clusters must not take the same number.
+            try await c.query("LOCK TABLE shard_clusters IN SHARE ROW EXCLUSIVE MODE", logger: logger)
+            for name in names {
+                try await c.query(
+                    """
+                    INSERT INTO shard_clusters (name, number) SELECT \(name), coalesce(max(number) + 1, 0) FROM shard_clusters
+                    ON CONFLICT (name) DO NOTHING
+                    """, logger: logger)
+            }
+            return try await Self.numbers(c.query("SELECT name, number FROM shard_clusters", logger: logger))
+        }
+        numbering.withLock { $0 = all }
+        return all
+    }
+
+    /// Every cluster's number, as read last (read once if not yet; again with `refresh`).
+    public func clusterNumbers(refresh: Bool = false) async throws -> [String: Int] {
+        if !refresh, let known = numbering.withLock({ $0 }), !known.isEmpty { return known }
+        let logger = set.logger
+        let all = try await set.readPrimary("cluster_numbers") { client in
+            try await Self.numbers(client.query("SELECT name, number FROM shard_clusters", logger: logger))
+        }
+        numbering.withLock { $0 = all }
+        return all
+    }
+
+    static func numbers(_ rows: PostgresRowSequence) async throws -> [String: Int] {
+        var out: [String: Int] = [:]
+        for try await (name, number) in rows.decode((String, Int32).self) { out[name] = Int(number) }
+        return out
     }
 
     /// Records on `cluster` that it owns `logicals` (from map `version` on).

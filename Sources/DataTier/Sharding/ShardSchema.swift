@@ -56,6 +56,11 @@ public enum ShardSchema {
                     version bigint PRIMARY KEY, owners text[] NOT NULL, created_at timestamptz NOT NULL DEFAULT now()
                 )
                 """
-            ])
+            ]),
+        // Each cluster's number, given once and never reused: a job id names its cluster by
+        // it (`ShardedJobQueue`), and names can be any text.
+        Migration(
+            "shards-directory-2-cluster-numbers",
+            ["CREATE TABLE shard_clusters (name text PRIMARY KEY, number int UNIQUE NOT NULL CHECK (number >= 0))"]),
     ]
 }

@@ -97,6 +97,16 @@ public struct ShardedUserStore: UserStore {
         }
     }
 
+    /// Runs `body` on the cluster that owns `id`'s shard (its name and replica set), routed
+    /// as every call of this store: a refused shard re-reads the map and retries, and so
+    /// does a nil answer from a cluster that no longer owns the shard. For writes that must
+    /// share a transaction with the user's row (a photo version and its job).
+    public func onOwner<T: Sendable>(of id: UserID, _ body: @escaping (String, ReplicaSet) async throws -> T?) async throws -> T? {
+        try await routed(id.logicalShard) { name in
+            try await unlessMoved(try await body(name, try cluster(name).set), id.logicalShard, on: name)
+        }
+    }
+
     // MARK: Users
 
     public func create(_ account: NewAccount) async throws -> User {
