@@ -78,8 +78,8 @@ public struct PostgresEngine: DataEngine {
 
 /// Users sharded over several PostgreSQL clusters (each a primary and its replicas) by
 /// the logical shard in their ids (`ShardedUserStore`). The first cluster is the directory:
-/// it keeps the shard map, and (not sharded yet) sessions. Jobs are spread over every
-/// cluster's queue, a photo's job on its user's cluster (`ShardedJobQueue`).
+/// it keeps the shard map. SQL sessions live with their user (`ShardedSessionRows`); jobs
+/// are spread over every cluster's queue, a photo's job on its user's cluster (`ShardedJobQueue`).
 public struct ShardedEngine: DataEngine {
     public let clusters: [String: ReplicaSet]
     public let order: [String]
@@ -109,7 +109,7 @@ public struct ShardedEngine: DataEngine {
         queue = ShardedJobQueue(clusters: clusters, order: order, directory: store.directory, logger: logger)
     }
     public var users: any UserStore { store }
-    public var sessions: any SessionStore { PostgresSessionStore(replicaSet: directory) }
+    public var sessions: any SessionStore { PostgresSessionStore(rows: ShardedSessionRows(users: store)) }
     public var jobs: any JobQueue { queue }
     public var photoRequests: any PhotoRequests { ShardedPhotoRequests(users: store, jobs: queue) }
     public func photoFiles(logger: Logger) -> (any PhotoStore)? { nil }

@@ -2,22 +2,26 @@ import DataTier
 import MillionsCore
 
 /// `SessionStore` on PostgreSQL (the `sessions` table on the primary, read through the
-/// replica set with read-your-writes).
+/// replica set with read-your-writes; on a sharded tier, on each session's user's cluster).
 public struct PostgresSessionStore: SessionStore {
-    let rows: PostgresSessionRows
+    let rows: any SessionRows
     let now: @Sendable () -> Double
 
-    public init(replicaSet: ReplicaSet, now: @escaping @Sendable () -> Double = { Clock.secondsSince1970() }) {
-        self.rows = PostgresSessionRows(replicaSet: replicaSet)
+    public init(rows: any SessionRows, now: @escaping @Sendable () -> Double = { Clock.secondsSince1970() }) {
+        self.rows = rows
         self.now = now
+    }
+
+    public init(replicaSet: ReplicaSet, now: @escaping @Sendable () -> Double = { Clock.secondsSince1970() }) {
+        self.init(rows: PostgresSessionRows(replicaSet: replicaSet), now: now)
     }
 
     public func create(userID: UserID, ttl: Double) async throws -> Session {
         let created = now()
         let session = Session(
-            id: Session.newID(), userID: userID, csrfToken: Token.random(bytes: 16), expiresAt: created + ttl)
+            id: rows.newToken(for: userID), userID: userID, csrfToken: Token.random(bytes: 16), expiresAt: created + ttl)
         try await rows.insert(
-            idHash: Session.hash(session.id), userID: userID.rawValue, csrf: session.csrfToken, created: created,
+            token: session.id, idHash: Session.hash(session.id), userID: userID, csrf: session.csrfToken, created: created,
             expires: session.expiresAt)
         return session
     }
@@ -26,25 +30,25 @@ public struct PostgresSessionStore: SessionStore {
         guard Session.isWellFormed(id) else { return nil }
         let hash = Session.hash(id)
         let now = now()
-        guard let (user, csrf, expiresAt) = try await rows.find(idHash: hash) else { return nil }
+        guard let (user, csrf, expiresAt) = try await rows.find(token: id, idHash: hash) else { return nil }
         guard expiresAt > now, let userID = UserID(rawValue: user) else {
-            try await rows.delete(idHash: hash)
+            try await rows.delete(token: id, idHash: hash)
             return nil
         }
         var session = Session(id: id, userID: userID, csrfToken: csrf, expiresAt: expiresAt)
         if expiresAt - now < ttl / 2 {
             session.expiresAt = now + ttl
-            try await rows.extend(idHash: hash, to: session.expiresAt)
+            try await rows.extend(token: id, idHash: hash, to: session.expiresAt)
         }
         return session
     }
 
     public func delete(id: String) async throws {
         guard Session.isWellFormed(id) else { return }
-        try await rows.delete(idHash: Session.hash(id))
+        try await rows.delete(token: id, idHash: Session.hash(id))
     }
 
-    public func deleteAll(userID: UserID) async throws { try await rows.deleteAll(userID: userID.rawValue) }
+    public func deleteAll(userID: UserID) async throws { try await rows.deleteAll(userID: userID) }
     public func purgeExpired() async throws -> Int { try await rows.purge(before: now()) }
-    public func ping() async throws { _ = try await rows.find(idHash: "ping") }
+    public func ping() async throws { try await rows.ping() }
 }

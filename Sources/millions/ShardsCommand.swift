@@ -23,7 +23,7 @@ struct ShardsCommand: AsyncParsableCommand {
     static func report(_ moves: [ShardMover.Move]) {
         for m in moves {
             print(
-                "logical \(m.logical): \(m.from) → \(m.to), \(m.users) users, \(m.emails) emails, writes fenced \(m.fenced.inMilliseconds) ms, map v\(m.version)")
+                "logical \(m.logical): \(m.from) → \(m.to), \(m.users) users, \(m.emails) emails, \(m.sessions) sessions, writes fenced \(m.fenced.inMilliseconds) ms, map v\(m.version)")
         }
         let fences = moves.map(\.fenced).sorted()
         if let longest = fences.last {
@@ -83,7 +83,7 @@ struct ShardsCommand: AsyncParsableCommand {
                     .clean(dryRun: dryRun)
             }
             for f in found {
-                print("cluster \(f.cluster): \(dryRun ? "" : "removed ")\(f.users) users, \(f.emails) email entries of shards it no longer has")
+                print("cluster \(f.cluster): \(dryRun ? "" : "removed ")\(f.rows["users"] ?? 0) users, \(f.rows["email_directory"] ?? 0) email entries, \(f.rows["sessions"] ?? 0) sessions of shards it no longer has")
             }
         }
     }

@@ -10,6 +10,7 @@ import MillionsCore
 import MillionsTesting
 import Observability
 import PostgresNIO
+import SessionTier
 import Synchronization
 import Testing
 import WebTier
@@ -86,9 +87,15 @@ func count(_ set: ReplicaSet, _ sql: String) async throws -> Int {
     }
 }
 
+/// Sequences for test accounts: unique within a second in this process, where random ones
+/// collided (40 users on two shards in one second: a duplicate id in about one run in ten).
+let accountSequence = Atomic<Int>(0)
+
 func account(_ email: String, shard: Int) -> NewAccount {
     NewAccount(
-        id: UserID(seconds: Int64(Clock.secondsSince1970()), shard: shard, sequence: Int.random(in: 0..<4096)), email: email,
+        id: UserID(
+            seconds: Int64(Clock.secondsSince1970()), shard: shard,
+            sequence: accountSequence.add(1, ordering: .relaxed).newValue % 4096), email: email,
         passwordHash: "hash", profile: Profile(firstName: "Ann", lastName: "Lee", address: Address(city: "Oslo"), phoneNumbers: []))
 }
 
@@ -492,14 +499,64 @@ final class LoadState: Sendable {
             #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 5)
 
             let counted = try await mover.clean(dryRun: true)
-            #expect(counted == [.init(cluster: "a", users: 5, emails: 0), .init(cluster: "b", users: 0, emails: 0)])
+            let none = ["users": 0, "email_directory": 0, "sessions": 0]
+            #expect(counted == [.init(cluster: "a", rows: none.merging(["users": 5]) { $1 }), .init(cluster: "b", rows: none)])
             #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 5)
             #expect(try await mover.clean() == counted)
             #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 0)
             #expect(try await count(b, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 5)
             #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 8") == 1)
             for id in moved + [stay] { #expect(try await store.user(id: id) != nil) }
-            #expect(try await mover.clean(dryRun: true).allSatisfy { $0.users == 0 && $0.emails == 0 })
+            #expect(try await mover.clean(dryRun: true).allSatisfy { $0.total == 0 })
+        }
+    }
+
+    /// Sessions (`session.store=sql`) live on their user's cluster, named by the token, and
+    /// move with the user's shard: found, extended and deleted afterwards through a map
+    /// read before the move.
+    @Test func sessionsLiveWithTheirUserAndMoveWithTheShard() async throws {
+        try await withShardedClusters(fresh: true) { store, clusters in
+            let (a, b) = (clusters["a"]!, clusters["b"]!)
+            let sessions = PostgresSessionStore(rows: ShardedSessionRows(users: store))
+            let ann = try await store.create(account(uniqueEmail("ann"), shard: 7))
+            let bob = try await store.create(account(uniqueEmail("bob"), shard: 900))
+            let anns = [try await sessions.create(userID: ann.id, ttl: 3600), try await sessions.create(userID: ann.id, ttl: 3600)]
+            let bobs = try await sessions.create(userID: bob.id, ttl: 3600)
+            #expect(anns.allSatisfy { $0.id.hasPrefix("007") && Session.isWellFormed($0.id) } && bobs.id.hasPrefix("384"))
+            #expect(try await count(a, "SELECT count(*) FROM sessions WHERE user_id = \(ann.id.rawValue)") == 2)
+            #expect(try await count(b, "SELECT count(*) FROM sessions WHERE user_id = \(bob.id.rawValue)") == 1)
+            #expect(try await sessions.session(id: anns[0].id, ttl: 3600)?.userID == ann.id)
+            // A token this store did not make is just not found.
+            #expect(try await sessions.session(id: "fff" + String(anns[0].id.dropFirst(3)), ttl: 3600) == nil)
+
+            // Another process's store, whose map predates the move.
+            let stale = ShardedUserStore(
+                clusters: clusters, directory: ShardDirectory(set: a), metrics: AppMetrics(), logger: quietLogger, fenceWait: .seconds(60))
+            _ = try await stale.directory.current()
+            let staleSessions = PostgresSessionStore(rows: ShardedSessionRows(users: stale))
+            let mover = ShardMover(clusters: clusters, directory: store.directory, logger: quietLogger)
+            let move = try #require(try await mover.move(7, to: "b"))
+            #expect(move.users == 1 && move.emails == 0 && move.sessions == 2)
+            #expect(try await count(a, "SELECT count(*) FROM sessions WHERE user_id = \(ann.id.rawValue)") == 0)
+            #expect(try await count(b, "SELECT count(*) FROM sessions WHERE user_id = \(ann.id.rawValue)") == 2)
+
+            #expect(try await staleSessions.session(id: anns[0].id, ttl: 3600)?.userID == ann.id)
+            try await staleSessions.delete(id: anns[0].id)
+            #expect(try await sessions.session(id: anns[0].id, ttl: 3600) == nil)
+            #expect(try await sessions.session(id: anns[1].id, ttl: 3600)?.userID == ann.id)
+            // Sliding the expiry of a moved session is a write on its new cluster.
+            let extended = try #require(try await staleSessions.session(id: anns[1].id, ttl: 1_000_000))
+            #expect(extended.expiresAt > anns[1].expiresAt)
+            try await sessions.deleteAll(userID: ann.id)
+            #expect(try await sessions.session(id: anns[1].id, ttl: 3600) == nil)
+            #expect(try await sessions.session(id: bobs.id, ttl: 3600)?.userID == bob.id)
+
+            // Expired sessions are purged on every cluster.
+            let short = try await sessions.create(userID: bob.id, ttl: -1)
+            #expect(try await sessions.purgeExpired() >= 1)
+            #expect(try await count(b, "SELECT count(*) FROM sessions WHERE user_id = \(bob.id.rawValue)") == 1)
+            #expect(try await sessions.session(id: short.id, ttl: 3600) == nil)
+            #expect(try await mover.clean(dryRun: true).allSatisfy { $0.total == 0 })
         }
     }
 

@@ -10,7 +10,8 @@ import PostgresNIO
 /// 2. Fence: the source's ownership row is deleted. That waits for writes in flight; every
 ///    later write to the shard is refused, and the store retries it until the map moves on.
 ///    Reads go on at the source.
-/// 3. Copy: the shard's users and email entries, every column, source → target.
+/// 3. Copy: the shard's rows of every table in `ShardSchema.tables` (users, email entries,
+///    sessions), every column, source → target.
 /// 4. Verify: row counts and an md5 over the rows' text, source against target; then wait
 ///    (bounded) until the target's replicas have replayed the copy.
 /// 5. Switch: the next map version is published. Waiting writes now land on the target.
@@ -38,8 +39,11 @@ public struct ShardMover: Sendable {
         public let logical: Int
         public let from: String
         public let to: String
-        public let users: Int
-        public let emails: Int
+        /// Rows copied, by table (`ShardSchema.tables`).
+        public let rows: [String: Int]
+        public var users: Int { rows["users"] ?? 0 }
+        public var emails: Int { rows["email_directory"] ?? 0 }
+        public var sessions: Int { rows["sessions"] ?? 0 }
         /// From the fence to the switch: how long writes to the shard waited at most.
         public let fenced: Duration
         public let version: Int64
@@ -63,7 +67,7 @@ public struct ShardMover: Sendable {
 
         try await ShardDirectory.own([logical], version: next.version, on: destination)
         let fencedAt = ContinuousClock.now
-        let copied: (users: Int, emails: Int)
+        let copied: [String: Int]
         do {
             try await source.write("shard_fence") { c in
                 try await c.query("DELETE FROM shard_ownership WHERE logical = \(Int32(logical))", logger: c.logger)
@@ -115,11 +119,10 @@ public struct ShardMover: Sendable {
         logger.info(
             "shard moved",
             metadata: [
-                "logical": "\(logical)", "from": "\(sourceName)", "to": "\(target)", "users": "\(copied.users)",
-                "emails": "\(copied.emails)", "fenced_ms": "\(fenced.inMilliseconds)", "map_version": "\(next.version)",
+                "logical": "\(logical)", "from": "\(sourceName)", "to": "\(target)", "rows": "\(copied)", "fenced_ms": "\(fenced.inMilliseconds)", "map_version": "\(next.version)",
             ])
         return Move(
-            logical: logical, from: sourceName, to: target, users: copied.users, emails: copied.emails, fenced: fenced,
+            logical: logical, from: sourceName, to: target, rows: copied, fenced: fenced,
             version: next.version)
     }
 
@@ -150,52 +153,55 @@ public struct ShardMover: Sendable {
         return moves
     }
 
-    /// Copies the shard's users and email entries (every column, as JSON rows) in one
-    /// transaction on the target, replacing leftovers of an earlier attempt.
-    func copy(_ logical: Int, from source: ReplicaSet, to target: ReplicaSet) async throws -> (users: Int, emails: Int) {
+    /// Copies the shard's rows of every sharded table (every column, as JSON rows) in one
+    /// transaction on the target, replacing leftovers of an earlier attempt; rows by table.
+    func copy(_ logical: Int, from source: ReplicaSet, to target: ReplicaSet) async throws -> [String: Int] {
         let l = Int32(logical)
         let logger = source.logger
-        let (users, emails) = try await source.readPrimary("shard_copy_read") { client in
-            var users = "[]", emails = "[]"
-            let u = try await client.query(
-                """
-                SELECT coalesce(json_agg(u), '[]')::text FROM users u WHERE (u.id >> 12) & 1023 = \(l)
-                """, logger: logger)
-            for try await text in u.decode(String.self) { users = text }
-            let e = try await client.query(
-                "SELECT coalesce(json_agg(e), '[]')::text FROM email_directory e WHERE e.logical = \(l)", logger: logger)
-            for try await text in e.decode(String.self) { emails = text }
-            return (users, emails)
+        let tables = ShardSchema.tables
+        // The shard is fenced: its rows do not change while they are read.
+        let texts = try await source.readPrimary("shard_copy_read") { client in
+            var out: [String] = []
+            for t in tables {
+                var text = "[]"
+                let rows = try await client.query(
+                    "SELECT coalesce(json_agg(t), '[]')::text FROM \(unescaped: t.name) t WHERE \(unescaped: t.logical("t")) = \(l)",
+                    logger: logger)
+                for try await v in rows.decode(String.self) { text = v }
+                out.append(text)
+            }
+            return out
         }
         return try await target.write("shard_copy_write", timeout: .seconds(120)) { c in
-            try await c.query("DELETE FROM users WHERE (id >> 12) & 1023 = \(l)", logger: c.logger)
-            try await c.query("DELETE FROM email_directory WHERE logical = \(l)", logger: c.logger)
-            var counts = (users: 0, emails: 0)
-            let u = try await c.query(
-                "INSERT INTO users SELECT * FROM json_populate_recordset(null::users, \(users)::json) RETURNING 1", logger: c.logger)
-            for try await _ in u { counts.users += 1 }
-            let e = try await c.query(
-                "INSERT INTO email_directory SELECT * FROM json_populate_recordset(null::email_directory, \(emails)::json) RETURNING 1",
-                logger: c.logger)
-            for try await _ in e { counts.emails += 1 }
+            var counts: [String: Int] = [:]
+            for (t, text) in zip(tables, texts) {
+                try await c.query("DELETE FROM \(unescaped: t.name) t WHERE \(unescaped: t.logical("t")) = \(l)", logger: c.logger)
+                let rows = try await c.query(
+                    "INSERT INTO \(unescaped: t.name) SELECT * FROM json_populate_recordset(null::\(unescaped: t.name), \(text)::json) RETURNING 1",
+                    logger: c.logger)
+                var n = 0
+                for try await _ in rows { n += 1 }
+                counts[t.name] = n
+            }
             return counts
         }
     }
 
-    /// Row count and md5 of the rows' text, in id order, of the shard's users and entries.
+    /// Row count and md5 of the rows' text, in key order, of the shard's rows of each table.
     static func digest(_ logical: Int, on set: ReplicaSet) async throws -> String {
         let l = Int32(logical)
         let logger = set.logger
         return try await set.readPrimary("shard_digest") { client in
-            let rows = try await client.query(
-                """
-                SELECT (SELECT count(*) FROM users u WHERE (u.id >> 12) & 1023 = \(l))::text || '/' ||
-                    (SELECT coalesce(md5(string_agg(u::text, '|' ORDER BY u.id)), '') FROM users u WHERE (u.id >> 12) & 1023 = \(l)) || '/' ||
-                    (SELECT count(*) FROM email_directory e WHERE e.logical = \(l))::text || '/' ||
-                    (SELECT coalesce(md5(string_agg(e::text, '|' ORDER BY e.email)), '') FROM email_directory e WHERE e.logical = \(l))
-                """, logger: logger)
-            for try await text in rows.decode(String.self) { return text }
-            return ""
+            var parts: [String] = []
+            for t in ShardSchema.tables {
+                let rows = try await client.query(
+                    """
+                    SELECT count(*)::text || '/' || coalesce(md5(string_agg(t::text, '|' ORDER BY t.\(unescaped: t.key))), '')
+                    FROM \(unescaped: t.name) t WHERE \(unescaped: t.logical("t")) = \(l)
+                    """, logger: logger)
+                for try await text in rows.decode(String.self) { parts.append("\(t.name) \(text)") }
+            }
+            return parts.joined(separator: ", ")
         }
     }
 
@@ -205,16 +211,18 @@ public struct ShardMover: Sendable {
         let l = Int32(logical)
         try await set.write("shard_clean", timeout: .seconds(120)) { c in
             try await c.query("SET LOCAL session_replication_role = replica", logger: c.logger)
-            try await c.query("DELETE FROM users WHERE (id >> 12) & 1023 = \(l)", logger: c.logger)
-            try await c.query("DELETE FROM email_directory WHERE logical = \(l)", logger: c.logger)
+            for t in ShardSchema.tables {
+                try await c.query("DELETE FROM \(unescaped: t.name) t WHERE \(unescaped: t.logical("t")) = \(l)", logger: c.logger)
+            }
         }
     }
 
     /// What `clean` found on one cluster.
     public struct Leftovers: Sendable, Equatable {
         public let cluster: String
-        public let users: Int
-        public let emails: Int
+        /// By table.
+        public let rows: [String: Int]
+        public var total: Int { rows.values.reduce(0, +) }
     }
 
     /// Rows a cluster keeps of logical shards that the map does not give it and that it
@@ -226,45 +234,31 @@ public struct ShardMover: Sendable {
         var found: [Leftovers] = []
         for name in clusters.keys.sorted() {
             let set = try cluster(name)
-            let mine = map.shards(of: name).map(Int32.init)
-            let (users, emails) = try await set.write("shard_leftovers", timeout: .seconds(120)) { c -> (Int, Int) in
+            var binds = PostgresBindings()
+            binds.append(map.shards(of: name).map(Int32.init))
+            let mine = binds
+            let rows = try await set.write("shard_leftovers", timeout: .seconds(120)) { c -> [String: Int] in
                 try await c.query("SET LOCAL session_replication_role = replica", logger: c.logger)
-                let users: PostgresQuery =
-                    dryRun
-                    ? """
-                    SELECT count(*)::int FROM users u WHERE NOT ((u.id >> 12) & 1023 = ANY(\(mine)))
-                      AND NOT EXISTS (SELECT 1 FROM shard_ownership o WHERE o.logical = (u.id >> 12) & 1023)
-                    """
-                    : """
-                    WITH gone AS (
-                      DELETE FROM users u WHERE NOT ((u.id >> 12) & 1023 = ANY(\(mine)))
-                        AND NOT EXISTS (SELECT 1 FROM shard_ownership o WHERE o.logical = (u.id >> 12) & 1023)
-                      RETURNING 1)
-                    SELECT count(*)::int FROM gone
-                    """
-                let emails: PostgresQuery =
-                    dryRun
-                    ? """
-                    SELECT count(*)::int FROM email_directory e WHERE NOT (e.logical = ANY(\(mine)))
-                      AND NOT EXISTS (SELECT 1 FROM shard_ownership o WHERE o.logical = e.logical)
-                    """
-                    : """
-                    WITH gone AS (
-                      DELETE FROM email_directory e WHERE NOT (e.logical = ANY(\(mine)))
-                        AND NOT EXISTS (SELECT 1 FROM shard_ownership o WHERE o.logical = e.logical)
-                      RETURNING 1)
-                    SELECT count(*)::int FROM gone
-                    """
-                var counts = (0, 0)
-                for try await n in try await c.query(users, logger: c.logger).decode(Int32.self) { counts.0 = Int(n) }
-                for try await n in try await c.query(emails, logger: c.logger).decode(Int32.self) { counts.1 = Int(n) }
+                var counts: [String: Int] = [:]
+                for t in ShardSchema.tables {
+                    let shard = t.logical("t")
+                    let leftover = "NOT (\(shard) = ANY($1)) AND NOT EXISTS (SELECT 1 FROM shard_ownership o WHERE o.logical = \(shard))"
+                    let sql =
+                        dryRun
+                        ? "SELECT count(*)::int FROM \(t.name) t WHERE \(leftover)"
+                        : "WITH gone AS (DELETE FROM \(t.name) t WHERE \(leftover) RETURNING 1) SELECT count(*)::int FROM gone"
+                    for try await n in try await c.query(PostgresQuery(unsafeSQL: sql, binds: mine), logger: c.logger).decode(Int32.self) {
+                        counts[t.name] = Int(n)
+                    }
+                }
                 return counts
             }
-            found.append(Leftovers(cluster: name, users: users, emails: emails))
-            if users + emails > 0 {
+            let leftovers = Leftovers(cluster: name, rows: rows)
+            found.append(leftovers)
+            if leftovers.total > 0 {
                 logger.warning(
                     dryRun ? "leftover rows of shards moved away" : "leftover rows of shards moved away removed",
-                    metadata: ["cluster": "\(name)", "users": "\(users)", "emails": "\(emails)"])
+                    metadata: ["cluster": "\(name)", "rows": "\(rows)"])
             }
         }
         return found

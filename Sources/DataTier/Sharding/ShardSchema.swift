@@ -43,7 +43,53 @@ public enum ShardSchema {
                 CREATE TRIGGER email_directory_shard_fence BEFORE INSERT OR UPDATE OR DELETE ON email_directory
                 FOR EACH ROW EXECUTE FUNCTION millions_shard_fence()
                 """,
-            ])
+            ]),
+        // Sessions live with their user (`ShardedSessionRows`): fenced and moved by the
+        // user's shard. A session of a user on another cluster (kept here before sessions
+        // were sharded) is a leftover that `millions shards clean` removes.
+        Migration(
+            "shards-2-sessions",
+            [
+                """
+                CREATE OR REPLACE FUNCTION millions_shard_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+                DECLARE l int; r record;
+                BEGIN
+                    IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+                    IF TG_TABLE_NAME = 'users' THEN l := (r.id >> 12) & 1023;
+                    ELSIF TG_TABLE_NAME = 'sessions' THEN l := (r.user_id >> 12) & 1023;
+                    ELSE l := r.logical; END IF;
+                    PERFORM 1 FROM shard_ownership WHERE logical = l FOR SHARE;
+                    IF NOT FOUND THEN
+                        RAISE EXCEPTION 'logical shard % is not on this cluster', l USING ERRCODE = 'MS001';
+                    END IF;
+                    RETURN r;
+                END $$
+                """,
+                """
+                CREATE TRIGGER sessions_shard_fence BEFORE INSERT OR UPDATE OR DELETE ON sessions
+                FOR EACH ROW EXECUTE FUNCTION millions_shard_fence()
+                """,
+                // A move reads, checks and deletes one shard's rows: by index, not a scan each.
+                "CREATE INDEX users_logical ON users (((id >> 12) & 1023))",
+                "CREATE INDEX sessions_logical ON sessions (((user_id >> 12) & 1023))",
+                "CREATE INDEX email_directory_logical ON email_directory (logical)",
+            ]),
+    ]
+
+    /// A table whose rows belong to logical shards: a move copies, verifies and cleans it.
+    public struct Table: Sendable {
+        public let name: String
+        /// A row's logical shard, in SQL over the columns of the row named by the alias given.
+        public let logical: @Sendable (String) -> String
+        /// The order rows are checksummed in (unique).
+        public let key: String
+    }
+
+    /// Every table a shard's rows are in, in the order a move copies them.
+    public static let tables: [Table] = [
+        Table(name: "users", logical: { "((\($0).id >> 12) & 1023)" }, key: "id"),
+        Table(name: "email_directory", logical: { "\($0).logical" }, key: "email"),
+        Table(name: "sessions", logical: { "((\($0).user_id >> 12) & 1023)" }, key: "id_hash"),
     ]
 
     /// On the directory cluster: every version of the map, newest wins.

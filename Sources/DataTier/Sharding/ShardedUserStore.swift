@@ -102,8 +102,13 @@ public struct ShardedUserStore: UserStore {
     /// does a nil answer from a cluster that no longer owns the shard. For writes that must
     /// share a transaction with the user's row (a photo version and its job).
     public func onOwner<T: Sendable>(of id: UserID, _ body: @escaping (String, ReplicaSet) async throws -> T?) async throws -> T? {
-        try await routed(id.logicalShard) { name in
-            try await unlessMoved(try await body(name, try cluster(name).set), id.logicalShard, on: name)
+        try await onShard(id.logicalShard, body)
+    }
+
+    /// `onOwner` for rows of a logical shard that are not users (sessions).
+    public func onShard<T: Sendable>(_ logical: Int, _ body: @escaping (String, ReplicaSet) async throws -> T?) async throws -> T? {
+        try await routed(logical) { name in
+            try await unlessMoved(try await body(name, try cluster(name).set), logical, on: name)
         }
     }
 
