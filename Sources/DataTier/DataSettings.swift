@@ -8,6 +8,14 @@ public enum DataEngineKind: String, Sendable, CaseIterable {
     case sqlite, postgres, sharded
 }
 
+/// How a sharded tier finds the people of a city (`GET /users?city=`): from every cluster
+/// at once (`scatter`), or from the city directory, a denormalized copy on the cluster that
+/// owns the city's logical shard (`directory`; one cluster per read, written with each
+/// sign-up, name or city change and deletion).
+public enum CityLookup: String, Sendable, CaseIterable {
+    case directory, scatter
+}
+
 /// The data tier's keys (`data.*`).
 public struct DataSettings: Sendable {
     public var engine: DataEngineKind
@@ -19,6 +27,8 @@ public struct DataSettings: Sendable {
     public var shardClusters: [(name: String, nodes: [String])]
     /// How long a cross-shard read (the newest users) waits for each cluster.
     public var shardGatherDeadline: Duration
+    /// With `sharded`: where the people of a city are read from (`data.shards.cityLookup`).
+    public var cityLookup: CityLookup
 
     public var databasePath: String { directory + "/millions.sqlite" }
 
@@ -39,6 +49,7 @@ public struct DataSettings: Sendable {
         let gatherMs = config.int(forKey: "shards.gatherMs", default: 500)
         try checkSetting(gatherMs >= 1 && gatherMs <= 60_000, "data.shards.gatherMs must be 1...60000")
         shardGatherDeadline = .milliseconds(gatherMs)
+        cityLookup = try settingChoice(config.string(forKey: "shards.cityLookup", default: "directory"), key: "data.shards.cityLookup")
         // `a=host:port,host:port;b=host:port`
         let clusters = config.string(forKey: "shards.clusters", default: "")
         shardClusters = try clusters.split(separator: ";").map { part in

@@ -29,6 +29,10 @@ public struct MeteredUserStore: UserStore {
         reads.increment()
         return try await inner.recentUsers(limit: limit)
     }
+    public func usersIn(city: String, limit: Int) async throws -> CityPage {
+        reads.increment()
+        return try await inner.usersIn(city: city, limit: limit)
+    }
     public func recentPage(limit: Int) async throws -> RecentUsers {
         reads.increment()
         return try await inner.recentPage(limit: limit)

@@ -53,6 +53,8 @@ public enum UserSchema {
                 """,
                 "CREATE INDEX login_failures_by_time ON login_failures(last_failure_at)",
             ]),
+        // The people of a city, newest first (`usersIn(city:limit:)`).
+        Migration("9-users-by-city", ["CREATE INDEX users_by_city ON users(city, id DESC)"]),
     ]
 
     public static let postgres: [Migration] = [
@@ -89,5 +91,6 @@ public enum UserSchema {
                 """,
                 "CREATE INDEX login_failures_by_time ON login_failures (last_failure_at)",
             ]),
+        Migration("9-users-by-city", ["CREATE INDEX users_by_city ON users (city, id DESC)"]),
     ]
 }

@@ -55,6 +55,16 @@ public struct SQLiteUserStore: UserStore {
         }
     }
 
+    public func usersIn(city: String, limit: Int) async throws -> CityPage {
+        try await db.pool.read { db in
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT id, first_name, last_name FROM users WHERE city = ? ORDER BY id DESC LIMIT ?", arguments: [city, limit])
+            return CityPage(users: rows.compactMap { row in
+                UserID(rawValue: row["id"]).map { UserSummary(id: $0, firstName: row["first_name"], lastName: row["last_name"]) }
+            })
+        }
+    }
+
     public func update(id: UserID, patch: ProfilePatch) async throws -> User? {
         try await db.pool.write { db in
             guard

@@ -13,6 +13,9 @@ public protocol UserStore: Sendable {
     /// Newest first, saying how many clusters (shards) did not answer in time and are
     /// missing from the page; 0 for an unsharded store.
     func recentPage(limit: Int) async throws -> RecentUsers
+    /// The newest users whose address is in `city` (exactly as written), newest first: a
+    /// summary of each, and how many clusters did not answer (a sharded store that gathers).
+    func usersIn(city: String, limit: Int) async throws -> CityPage
     /// Applies the patch in one transaction; nil if the user does not exist.
     func update(id: UserID, patch: ProfilePatch) async throws -> User?
     /// Deletes the user; what it leaves to clean up, or nil if there was no such user.
@@ -58,6 +61,30 @@ public struct RecentUsers: Sendable {
     public var missingClusters: Int
 
     public init(users: [User], missingClusters: Int = 0) {
+        self.users = users
+        self.missingClusters = missingClusters
+    }
+}
+
+/// What a list of people shows of each: enough to link to the profile.
+public struct UserSummary: Sendable, Equatable {
+    public var id: UserID
+    public var firstName: String
+    public var lastName: String
+
+    public init(id: UserID, firstName: String, lastName: String) {
+        self.id = id
+        self.firstName = firstName
+        self.lastName = lastName
+    }
+}
+
+/// The users of one city, newest first, and how many clusters are missing from them.
+public struct CityPage: Sendable, Equatable {
+    public var users: [UserSummary]
+    public var missingClusters: Int
+
+    public init(users: [UserSummary], missingClusters: Int = 0) {
         self.users = users
         self.missingClusters = missingClusters
     }

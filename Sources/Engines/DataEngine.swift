@@ -105,7 +105,7 @@ public struct ShardedEngine: DataEngine {
         self.directory = directory
         store = ShardedUserStore(
             clusters: clusters, directory: ShardDirectory(set: directory), metrics: metrics, logger: logger,
-            gatherDeadline: settings.shardGatherDeadline)
+            gatherDeadline: settings.shardGatherDeadline, cityLookup: settings.cityLookup)
         queue = ShardedJobQueue(clusters: clusters, order: order, directory: store.directory, logger: logger)
     }
     public var users: any UserStore { store }

@@ -31,6 +31,7 @@ public final class CountingUserStore: UserStore {
     public func create(_ account: NewAccount) async throws -> User { try await inner.create(account) }
     public func recentUsers(limit: Int) async throws -> [User] { try await inner.recentUsers(limit: limit) }
     public func recentPage(limit: Int) async throws -> RecentUsers { try await inner.recentPage(limit: limit) }
+    public func usersIn(city: String, limit: Int) async throws -> CityPage { try await inner.usersIn(city: city, limit: limit) }
     public func update(id: UserID, patch: ProfilePatch) async throws -> User? { try await inner.update(id: id, patch: patch) }
     public func delete(id: UserID) async throws -> DeletedUser? { try await inner.delete(id: id) }
     public func credentials(email: String) async throws -> Credentials? { try await inner.credentials(email: email) }

@@ -120,6 +120,13 @@ public func webServices(_ c: Components) -> [any Service] {
         Sweeper.Sweep("login failures") { [users = c.users, forget = c.settings.auth.loginThrottle.forgetAfterSeconds] in
             try await users.forgetLoginFailures(before: Clock.secondsSince1970() - forget)
         })
+    // A city directory's tombstones need to outlive only the writes they race (seconds).
+    if let sharded = c.engines.data as? ShardedEngine, c.settings.data.cityLookup == .directory {
+        sweeps.append(
+            Sweeper.Sweep("city directory tombstones") { [store = sharded.store] in
+                try await store.purgeCityTombstones(before: Clock.secondsSince1970() - 86_400)
+            })
+    }
     services.append(Sweeper(sweeps, interval: c.settings.session.sweepInterval, logger: c.logger))
     // Stops after the server and before the database closes.
     let slots = c.settings.queue.inProcessWorkers

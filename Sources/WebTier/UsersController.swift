@@ -12,6 +12,7 @@ struct UsersController {
     let body: JSONBody
 
     func addRoutes(to router: Router<AppRequestContext>) {
+        router.get("/users", use: usersInCity)
         router.get("/users/{id}", use: getUser)
         router.post("/users", use: signUp)
         router.patch("/users/{id}", use: updateUser)
@@ -28,6 +29,44 @@ struct UsersController {
             status: .ok,
             headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-cache"],
             body: .init(byteBuffer: ByteBuffer(bytes: json)))
+    }
+
+    /// `GET /users?city=Oslo&limit=20`: the newest people of a city, as written in their
+    /// addresses. On a sharded tier one cluster answers (the city directory) or all of
+    /// them (`data.shards.cityLookup=scatter`, where `partial` says a cluster was missing).
+    @Sendable func usersInCity(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let query = request.uri.queryParameters
+        guard let raw = query["city"] else { throw MillionsError(.badRequest, "city is required: /users?city=Oslo") }
+        let city = String(raw).trimmed
+        guard !city.isEmpty, city.unicodeScalars.count <= Limits.cityMax else {
+            throw MillionsError(.badRequest, "city must be 1...\(Limits.cityMax) characters")
+        }
+        var limit = 20
+        if let text = query["limit"] {
+            guard let n = Int(String(text)), (1...100).contains(n) else { throw MillionsError(.badRequest, "limit must be 1...100") }
+            limit = n
+        }
+        let page = try await service.users.usersIn(city: city, limit: limit)
+        var w = JSONWriter(capacity: 64 + 64 * page.users.count)
+        w.beginObject()
+        w.field("city", city)
+        w.key("users")
+        w.beginArray()
+        for u in page.users {
+            w.beginObject()
+            w.field("id", u.id.rawValue)
+            w.field("firstName", u.firstName)
+            w.field("lastName", u.lastName)
+            w.endObject()
+        }
+        w.endArray()
+        w.key("partial")
+        w.bool(page.missingClusters > 0)
+        w.endObject()
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-cache"],
+            body: .init(byteBuffer: ByteBuffer(bytes: w.bytes)))
     }
 
     @Sendable func signUp(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -9,7 +9,7 @@ import MillionsCore
 struct ShardsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shards", abstract: "The shard map and what each cluster holds (data.engine=sharded).",
-        subcommands: [Status.self, Move.self, Rebalance.self, Clean.self], defaultSubcommand: Status.self)
+        subcommands: [Status.self, Move.self, Rebalance.self, Clean.self, ReindexCities.self], defaultSubcommand: Status.self)
 
     /// Runs `body` with the sharded engine's clusters running and migrated.
     static func withSharded<T: Sendable>(_ options: ConfigOptions, _ body: (ShardedEngine) async throws -> T) async throws -> T {
@@ -83,8 +83,22 @@ struct ShardsCommand: AsyncParsableCommand {
                     .clean(dryRun: dryRun)
             }
             for f in found {
-                print("cluster \(f.cluster): \(dryRun ? "" : "removed ")\(f.rows["users"] ?? 0) users, \(f.rows["email_directory"] ?? 0) email entries, \(f.rows["sessions"] ?? 0) sessions of shards it no longer has")
+                let rows = f.rows.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+                print("cluster \(f.cluster): \(dryRun ? "" : "removed ")\(rows) rows of shards it no longer has")
             }
+        }
+    }
+
+    struct ReindexCities: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "reindex-cities",
+            abstract: "Rebuild the city directory from the users: repairs writes that failed after a user's commit, or fills it when data.shards.cityLookup becomes directory.")
+        @OptionGroup var options: ConfigOptions
+
+        func run() async throws {
+            let started = ContinuousClock.now
+            let done = try await ShardsCommand.withSharded(options) { try await $0.store.reindexCities() }
+            print("city directory: \(done.entries) entries written from users, \(done.tombstones) stale entries made tombstones, in \(ContinuousClock.now - started)")
         }
     }
 

@@ -499,7 +499,7 @@ final class LoadState: Sendable {
             #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 5)
 
             let counted = try await mover.clean(dryRun: true)
-            let none = ["users": 0, "email_directory": 0, "sessions": 0]
+            let none = ["users": 0, "email_directory": 0, "sessions": 0, "city_directory": 0]
             #expect(counted == [.init(cluster: "a", rows: none.merging(["users": 5]) { $1 }), .init(cluster: "b", rows: none)])
             #expect(try await count(a, "SELECT count(*) FROM users WHERE (id >> 12) & 1023 = 7") == 5)
             #expect(try await mover.clean() == counted)
@@ -658,6 +658,113 @@ final class LoadState: Sendable {
             // No such user: no version and no job.
             let ghost = UserID(seconds: Int64(Clock.secondsSince1970()), shard: 900, sequence: 7)
             #expect(try await requests.request(user: ghost, source: "x.jpg", edits: nil, maxAttempts: 3) == nil)
+        }
+    }
+}
+
+/// The people of a city on a sharded tier: the city directory (one cluster) and
+/// scatter-gather (every cluster) give the same page; the directory follows sign-ups, moves
+/// between cities, renames and deletions, refuses late writes, moves with its shard, and is
+/// repaired by `reindexCities`.
+@Suite(.serialized) struct CityDirectoryTests {
+    func person(_ city: String, shard: Int, first: String = "Ann") -> NewAccount {
+        var a = account(uniqueEmail("city"), shard: shard)
+        a.profile = Profile(firstName: first, lastName: "Lee", address: Address(city: city), phoneNumbers: [])
+        return a
+    }
+
+    @Test func theDirectoryAnswersAsScatterGatherDoesAndFollowsEveryChange() async throws {
+        try await withShardedClusters(fresh: true) { store, clusters in
+            let scatter = ShardedUserStore(
+                clusters: clusters, directory: store.directory, metrics: AppMetrics(), logger: quietLogger, fenceWait: .seconds(60),
+                gatherDeadline: .seconds(60), cityLookup: .scatter)
+            let oslo = "Oslo-\(UUID().uuidString.prefix(6))", bergen = "Bergen-\(UUID().uuidString.prefix(6))"
+            var people: [User] = []
+            for (i, shard) in [3, 600, 9, 700, 12].enumerated() { people.append(try await store.create(person(oslo, shard: shard, first: "P\(i)"))) }
+            let seeded = (0..<4).map { person(oslo, shard: 100 + 250 * $0, first: "S\($0)") }
+            #expect(try await store.insertMany(seeded) == 4)
+            let everyone = Set(people.map(\.id) + seeded.map(\.id))
+            let page = try await store.usersIn(city: oslo, limit: 100)
+            #expect(Set(page.users.map(\.id)) == everyone && page.missingClusters == 0)
+            #expect(page.users.map(\.id) == page.users.map(\.id).sorted(by: >))
+            #expect(page == (try await scatter.usersIn(city: oslo, limit: 100)))
+            #expect(try await store.usersIn(city: oslo, limit: 3) == (try await scatter.usersIn(city: oslo, limit: 3)))
+            // The city's entries are on one cluster, the one that owns the city's shard.
+            let owner = try await store.directory.current().owner(of: ShardMap.logicalShard(ofKey: oslo))
+            #expect(try await count(clusters[owner]!, "SELECT count(*) FROM city_directory WHERE city = '\(oslo)'") == 9)
+
+            // Moving, renaming, a phone change (no directory write) and deleting.
+            let mover = people[1], renamed = people[2], leaver = people[3]
+            _ = try await store.update(id: mover.id, patch: ProfilePatch(city: bergen))
+            _ = try await store.update(id: renamed.id, patch: ProfilePatch(firstName: "Renamed"))
+            _ = try await store.update(id: people[4].id, patch: ProfilePatch(phoneNumbers: ["555 1234"]))
+            _ = try await store.delete(id: leaver.id)
+            let after = try await store.usersIn(city: oslo, limit: 100)
+            #expect(Set(after.users.map(\.id)) == everyone.subtracting([mover.id, leaver.id]))
+            #expect(after.users.first { $0.id == renamed.id }?.firstName == "Renamed")
+            #expect(after == (try await scatter.usersIn(city: oslo, limit: 100)))
+            #expect(try await store.usersIn(city: bergen, limit: 100).users.map(\.id) == [mover.id])
+            #expect(try await store.usersIn(city: "Nowhere-\(UUID().uuidString)", limit: 10).users.isEmpty)
+
+            // A late write of an older state loses to the newer one and to a tombstone.
+            try await store.writeCityEntries([
+                .init(city: oslo, userID: mover.id.rawValue, firstName: "Old", lastName: "Lee", version: 0, gone: false),
+                .init(city: bergen, userID: mover.id.rawValue, firstName: "Old", lastName: "Lee", version: 0, gone: false),
+            ])
+            #expect(!(try await store.usersIn(city: oslo, limit: 100)).users.contains { $0.id == mover.id })
+            #expect(try await store.usersIn(city: bergen, limit: 100).users.map(\.firstName) == [mover.profile.firstName])
+
+            // Damage the directory (an entry lost, a stale one left), then repair it.
+            let lost = people[0].id.rawValue
+            try await clusters[owner]!.write("damage") { c in
+                try await c.query("DELETE FROM city_directory WHERE user_id = \(lost)", logger: c.logger)
+                try await c.query(
+                    "UPDATE city_directory SET gone = false WHERE city = \(oslo) AND user_id = \(leaver.id.rawValue)", logger: c.logger)
+            }
+            let damaged = try await store.usersIn(city: oslo, limit: 100).users.map(\.id)
+            #expect(!damaged.contains(people[0].id) && damaged.contains(leaver.id))
+            let repair = try await store.reindexCities(batch: 3)
+            #expect(repair.tombstones == 1, "\(repair)")
+            #expect(try await store.usersIn(city: oslo, limit: 100) == (try await scatter.usersIn(city: oslo, limit: 100)))
+            #expect(try await store.reindexCities().tombstones == 0)
+
+            // The city's shard moves with its entries; the page is the same from the new owner.
+            let logical = ShardMap.logicalShard(ofKey: oslo)
+            let target = owner == "a" ? "b" : "a"
+            let before = try await store.usersIn(city: oslo, limit: 100)
+            let move = try #require(try await ShardMover(clusters: clusters, directory: store.directory, logger: quietLogger).move(logical, to: target))
+            #expect(move.cityEntries >= 8)
+            #expect(try await count(clusters[owner]!, "SELECT count(*) FROM city_directory WHERE city = '\(oslo)'") == 0)
+            #expect(try await store.usersIn(city: oslo, limit: 100) == before)
+            // Tombstones older than a moment ago are purged; live entries stay.
+            #expect(try await store.purgeCityTombstones(before: Clock.secondsSince1970() + 1) >= 2)
+            #expect(try await store.usersIn(city: oslo, limit: 100) == before)
+        }
+    }
+
+    /// Through the HTTP API: the page's shape, and 400 for a missing, empty, long city or a bad limit.
+    @Test func theAPIListsACitysPeopleAndRefusesBadQueries() async throws {
+        try await TestApp.run { client, _ in
+            let city = "Tromsø \(UUID().uuidString.prefix(6))"
+            let made = try await client.send(
+                .post, "/users",
+                json: john.replacingOccurrences(of: "john@example.com", with: uniqueEmail("city-api"))
+                    .replacingOccurrences(of: "\"New York\"", with: "\"\(city)\""))
+            #expect(made.status == .created, "\(made.text)")
+            let id = "\(made.object["id"] ?? "")"
+            let encoded = city.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed)!
+            let r = try await client.send(.get, "/users?city=\(encoded)&limit=5")
+            #expect(r.status == .ok, "\(r.text)")
+            #expect(r.object["city"] as? String == city && r.object["partial"] as? Bool == false)
+            let users = try #require(r.object["users"] as? [[String: Any]])
+            #expect(users.count == 1 && "\(users[0]["id"] ?? "")" == id && users[0]["lastName"] as? String == "Smith")
+            for bad in ["/users", "/users?city=", "/users?city=%20%20", "/users?city=\(String(repeating: "x", count: 101))",
+                "/users?city=Oslo&limit=0", "/users?city=Oslo&limit=101", "/users?city=Oslo&limit=ten"]
+            {
+                let r = try await client.send(.get, bad)
+                #expect(r.status == .badRequest, "\(bad): \(r.status)")
+                #expect(r.object["error"] != nil, "\(bad): \(r.text)")
+            }
         }
     }
 }

@@ -85,6 +85,22 @@ public struct PostgresUserStore: UserStore {
         )
     }
 
+    public func usersIn(city: String, limit: Int) async throws -> CityPage {
+        try await set.read("users_in_city") { client in
+            let rows = try await client.query(
+                "SELECT id, first_name, last_name FROM users WHERE city = \(city) ORDER BY id DESC LIMIT \(limit)")
+            return CityPage(users: try await Self.summaries(rows))
+        }
+    }
+
+    static func summaries(_ rows: PostgresRowSequence) async throws -> [UserSummary] {
+        var out: [UserSummary] = []
+        for try await (id, first, last) in rows.decode((Int64, String, String).self) {
+            if let id = UserID(rawValue: id) { out.append(UserSummary(id: id, firstName: first, lastName: last)) }
+        }
+        return out
+    }
+
     public func recentUsers(limit: Int) async throws -> [User] {
         try await set.read("recent_users") { client in
             let rows = try await client.query(
@@ -99,27 +115,30 @@ public struct PostgresUserStore: UserStore {
     }
 
     public func update(id: UserID, patch: ProfilePatch) async throws -> User? {
-        let logger = self.logger
-        return try await set.write("update_user") { c in
-            let rows = try await c.query(
-                """
-                SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers, photo
-                FROM users WHERE id = \(id.rawValue) FOR UPDATE
-                """, logger: logger)
-            var current: User? = nil
-            for try await row in rows.decode(Row.self) { current = Self.user(row) }
-            guard let current else { return nil }
-            let p = patch.applied(to: current.profile)
-            try await c.query(
-                """
-                UPDATE users SET first_name = \(p.firstName), last_name = \(p.lastName),
-                    street_address = \(p.address.streetAddress), city = \(p.address.city), state = \(p.address.state),
-                    postal_code = \(p.address.postalCode), phone_numbers = \(p.phoneNumbers),
-                    updated_at = \(Clock.secondsSince1970())
-                WHERE id = \(id.rawValue)
-                """, logger: logger)
-            return User(id: id, profile: p, photo: current.photo)
-        }
+        try await set.write("update_user") { c in try await Self.update(c, id: id, patch: patch)?.after }
+    }
+
+    /// The update in the caller's transaction: the user before and after; nil if no such user.
+    static func update(_ c: PostgresConnection, id: UserID, patch: ProfilePatch) async throws -> (before: User, after: User)? {
+        let logger = c.logger
+        let rows = try await c.query(
+            """
+            SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers, photo
+            FROM users WHERE id = \(id.rawValue) FOR UPDATE
+            """, logger: logger)
+        var current: User? = nil
+        for try await row in rows.decode(Row.self) { current = Self.user(row) }
+        guard let current else { return nil }
+        let p = patch.applied(to: current.profile)
+        try await c.query(
+            """
+            UPDATE users SET first_name = \(p.firstName), last_name = \(p.lastName),
+                street_address = \(p.address.streetAddress), city = \(p.address.city), state = \(p.address.state),
+                postal_code = \(p.address.postalCode), phone_numbers = \(p.phoneNumbers),
+                updated_at = \(Clock.secondsSince1970())
+            WHERE id = \(id.rawValue)
+            """, logger: logger)
+        return (current, User(id: id, profile: p, photo: current.photo))
     }
 
     public func delete(id: UserID) async throws -> DeletedUser? {
@@ -194,7 +213,10 @@ public struct PostgresUserStore: UserStore {
         }
     }
 
-    public func insertMany(_ accounts: [NewAccount]) async throws -> Int {
+    public func insertMany(_ accounts: [NewAccount]) async throws -> Int { try await inserting(accounts).count }
+
+    /// `insertMany`, answering the ids it inserted.
+    func inserting(_ accounts: [NewAccount]) async throws -> Set<Int64> {
         let now = Clock.secondsSince1970()
         let logger = self.logger
         let ids = accounts.map(\.id.rawValue), emails = accounts.map(\.email), hashes = accounts.map(\.passwordHash)
@@ -215,9 +237,9 @@ public struct PostgresUserStore: UserStore {
                 ON CONFLICT DO NOTHING
                 RETURNING id
                 """, logger: logger)
-            var n = 0
-            for try await _ in rows.decode(Int64.self) { n += 1 }
-            return n
+            var inserted = Set<Int64>()
+            for try await id in rows.decode(Int64.self) { inserted.insert(id) }
+            return inserted
         }
     }
 

@@ -44,6 +44,7 @@ public struct ShardMover: Sendable {
         public var users: Int { rows["users"] ?? 0 }
         public var emails: Int { rows["email_directory"] ?? 0 }
         public var sessions: Int { rows["sessions"] ?? 0 }
+        public var cityEntries: Int { rows["city_directory"] ?? 0 }
         /// From the fence to the switch: how long writes to the shard waited at most.
         public let fenced: Duration
         public let version: Int64
@@ -196,7 +197,7 @@ public struct ShardMover: Sendable {
             for t in ShardSchema.tables {
                 let rows = try await client.query(
                     """
-                    SELECT count(*)::text || '/' || coalesce(md5(string_agg(t::text, '|' ORDER BY t.\(unescaped: t.key))), '')
+                    SELECT count(*)::text || '/' || coalesce(md5(string_agg(t::text, '|' ORDER BY \(unescaped: t.key.map { "t." + $0 }.joined(separator: ", ")))), '')
                     FROM \(unescaped: t.name) t WHERE \(unescaped: t.logical("t")) = \(l)
                     """, logger: logger)
                 for try await text in rows.decode(String.self) { parts.append("\(t.name) \(text)") }

@@ -74,6 +74,35 @@ public enum ShardSchema {
                 "CREATE INDEX sessions_logical ON sessions (((user_id >> 12) & 1023))",
                 "CREATE INDEX email_directory_logical ON email_directory (logical)",
             ]),
+        // The city directory: who lives in a city, on the cluster that owns the city's
+        // logical shard, so the people of a city are one cluster's read. An entry copies the
+        // names a list shows and the user row's version (bumped by every update), so writes
+        // that arrive late never overwrite newer ones; a user who left a city leaves a
+        // tombstone (`gone`) at that version, removed after a day.
+        Migration(
+            "shards-3-city-directory",
+            [
+                "ALTER TABLE users ADD COLUMN row_version bigint NOT NULL DEFAULT 0",
+                """
+                CREATE FUNCTION millions_row_version() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN NEW.row_version := OLD.row_version + 1; RETURN NEW; END $$
+                """,
+                "CREATE TRIGGER users_row_version BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION millions_row_version()",
+                """
+                CREATE TABLE city_directory (
+                    city text NOT NULL, logical int NOT NULL, user_id bigint NOT NULL,
+                    first_name text NOT NULL, last_name text NOT NULL, version bigint NOT NULL,
+                    gone boolean NOT NULL, changed_at double precision NOT NULL,
+                    PRIMARY KEY (city, user_id)
+                )
+                """,
+                "CREATE INDEX city_directory_logical ON city_directory (logical)",
+                "CREATE INDEX city_directory_tombstones ON city_directory (changed_at) WHERE gone",
+                """
+                CREATE TRIGGER city_directory_shard_fence BEFORE INSERT OR UPDATE OR DELETE ON city_directory
+                FOR EACH ROW EXECUTE FUNCTION millions_shard_fence()
+                """,
+            ]),
     ]
 
     /// A table whose rows belong to logical shards: a move copies, verifies and cleans it.
@@ -81,15 +110,16 @@ public enum ShardSchema {
         public let name: String
         /// A row's logical shard, in SQL over the columns of the row named by the alias given.
         public let logical: @Sendable (String) -> String
-        /// The order rows are checksummed in (unique).
-        public let key: String
+        /// The order rows are checksummed in (unique together).
+        public let key: [String]
     }
 
     /// Every table a shard's rows are in, in the order a move copies them.
     public static let tables: [Table] = [
-        Table(name: "users", logical: { "((\($0).id >> 12) & 1023)" }, key: "id"),
-        Table(name: "email_directory", logical: { "\($0).logical" }, key: "email"),
-        Table(name: "sessions", logical: { "((\($0).user_id >> 12) & 1023)" }, key: "id_hash"),
+        Table(name: "users", logical: { "((\($0).id >> 12) & 1023)" }, key: ["id"]),
+        Table(name: "email_directory", logical: { "\($0).logical" }, key: ["email"]),
+        Table(name: "sessions", logical: { "((\($0).user_id >> 12) & 1023)" }, key: ["id_hash"]),
+        Table(name: "city_directory", logical: { "\($0).logical" }, key: ["city", "user_id"]),
     ]
 
     /// On the directory cluster: every version of the map, newest wins.

@@ -24,13 +24,17 @@ public struct ShardedUserStore: UserStore {
     let gatherDeadline: Duration
     /// A reservation older than this whose user was never made is an orphan.
     let staleReservationSeconds: Double
+    /// Where the people of a city are read from (`CityDirectory.swift`).
+    let cityLookup: CityLookup
     let metrics: AppMetrics
     let logger: Logger
 
     public init(
         clusters: [String: ReplicaSet], directory: ShardDirectory, metrics: AppMetrics, logger: Logger,
-        fenceWait: Duration = .seconds(5), gatherDeadline: Duration = .milliseconds(500), staleReservationSeconds: Double = 30
+        fenceWait: Duration = .seconds(5), gatherDeadline: Duration = .milliseconds(500), staleReservationSeconds: Double = 30,
+        cityLookup: CityLookup = .directory
     ) {
+        self.cityLookup = cityLookup
         self.clusters = clusters
         self.stores = clusters.mapValues { PostgresUserStore(replicaSet: $0) }
         self.directory = directory
@@ -132,6 +136,7 @@ public struct ShardedUserStore: UserStore {
         } catch {
             logger.warning("email reservation not settled", metadata: ["user_id": "\(account.id)", "error": "\(error)"])
         }
+        await keepCityDirectory(cityEntries(before: nil, after: user, version: 0))
         return user
     }
 
@@ -139,23 +144,60 @@ public struct ShardedUserStore: UserStore {
         try await onUser(id) { try await $0.user(id: id) }
     }
 
+    /// Row versions only matter to the city directory; the update itself is the store's.
+    struct Updated: Sendable {
+        var before: User
+        var after: User
+        var version: Int64
+    }
+
     public func update(id: UserID, patch: ProfilePatch) async throws -> User? {
-        try await onUser(id) { try await $0.update(id: id, patch: patch) }
+        let updated = try await onOwner(of: id) { _, set in
+            try await set.write("update_user") { c -> Updated? in
+                guard let (before, after) = try await PostgresUserStore.update(c, id: id, patch: patch) else { return nil }
+                var version: Int64 = 0
+                for try await v in try await c.query("SELECT row_version FROM users WHERE id = \(id.rawValue)", logger: c.logger)
+                    .decode(Int64.self)
+                { version = v }
+                return Updated(before: before, after: after, version: version)
+            }
+        }
+        guard let updated else { return nil }
+        await keepCityDirectory(cityEntries(before: updated.before, after: updated.after, version: updated.version))
+        return updated.after
+    }
+
+    /// What a deletion returns besides the store's answer: the email to free, and the city
+    /// to leave, at the version after the row's last.
+    struct Deleted: Sendable {
+        var user: DeletedUser
+        var email: String
+        var gone: User
+        var version: Int64
     }
 
     public func delete(id: UserID) async throws -> DeletedUser? {
-        let found: (DeletedUser, String)? = try await routed(id.logicalShard) { name in
-            let (store, set) = try cluster(name)
-            let logger = set.logger
-            let email = try await set.readPrimary("user_email") { client -> String? in
-                let rows = try await client.query("SELECT email FROM users WHERE id = \(id.rawValue)", logger: logger)
-                for try await e in rows.decode(String.self) { return e }
+        let found = try await onOwner(of: id) { _, set in
+            try await set.write("delete_user") { c -> Deleted? in
+                let rows = try await c.query(
+                    """
+                    DELETE FROM users WHERE id = \(id.rawValue)
+                    RETURNING photo_source, photo, email, first_name, last_name, city, row_version
+                    """, logger: c.logger)
+                for try await (source, photo, email, first, last, city, version) in rows.decode(
+                    (String?, String?, String, String, String, String, Int64).self)
+                {
+                    let gone = User(
+                        id: id, profile: Profile(firstName: first, lastName: last, address: Address(city: city), phoneNumbers: []))
+                    return Deleted(
+                        user: DeletedUser(photoSource: source, photo: Photo.parse(photo)), email: email, gone: gone, version: version + 1)
+                }
                 return nil
             }
-            guard let deleted = try await unlessMoved(try await store.delete(id: id), id.logicalShard, on: name) else { return nil }
-            return (deleted, email ?? "")
         }
-        guard let (deleted, email) = found else { return nil }
+        guard let found else { return nil }
+        let (deleted, email) = (found.user, found.email)
+        await keepCityDirectory(cityEntries(before: found.gone, after: nil, version: found.version))
         // The email is free again. If this fails, the entry names a user that is gone, and
         // the next sign-up with the email resolves it.
         do {
@@ -215,9 +257,9 @@ public struct ShardedUserStore: UserStore {
 
     public func insertMany(_ accounts: [NewAccount]) async throws -> Int {
         let map = try await directory.current()
-        var inserted = 0
+        var inserted = Set<Int64>()
         for (name, group) in Dictionary(grouping: accounts, by: { map.owner(of: $0.id) }) {
-            inserted += try await cluster(name).store.insertMany(group)
+            inserted.formUnion(try await cluster(name).store.inserting(group))
         }
         let now = Clock.secondsSince1970()
         for (name, group) in Dictionary(grouping: accounts, by: { map.owner(of: ShardMap.logicalShard(ofKey: $0.email)) }) {
@@ -234,7 +276,12 @@ public struct ShardedUserStore: UserStore {
                     """, logger: logger)
             }
         }
-        return inserted
+        // New rows, at version 0; a batch per call, not per user (this is seeding).
+        try await writeCityEntries(
+            accounts.filter { inserted.contains($0.id.rawValue) }.flatMap { a in
+                cityEntries(before: nil, after: User(id: a.id, profile: a.profile), version: 0)
+            })
+        return inserted.count
     }
 
     // MARK: The email directory
