@@ -112,33 +112,61 @@ public final class HotKeys: Sendable {
 public final class NearCache: Sendable {
     let ttl: Duration
     let maxEntries: Int
-    private let entries = Mutex<[String: (bytes: [UInt8], until: ContinuousClock.Instant)]>([:])
+
+    struct State {
+        var entries: [String: (bytes: [UInt8], until: ContinuousClock.Instant)] = [:]
+        /// Invalidations counted in 1,024 slots by key hash: a read that began before its
+        /// key's slot moved must not fill (it may carry the value the write replaced).
+        var generations = [UInt64](repeating: 0, count: 1024)
+    }
+    private let state = Mutex(State())
 
     public init(ttl: Duration, maxEntries: Int = 256) {
         self.ttl = ttl
         self.maxEntries = maxEntries
     }
 
+    static func slot(_ key: String) -> Int { Int(truncatingIfNeeded: UInt(bitPattern: key.hashValue) % 1024) }
+
     func get(_ key: String) -> [UInt8]? {
         let now = ContinuousClock.now
-        return entries.withLock { e in
-            guard let entry = e[key] else { return nil }
+        return state.withLock { s in
+            guard let entry = s.entries[key] else { return nil }
             if entry.until > now { return entry.bytes }
-            e[key] = nil
+            s.entries[key] = nil
             return nil
         }
     }
 
-    func put(_ key: String, _ bytes: [UInt8]) {
+    /// Where the key's invalidations stand; give it to `put` with the value read after.
+    func generation(_ key: String) -> UInt64 { state.withLock { $0.generations[Self.slot(key)] } }
+
+    /// Keeps `bytes` unless the key (or one sharing its slot) was invalidated since
+    /// `generation`: a read in flight across an update would otherwise keep the old value.
+    func put(_ key: String, _ bytes: [UInt8], since generation: UInt64) {
         let until = ContinuousClock.now + ttl
-        entries.withLock { e in
-            if e.count >= maxEntries, e[key] == nil, let oldest = e.min(by: { $0.value.until < $1.value.until })?.key {
-                e[oldest] = nil
+        state.withLock { s in
+            guard s.generations[Self.slot(key)] == generation else { return }
+            if s.entries.count >= maxEntries, s.entries[key] == nil,
+                let oldest = s.entries.min(by: { $0.value.until < $1.value.until })?.key
+            {
+                s.entries[oldest] = nil
             }
-            e[key] = (bytes, until)
+            s.entries[key] = (bytes, until)
         }
     }
 
-    func remove(_ key: String) { _ = entries.withLock { $0.removeValue(forKey: key) } }
-    func removeAll() { entries.withLock { $0.removeAll() } }
+    func remove(_ key: String) {
+        state.withLock { s in
+            s.entries[key] = nil
+            s.generations[Self.slot(key)] &+= 1
+        }
+    }
+
+    func removeAll() {
+        state.withLock { s in
+            s.entries.removeAll()
+            for i in s.generations.indices { s.generations[i] &+= 1 }
+        }
+    }
 }

@@ -101,13 +101,13 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         _ id: some CustomStringConvertible, load: @escaping @Sendable () async throws -> Value?
     ) async throws -> [UInt8]? {
         let key = key(id)
-        var near: NearCache? = nil
+        var near: (copy: NearCache, generation: UInt64)? = nil
         if let hot, hot.keys.observe(key), let copy = hot.near, !hot.bypass() {
             if let bytes = copy.get(key) {
                 nearHits.increment()
                 return bytes == Self.absentMarker ? nil : bytes
             }
-            near = copy
+            near = (copy, copy.generation(key))
         }
         var lookup: CacheLookup? = nil
         do {
@@ -118,7 +118,7 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
         }
         if case .hit(let bytes) = lookup {
             hits.increment()
-            near?.put(key, bytes)
+            if let near { near.copy.put(key, bytes, since: near.generation) }
             return bytes == Self.absentMarker ? nil : bytes
         }
         misses.increment()
@@ -138,7 +138,7 @@ public final class ReadThrough<Value: Codable & Sendable>: Sendable {
             bytes = try value.map(encode) ?? Self.absentMarker
             if cacheAnswered { await store(key, bytes, absent: value == nil, lease: nil) }
         }
-        near?.put(key, bytes)
+        if let near { near.copy.put(key, bytes, since: near.generation) }
         return bytes == Self.absentMarker ? nil : bytes
     }
 

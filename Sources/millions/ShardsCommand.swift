@@ -58,13 +58,21 @@ struct ShardsCommand: AsyncParsableCommand {
 
     struct Rebalance: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Give every configured cluster its even share of the shards (after adding one), moving as few as that takes.")
+            abstract: "Give every configured cluster its even share of the shards (after adding one), moving as few as that takes.",
+            discussion: "With --drain, the clusters named give all their shards to the others (before taking a cluster away); they stay configured until it is done.")
         @OptionGroup var options: ConfigOptions
+        @Option(name: .long, help: ArgumentHelp("A cluster to empty (repeatable).", valueName: "name")) var drain: [String] = []
 
         func run() async throws {
+            let drain = Set(self.drain)
             let moves = try await ShardsCommand.withSharded(options) { sharded in
-                try await ShardMover(clusters: sharded.clusters, directory: sharded.store.directory, logger: sharded.logger)
-                    .rebalance(sharded.order)
+                guard drain.isSubset(of: sharded.order) else {
+                    throw ValidationError("--drain names a cluster that is not configured: \(drain.subtracting(sharded.order).sorted())")
+                }
+                let keep = sharded.order.filter { !drain.contains($0) }
+                guard !keep.isEmpty else { throw ValidationError("--drain cannot empty every cluster") }
+                return try await ShardMover(clusters: sharded.clusters, directory: sharded.store.directory, logger: sharded.logger)
+                    .rebalance(keep)
             }
             ShardsCommand.report(moves)
         }

@@ -203,6 +203,35 @@ final class FakeClock: Sendable {
 @Suite struct ReadThroughTests {
     struct Item: Codable, Sendable, Equatable { var name: String }
 
+    /// A hot key's read that loads the old value while an update commits and invalidates
+    /// must not leave that value in the near copy: the next read gets the new one.
+    @Test func aReadInFlightAcrossAnUpdateLeavesNoNearCopy() async throws {
+        let clock = FakeClock()
+        let hot = ReadThrough<Item>.HotSpots(
+            keys: HotKeys(metrics: AppMetrics(), capacity: 8, hotShare: 0.01, minimumObservations: 1),
+            near: NearCache(ttl: .seconds(600)), bypass: { false })
+        let rt = ReadThrough<Item>(
+            kind: "item", cache: LRUCache(maxEntries: 10, maxBytes: 1 << 20, now: { clock.now }), ttl: .seconds(60),
+            negativeTTL: .seconds(5), metrics: AppMetrics(), logger: Logger(label: "test"), hot: hot)
+        let stored = Mutex("old")
+        let (loading, loadingGo) = AsyncStream.makeStream(of: Void.self)
+        let (release, releaseGo) = AsyncStream.makeStream(of: Void.self)
+        let inFlight = Task {
+            try await rt.get(7) {
+                let value = stored.withLock { $0 }
+                loadingGo.yield()
+                for await _ in release { break }
+                return Item(name: value)
+            }
+        }
+        for await _ in loading { break }
+        stored.withLock { $0 = "new" }
+        await rt.invalidate(7)
+        releaseGo.yield()
+        #expect(try await inFlight.value == Item(name: "old"))
+        #expect(try await rt.get(7) { Item(name: stored.withLock { $0 }) } == Item(name: "new"))
+    }
+
     func make(_ cache: any Cache, ttl: Duration = .seconds(60)) -> ReadThrough<Item> {
         ReadThrough<Item>(
             kind: "item", cache: cache, ttl: ttl, negativeTTL: .seconds(5), metrics: AppMetrics(),

@@ -582,6 +582,13 @@ final class LoadState: Sendable {
                         for (name, set) in clusters {
                             #expect(try await count(set, "SELECT count(*) FROM shard_ownership") == map.shards(of: name).count)
                         }
+                        // Draining c (`shards rebalance --drain c`): its shards go back to a and b.
+                        #expect(try await mover.rebalance(["a", "b"]).count == 341)
+                        let drained = try await store.directory.current()
+                        #expect(drained.shards(of: "c").isEmpty && drained.shards(of: "a").count == 512)
+                        #expect(try await count(clusters["c"]!, "SELECT count(*) FROM users") == 0)
+                        #expect(try await count(clusters["c"]!, "SELECT count(*) FROM shard_ownership") == 0)
+                        for id in users { #expect(try await store.user(id: id) != nil) }
                     }
                 }
             }

@@ -105,29 +105,25 @@ extension ShardedUserStore {
     }
 
     /// Writes entries on their cities' clusters, one statement per cluster, each replacing
-    /// only an older version (a tombstone wins a tie). A cluster that refuses a shard makes
-    /// the whole batch go again on a fresh map: every write in it is idempotent.
+    /// only an older version (a tombstone wins a tie); idempotent, so a refused group can
+    /// simply go again (`perCluster`).
     func writeCityEntries(_ entries: [CityEntry]) async throws {
-        guard !entries.isEmpty else { return }
-        try await routed(entries[0].logical) { _ in
-            let map = try await directory.current()
-            let now = Clock.secondsSince1970()
-            for (name, group) in Dictionary(grouping: entries, by: { map.owner(of: $0.logical) }) {
-                let set = try cluster(name).set
-                let logger = set.logger
-                try await set.write("city_directory_write") { c in
-                    try await c.query(
-                        """
-                        INSERT INTO city_directory (city, logical, user_id, first_name, last_name, version, gone, changed_at)
-                        SELECT c, l, u, f, n, v, g, \(now)
-                        FROM unnest(\(group.map(\.city))::text[], \(group.map { Int32($0.logical) })::int[], \(group.map(\.userID))::bigint[],
-                            \(group.map(\.firstName))::text[], \(group.map(\.lastName))::text[], \(group.map(\.version))::bigint[],
-                            \(group.map(\.gone))::boolean[]) AS t(c, l, u, f, n, v, g)
-                        ON CONFLICT (city, user_id) DO UPDATE SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
-                            version = EXCLUDED.version, gone = EXCLUDED.gone, changed_at = EXCLUDED.changed_at
-                        WHERE city_directory.version < EXCLUDED.version OR (city_directory.version = EXCLUDED.version AND EXCLUDED.gone)
-                        """, logger: logger)
-                }
+        let now = Clock.secondsSince1970()
+        try await perCluster(entries, logical: \.logical) { name, group in
+            let set = try cluster(name).set
+            let logger = set.logger
+            try await set.write("city_directory_write") { c in
+                try await c.query(
+                    """
+                    INSERT INTO city_directory (city, logical, user_id, first_name, last_name, version, gone, changed_at)
+                    SELECT c, l, u, f, n, v, g, \(now)
+                    FROM unnest(\(group.map(\.city))::text[], \(group.map { Int32($0.logical) })::int[], \(group.map(\.userID))::bigint[],
+                        \(group.map(\.firstName))::text[], \(group.map(\.lastName))::text[], \(group.map(\.version))::bigint[],
+                        \(group.map(\.gone))::boolean[]) AS t(c, l, u, f, n, v, g)
+                    ON CONFLICT (city, user_id) DO UPDATE SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
+                        version = EXCLUDED.version, gone = EXCLUDED.gone, changed_at = EXCLUDED.changed_at
+                    WHERE city_directory.version < EXCLUDED.version OR (city_directory.version = EXCLUDED.version AND EXCLUDED.gone)
+                    """, logger: logger)
             }
         }
     }

@@ -4,19 +4,37 @@ import PostgresNIO
 import Synchronization
 
 /// The shard map's home: every version in the directory cluster's `shard_maps`, and the
-/// newest read cached here. Web servers and workers read it at start and again whenever a
-/// cluster refuses a shard (`WrongShardError`).
+/// newest read cached here. Web servers and workers read it at start, again whenever a
+/// cluster refuses a shard (`WrongShardError`), and at least every `maxAge`: a read that
+/// finds its row asks no one, so without that a process could read a moved shard's rows
+/// on the old cluster for as long as a failed clean leaves them there.
 public final class ShardDirectory: Sendable {
     let set: ReplicaSet
+    let maxAge: Duration
     private let cached = Mutex<ShardMap?>(nil)
+    /// When the cached map was last read, and whether a reread is under way.
+    private let freshness = Mutex<(readAt: ContinuousClock.Instant?, rereading: Bool)>((nil, false))
     private let numbering = Mutex<[String: Int]?>(nil)
 
-    public init(set: ReplicaSet) { self.set = set }
+    public init(set: ReplicaSet, maxAge: Duration = .seconds(2)) {
+        self.set = set
+        self.maxAge = maxAge
+    }
 
-    /// The newest map read so far (read once if none yet).
+    /// The newest map read so far (read once if none yet). Past `maxAge`, one caller
+    /// rereads it while the others go on with the cached map; if the directory does not
+    /// answer, the cached map stays in use (a refused shard still makes callers reread).
     public func current() async throws -> ShardMap {
-        if let map = cached.withLock({ $0 }) { return map }
-        return try await refresh()
+        guard let map = cached.withLock({ $0 }) else { return try await refresh() }
+        let now = ContinuousClock.now
+        let reread = freshness.withLock { f -> Bool in
+            guard !f.rereading, f.readAt.map({ now - $0 >= maxAge }) ?? true else { return false }
+            f.rereading = true
+            return true
+        }
+        guard reread else { return map }
+        defer { freshness.withLock { $0.rereading = false } }
+        return (try? await refresh()) ?? map
     }
 
     /// Reads the newest stored map (from the primary: a replica may not have the newest).
@@ -32,6 +50,7 @@ public final class ShardDirectory: Sendable {
             throw NoShardMapError()
         }
         let map = try ShardMap(version: version, owners: owners)
+        freshness.withLock { $0.readAt = .now }
         cached.withLock { current in
             if current.map({ $0.version < map.version }) ?? true { current = map }
         }

@@ -3,6 +3,7 @@ import MillionsCore
 import Observability
 import PostgresNIO
 import Prometheus
+import Synchronization
 
 /// `UserStore` over several PostgreSQL clusters (each a primary and its replicas), by the
 /// logical shard in each user id and the shard map (`ShardDirectory`).
@@ -255,14 +256,16 @@ public struct ShardedUserStore: UserStore {
         return try await onUser(id) { try await $0.credentials(email: email) }
     }
 
+    /// Seeding: the users, then their settled email entries, then their city entries, each
+    /// one statement per cluster (`perCluster`: a shard that moves meanwhile goes again).
     public func insertMany(_ accounts: [NewAccount]) async throws -> Int {
-        let map = try await directory.current()
-        var inserted = Set<Int64>()
-        for (name, group) in Dictionary(grouping: accounts, by: { map.owner(of: $0.id) }) {
-            inserted.formUnion(try await cluster(name).store.inserting(group))
+        let inserted = Mutex(Set<Int64>())
+        try await perCluster(accounts, logical: \.id.logicalShard) { name, group in
+            let ids = try await cluster(name).store.inserting(group)
+            inserted.withLock { $0.formUnion(ids) }
         }
         let now = Clock.secondsSince1970()
-        for (name, group) in Dictionary(grouping: accounts, by: { map.owner(of: ShardMap.logicalShard(ofKey: $0.email)) }) {
+        try await perCluster(accounts, logical: { ShardMap.logicalShard(ofKey: $0.email) }) { name, group in
             let set = try cluster(name).set
             let logger = set.logger
             let emails = group.map(\.email), ids = group.map(\.id.rawValue)
@@ -276,12 +279,41 @@ public struct ShardedUserStore: UserStore {
                     """, logger: logger)
             }
         }
-        // New rows, at version 0; a batch per call, not per user (this is seeding).
+        // New rows, at version 0.
+        let made = inserted.withLock { $0 }
         try await writeCityEntries(
-            accounts.filter { inserted.contains($0.id.rawValue) }.flatMap { a in
+            accounts.filter { made.contains($0.id.rawValue) }.flatMap { a in
                 cityEntries(before: nil, after: User(id: a.id, profile: a.profile), version: 0)
             })
-        return inserted.count
+        return made.count
+    }
+
+    /// Runs `body` once per cluster with the items whose logical shard it owns. A group a
+    /// cluster refuses (its shard moved, or is behind a move's fence) goes again on a fresh
+    /// map, waiting up to `fenceWait` while the map has not moved on. `body` must be all or
+    /// nothing for its group (one statement), and idempotent.
+    func perCluster<Item: Sendable>(
+        _ items: [Item], logical: (Item) -> Int, _ body: (String, [Item]) async throws -> Void
+    ) async throws {
+        var pending = items
+        let deadline = ContinuousClock.now + fenceWait
+        while !pending.isEmpty {
+            let map = try await directory.current()
+            var refused: [Item] = []
+            for (name, group) in Dictionary(grouping: pending, by: { map.owner(of: logical($0)) }) {
+                do {
+                    try await body(name, group)
+                } catch let error where Self.isWrongShard(error) {
+                    refused += group
+                }
+            }
+            pending = refused
+            guard !pending.isEmpty else { return }
+            guard ContinuousClock.now < deadline else {
+                throw MillionsError(.unavailable, "shards are moving; try again", retryAfter: 1)
+            }
+            if try await directory.refresh().version == map.version { try await Task.sleep(for: .milliseconds(20)) }
+        }
     }
 
     // MARK: The email directory
