@@ -6,7 +6,7 @@ import Synchronization
 public enum ImageFormat: String, Sendable, Codable, CaseIterable {
     case jpeg, png, webp
 
-    public static func detect(_ b: [UInt8]) -> ImageFormat? {
+    public static func detect<Bytes: RandomAccessCollection<UInt8>>(_ b: Bytes) -> ImageFormat? where Bytes.Index == Int {
         if b.count >= 3, b[0] == 0xFF, b[1] == 0xD8, b[2] == 0xFF { return .jpeg }
         if b.count >= 8, b[0..<8].elementsEqual([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) { return .png }
         if b.count >= 12, b[0..<4].elementsEqual(Array("RIFF".utf8)), b[8..<12].elementsEqual(Array("WEBP".utf8)) { return .webp }
@@ -140,23 +140,26 @@ public enum Imaging {
 
     /// Format and size from the header, within `limits`; nothing is decoded.
     public static func probe(_ data: [UInt8], limits: ImageLimits = ImageLimits()) throws -> ImageInfo {
+        try data.withUnsafeBytes { try probe(raw: $0, limits: limits) }
+    }
+
+    /// `probe` of bytes held elsewhere (a mapped file).
+    public static func probe(raw: UnsafeRawBufferPointer, limits: ImageLimits = ImageLimits()) throws -> ImageInfo {
         try start()
-        guard data.count <= limits.maxBytes else { throw ImageError(.tooLarge, "images are limited to \(limits.maxBytes) bytes") }
-        guard let format = ImageFormat.detect(data) else { throw ImageError(.notAnImage, "send a JPEG, PNG or WebP image") }
-        return try data.withUnsafeBytes { raw in
-            guard let p = mv_new_from_buffer(raw.baseAddress, raw.count) else {
-                throw ImageError(.corrupt, "unreadable \(format.rawValue): \(lastError())")
-            }
-            let image = VipsRef(p)
-            // The size as displayed: EXIF orientations 5–8 swap the sides, and edits apply
-            // to the upright image.
-            let swap = mv_orientation_swap(image.pointer) != 0
-            let (w, h) = swap ? (image.height, image.width) : (image.width, image.height)
-            guard w <= limits.maxSide, h <= limits.maxSide, w * h <= limits.maxPixels else {
-                throw ImageError(.tooLarge, "\(w)×\(h) is more than \(limits.maxPixels) pixels or \(limits.maxSide) on a side")
-            }
-            return ImageInfo(format: format, width: w, height: h)
+        guard raw.count <= limits.maxBytes else { throw ImageError(.tooLarge, "images are limited to \(limits.maxBytes) bytes") }
+        guard let format = ImageFormat.detect(raw) else { throw ImageError(.notAnImage, "send a JPEG, PNG or WebP image") }
+        guard let p = mv_new_from_buffer(raw.baseAddress, raw.count) else {
+            throw ImageError(.corrupt, "unreadable \(format.rawValue): \(lastError())")
         }
+        let image = VipsRef(p)
+        // The size as displayed: EXIF orientations 5–8 swap the sides, and edits apply
+        // to the upright image.
+        let swap = mv_orientation_swap(image.pointer) != 0
+        let (w, h) = swap ? (image.height, image.width) : (image.width, image.height)
+        guard w <= limits.maxSide, h <= limits.maxSide, w * h <= limits.maxPixels else {
+            throw ImageError(.tooLarge, "\(w)×\(h) is more than \(limits.maxPixels) pixels or \(limits.maxSide) on a side")
+        }
+        return ImageInfo(format: format, width: w, height: h)
     }
 
     /// Fits the image inside width × height (never enlarging), upright, without metadata.
@@ -164,14 +167,20 @@ public enum Imaging {
         _ data: [UInt8], width: Int, height: Int, format: ImageFormat = .jpeg, quality: Int = 82,
         limits: ImageLimits = ImageLimits()
     ) throws -> [UInt8] {
-        _ = try probe(data, limits: limits)
-        // libvips reads the buffer in place, without writing to it: no copy of the upload.
-        return try data.withUnsafeBytes { raw in
-            let image = try make {
-                mv_thumbnail_buffer(UnsafeMutableRawPointer(mutating: raw.baseAddress), raw.count, $0, Int32(width), Int32(height))
-            }
-            return try encode(image, format: format, quality: quality)
+        try data.withUnsafeBytes { try thumbnail(raw: $0, width: width, height: height, format: format, quality: quality, limits: limits) }
+    }
+
+    /// `thumbnail` of bytes held elsewhere (a mapped file), which libvips reads in place,
+    /// without writing to them: no copy of the image.
+    public static func thumbnail(
+        raw: UnsafeRawBufferPointer, width: Int, height: Int, format: ImageFormat = .jpeg, quality: Int = 82,
+        limits: ImageLimits = ImageLimits()
+    ) throws -> [UInt8] {
+        _ = try probe(raw: raw, limits: limits)
+        let image = try make {
+            mv_thumbnail_buffer(UnsafeMutableRawPointer(mutating: raw.baseAddress), raw.count, $0, Int32(width), Int32(height))
         }
+        return try encode(image, format: format, quality: quality)
     }
 
     /// Upright, then crop, resize, sharpen and blur as given, encoded without metadata.

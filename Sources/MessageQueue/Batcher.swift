@@ -1,22 +1,26 @@
 import Synchronization
 
-/// Group commit for calls that can share one statement. A call that finds no batch running
-/// starts one at once; calls that arrive meanwhile wait and go together in the next. No
-/// timer: a lone call costs what it did alone, and under load one round trip serves many.
-/// `run` gets the inputs in arrival order and returns one output per input, in order.
+/// Group commit for calls that can share one statement. A call that finds fewer than
+/// `pipelines` batches running starts one at once; calls that arrive meanwhile wait and go
+/// together in the next. No timer: a lone call costs what it did alone, a few concurrent
+/// callers run side by side (their commits share the database's own group commit), and
+/// under load one round trip serves many. `run` gets the inputs in arrival order and
+/// returns one output per input, in order.
 final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
     private struct State {
         var waiting: [(input: Input, reply: CheckedContinuation<Output, any Error>)] = []
-        var running = false
+        var running = 0
     }
 
     private let state = Mutex(State())
     private let maxBatch: Int
+    private let pipelines: Int
     private let run: @Sendable ([Input]) async throws -> [Output]
 
-    init(maxBatch: Int, run: @escaping @Sendable ([Input]) async throws -> [Output]) {
-        precondition(maxBatch >= 1)
+    init(maxBatch: Int, pipelines: Int = 1, run: @escaping @Sendable ([Input]) async throws -> [Output]) {
+        precondition(maxBatch >= 1 && pipelines >= 1)
         self.maxBatch = maxBatch
+        self.pipelines = pipelines
         self.run = run
     }
 
@@ -24,8 +28,8 @@ final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
         try await withCheckedThrowingContinuation { reply in
             let leads = state.withLock { s in
                 s.waiting.append((input, reply))
-                if s.running { return false }
-                s.running = true
+                if s.running >= pipelines { return false }
+                s.running += 1
                 return true
             }
             // Detached: the batch must not inherit the leading caller's cancellation or
@@ -39,7 +43,7 @@ final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
         while true {
             let batch = state.withLock { s in
                 let n = min(maxBatch, s.waiting.count)
-                if n == 0 { s.running = false }
+                if n == 0 { s.running -= 1 }
                 let taken = Array(s.waiting.prefix(n))
                 s.waiting.removeFirst(n)
                 return taken

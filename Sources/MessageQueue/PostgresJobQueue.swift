@@ -2,6 +2,7 @@ import DataTier
 import Logging
 import MillionsCore
 import PostgresNIO
+import Synchronization
 
 /// `JobQueue` on the PostgreSQL primary. Claims take the first due rows with
 /// `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on, or take, the same job.
@@ -70,7 +71,7 @@ public struct PostgresJobQueue: JobQueue {
 
     final class Batches: Sendable {
         let enqueues: Batcher<NewJob, Int64>
-        let notifies: Batcher<Void, Void>
+        let notifies: Notifier
         let claims: Batcher<ClaimRequest, Job?>
         let completions: Batcher<Completion, Void>
 
@@ -78,20 +79,21 @@ public struct PostgresJobQueue: JobQueue {
             // The INSERT commits on its own (no BEGIN/COMMIT round trips) and without a
             // NOTIFY: PostgreSQL holds its notification lock from a notifying commit's start
             // to its end, flush included, so notifying enqueues would commit one at a time.
-            enqueues = Batcher(maxBatch: PostgresJobQueue.maxBatch) { jobs in
+            // Four pipelines: a few concurrent enqueues commit side by side (sharing
+            // PostgreSQL's group commit) instead of queueing behind one statement.
+            enqueues = Batcher(maxBatch: PostgresJobQueue.maxBatch, pipelines: 4) { jobs in
                 try await set.write("job_enqueue", transaction: false) { c in
                     try await PostgresJobQueue.enqueue(c, jobs, now: now(), notify: false)
                 }
             }
             // One notification for all enqueues that committed meanwhile, committed without
             // waiting for its flush (a lost one only delays a pickup until the next poll).
-            notifies = Batcher(maxBatch: 1 << 16) { waiting in
-                try await set.write("job_notify", transaction: false) { c in
-                    try await c.query(
+            notifies = Notifier {
+                try await set.write("job_notify", transaction: false) { c -> Void in
+                    _ = try await c.query(
                         "SELECT set_config('synchronous_commit', 'off', true), pg_notify(\(PostgresJobQueue.channel), '')",
                         logger: c.logger)
                 }
-                return waiting.map { _ in () }
             }
             claims = Batcher(maxBatch: PostgresJobQueue.maxBatch) { requests in
                 // One statement per kind of request; a worker process sends one kind.
@@ -126,9 +128,10 @@ public struct PostgresJobQueue: JobQueue {
     public func enqueue(queue: String, payload: String, maxAttempts: Int, delaySeconds: Double) async throws -> Int64 {
         let id = try await batches.enqueues.submit(
             NewJob(queue: queue, payload: payload, maxAttempts: maxAttempts, runAt: now() + delaySeconds))
-        // After the commit, so a woken worker finds the job. A lost wake-up costs only
-        // latency: idle workers poll too.
-        try? await batches.notifies.submit(())
+        // After the commit, so a woken worker finds the job; the caller does not wait for it
+        // (that was a second round trip per enqueue). A lost wake-up costs only latency:
+        // idle workers poll too.
+        batches.notifies.ring()
         return id
     }
 
@@ -314,6 +317,36 @@ public struct PostgresJobQueue: JobQueue {
                     group.cancelAll()
                 }
             }
+        }
+    }
+}
+
+/// Sends a notification for every ring since the last one sent, one at a time, without
+/// making anyone wait: rings that arrive while one is being sent are covered by one more.
+final class Notifier: Sendable {
+    private let state = Mutex((pending: false, running: false))
+    private let send: @Sendable () async throws -> Void
+
+    init(send: @escaping @Sendable () async throws -> Void) { self.send = send }
+
+    func ring() {
+        let starts = state.withLock { s -> Bool in
+            s.pending = true
+            if s.running { return false }
+            s.running = true
+            return true
+        }
+        // Detached, as a batch: not the ringing caller's cancellation or task-locals.
+        if starts { Task.detached { await self.drain() } }
+    }
+
+    private func drain() async {
+        while state.withLock({ s -> Bool in
+            if !s.pending { s.running = false; return false }
+            s.pending = false
+            return true
+        }) {
+            try? await send()
         }
     }
 }

@@ -29,8 +29,12 @@ struct ImagesCommand: AsyncParsableCommand {
                     guard let file = next.next() else { return }
                     group.addTask {
                         do {
-                            let data = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file), options: .alwaysMapped))
-                            let thumb = try await processor.run { try Imaging.thumbnail(data, width: size, height: size, format: format) }
+                            // Mapped and read in place by libvips, as vipsthumbnail reads its files:
+                            // a copy would hold a second image in memory per file in flight.
+                            let data = try Data(contentsOf: URL(fileURLWithPath: file), options: .alwaysMapped)
+                            let thumb = try await processor.run {
+                                try data.withUnsafeBytes { try Imaging.thumbnail(raw: $0, width: size, height: size, format: format) }
+                            }
                             let name = URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent + "." + format.fileExtension
                             try Data(thumb).write(to: URL(fileURLWithPath: out + "/" + name))
                             return nil
