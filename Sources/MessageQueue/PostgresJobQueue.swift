@@ -95,7 +95,7 @@ public struct PostgresJobQueue: JobQueue {
                         logger: c.logger)
                 }
             }
-            claims = Batcher(maxBatch: PostgresJobQueue.maxBatch) { requests in
+            claims = Batcher(maxBatch: PostgresJobQueue.maxBatch, pipelines: 4) { requests in
                 // One statement per kind of request; a worker process sends one kind.
                 var answers = [Job?](repeating: nil, count: requests.count)
                 var kinds: [String: [Int]] = [:]
@@ -109,7 +109,7 @@ public struct PostgresJobQueue: JobQueue {
                 }
                 return answers
             }
-            completions = Batcher(maxBatch: PostgresJobQueue.maxBatch) { done in
+            completions = Batcher(maxBatch: PostgresJobQueue.maxBatch, pipelines: 4) { done in
                 let finishedAt = now()
                 try await set.write("job_complete") { c in
                     try await PostgresJobQueue.relaxed(c)
