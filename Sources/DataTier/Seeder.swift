@@ -45,6 +45,9 @@ public struct Seeder: Sendable {
 
     /// Inserts users `range` in batches (one transaction each); returns the ids inserted,
     /// in order. `progress` is called after every batch with the number done so far.
+    /// Accounts whose email or id exists already are skipped and not returned: a second
+    /// run into the same database makes new ids for the same emails, and an ids file that
+    /// listed them would name users who do not exist.
     public func seed(
         _ range: Range<Int>, into store: any UserStore, batch: Int = 10_000,
         progress: (Int) -> Void = { _ in }
@@ -55,8 +58,12 @@ public struct Seeder: Sendable {
         while start < range.upperBound {
             let end = min(start + batch, range.upperBound)
             let accounts = (start..<end).map(account)
-            _ = try await store.insertMany(accounts)
-            ids.append(contentsOf: accounts.map(\.id))
+            if try await store.insertMany(accounts) == accounts.count {
+                ids.append(contentsOf: accounts.map(\.id))
+            } else {
+                // Some existed: keep those whose email now logs in to this very id.
+                for a in accounts where try await store.credentials(email: a.email)?.userID == a.id { ids.append(a.id) }
+            }
             start = end
             progress(end - range.lowerBound)
         }

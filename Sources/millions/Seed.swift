@@ -54,11 +54,16 @@ struct Seed: AsyncParsableCommand {
                 toFile: idsFile, atomically: true, encoding: .utf8)
         }
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        if ids.count < users {
+            logger.warning(
+                "some users existed already (same email or id) and were skipped; the ids file lists only the users made now",
+                metadata: ["skipped": "\(users - ids.count)"])
+        }
         logger.info(
             "seeded",
             metadata: [
-                "users": "\(users)", "seconds": "\(String(format: "%.2f", seconds))",
-                "users_per_second": "\(Int(Double(users) / max(seconds, 0.001)))",
+                "users": "\(ids.count)", "seconds": "\(String(format: "%.2f", seconds))",
+                "users_per_second": "\(Int(Double(ids.count) / max(seconds, 0.001)))",
             ])
     }
 }

@@ -275,6 +275,11 @@ func uniqueEmail(_ name: String) -> String { "\(name)-\(UUID().uuidString.prefix
             // Seeding again skips what exists.
             #expect(try await store.insertMany((0..<10).map(seeder.account)) == 0)
             #expect(try await store.recentUsers(limit: 5000).count == 2500)
+            // A second run (new ids, the same emails) inserts and returns only the new users.
+            let again = Seeder(passwordHash: "x", startSeconds: UserID.epoch + 20_000)
+            let more = try await again.seed(2400..<2600, into: store, batch: 150)
+            #expect(more == (2500..<2600).map { again.account($0).id })
+            #expect(try await store.recentUsers(limit: 5000).count == 2600)
         }
     }
 }
