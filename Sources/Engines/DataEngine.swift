@@ -124,8 +124,11 @@ public struct ShardedEngine: DataEngine {
             applied += try await PostgresMigrations.migrate(set, Schema.shardedCluster(directory: set === directory)).map { "\(name): \($0)" }
         }
         try await store.directory.initialize(clusters: clusters, order: order)
-        // Before any job is enqueued: a job's id names its cluster by number.
-        try await store.directory.number(order)
+        // Before any job is enqueued: a job's id names its cluster by number. Numbering
+        // locks the table, so only a start that brings a new cluster does it.
+        if !Set(order).isSubset(of: try await store.directory.clusterNumbers(refresh: true).keys) {
+            try await store.directory.number(order)
+        }
         return applied
     }
 

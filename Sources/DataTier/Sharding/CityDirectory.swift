@@ -32,20 +32,10 @@ extension ShardedUserStore {
     public func usersIn(city: String, limit: Int) async throws -> CityPage {
         switch cityLookup {
         case .scatter:
-            let deadline = gatherDeadline
-            let pages = await withTaskGroup(of: [UserSummary]?.self) { group in
-                for store in stores.values {
-                    group.addTask { try? await withTimeout(deadline) { try await store.usersIn(city: city, limit: limit).users } }
-                }
-                return await group.reduce(into: [[UserSummary]?]()) { $0.append($1) }
+            let (users, missing) = await gather("people of a city", limit: limit, id: \.id) {
+                try await $0.usersIn(city: city, limit: limit).users
             }
-            let missing = pages.filter { $0 == nil }.count
-            if missing > 0 {
-                metrics.cachedCounter("shard_partial_reads", "Cross-shard reads answered without some clusters", []).increment()
-            }
-            var seen = Set<UserID>()
-            let users = pages.compactMap { $0 }.joined().sorted { $0.id > $1.id }.filter { seen.insert($0.id).inserted }
-            return CityPage(users: Array(users.prefix(limit)), missingClusters: missing)
+            return CityPage(users: users, missingClusters: missing)
         case .directory:
             let logical = ShardMap.logicalShard(ofKey: city)
             let users = try await routed(logical) { name -> [UserSummary] in

@@ -11,9 +11,14 @@ import Synchronization
 public final class ShardDirectory: Sendable {
     let set: ReplicaSet
     let maxAge: Duration
-    private let cached = Mutex<ShardMap?>(nil)
-    /// When the cached map was last read, and whether a reread is under way.
-    private let freshness = Mutex<(readAt: ContinuousClock.Instant?, rereading: Bool)>((nil, false))
+    /// The newest map read, when it was last read, and whether a reread is under way: one
+    /// lock, taken once on the hot path.
+    private struct Cache {
+        var map: ShardMap?
+        var readAt: ContinuousClock.Instant?
+        var rereading = false
+    }
+    private let cached = Mutex(Cache())
     private let numbering = Mutex<[String: Int]?>(nil)
 
     public init(set: ReplicaSet, maxAge: Duration = .seconds(2)) {
@@ -25,15 +30,16 @@ public final class ShardDirectory: Sendable {
     /// rereads it while the others go on with the cached map; if the directory does not
     /// answer, the cached map stays in use (a refused shard still makes callers reread).
     public func current() async throws -> ShardMap {
-        guard let map = cached.withLock({ $0 }) else { return try await refresh() }
         let now = ContinuousClock.now
-        let reread = freshness.withLock { f -> Bool in
-            guard !f.rereading, f.readAt.map({ now - $0 >= maxAge }) ?? true else { return false }
-            f.rereading = true
-            return true
+        let (known, reread) = cached.withLock { c -> (ShardMap?, Bool) in
+            guard let map = c.map else { return (nil, false) }
+            guard !c.rereading, c.readAt.map({ now - $0 >= maxAge }) ?? true else { return (map, false) }
+            c.rereading = true
+            return (map, true)
         }
+        guard let map = known else { return try await refresh() }
         guard reread else { return map }
-        defer { freshness.withLock { $0.rereading = false } }
+        defer { cached.withLock { $0.rereading = false } }
         return (try? await refresh()) ?? map
     }
 
@@ -50,11 +56,11 @@ public final class ShardDirectory: Sendable {
             throw NoShardMapError()
         }
         let map = try ShardMap(version: version, owners: owners)
-        freshness.withLock { $0.readAt = .now }
-        cached.withLock { current in
-            if current.map({ $0.version < map.version }) ?? true { current = map }
+        return cached.withLock { c in
+            c.readAt = .now
+            if c.map.map({ $0.version < map.version }) ?? true { c.map = map }
+            return c.map!
         }
-        return cached.withLock { $0! }
     }
 
     /// Stores `map` as the newest version. Fails if that version exists already (another
@@ -68,8 +74,8 @@ public final class ShardDirectory: Sendable {
         } catch let e as PSQLError where e.serverInfo?[.sqlState] == "23505" {
             throw MillionsError(.conflict, "shard map version \(map.version) exists already")
         }
-        cached.withLock { current in
-            if current.map({ $0.version < map.version }) ?? true { current = map }
+        cached.withLock { c in
+            if c.map.map({ $0.version < map.version }) ?? true { c.map = map }
         }
     }
 

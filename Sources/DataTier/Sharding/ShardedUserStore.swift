@@ -220,22 +220,31 @@ public struct ShardedUserStore: UserStore {
     /// Newest first, from every cluster at once. A cluster that fails or does not answer
     /// within `gatherDeadline` is left out of the page and counted, not an error.
     public func recentPage(limit: Int) async throws -> RecentUsers {
+        let (users, missing) = await gather("recent users", limit: limit, id: \.id) { try await $0.recentUsers(limit: limit) }
+        return RecentUsers(users: users, missingClusters: missing)
+    }
+
+    /// Asks every cluster at once, each given `gatherDeadline`; merges the answers newest
+    /// first (by id), one row per id (a shard being moved is on two clusters for a while),
+    /// at most `limit`. A cluster that fails or is late is left out, counted and returned
+    /// as missing: a partial answer, not an error.
+    func gather<Row: Sendable>(
+        _ what: String, limit: Int, id: @escaping @Sendable (Row) -> UserID,
+        _ ask: @escaping @Sendable (PostgresUserStore) async throws -> [Row]
+    ) async -> (rows: [Row], missing: Int) {
         let deadline = gatherDeadline
-        let pages = await withTaskGroup(of: [User]?.self) { group in
-            for store in stores.values {
-                group.addTask { try? await withTimeout(deadline) { try await store.recentUsers(limit: limit) } }
-            }
-            return await group.reduce(into: [[User]?]()) { $0.append($1) }
+        let pages = await withTaskGroup(of: [Row]?.self) { group in
+            for store in stores.values { group.addTask { try? await withTimeout(deadline) { try await ask(store) } } }
+            return await group.reduce(into: [[Row]?]()) { $0.append($1) }
         }
         let missing = pages.filter { $0 == nil }.count
         if missing > 0 {
-            logger.warning("recent users without some clusters", metadata: ["missing": "\(missing)"])
+            logger.warning("\(what) without some clusters", metadata: ["missing": "\(missing)"])
             metrics.cachedCounter("shard_partial_reads", "Cross-shard reads answered without some clusters", []).increment()
         }
-        // A shard being moved is on two clusters for a while: one row per user.
         var seen = Set<UserID>()
-        let users = pages.compactMap { $0 }.joined().sorted { $0.id > $1.id }.filter { seen.insert($0.id).inserted }.prefix(limit)
-        return RecentUsers(users: Array(users), missingClusters: missing)
+        let rows = pages.compactMap { $0 }.joined().sorted { id($0) > id($1) }.filter { seen.insert(id($0)).inserted }
+        return (Array(rows.prefix(limit)), missing)
     }
 
     public func credentials(email: String) async throws -> Credentials? {
