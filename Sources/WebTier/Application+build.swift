@@ -33,6 +33,8 @@ public struct Components: Sendable {
     let decoyHash: String
     let limits: RateLimits
     let passwords: PasswordChecks
+    /// Uncached profile reads on the event loop (PostgreSQL, no cache tier, the setting on).
+    let loopReads: LoopReads?
 
     /// `c.users`, `c.jobs`, `c.replicaSet`, …: the engines' parts.
     public subscript<T>(dynamicMember path: KeyPath<Engines, T>) -> T { engines[keyPath: path] }
@@ -57,7 +59,14 @@ public struct Components: Sendable {
                 logInPerAddress: limits.logInPerAddress, logInPerAccount: limits.logInPerAccount,
                 signUpPerAddress: limits.signUpPerAddress, uploadsPerAccount: limits.uploadsPerAccount,
                 editsPerAccount: limits.editsPerAccount, exempt: try AddressRange.list(limits.exempt)),
-            passwords: PasswordChecks(maxPending: settings.auth.maxPendingPasswordChecks))
+            passwords: PasswordChecks(maxPending: settings.auth.maxPendingPasswordChecks),
+            loopReads: settings.http.uncachedReadFastPath && engines.userCache == nil
+                ? engines.replicaSet.map {
+                    // The routed pool's connections, spread over the loops that serve requests.
+                    LoopReads(
+                        replicaSet: $0,
+                        connectionsPerLoop: max(2, settings.engines.data.postgres.connectionsPerNode / System.coreCount))
+                } : nil)
     }
 
     /// Where templates, static files and the OpenAPI document are; `MILLIONS_RESOURCES`
@@ -110,6 +119,8 @@ public func buildRouter(_ c: Components) throws -> Router<AppRequestContext> {
 /// workers), in the order they start; they stop in reverse, after the server has drained.
 public func webServices(_ c: Components) -> [any Service] {
     var services: [any Service] = []
+    // First, so it stops last: its connections close once nothing can read through them.
+    if let reads = c.loopReads { services.append(reads) }
     // Redis expires its sessions itself; SQL sessions need sweeping. Failed log-ins are
     // forgotten once the throttle would ignore them.
     var sweeps: [Sweeper.Sweep] = []
@@ -151,11 +162,13 @@ public func buildApplication(
         bodyTimeout: .milliseconds(s.bodyTimeout.inMilliseconds),
         maxPerAddress: s.maxConnectionsPerAddress, exempt: Set(s.trustedProxies))
     let (metrics, logger) = (c.metrics, c.logger)
-    let cachedReads = c.userCache.flatMap { cache in
-        s.cachedReadFastPath && cache.isInProcess
-            ? CachedReads(cache: cache, drain: c.drain, trustedProxies: Set(s.trustedProxies), metrics: metrics, logger: logger)
-            : nil
-    }
+    let earlyCache = c.userCache.flatMap { s.cachedReadFastPath && $0.isInProcess ? $0 : nil }
+    let cachedReads =
+        earlyCache != nil || c.loopReads != nil
+        ? CachedReads(
+            cache: earlyCache, loopReads: c.loopReads, drain: c.drain, trustedProxies: Set(s.trustedProxies),
+            metrics: metrics, logger: logger)
+        : nil
     var app = Application(
         router: router,
         server: HTTPServerBuilder { responder in

@@ -1,4 +1,5 @@
 import CacheTier
+import DataTier
 import Foundation
 import HTTPTypes
 import HummingbirdCore
@@ -9,11 +10,14 @@ import NIOHTTPTypes
 import Observability
 import Prometheus
 
-/// What every connection's `CachedReadPath` shares: the profile cache, the metric handles
-/// (resolved once) and the log.
+/// What every connection's `CachedReadPath` shares: the profile cache or the database's
+/// event-loop reads, the metric handles (resolved once) and the log.
 final class CachedReads: Sendable {
     static let route = "/users/{id}"
-    let cache: ReadThrough<User>
+    /// The in-process cache, whose hits are answered at once.
+    let cache: ReadThrough<User>?
+    /// With no cache tier at all: misses read the database on the event loop.
+    let loopReads: LoopReads?
     let drain: DrainState
     let trustedProxies: Set<String>
     let accessLog: AccessLog
@@ -21,8 +25,12 @@ final class CachedReads: Sendable {
     let latency: DurationHistogram
     let answered: Prometheus.Counter
 
-    init(cache: ReadThrough<User>, drain: DrainState, trustedProxies: Set<String>, metrics: AppMetrics, logger: Logger) {
+    init(
+        cache: ReadThrough<User>?, loopReads: LoopReads?, drain: DrainState, trustedProxies: Set<String>,
+        metrics: AppMetrics, logger: Logger
+    ) {
         self.cache = cache
+        self.loopReads = loopReads
         self.drain = drain
         self.trustedProxies = trustedProxies
         accessLog = AccessLog(logger)
@@ -40,13 +48,17 @@ final class CachedReads: Sendable {
 
 /// Answers `GET /users/{id}` on the event loop when the profile is in the in-process cache,
 /// before the request becomes a task and walks the router and the middleware chain: on a
-/// hit that path costs about as much again as everything else (issue 16, P1). The answer
-/// is the route's own: same bytes and headers, the same access-log line, metrics and
-/// request id. Anything else passes on unchanged: a miss, another route, a request with a
-/// body or `Connection: close`, a server that is draining, and any request that arrives
-/// while the application still owes this connection an answer (pipelined requests are
-/// answered in order). Sits after Hummingbird's connection-state handler, so idle timeouts
-/// and graceful shutdown see these requests too.
+/// hit that path costs about as much again as everything else (issue 16, P1). With no cache
+/// tier, the profile is read from PostgreSQL on this same loop (`LoopReads`, P2): the
+/// request is held, later requests on the connection wait behind it, and when the read
+/// finds nothing or fails the request goes on to the router as if it had never stopped
+/// here (the route answers 404, retries elsewhere or answers 503).
+/// The answer is the route's own: same bytes and headers, the same access-log line,
+/// metrics and request id. Anything else passes on unchanged: a miss (with a cache),
+/// another route, a request with a body or `Connection: close`, a server that is draining,
+/// and any request that arrives while the application still owes this connection an answer
+/// (pipelined requests are answered in order). Sits after Hummingbird's connection-state
+/// handler, so idle timeouts and graceful shutdown see these requests too.
 final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -62,12 +74,26 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
         var start: ContinuousClock.Instant
     }
 
+    /// A request whose database read is in flight.
+    private struct Pending {
+        var request: HTTPRequest
+        var id: UserID
+        var sawEnd = false
+        var start: ContinuousClock.Instant
+    }
+
     private let shared: CachedReads
     private var peer = "unknown"
     /// Requests passed on to the application and not answered yet.
     private var unanswered = 0
     /// A request answered here whose end has not arrived yet.
     private var answer: Answer?
+    /// A request waiting for its database read, and what arrived behind it meanwhile.
+    private var pending: Pending?
+    private var held: [NIOAny] = []
+    /// A read from the socket asked for while a request was pending (held back, so a
+    /// client cannot pile up requests in memory behind it).
+    private var readWanted = false
     private var needsFlush = false
     private var date = (second: -1, text: "")
 
@@ -78,12 +104,22 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if pending != nil {
+            // The pending request's own end (it has no body), then whatever follows it.
+            if pending?.sawEnd == false, case .end = unwrapInboundIn(data) {
+                pending?.sawEnd = true
+            } else {
+                held.append(data)
+            }
+            return
+        }
         switch unwrapInboundIn(data) {
         case .head(let request):
             if unanswered == 0, let found = prepare(request) {
                 answer = found
                 return
             }
+            if unanswered == 0, startRead(request, context) { return }
             unanswered += 1
         case .body:
             if answer != nil { return }
@@ -95,6 +131,14 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         context.fireChannelRead(data)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if pending != nil {
+            readWanted = true
+            return
+        }
+        context.read()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -110,15 +154,84 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(data, promise: promise)
     }
 
-    /// The answer for a cached profile, or nil to pass the request on.
-    private func prepare(_ request: HTTPRequest) -> Answer? {
+    /// The profile's id when this request is one this handler may answer.
+    private func candidate(_ request: HTTPRequest) -> UserID? {
         guard request.method == .get, let target = request.path, let id = Self.userID(inPath: target),
             request.headerFields[.contentLength] == nil, request.headerFields[.transferEncoding] == nil,
             !(request.headerFields[.connection]?.lowercased().contains("close") ?? false),
-            !shared.drain.isDraining,
-            let body = shared.cache.cachedBytes(id)
+            !shared.drain.isDraining
         else { return nil }
+        return id
+    }
+
+    /// The answer for a cached profile, or nil to pass the request on.
+    private func prepare(_ request: HTTPRequest) -> Answer? {
+        guard let id = candidate(request), let body = shared.cache?.cachedBytes(id) else { return nil }
+        return makeAnswer(request, body: body, start: ContinuousClock.now)
+    }
+
+    /// Starts the database read of an uncached profile on this loop; false to pass the
+    /// request on (a cache tier is configured, the read is declined, or another route).
+    private func startRead(_ request: HTTPRequest, _ context: ChannelHandlerContext) -> Bool {
+        guard shared.cache == nil, let reads = shared.loopReads, let id = candidate(request),
+            let position = Self.writePosition(request.headerFields[values: .cookie])
+        else { return false }
         let start = ContinuousClock.now
+        guard let read = reads.user(id: id, position: position, on: context.eventLoop) else { return false }
+        pending = Pending(request: request, id: id, start: start)
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        read.whenComplete { result in handler.value.finish(result, bound.value) }
+        return true
+    }
+
+    /// The pending read's end: its answer, or the request passed on; then what waited.
+    private func finish(_ result: Result<User?, any Error>, _ context: ChannelHandlerContext) {
+        guard let done = pending else { return }
+        pending = nil
+        guard context.channel.isActive else {
+            held = []
+            return
+        }
+        if case .success(let user?) = result, let body = try? UserService.encode(user) {
+            let found = makeAnswer(done.request, body: body, start: done.start)
+            if done.sawEnd {
+                send(found, context)
+            } else {
+                answer = found
+            }
+        } else {
+            unanswered += 1
+            context.fireChannelRead(wrapInboundOut(.head(done.request)))
+            if done.sawEnd { context.fireChannelRead(wrapInboundOut(.end(nil))) }
+        }
+        while pending == nil, !held.isEmpty { channelRead(context: context, data: held.removeFirst()) }
+        channelReadComplete(context: context)
+        if pending == nil, readWanted {
+            readWanted = false
+            context.read()
+        }
+    }
+
+    /// The client's write position on the one cluster, from its `millions_lsn` cookie (0:
+    /// none); nil when the cookie names other clusters (sharded positions: the route decides).
+    static func writePosition(_ cookieHeaders: [String]) -> UInt64? {
+        var position: UInt64 = 0
+        for header in cookieHeaders {
+            for pair in header.split(separator: ";") {
+                let trimmed = pair.drop { $0 == " " }
+                guard trimmed.hasPrefix(ReadYourWritesMiddleware.cookie + "=") else { continue }
+                let value = trimmed.dropFirst(ReadYourWritesMiddleware.cookie.count + 1)
+                let positions = ReadYourWrites.positions(cookie: String(value))
+                guard positions.keys.allSatisfy(\.isEmpty) else { return nil }
+                position = max(position, positions[""] ?? 0)
+            }
+        }
+        return position
+    }
+
+    private func makeAnswer(_ request: HTTPRequest, body: [UInt8], start: ContinuousClock.Instant) -> Answer {
+        let target = request.path ?? "/"
         let requestID = ObservabilityMiddleware.requestID(from: request.headerFields[.xRequestID])
         let client = Forwarded.resolve(
             peer: peer, forwardedFor: request.headerFields[values: .xForwardedFor], forwardedProto: nil,

@@ -21,6 +21,9 @@ public struct HTTPSettings: Sendable {
     public var maxConnectionsPerAddress: Int
     /// Answer cached `GET /users/{id}` on the event loop, before the router (`CachedReadPath`).
     public var cachedReadFastPath: Bool
+    /// With PostgreSQL and no cache tier: read `GET /users/{id}` from the database on the
+    /// event loop, before the router (`LoopReads`).
+    public var uncachedReadFastPath: Bool
     /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (the load balancer).
     public var trustedProxies: [String]
     /// Client addresses (CIDR ranges) allowed to read `/metrics`; everyone else gets 404.
@@ -39,6 +42,7 @@ public struct HTTPSettings: Sendable {
         maxConnections = config.int(forKey: "maxConnections", default: 4096)
         maxConnectionsPerAddress = config.int(forKey: "maxConnectionsPerAddress", default: 256)
         cachedReadFastPath = config.bool(forKey: "cachedReadFastPath", default: true)
+        uncachedReadFastPath = config.bool(forKey: "uncachedReadFastPath", default: true)
         metricsAllow = config.string(forKey: "metricsAllow", default: "127.0.0.0/8,::1")
         trustedProxies = config.string(forKey: "trustedProxies", default: "127.0.0.1,::1").commaSeparated
 

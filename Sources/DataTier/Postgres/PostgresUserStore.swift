@@ -72,10 +72,14 @@ public struct PostgresUserStore: UserStore {
 
     /// A users row, cell by cell with concrete types: `row.decode(Row.self)` goes through
     /// parameter packs and looks up tuple metadata at run time on every row.
-    static func decodeRow(_ row: PostgresRow) throws -> Row {
+    /// `binary`: the cells are in binary whatever the row says (`PreparedQuery` in
+    /// postgres-nio 1.33 keeps the statement's description, which names text, while its Bind
+    /// asks for binary results).
+    static func decodeRow(_ row: PostgresRow, binary: Bool = false) throws -> Row {
         var cells = row.makeIterator()
         func next() throws -> PostgresCell {
-            guard let cell = cells.next() else { throw MillionsError(.internalError, "users row is short") }
+            guard var cell = cells.next() else { throw MillionsError(.internalError, "users row is short") }
+            if binary { cell.format = .binary }
             return cell
         }
         return (

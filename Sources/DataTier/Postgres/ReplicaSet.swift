@@ -288,6 +288,9 @@ public final class ReplicaSet: Service {
         }
     }
 
+    /// The next turn of the rotation among eligible replicas.
+    func nextSpread() -> Int { spread.wrappingAdd(1, ordering: .relaxed).oldValue }
+
     /// Asks the discovery loop to probe every node now.
     public func rediscoverSoon() { discoverNow.store(true, ordering: .relaxed) }
 
@@ -320,7 +323,7 @@ public final class ReplicaSet: Service {
         var excluded = Set<Int>()
         while true {
             let decision = router.choose(
-                statuses, minimumLSN: minimum, excluded: excluded, spread: spread.wrappingAdd(1, ordering: .relaxed).oldValue)
+                statuses, minimumLSN: minimum, excluded: excluded, spread: nextSpread())
             metrics.cachedCounter("db_read_routing", "Where reads were sent, and why", [("decision", decision.label)]).increment()
             guard let i = decision.node else {
                 throw MillionsError(.unavailable, "the database is unavailable", retryAfter: 2)
