@@ -275,6 +275,11 @@ public struct Cluster: Sendable {
             // Each host asks the DNS server at its address on the host's own subnet.
             let prefix = n.host.split(separator: ".").prefix(3).joined(separator: ".") + "."
             try net.add(host, nameserver: dns.flatMap { d in ([d.host] + d.alsoAt).first { $0.hasPrefix(prefix) } })
+            // The other sites, through this site's gateway (a host on every subnet needs none).
+            if n.alsoAt.isEmpty, let gateway = state.topology.nodes(.gateway, in: n.site).first {
+                let others = state.topology.links(from: n.site).compactMap { state.topology.subnet(of: $0.site) }
+                try net.route(host, to: others, via: gateway.host)
+            }
             let path = "\(dir)/hosts/\(n.name)"
             try net.wrapperScript(on: host).write(toFile: path, atomically: true, encoding: .utf8)
             chmod(path, 0o755)
@@ -394,7 +399,7 @@ public struct Cluster: Sendable {
         case .edge: "varnish up"
         case .client: "client host\(nodes.count == 1 ? "" : "s") ready"
         case .coordinator: "etcd ×\(nodes.count) healthy (" + nodes.map(\.address).joined(separator: ", ") + ")"
-        case .gateway: "WAN gateways relaying: " + nodes.map { "\($0.name) \($0.host)" }.joined(separator: ", ")
+        case .gateway: "WAN gateways routing: " + nodes.map { "\($0.name) \($0.host)" }.joined(separator: ", ")
         case .dns: "DNS (PowerDNS) answering \(Topology.siteName) with each client's own site"
         }
     }
@@ -494,23 +499,30 @@ public struct Cluster: Sendable {
 
     // MARK: - gateways
 
-    /// One `millions relay` on the gateway's host for everything its site reaches across
-    /// the WAN; ready when every relayed port listens.
+    /// The gateway's host routes its site's packets for every linked site through a TUN
+    /// device, and one `millions relay --tun` on it writes each back after the link's delay;
+    /// ready when the relay holds the device. (The other direction is the other site's
+    /// gateway's: each way is delayed once.)
     func startGateway(_ node: Node, _ state: ClusterState) throws {
-        let relays = state.topology.relays(at: node)
-        guard let first = relays.first else { return }
-        let pairs: [String] = relays.flatMap { r -> [String] in
-            ["--listen", "\(r.listenHost):\(r.listenPort)", "--to", "\(r.targetHost):\(r.targetPort)"]
-        }
-        let argv = on(node, state) + [binary, "relay", "--delay-ms", String(first.delayMs), "--jitter-ms", String(first.jitterMs)] + pairs
+        guard let plan = state.hosts, let own = state.topology.subnet(of: node.site) else { return }
+        let linked = state.topology.links(from: node.site)
+        guard let link = linked.first?.link else { return }
+        let net = try plan.network()
+        let host = plan.host(node)
+        try net.delayRouted(host, device: Self.wanDevice, from: own, to: linked.compactMap { state.topology.subnet(of: $0.site) })
+        let argv =
+            on(node, state) + [
+                binary, "relay", "--tun", Self.wanDevice, "--delay-ms", String(link.delayMs), "--jitter-ms", String(link.jitterMs),
+            ]
         let pid = try Processes.spawnDetached(argv, log: "\(logs)/\(node.name).log")
         try String(pid).write(toFile: node.pidFile, atomically: true, encoding: .utf8)
-        for r in relays {
-            guard Processes.wait(seconds: 60, until: { !Processes.isAlive(pid) || Processes.portOpen(host: r.listenHost, port: r.listenPort) }),
-                Processes.isAlive(pid)
-            else { throw Processes.Failure("\(node.name) is not relaying \(r.listenHost):\(r.listenPort) (see \(logs)/\(node.name).log)") }
-        }
+        guard Processes.wait(seconds: 60, until: { !Processes.isAlive(pid) || net.deviceAttached(host, device: Self.wanDevice) }),
+            Processes.isAlive(pid)
+        else { throw Processes.Failure("\(node.name) is not delaying the WAN (see \(logs)/\(node.name).log)") }
     }
+
+    /// The TUN device of every gateway.
+    static let wanDevice = "wan0"
 
     // MARK: - DNS
 
@@ -628,7 +640,7 @@ public struct Cluster: Sendable {
                 case .database, .cache, .sessions, .coordinator:
                     health = Processes.portOpen(host: node.host, port: node.port, timeout: 1) ? "up" : "unready"
                 case .gateway:
-                    health = "relaying"
+                    health = "routing"
                 case .dns:
                     health = Processes.portOpen(host: node.host, port: node.port, timeout: 1) ? "up" : "unready"
                 case .client:

@@ -27,8 +27,9 @@ public struct NodeHost: Codable, Sendable, Equatable {
 /// The hosts of one cluster: a Linux bridge with an address in `198.18.<subnet>.0/24` for
 /// each site (198.18.0.0/15 is reserved for benchmarks, so it collides with no real
 /// network), and for each host a namespace joined to the bridge by a veth pair and a
-/// cgroup. A host has a route to its own subnet only (no default route), so sites reach
-/// each other only through a gateway on both subnets. Every kernel object is named from
+/// cgroup. A host has a route to its own subnet, and to the other sites' subnets through
+/// its site's gateway (no default route): sites reach each other only across the gateways'
+/// emulated WAN. Every kernel object is named from
 /// `prefix`, so `removeAll` finds them again even after a crash lost every other record.
 /// Needs root.
 public struct HostNetwork: Sendable {
@@ -152,6 +153,54 @@ public struct HostNetwork: Sendable {
         throw Processes.Failure("no free subnet in 198.18.1.0 … 198.18.254.0")
     }
 
+    /// Routes `subnets` (each a /24 such as `198.18.7.0/24`) from `host` through `gateway`,
+    /// an address on the host's own subnet: how a site's hosts reach the other sites.
+    public func route(_ host: NodeHost, to subnets: [String], via gateway: String) throws {
+        for subnet in subnets { try ip("-n", namespace(host), "route", "replace", subnet, "via", gateway) }
+    }
+
+    /// Makes `host` a router whose traffic from `from` to `to` (each a /24) goes through the
+    /// TUN device `device` first (created here; a `PacketDelay` attaches to it and writes every
+    /// packet back later): the gateway of a site behind an emulated WAN. A packet written
+    /// back comes in on the device, so the rule no longer matches and the kernel delivers it
+    /// on the bridge, where the gateway has an address on every site's subnet.
+    public func delayRouted(_ host: NodeHost, device: String, from: String, to: [String]) throws {
+        let ns = namespace(host)
+        if !(try ip("-n", ns, "-o", "link", "show")).contains(" \(device): ") {
+            try ip("-n", ns, "tuntap", "add", "dev", device, "mode", "tun")
+        }
+        try ip("-n", ns, "link", "set", device, "up")
+        // Forward; take packets back from the device (reverse-path filtering would drop them:
+        // their source is not routed through it); never tell hosts of a shorter way round.
+        let settings = [
+            "ipv4/ip_forward=1", "ipv4/conf/all/rp_filter=0", "ipv4/conf/default/rp_filter=0", "ipv4/conf/eth0/rp_filter=0",
+            "ipv4/conf/\(device)/rp_filter=0", "ipv4/conf/all/send_redirects=0", "ipv4/conf/eth0/send_redirects=0",
+            "ipv4/conf/\(device)/accept_local=1",
+        ]
+        let writes = settings.map { entry -> String in
+            let parts = entry.split(separator: "=")
+            return "echo \(parts[1]) > /proc/sys/net/\(parts[0])"
+        }.joined(separator: " && ")
+        try Self.checked(Processes.run([Self.ip, "netns", "exec", ns, "/bin/sh", "-c", writes], log: "/dev/null"), "sysctl in \(ns)")
+        let table = "100"
+        try ip("-n", ns, "route", "replace", "default", "dev", device, "table", table)
+        for subnet in to {
+            let rule = ["iif", "eth0", "from", from, "to", subnet, "lookup", table]
+            if !(try ip(["-n", ns, "rule", "show"])).contains("from \(from) to \(subnet) iif eth0 lookup \(table)") {
+                try ip(["-n", ns, "rule", "add"] + rule)
+            }
+        }
+    }
+
+    /// True once a process holds `device` open on `host` (a TUN device has carrier then).
+    public func deviceAttached(_ host: NodeHost, device: String) -> Bool {
+        ((try? ip("-n", namespace(host), "-o", "link", "show", device)) ?? "").contains("LOWER_UP")
+    }
+
+    static func checked(_ status: Int32, _ what: String) throws {
+        guard status == 0 else { throw Processes.Failure("\(what) failed (exit \(status))") }
+    }
+
     /// Cuts a host off the network without stopping anything on it; `heal` undoes it.
     public func partition(_ host: NodeHost) throws { try ip("link", "set", veth(host), "down") }
     public func heal(_ host: NodeHost) throws { try ip("link", "set", veth(host), "up") }
@@ -203,6 +252,7 @@ public struct HostNetwork: Sendable {
 
     @discardableResult
     func ip(_ args: String...) throws -> String { try Self.run(args) }
+    func ip(_ args: [String]) throws -> String { try Self.run(args) }
 
     static func run(_ args: String...) throws -> String { try run(args) }
 

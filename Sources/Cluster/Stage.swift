@@ -161,7 +161,7 @@ public struct Layout: Sendable {
     func node(_ name: String, _ role: Role, _ port: Int, index: Int = 0, pidFile: String) -> Node {
         guard onHosts else { return Node(name: name, role: role, host: "127.0.0.1", site: site, port: port, pidFile: pidFile) }
         var n = Node(name: name, role: role, host: address(role, index: index, subnet: subnets[siteIndex]), site: site, port: port, pidFile: pidFile)
-        // On every site's subnet: a gateway (it relays from its own to the others), the DNS
+        // On every site's subnet: a gateway (it routes its own site's packets to the others), the DNS
         // server (it answers every site's clients), and clients (users on the internet
         // reach every site's entry; a client's region is its first address).
         if [.gateway, .dns, .client].contains(role) { n.alsoAt = subnets.filter { $0 != subnets[siteIndex] }.map { address(role, index: index, subnet: $0) } }

@@ -45,8 +45,9 @@ public struct Node: Codable, Sendable, Equatable {
     public var address: String { "\(host):\(port)" }
 }
 
-/// A WAN link between two sites: traffic between them goes through each site's gateway,
-/// delayed by `delayMs` one way (plus up to `jitterMs`); within a site, links are native.
+/// A WAN link between two sites: traffic between them is routed through each site's
+/// gateway, delayed by `delayMs` one way (plus up to `jitterMs`); within a site, links are
+/// native.
 public struct WANLink: Codable, Sendable, Equatable {
     public var sites: [String]
     public var delayMs: Double
@@ -112,24 +113,22 @@ public struct Topology: Codable, Sendable, Equatable {
     }
     public var dynamicEntry: Node? { dynamicEntry() }
 
-    /// How a node in `site` reaches `target`: directly within a site, else through its
-    /// site's gateway, which relays the target's port across the WAN.
-    public func address(of target: Node, from site: String) -> String {
-        guard target.site != site, let gateway = nodes(.gateway, in: site).first else { return target.address }
-        return "\(gateway.host):\(target.port)"
+    /// How a node in `site` reaches `target`: at its own address. Between sites the route
+    /// goes through each site's gateway, which delays it by the link's latency (`PacketDelay`),
+    /// so the address is the same from everywhere and only the time differs.
+    public func address(of target: Node, from site: String) -> String { target.address }
+
+    /// The /24 a site's nodes live on (`198.18.N.0/24`; hosts only), from its first node.
+    public func subnet(of site: String) -> String? {
+        guard let node = nodes.first(where: { $0.site == site && $0.role != .dns }) else { return nil }
+        let parts = node.host.split(separator: ".")
+        guard parts.count == 4 else { return nil }
+        return parts.prefix(3).joined(separator: ".") + ".0/24"
     }
 
-    /// What a gateway relays: every data server (PostgreSQL, Redis) of the sites its links
-    /// reach, and their edges (a deleted photo is purged at every site's edge), on the same
-    /// port at the gateway's address, with the link's delay.
-    public func relays(at gateway: Node) -> [DelayRelay.Link] {
-        links.filter { $0.sites.contains(gateway.site) }.flatMap { link in
-            nodes.filter { $0.site != gateway.site && link.sites.contains($0.site) && [.database, .sessions, .edge].contains($0.role) }.map {
-                DelayRelay.Link(
-                    listenHost: gateway.host, listenPort: $0.port, targetHost: $0.host, targetPort: $0.port,
-                    delayMs: link.delayMs, jitterMs: link.jitterMs)
-            }
-        }
+    /// The sites `site` has a WAN link to, and the link.
+    public func links(from site: String) -> [(site: String, link: WANLink)] {
+        links.filter { $0.sites.contains(site) }.flatMap { link in link.sites.filter { $0 != site }.map { ($0, link) } }
     }
 
     /// The configuration every web server and worker in `site` runs with, derived from the
@@ -143,7 +142,7 @@ public struct Topology: Codable, Sendable, Equatable {
     }
 
     /// Who may purge a URL at an edge: this machine, and on hosts the cluster's own network
-    /// (web servers, workers, and the gateways that relay a purge from another site).
+    /// (web servers and workers of every site: a purge crosses the WAN to the other sites).
     public var purgers: [String] {
         nodes.contains { !$0.host.hasPrefix("127.") } ? ["127.0.0.1", "198.18.0.0/15"] : ["127.0.0.1"]
     }
@@ -196,7 +195,7 @@ public struct Topology: Codable, Sendable, Equatable {
         // Every web server and worker shares one photo folder (a stand-in for a shared
         // volume or object store): a worker reads the original a web server stored.
         s["photos.directory"] = dataDirectory + "/photos"
-        // Every site's edge, through this site's gateway when it is across the WAN.
+        // Every site's edge (across the WAN for the other sites').
         s["photos.purgeEdges"] = nodes(.edge).map { address(of: $0, from: site) }.joined(separator: ",")
         // With several sites, no folder is shared: photos are replicated with the data,
         // so a site's loss loses none (docs/cluster.md).

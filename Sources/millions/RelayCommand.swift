@@ -8,10 +8,16 @@ import UnixSignals
 struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
-        abstract: "A TCP relay that delays every byte by a one-way delay (plus jitter) in each direction: an emulated WAN link.")
+        abstract: "A TCP relay that delays every byte by a one-way delay (plus jitter) in each direction: an emulated WAN link.",
+        discussion: """
+            With --tun NAME it delays routed packets instead: every packet the kernel sends into the TUN device NAME \
+            (create it first: ip tuntap add dev NAME mode tun) is written back after the delay, and routed on.
+            """)
     @Option(name: .long, help: ArgumentHelp("Where to listen (repeat it with --to for several relays).", valueName: "host:port"))
-    var listen: [String]
-    @Option(name: .long, help: ArgumentHelp("Where to relay to, one per --listen, in order.", valueName: "host:port")) var to: [String]
+    var listen: [String] = []
+    @Option(name: .long, help: ArgumentHelp("Delay the packets routed through this TUN device.", valueName: "name"))
+    var tun: String?
+    @Option(name: .long, help: ArgumentHelp("Where to relay to, one per --listen, in order.", valueName: "host:port")) var to: [String] = []
     @Option(name: .customLong("delay-ms"), help: "One-way delay, each direction.") var delayMs: Double
     @Option(name: .customLong("jitter-ms"), help: "Extra delay, uniform in 0…this; order is kept.") var jitterMs: Double = 0
 
@@ -23,7 +29,9 @@ struct RelayCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
-        guard !listen.isEmpty, listen.count == to.count else { throw ValidationError("give one --to for each --listen") }
+        guard listen.count == to.count, !listen.isEmpty || tun != nil else {
+            throw ValidationError("give one --to for each --listen, or --tun")
+        }
         guard delayMs >= 0, jitterMs >= 0, delayMs + jitterMs <= 10_000 else { throw ValidationError("delay and jitter must be 0…10000 ms") }
     }
 
@@ -40,8 +48,14 @@ struct RelayCommand: AsyncParsableCommand {
                 "relay listening",
                 metadata: ["listen": "\(listenHost):\(relay.port)", "to": "\(t)", "delay_ms": "\(delayMs)", "jitter_ms": "\(jitterMs)"])
         }
+        var packets: PacketDelay? = nil
+        if let tun {
+            packets = try PacketDelay(device: tun, delayMs: delayMs, jitterMs: jitterMs)
+            logger.info("delaying routed packets", metadata: ["device": "\(tun)", "delay_ms": "\(delayMs)", "jitter_ms": "\(jitterMs)"])
+        }
         let group = ServiceGroup(
-            configuration: .init(services: [RelayService(relays: relays)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(
+                services: [RelayService(relays: relays, packets: packets)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }
@@ -49,8 +63,10 @@ struct RelayCommand: AsyncParsableCommand {
 /// Keeps the relays until SIGTERM, then closes them.
 struct RelayService: Service {
     let relays: [DelayRelay]
+    let packets: PacketDelay?
     func run() async throws {
         try? await gracefulShutdown()
         for relay in relays { try await relay.close() }
+        try await packets?.close()
     }
 }

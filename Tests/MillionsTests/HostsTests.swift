@@ -55,6 +55,55 @@ import Testing
         #expect(Processes.wait(seconds: 60) { Processes.portOpen(host: a.address, port: 7000) })
     }
 
+    /// Two sites joined by their gateways' routed WAN (`PacketDelay` on a TUN device): a
+    /// host reaches the other site at that host's own address, never faster than the
+    /// link's round trip; with a gateway's relay gone, not at all (no way round it).
+    @Test func sitesReachEachOtherOnlyThroughTheGatewaysDelay() async throws {
+        try #require(geteuid() == 0, "HostsTests need root (network namespaces, a bridge, cgroups, TUN devices)")
+        try HostNetwork(prefix: "xht4", subnet: 203).removeAll()
+        let one = try HostNetwork.freeSubnet(preferred: 203)
+        let two = try HostNetwork.freeSubnet(preferred: one + 1, excluding: [one])
+        let net = try HostNetwork(prefix: "xht4", subnets: [one, two])
+        try net.create()
+        defer { try? net.removeAll() }
+        func at(_ subnet: Int, _ last: Int) -> String { "198.18.\(subnet).\(last)" }
+        let a = NodeHost(name: "a", address: at(one, 10), cpus: 0, memoryBytes: 256 << 20)
+        let b = NodeHost(name: "b", address: at(two, 10), cpus: 0, memoryBytes: 256 << 20)
+        let gatewayA = NodeHost(name: "ga", address: at(one, 4), alsoAt: [at(two, 4)], cpus: 0, memoryBytes: 256 << 20)
+        let gatewayB = NodeHost(name: "gb", address: at(two, 5), alsoAt: [at(one, 5)], cpus: 0, memoryBytes: 256 << 20)
+        for h in [a, b, gatewayA, gatewayB] { try net.add(h) }
+        let (subnetOne, subnetTwo) = ("198.18.\(one).0/24", "198.18.\(two).0/24")
+        try net.route(a, to: [subnetTwo], via: gatewayA.address)
+        try net.route(b, to: [subnetOne], via: gatewayB.address)
+        try net.delayRouted(gatewayA, device: "wan0", from: subnetOne, to: [subnetTwo])
+        try net.delayRouted(gatewayB, device: "wan0", from: subnetTwo, to: [subnetOne])
+        let log = NSTemporaryDirectory() + "millions-wan-\(UUID().uuidString).log"
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let binary = try EndToEndTests.binary()
+        var relays: [Int32] = []
+        for g in [gatewayA, gatewayB] {
+            relays.append(try Processes.spawnDetached(net.command(on: g, [binary, "relay", "--tun", "wan0", "--delay-ms", "50"]), log: log))
+        }
+        defer { for pid in relays { Processes.signal(pid, SIGKILL) } }
+        #expect(Processes.wait(seconds: 60) { [gatewayA, gatewayB].allSatisfy { net.deviceAttached($0, device: "wan0") } })
+        let server = try Self.listen(net, b, port: 7001, log: log)
+        defer { Processes.signal(server, SIGKILL) }
+        #expect(Processes.wait(seconds: 60) { Processes.portOpen(host: b.address, port: 7001) })
+
+        // A handshake from a to b: at least the round trip (2 × 50 ms), each way delayed once.
+        let timed = """
+            import socket,sys,time
+            s=socket.socket(); s.settimeout(5); t=time.monotonic()
+            if s.connect_ex(('\(b.address)',7001)) != 0: sys.exit(1)
+            sys.exit(0 if time.monotonic()-t >= 0.1 else 2)
+            """
+        #expect(try Processes.run(net.command(on: a, ["/usr/bin/python3", "-c", timed]), log: "/dev/null") == 0)
+        // The gateway's relay gone, its device drops what is routed into it.
+        Processes.signal(relays[0], SIGKILL)
+        #expect(Processes.wait(seconds: 60) { !net.deviceAttached(gatewayA, device: "wan0") })
+        #expect(try Self.connect(net, from: a, to: b.address, port: 7001) != 0)
+    }
+
     /// A busy loop on a host with a budget of 0.2 cores uses at most that (the quota is
     /// enforced by the kernel per 100 ms period; one period of slack), however long the
     /// loaded machine takes; the budget changes live.

@@ -71,7 +71,8 @@ import Testing
         #expect(byName["postgres-primary"]?.site == "west" && byName["postgres-r2"]?.host == "198.18.8.12")
 
         let east = t.appSettings(dataDirectory: "/tmp/c/data", site: "east")
-        #expect(east["data.postgres.nodes"] == "198.18.8.5:19040,198.18.8.12:19042")
+        // Every node at its own address: the primary is across the WAN (routed by the gateways).
+        #expect(east["data.postgres.nodes"] == "198.18.7.10:19040,198.18.8.12:19042")
         #expect(east["cache.memcached.nodes"] == "198.18.8.22:19051")
         #expect(east["redis.address"] == nil && east["session.store"] == nil, "sessions are in PostgreSQL")
         #expect(east["http.trustedProxies"] == "127.0.0.1,::1,198.18.8.2")
@@ -82,21 +83,19 @@ import Testing
         #expect(west["photos.store"] == "postgres" && east["photos.store"] == "postgres", "no folder is shared across sites")
 
         // After east's replica is promoted (site-down west), it is the first database node:
-        // west lists it (through its gateway) and its own two nodes as replicas; east, only it.
+        // west lists it (across the WAN) and its own two nodes as replicas; east, only it.
         var moved = t
         moved.makePrimary(try #require(byName["postgres-r2"]))
         #expect(moved.nodes(.database).map(\.name) == ["postgres-r2", "postgres-primary", "postgres-r1"])
-        #expect(moved.appSettings(dataDirectory: "/tmp/c/data", site: "west")["data.postgres.nodes"] == "198.18.7.4:19042,198.18.7.10:19040,198.18.7.11:19041")
+        #expect(moved.appSettings(dataDirectory: "/tmp/c/data", site: "west")["data.postgres.nodes"] == "198.18.8.12:19042,198.18.7.10:19040,198.18.7.11:19041")
         #expect(moved.appSettings(dataDirectory: "/tmp/c/data", site: "east")["data.postgres.nodes"] == "198.18.8.12:19042")
 
-        let eastRelays = t.relays(at: try #require(byName["wan-east"])).map { "\($0.listenHost):\($0.listenPort)>\($0.targetHost):\($0.targetPort)" }
-        // The data servers, and the edge (a deleted photo is purged at every site's edge).
-        #expect(eastRelays == ["198.18.8.5:19040>198.18.7.10:19040", "198.18.8.5:19041>198.18.7.11:19041", "198.18.8.5:19000>198.18.7.3:19000"])
-        let westRelays = t.relays(at: try #require(byName["wan-west"]))
-        #expect(westRelays.map(\.listenHost) == ["198.18.7.4", "198.18.7.4"] && westRelays.map(\.targetHost) == ["198.18.8.12", "198.18.8.3"])
+        // A site's gateway routes to the sites it has a link to, each on its own /24.
+        #expect(t.subnet(of: "west") == "198.18.7.0/24" && t.subnet(of: "east") == "198.18.8.0/24")
+        #expect(t.links(from: "west").map(\.site) == ["east"] && t.links(from: "east").map(\.site) == ["west"])
+        #expect(t.links(from: "east").allSatisfy { $0.link.delayMs == WANLink.defaultDelayMs })
         let eastEdge = try #require(t.nodes(.edge, in: "east").first)
-        #expect(t.appSettings(dataDirectory: "/tmp/c/data", site: "west")["photos.purgeEdges"] == "198.18.7.3:19000,198.18.7.4:\(eastEdge.port)")
-        #expect(westRelays.allSatisfy { $0.delayMs == WANLink.defaultDelayMs })
+        #expect(t.appSettings(dataDirectory: "/tmp/c/data", site: "west")["photos.purgeEdges"] == "198.18.7.3:19000,\(eastEdge.address)")
     }
 
     /// The web servers' settings name the topology's own nodes, by address.
