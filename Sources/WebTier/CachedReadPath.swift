@@ -91,8 +91,8 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
     /// A request waiting for its database read, and what arrived behind it meanwhile.
     private var pending: Pending?
     private var held: [NIOAny] = []
-    /// A read from the socket asked for while a request was pending (held back, so a
-    /// client cannot pile up requests in memory behind it).
+    /// A read from the socket asked for while requests waited behind a pending one (held
+    /// back, so a client cannot pile up requests in memory behind it).
     private var readWanted = false
     private var needsFlush = false
     private var date = (second: -1, text: "")
@@ -134,7 +134,9 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if pending != nil {
+        // Reading stops only once something waits behind a pending request (a client that
+        // pipelines): stopping on every pending read would cost two epoll changes a request.
+        if pending != nil && !held.isEmpty {
             readWanted = true
             return
         }
