@@ -55,8 +55,9 @@ extension Cluster {
     /// primary across the WAN (pg_rewind), caches restart empty (they missed every change),
     /// workers and web servers restart with settings derived from the new topology, and the
     /// site's entry comes back last, so DNS sends clients to it only when it is whole.
-    /// The other sites' web servers and workers are then restarted one at a time, so their
-    /// reads stay in their own site.
+    /// The other sites' servers keep running as they are: they name this site's nodes as
+    /// remote (`data.postgres.remoteNodes`), so these come back as replicas that serve them
+    /// no reads.
     public func siteUp(_ site: String) throws {
         var state = try loadState()
         let (plan, net) = try siteDrillHosts(state, site)
@@ -72,6 +73,7 @@ extension Cluster {
         let workers = state.topology.nodes(.worker, in: site), webs = state.topology.nodes(.web, in: site)
         // Fencing first, while nothing can reach them.
         for n in own { try script("postgres", ["stop-node", Self.pgName(n), "immediate"], env: pgEnv(state)) }
+        var steps = ["databases stopped \(seconds(since: w))"]
         // Like a power loss: what ran there is dropped (a worker's leases run out elsewhere).
         for n in webs + workers {
             if let p = pid(of: n), Processes.isAlive(p) {
@@ -80,11 +82,13 @@ extension Cluster {
             }
             try? FileManager.default.removeItem(atPath: n.pidFile)
         }
+        steps.append("web servers and workers killed \(seconds(since: w))")
         for n in caches { try script("memcached", ["stop", String(n.port)], env: serverEnv(n, state)) }
+        steps.append("caches stopped \(seconds(since: w))")
         let entry: Set<Role> = [.balancer, .edge]
         let hosts = siteHosts(state, site)
         for n in hosts where !entry.contains(n.role) { try net.heal(plan.host(n)) }
-        say("\(site): old nodes fenced and stopped, hosts back on the network in \(seconds(since: w))")
+        say("\(site): old nodes fenced and stopped, hosts back on the network in \(seconds(since: w)) (\(steps.joined(separator: ", ")))")
 
         let r = Date()
         let source = state.topology.address(of: primary, from: site)
@@ -117,37 +121,6 @@ extension Cluster {
         }
         say("\(site): entry ready in \(seconds(since: w))")
         say("site \(site) serving again in \(seconds(since: t)); DNS answers it once its health checks pass")
-
-        for other in state.topology.sites where other != site && !(state.sitesDown ?? []).contains(other) {
-            try restartInPlace(state, site: other)
-        }
-    }
-
-    /// Restarts a site's workers and web servers with settings derived from the topology as
-    /// it is now, one web server at a time out of its balancer, so no request is dropped.
-    func restartInPlace(_ state: ClusterState, site: String) throws {
-        let t = Date()
-        for n in state.topology.nodes(.worker, in: site) {
-            stopProcesses([n])
-            try startWorker(state, n)
-            try waitReady([n], path: "/healthz")
-        }
-        let webs = state.topology.nodes(.web, in: site)
-        let balancer = state.topology.nodes(.balancer, in: site).first
-        for n in webs {
-            if let balancer, webs.count > 1 {
-                try writeNginxConfig(balancer, upstreams: webs.filter { $0 != n }, state)
-                try reloadNginx(balancer)
-            }
-            stopProcesses([n])
-            try startWebServer(state, n)
-            try waitReady([n])
-            if let balancer, webs.count > 1 {
-                try writeNginxConfig(balancer, upstreams: webs, state)
-                try reloadNginx(balancer)
-            }
-        }
-        say("\(site): web servers and workers restarted with the new primary in \(seconds(since: t))")
     }
 
     func siteDrillHosts(_ state: ClusterState, _ site: String) throws -> (HostsPlan, HostNetwork) {

@@ -160,9 +160,11 @@ public struct Topology: Codable, Sendable, Equatable {
         s["http.metricsAllow"] = operatorAddresses.joined(separator: ",")
         // Benchmarks from this machine log in to the same accounts over and over.
         s["limits.exempt"] = operatorAddresses.joined(separator: ",")
-        // The primary (the first database node) wherever it is, and the site's replicas.
-        let databases = nodes(.database).enumerated().filter { $0.offset == 0 || $0.element.site == site }.map(\.element)
-        if databases.isEmpty {
+        // The site's own database nodes; the other sites' are remote: probed for their role
+        // (the primary may be, or move, there), never read from as replicas.
+        let databases = nodes(.database).filter { $0.site == site }
+        let remoteDatabases = nodes(.database).filter { $0.site != site }
+        if databases.isEmpty && remoteDatabases.isEmpty {
             s["data.directory"] = dataDirectory
         } else if isSharded {
             // Each cluster's primary and its replicas in this site, in map order.
@@ -175,6 +177,9 @@ public struct Topology: Codable, Sendable, Equatable {
         } else {
             s["data.engine"] = "postgres"
             s["data.postgres.nodes"] = databases.map { address(of: $0, from: site) }.joined(separator: ",")
+            if !remoteDatabases.isEmpty {
+                s["data.postgres.remoteNodes"] = remoteDatabases.map { address(of: $0, from: site) }.joined(separator: ",")
+            }
             // With worker processes, consumers run only there; before that, one slot per
             // web server, so photos get processed in every stage.
             s["queue.inProcessWorkers"] = stage.hasWorkers ? "0" : "1"
@@ -188,9 +193,11 @@ public struct Topology: Codable, Sendable, Equatable {
             // A site's workers follow the primary's changes and delete cached profiles once
             // the site's replicas have them: writes from the other site, and refills from a
             // lagging replica. One replication slot per site.
-            if databases.count > 1 && !nodes(.worker, in: site).isEmpty { s["cache.followSlot"] = "millions_cache_\(site)" }
+            if databases.count + remoteDatabases.count > 1 && !nodes(.worker, in: site).isEmpty {
+                s["cache.followSlot"] = "millions_cache_\(site)"
+            }
         } else {
-            s["cache.backend"] = databases.isEmpty ? "memory" : "none"
+            s["cache.backend"] = databases.isEmpty && remoteDatabases.isEmpty ? "memory" : "none"
         }
         // Every web server and worker shares one photo folder (a stand-in for a shared
         // volume or object store): a worker reads the original a web server stored.

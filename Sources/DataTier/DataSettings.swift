@@ -37,6 +37,7 @@ public struct DataSettings: Sendable {
         directory = config.string(forKey: "directory", default: "./data")
         engine = try settingChoice(config.string(forKey: "engine", default: "sqlite"), key: "data.engine")
         postgres = PostgresSettings(nodes: config.string(forKey: "postgres.nodes", default: "").commaSeparated)
+        postgres.remoteNodes = config.string(forKey: "postgres.remoteNodes", default: "").commaSeparated
         postgres.user = config.string(forKey: "postgres.user", default: "postgres")
         postgres.password = config.string(forKey: "postgres.password", isSecret: true)
         postgres.database = config.string(forKey: "postgres.database", default: "millions")

@@ -1038,8 +1038,13 @@ import Testing
             _ = FileManager.default.createFile(atPath: stop, contents: nil)
             for w in writers { _ = Processes.stop(w, grace: 30) }
 
-            // West's databases stream from the new primary; nothing acknowledged is missing.
-            let streaming = Self.query(promoted, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1", env: try f.secrets())
+            // West's databases stream from the new primary (each once it has caught up with
+            // what it missed); nothing acknowledged is missing.
+            var streaming: [String] = []
+            for _ in 0..<120 where streaming != ["primary", "r1"] {
+                streaming = Self.query(promoted, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1", env: try f.secrets())
+                if streaming != ["primary", "r1"] { try await Task.sleep(for: .milliseconds(500)) }
+            }
             #expect(streaming == ["primary", "r1"], "\(streaming)")
             let oldPrimary = try #require(state.topology.node(named: "postgres-primary"))
             #expect(Self.query(oldPrimary, "SELECT pg_is_in_recovery()", env: try f.secrets()) == ["t"], "the old primary is a replica now")

@@ -56,6 +56,22 @@ import WebTier
 
     /// Two nodes answering as primary (a failover left the old one behind): the newer
     /// timeline's is the primary; the older one gets neither reads nor writes.
+    /// Another site's nodes (`data.postgres.remoteNodes`): a replica there serves no reads
+    /// (not even stale ones); a primary there takes the reads that fall back to the primary.
+    @Test func remoteReplicasServeNoReadsButARemotePrimaryIsUsed() {
+        let router = ReadRouter(maxLagBytes: 1000, maxLagSeconds: 5, remote: [1, 2])
+        // 0: this site's replica; 1: the primary, in the other site; 2: a replica there.
+        let nodes = [replica(5000), primary, replica(5000)]
+        for spread in 0..<4 { #expect(router.choose(nodes, minimumLSN: 0, spread: spread) == .replica(0)) }
+        // This site's replica behind the client's write, or down: the primary, not the remote replica.
+        #expect(router.choose(nodes, minimumLSN: 6000, spread: 1) == .readYourWritesFallback(1))
+        #expect(router.choose([replica(5000, up: false), primary, replica(5000)], minimumLSN: 0, spread: 1) == .primaryFallback(1))
+        // No primary: reads only from this site's replica; with none here, none.
+        let noPrimary = [replica(4000), NodeStatus(), replica(4900)]
+        #expect(router.choose(noPrimary, minimumLSN: 0, spread: 1) == .replica(0))
+        #expect(router.choose([replica(4000, up: false), NodeStatus(), replica(4900)], minimumLSN: 0, spread: 0) == .unavailable)
+    }
+
     @Test func aStalePrimaryOfAnOlderTimelineIsFenced() {
         let old = NodeStatus(role: .primary, reachable: true, lsn: 9000, timeline: 1)
         let new = NodeStatus(role: .primary, reachable: true, lsn: 5000, timeline: 2)

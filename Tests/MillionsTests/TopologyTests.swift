@@ -71,24 +71,31 @@ import Testing
         #expect(byName["postgres-primary"]?.site == "west" && byName["postgres-r2"]?.host == "198.18.8.12")
 
         let east = t.appSettings(dataDirectory: "/tmp/c/data", site: "east")
-        // Every node at its own address: the primary is across the WAN (routed by the gateways).
-        #expect(east["data.postgres.nodes"] == "198.18.7.10:19040,198.18.8.12:19042")
+        // Each site reads its own nodes; the other site's are remote (the primary among them,
+        // at its own address across the WAN): probed for their role, never read as replicas.
+        #expect(east["data.postgres.nodes"] == "198.18.8.12:19042")
+        #expect(east["data.postgres.remoteNodes"] == "198.18.7.10:19040,198.18.7.11:19041")
         #expect(east["cache.memcached.nodes"] == "198.18.8.22:19051")
         #expect(east["redis.address"] == nil && east["session.store"] == nil, "sessions are in PostgreSQL")
         #expect(east["http.trustedProxies"] == "127.0.0.1,::1,198.18.8.2")
         let west = t.appSettings(dataDirectory: "/tmp/c/data", site: "west")
         #expect(west["data.postgres.nodes"] == "198.18.7.10:19040,198.18.7.11:19041")
+        #expect(west["data.postgres.remoteNodes"] == "198.18.8.12:19042")
         #expect(west["cache.memcached.nodes"] == "198.18.7.21:19050" && west["redis.address"] == nil)
         #expect(west["cache.followSlot"] == "millions_cache_west" && east["cache.followSlot"] == "millions_cache_east")
         #expect(west["photos.store"] == "postgres" && east["photos.store"] == "postgres", "no folder is shared across sites")
 
-        // After east's replica is promoted (site-down west), it is the first database node:
-        // west lists it (across the WAN) and its own two nodes as replicas; east, only it.
+        // After east's replica is promoted (site-down west), it is the first database node,
+        // and no site's settings change: each still reads its own nodes and probes the rest.
         var moved = t
         moved.makePrimary(try #require(byName["postgres-r2"]))
         #expect(moved.nodes(.database).map(\.name) == ["postgres-r2", "postgres-primary", "postgres-r1"])
-        #expect(moved.appSettings(dataDirectory: "/tmp/c/data", site: "west")["data.postgres.nodes"] == "198.18.8.12:19042,198.18.7.10:19040,198.18.7.11:19041")
-        #expect(moved.appSettings(dataDirectory: "/tmp/c/data", site: "east")["data.postgres.nodes"] == "198.18.8.12:19042")
+        for site in ["west", "east"] {
+            let before = t.appSettings(dataDirectory: "/tmp/c/data", site: site)
+            let after = moved.appSettings(dataDirectory: "/tmp/c/data", site: site)
+            #expect(after["data.postgres.nodes"] == before["data.postgres.nodes"])
+            #expect(after["data.postgres.remoteNodes"] == before["data.postgres.remoteNodes"])
+        }
 
         // A site's gateway routes to the sites it has a link to, each on its own /24.
         #expect(t.subnet(of: "west") == "198.18.7.0/24" && t.subnet(of: "east") == "198.18.8.0/24")

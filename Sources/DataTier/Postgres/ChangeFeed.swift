@@ -135,7 +135,8 @@ public final class ChangeFeed: Sendable {
     /// does not answer is out of the readers' rotation until discovery sees it again (and
     /// then only once its lag is small), so it is not waited for.
     public func replayed(through position: UInt64) async -> Bool {
-        let replicas = set.statuses.indices.filter { set.statuses[$0].role == .replica }
+        // This site's: a remote node's replicas serve no reads here.
+        let replicas = set.statuses.indices.filter { set.statuses[$0].role == .replica && !set.router.remote.contains($0) }
         for i in replicas {
             let client = set.nodes[i].client
             let replay: UInt64?? = try? await withTimeout(.seconds(1)) {

@@ -61,10 +61,14 @@ public enum ReadDecision: Sendable, Hashable {
 public struct ReadRouter: Sendable {
     public var maxLagBytes: UInt64
     public var maxLagSeconds: Double
+    /// Nodes of other sites (`data.postgres.remoteNodes`): as replicas they get no reads; as
+    /// the primary, the reads that fall back to the primary.
+    public var remote: Set<Int>
 
-    public init(maxLagBytes: UInt64, maxLagSeconds: Double) {
+    public init(maxLagBytes: UInt64, maxLagSeconds: Double, remote: Set<Int> = []) {
         self.maxLagBytes = maxLagBytes
         self.maxLagSeconds = maxLagSeconds
+        self.remote = remote
     }
 
     /// Chooses a node for a read that must see the write position `minimumLSN` (0: any; see
@@ -78,7 +82,7 @@ public struct ReadRouter: Sendable {
         // A primary of an older timeline than the client's write has not got it (it is a
         // stale one discovery has not fenced yet): it serves no one who wrote.
         if let p = primary, nodes[p].timeline < wanted { primary = nil }
-        let replicas = live.filter { nodes[$0].role == .replica }
+        let replicas = live.filter { nodes[$0].role == .replica && !remote.contains($0) }
         // Positions compare only within a timeline: after a failover, a replica still on the
         // old one may have replayed past a client's write position with other writes. With
         // no primary, the newest timeline stands for it: of every node that answered

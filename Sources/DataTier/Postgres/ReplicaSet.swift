@@ -12,6 +12,9 @@ import Synchronization
 public struct PostgresSettings: Sendable {
     /// "host:port" of every node; roles are discovered, not assumed.
     public var nodes: [String]
+    /// Nodes in other sites: their roles are discovered too (a primary that moved there is
+    /// found and written to), but as replicas they serve no reads (reads stay in the site).
+    public var remoteNodes: [String] = []
     public var user = "postgres"
     public var password: String? = nil
     public var database = "millions"
@@ -57,8 +60,10 @@ public final class ReplicaSet: Service {
         self.scope = scope
         self.logger = logger
         self.metrics = metrics
-        self.router = ReadRouter(maxLagBytes: settings.maxLagBytes, maxLagSeconds: settings.maxLagSeconds)
-        self.nodes = try settings.nodes.map { address in
+        self.router = ReadRouter(
+            maxLagBytes: settings.maxLagBytes, maxLagSeconds: settings.maxLagSeconds,
+            remote: Set(settings.nodes.count..<(settings.nodes.count + settings.remoteNodes.count)))
+        self.nodes = try (settings.nodes + settings.remoteNodes).map { address in
             let parts = address.split(separator: ":")
             guard parts.count == 2, let port = Int(parts[1]) else {
                 throw MillionsError(.badRequest, "postgres node must be host:port, got \(address)")
@@ -270,12 +275,13 @@ public final class ReplicaSet: Service {
         }
     }
 
-    /// Waits until every replica that answers has replayed `position`, or `timeout` has
-    /// passed; the names of those still behind. A replica that does not answer is not
+    /// Waits until every replica of this site that answers has replayed `position`, or
+    /// `timeout` has passed; the names of those still behind. A replica that does not answer is not
     /// waited for: reads are not routed to it either.
     public func waitForReplay(of position: UInt64, timeout: Duration) async -> [String] {
         let deadline = ContinuousClock.now + timeout
-        var waiting = Array(nodes.indices)
+        // This site's nodes: a remote replica serves no reads here.
+        var waiting = nodes.indices.filter { !router.remote.contains($0) }
         while true {
             var behind: [Int] = []
             for i in waiting {
