@@ -83,7 +83,9 @@ extension Cluster {
             try? FileManager.default.removeItem(atPath: n.pidFile)
         }
         steps.append("web servers and workers killed \(seconds(since: w))")
-        for n in caches { try script("memcached", ["stop", String(n.port)], env: serverEnv(n, state)) }
+        // Killed, not stopped: they missed every change, and a graceful stop of a server cut
+        // off from its clients waited seconds for connections that will never close.
+        for n in caches { try script("memcached", ["kill", String(n.port)], env: serverEnv(n, state)) }
         steps.append("caches stopped \(seconds(since: w))")
         let entry: Set<Role> = [.balancer, .edge]
         let hosts = siteHosts(state, site)

@@ -90,7 +90,15 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
     private var answer: Answer?
     /// A request waiting for its database read, and what arrived behind it meanwhile.
     private var pending: Pending?
-    private var held: [NIOAny] = []
+    /// What arrived behind a pending request, replayed in order once it is answered: the
+    /// client's later requests, and events such as its half-close (which must not overtake
+    /// the request it follows, or the application would end the connection unanswered).
+    private enum Held {
+        case read(NIOAny)
+        case event(Any)
+        case error(any Error)
+    }
+    private var held: [Held] = []
     /// A read from the socket asked for while requests waited behind a pending one (held
     /// back, so a client cannot pile up requests in memory behind it).
     private var readWanted = false
@@ -106,10 +114,10 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if pending != nil {
             // The pending request's own end (it has no body), then whatever follows it.
-            if pending?.sawEnd == false, case .end = unwrapInboundIn(data) {
+            if pending?.sawEnd == false, held.isEmpty, case .end = unwrapInboundIn(data) {
                 pending?.sawEnd = true
             } else {
-                held.append(data)
+                held.append(.read(data))
             }
             return
         }
@@ -131,6 +139,22 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if pending != nil || !held.isEmpty {
+            held.append(.event(event))
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if pending != nil || !held.isEmpty {
+            held.append(.error(error))
+            return
+        }
+        context.fireErrorCaught(error)
     }
 
     func read(context: ChannelHandlerContext) {
@@ -207,7 +231,13 @@ final class CachedReadPath: ChannelDuplexHandler, RemovableChannelHandler {
             context.fireChannelRead(wrapInboundOut(.head(done.request)))
             if done.sawEnd { context.fireChannelRead(wrapInboundOut(.end(nil))) }
         }
-        while pending == nil, !held.isEmpty { channelRead(context: context, data: held.removeFirst()) }
+        while pending == nil, !held.isEmpty {
+            switch held.removeFirst() {
+            case .read(let data): channelRead(context: context, data: data)
+            case .event(let event): userInboundEventTriggered(context: context, event: event)
+            case .error(let error): errorCaught(context: context, error: error)
+            }
+        }
         channelReadComplete(context: context)
         if pending == nil, readWanted {
             readWanted = false

@@ -98,6 +98,25 @@ import Testing
         }
     }
 
+    /// A client that sends its request and then closes its side (half-close) still gets the
+    /// answer: its close waits behind the pending read instead of ending the connection.
+    @Test func aRequestFollowedByAHalfCloseIsAnswered() async throws {
+        try await Self.live(try PostgresTopology.shared()) { client, port, components in
+            let (id, _) = try await signUpJohn(client, email: uniqueEmail("loophalf"))
+            try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
+            for round in 0..<5 {
+                let before = Self.answered(components)
+                let c = try await RawConnection.open(port: port)
+                try await c.send("GET /users/\(id) HTTP/1.1\r\nHost: x\r\nX-Request-ID: half-\(round)\r\n\r\n")
+                try await c.channel.close(mode: .output)
+                let answer = try await c.wait()  // until the server closes its side too
+                try await c.close()
+                #expect(answer.hasPrefix("HTTP/1.1 200") && answer.contains(#""firstName":"John""#), "round \(round): \(answer)")
+                #expect(Self.answered(components) == before + 1)
+            }
+        }
+    }
+
     /// A client that wrote reads its write while every replica is frozen behind it (the
     /// primary serves it); another client is served by a replica, stale as allowed.
     @Test func aClientThatWroteReadsItsWriteWhileReplicasLag() async throws {

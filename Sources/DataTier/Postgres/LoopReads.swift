@@ -72,7 +72,7 @@ public final class LoopReads: Service, Sendable {
             return nil
         }
         let pool = pool(for: loop)
-        guard let connection = pool.lease(node) else {
+        guard let (connection, waiter) = pool.lease(node) else {
             metrics.declined.increment()
             return nil
         }
@@ -81,31 +81,44 @@ public final class LoopReads: Service, Sendable {
         let start = ContinuousClock.now
         let promise = loop.makePromise(of: User?.self)
         let attempt = Attempt()
+        attempt.waiter = waiter
         let timer = loop.scheduleTask(in: .nanoseconds(set.settings.queryTimeout.nanosecondsClamped)) {
             guard !attempt.settled else { return }
             attempt.settled = true
-            // The query's own failure (its connection closed) returns the connection's place.
-            if let connection = attempt.connection { let _: EventLoopFuture<Void> = connection.close() }
+            self.metrics.latency[node].record(ContinuousClock.now - start)
             self.metrics.handedBack.increment()
-            self.set.markFailed(node, TimeoutError())
+            if let connection = attempt.connection {
+                // A query that ran out of time: its connection is closed (the query's failure
+                // then gives back its place), and discovery is asked to look at the node.
+                let _: EventLoopFuture<Void> = connection.close()
+                self.set.markFailed(node, TimeoutError())
+            } else {
+                // Still waiting for a connection of this loop: that says nothing of the node.
+                // The wait ends here, so no query runs later for an answer nobody wants.
+                pool.cancel(attempt.waiter, node)
+            }
             promise.fail(TimeoutError())
         }
         connection.flatMap { connection -> EventLoopFuture<User?> in
+            attempt.waiter = nil
             attempt.connection = connection.connection
             // Prepared once per connection: each read sends Bind and Execute only.
             return connection.getUser.execute([PostgresData(int64: id.rawValue)])
-                .flatMapThrowing { rows -> User? in
-                    pool.release(connection, node)
-                    return try rows.first.map { PostgresUserStore.user(try PostgresUserStore.decodeRow($0, binary: true)) }
-                }
                 .flatMapErrorThrowing { error in
-                    // A server error leaves the connection usable; anything else may not.
+                    // The query's own failure. A server error leaves the connection usable;
+                    // anything else may not.
                     if let e = error as? PSQLError, e.code == .server, !connection.connection.isClosed {
                         pool.release(connection, node)
                     } else {
                         pool.drop(connection, node)
                     }
                     throw error
+                }
+                .flatMapThrowing { rows -> User? in
+                    // The connection goes back first; a row that does not decode is this
+                    // read's failure, not the connection's.
+                    pool.release(connection, node)
+                    return try rows.first.map { PostgresUserStore.user(try PostgresUserStore.decodeRow($0, binary: true)) }
                 }
         }.whenComplete { result in
             guard !attempt.settled else { return }
@@ -173,6 +186,15 @@ public final class LoopReads: Service, Sendable {
 private final class Attempt: @unchecked Sendable {
     var settled = false
     var connection: PostgresConnection?
+    /// Its place in the queue for a connection, while it waits for one.
+    var waiter: LoopWaiter?
+}
+
+/// A read waiting for a connection of its loop; one that gave up is skipped.
+final class LoopWaiter: @unchecked Sendable {
+    let promise: EventLoopPromise<LoopConnection>
+    var cancelled = false
+    init(_ promise: EventLoopPromise<LoopConnection>) { self.promise = promise }
 }
 
 extension Duration {
@@ -198,7 +220,7 @@ final class LoopPool: @unchecked Sendable {
     private var idle: [[LoopConnection]]
     /// Open or opening, per node.
     private var open: [Int]
-    private var waiters: [[EventLoopPromise<LoopConnection>]]
+    private var waiters: [[LoopWaiter]]
 
     init(loop: any EventLoop, reads: LoopReads) {
         self.loop = loop
@@ -209,18 +231,27 @@ final class LoopPool: @unchecked Sendable {
         waiters = Array(repeating: [], count: n)
     }
 
-    /// A connection to `node` now or soon; nil when too many reads wait already.
-    func lease(_ node: Int) -> EventLoopFuture<LoopConnection>? {
+    /// A connection to `node` now or soon (with the queue place when it must wait); nil when
+    /// too many reads wait already.
+    func lease(_ node: Int) -> (EventLoopFuture<LoopConnection>, LoopWaiter?)? {
         loop.preconditionInEventLoop()
         while let connection = idle[node].popLast() {
-            if !connection.isClosed { return loop.makeSucceededFuture(connection) }
+            if !connection.isClosed { return (loop.makeSucceededFuture(connection), nil) }
             open[node] -= 1
         }
         guard waiters[node].count < reads.maxWaiters else { return nil }
-        let promise = loop.makePromise(of: LoopConnection.self)
-        waiters[node].append(promise)
+        let waiter = LoopWaiter(loop.makePromise(of: LoopConnection.self))
+        waiters[node].append(waiter)
         if open[node] < reads.perLoop { openConnection(node) }
-        return promise.futureResult
+        return (waiter.promise.futureResult, waiter)
+    }
+
+    /// A waiting read gave up (its deadline): it leaves the queue, and its future fails.
+    func cancel(_ waiter: LoopWaiter?, _ node: Int) {
+        guard let waiter, !waiter.cancelled else { return }
+        waiter.cancelled = true
+        waiters[node].removeAll { $0 === waiter }
+        waiter.promise.fail(TimeoutError())
     }
 
     private func openConnection(_ node: Int) {
@@ -234,7 +265,7 @@ final class LoopPool: @unchecked Sendable {
                 // The node does not take connections: every read waiting for it goes the routed way.
                 let waiting = self.waiters[node]
                 self.waiters[node] = []
-                for w in waiting { w.fail(error) }
+                for w in waiting where !w.cancelled { w.promise.fail(error) }
             }
         }
     }
@@ -246,18 +277,31 @@ final class LoopPool: @unchecked Sendable {
             drop(connection, node)
             return
         }
-        if !waiters[node].isEmpty {
-            waiters[node].removeFirst().succeed(connection)
-        } else {
-            idle[node].append(connection)
+        while !waiters[node].isEmpty {
+            let next = waiters[node].removeFirst()
+            if next.cancelled { continue }
+            next.promise.succeed(connection)
+            return
         }
+        idle[node].append(connection)
     }
 
     /// A connection that failed: closed, and a new one opened for waiters if any.
     func drop(_ connection: LoopConnection, _ node: Int) {
         open[node] -= 1
         connection.close()
-        if !waiters[node].isEmpty && !reads.isClosed { openConnection(node) }
+        guard !waiters[node].isEmpty else { return }
+        if reads.isClosed {
+            failWaiters(node, MillionsError(.unavailable, "shutting down"))
+        } else {
+            openConnection(node)
+        }
+    }
+
+    private func failWaiters(_ node: Int, _ error: any Error) {
+        let waiting = waiters[node]
+        waiters[node] = []
+        for w in waiting where !w.cancelled { w.promise.fail(error) }
     }
 
     func closeAll() -> EventLoopFuture<Void> {
@@ -269,8 +313,7 @@ final class LoopPool: @unchecked Sendable {
             }
             open[node] -= idle[node].count
             idle[node] = []
-            for w in waiters[node] { w.fail(MillionsError(.unavailable, "shutting down")) }
-            waiters[node] = []
+            failWaiters(node, MillionsError(.unavailable, "shutting down"))
         }
         return EventLoopFuture.andAllComplete(closing, on: loop)
     }
