@@ -885,10 +885,10 @@ public struct Cluster: Sendable {
                 env["MILLIONS_PG_WRAP_PREFIX"] = "postgres-\(shard)-"
             }
             env["MILLIONS_ETCD_HOSTS"] = state.topology.nodes(.coordinator).map(\.host).joined(separator: " ")
-            // A replica in another site than the primary streams through its site's gateway.
+            // A replica in another site than the primary streams from it across the WAN.
             if let primary {
                 env["MILLIONS_PG_UPSTREAMS"] = databases.dropFirst().filter { $0.site != primary.site }
-                    .map { "\(Self.pgName($0))=\(state.topology.address(of: primary, from: $0.site))" }
+                    .map { "\(Self.pgName($0))=\(primary.address)" }
                     .joined(separator: " ")
             }
         }

@@ -93,7 +93,7 @@ extension Cluster {
         say("\(site): old nodes fenced and stopped, hosts back on the network in \(seconds(since: w)) (\(steps.joined(separator: ", ")))")
 
         let r = Date()
-        let source = state.topology.address(of: primary, from: site)
+        let source = primary.address
         let parts = source.split(separator: ":")
         for n in own { try script("postgres", ["rejoin", Self.pgName(n), String(parts[0]), String(parts[1])], env: pgEnv(state)) }
         say("\(own.map(\.name).joined(separator: ", ")) rejoined as replicas of \(primary.name) (through \(source)) in \(seconds(since: r))")

@@ -113,11 +113,6 @@ public struct Topology: Codable, Sendable, Equatable {
     }
     public var dynamicEntry: Node? { dynamicEntry() }
 
-    /// How a node in `site` reaches `target`: at its own address. Between sites the route
-    /// goes through each site's gateway, which delays it by the link's latency (`PacketDelay`),
-    /// so the address is the same from everywhere and only the time differs.
-    public func address(of target: Node, from site: String) -> String { target.address }
-
     /// The /24 a site's nodes live on (`198.18.N.0/24`; hosts only), from its first node.
     public func subnet(of site: String) -> String? {
         guard let node = nodes.first(where: { $0.site == site && $0.role != .dns }) else { return nil }
@@ -171,14 +166,14 @@ public struct Topology: Codable, Sendable, Equatable {
             s["data.engine"] = "sharded"
             s["data.shards.clusters"] = databaseGroups.map { group in
                 let here = group.enumerated().filter { $0.offset == 0 || $0.element.site == site }.map(\.element)
-                return (group[0].shard ?? "") + "=" + here.map { address(of: $0, from: site) }.joined(separator: ",")
+                return (group[0].shard ?? "") + "=" + here.map { $0.address }.joined(separator: ",")
             }.joined(separator: ";")
             s["queue.inProcessWorkers"] = stage.hasWorkers ? "0" : "1"
         } else {
             s["data.engine"] = "postgres"
-            s["data.postgres.nodes"] = databases.map { address(of: $0, from: site) }.joined(separator: ",")
+            s["data.postgres.nodes"] = databases.map { $0.address }.joined(separator: ",")
             if !remoteDatabases.isEmpty {
-                s["data.postgres.remoteNodes"] = remoteDatabases.map { address(of: $0, from: site) }.joined(separator: ",")
+                s["data.postgres.remoteNodes"] = remoteDatabases.map { $0.address }.joined(separator: ",")
             }
             // With worker processes, consumers run only there; before that, one slot per
             // web server, so photos get processed in every stage.
@@ -203,13 +198,13 @@ public struct Topology: Codable, Sendable, Equatable {
         // volume or object store): a worker reads the original a web server stored.
         s["photos.directory"] = dataDirectory + "/photos"
         // Every site's edge (across the WAN for the other sites').
-        s["photos.purgeEdges"] = nodes(.edge).map { address(of: $0, from: site) }.joined(separator: ",")
+        s["photos.purgeEdges"] = nodes(.edge).map { $0.address }.joined(separator: ",")
         // With several sites, no folder is shared: photos are replicated with the data,
         // so a site's loss loses none (docs/cluster.md).
         if sites.count > 1 && !databases.isEmpty { s["photos.store"] = "postgres" }
         if let redis = nodes(.sessions).first {
             s["session.store"] = "redis"
-            s["redis.address"] = address(of: redis, from: site)
+            s["redis.address"] = redis.address
         }
         return s
     }
