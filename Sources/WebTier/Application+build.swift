@@ -65,7 +65,8 @@ public struct Components: Sendable {
                     // The routed pool's connections, spread over the loops that serve requests.
                     LoopReads(
                         replicaSet: $0,
-                        connectionsPerLoop: max(2, settings.engines.data.postgres.connectionsPerNode / System.coreCount))
+                        connectionsPerLoop: max(2, settings.engines.data.postgres.connectionsPerNode / System.coreCount),
+                        batchLimit: settings.http.uncachedReadBatch)
                 } : nil)
     }
 

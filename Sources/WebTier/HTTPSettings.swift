@@ -24,6 +24,8 @@ public struct HTTPSettings: Sendable {
     /// With PostgreSQL and no cache tier: read `GET /users/{id}` from the database on the
     /// event loop, before the router (`LoopReads`).
     public var uncachedReadFastPath: Bool
+    /// Those reads that arrive together go as one query of at most this many (1: a query each).
+    public var uncachedReadBatch: Int
     /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (the load balancer).
     public var trustedProxies: [String]
     /// Client addresses (CIDR ranges) allowed to read `/metrics`; everyone else gets 404.
@@ -43,10 +45,12 @@ public struct HTTPSettings: Sendable {
         maxConnectionsPerAddress = config.int(forKey: "maxConnectionsPerAddress", default: 256)
         cachedReadFastPath = config.bool(forKey: "cachedReadFastPath", default: true)
         uncachedReadFastPath = config.bool(forKey: "uncachedReadFastPath", default: true)
+        uncachedReadBatch = config.int(forKey: "uncachedReadBatch", default: 32)
         metricsAllow = config.string(forKey: "metricsAllow", default: "127.0.0.0/8,::1")
         trustedProxies = config.string(forKey: "trustedProxies", default: "127.0.0.1,::1").commaSeparated
 
         try checkSetting(port >= 0 && port <= 65535, "http.port must be 0...65535")
+        try checkSetting(uncachedReadBatch >= 1 && uncachedReadBatch <= 1000, "http.uncachedReadBatch must be 1...1000")
         try checkSetting(drainSeconds >= 0 && drainSeconds <= 300, "http.drainSeconds must be 0...300")
         try checkSetting(idleSeconds >= 0 && idleSeconds <= 3600, "http.idleTimeoutSeconds must be 0...3600")
         try checkSetting(headerSeconds > 0 && headerSeconds <= 600, "http.headerTimeoutSeconds must be in (0, 600]")

@@ -36,7 +36,7 @@ public struct Settings: Sendable {
     /// Every key `Settings` reads, with its default, in README order.
     public static let documentedKeys: [String] = [
         "http.host", "http.port", "http.maxBodyBytes", "http.trustedProxies", "http.metricsAllow", "http.drainSeconds", "http.idleTimeoutSeconds",
-        "http.headerTimeoutSeconds", "http.bodyTimeoutSeconds", "http.maxConnections", "http.maxConnectionsPerAddress", "http.cachedReadFastPath", "http.uncachedReadFastPath", "data.directory", "data.engine", "data.postgres.nodes", "data.postgres.remoteNodes",
+        "http.headerTimeoutSeconds", "http.bodyTimeoutSeconds", "http.maxConnections", "http.maxConnectionsPerAddress", "http.cachedReadFastPath", "http.uncachedReadFastPath", "http.uncachedReadBatch", "data.directory", "data.engine", "data.postgres.nodes", "data.postgres.remoteNodes",
         "data.postgres.user", "data.postgres.password", "data.postgres.database", "data.postgres.connectionsPerNode",
         "data.postgres.timeoutMs", "data.postgres.discoveryMs", "data.postgres.maxLagBytes",
         "data.postgres.maxLagSeconds", "data.shards.clusters", "data.shards.gatherMs", "log.level",

@@ -7,6 +7,8 @@ import HummingbirdTesting
 import Logging
 import MillionsCore
 import MillionsTesting
+import NIOCore
+import NIOPosix
 import Observability
 import Testing
 @testable import WebTier
@@ -167,6 +169,29 @@ import Testing
                 #expect(failed.isEmpty, "\(failed)")
                 #expect(Self.answered(components) > 0)
             }
+        }
+    }
+
+    /// Reads that arrive in one turn of the loop go as one query per node, and each gets its
+    /// own answer: present, missing and repeated ids alike.
+    @Test func readsThatArriveTogetherShareAQuery() async throws {
+        try await Self.live(try PostgresTopology.shared()) { client, port, components in
+            var ids: [Int64] = []
+            for i in 0..<5 { ids.append(Int64(try await signUpJohn(client, email: uniqueEmail("batch\(i)")).id)!) }
+            try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
+            let reads = try #require(components.loopReads)
+            let wanted = ids + [ids[0], 1, ids[4]]
+            let queries = Self.metric(components.metrics, "db_loop_read_queries_total")
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let futures = try await loop.submit {
+                wanted.map { reads.user(id: UserID(rawValue: $0)!, position: 0, on: loop) }
+            }.get()
+            var found: [Int64?] = []
+            for future in futures { found.append(try await #require(future).get()?.id.rawValue) }
+            #expect(found == ids + [ids[0], nil, ids[4]])
+            // Spread over the two replicas: one query for each at most.
+            let sent = Self.metric(components.metrics, "db_loop_read_queries_total") - queries
+            #expect(sent >= 1 && sent <= 2, "\(sent) queries for \(wanted.count) reads")
         }
     }
 

@@ -18,9 +18,15 @@ import Synchronization
 /// at once (no usable node, a full queue) it declines, and any failure it hands back: the
 /// caller then takes the routed path, which retries on the next node and answers 503 when
 /// there is none. A node failure is reported to discovery as the routed path does.
+///
+/// Reads for one node that arrive together (in one pass of the loop, or while every
+/// connection is busy) go as one query, `id = ANY($1)`: under load each read then costs
+/// a fraction of a round trip, a system call and a query on the server.
 public final class LoopReads: Service, Sendable {
     let set: ReplicaSet
     let perLoop: Int
+    /// Reads in one query at most.
+    let batchLimit: Int
     let maxWaiters = 256
     private let pools = Mutex<[ObjectIdentifier: LoopPool]>([:])
     private let closed = Atomic<Bool>(false)
@@ -34,12 +40,15 @@ public final class LoopReads: Service, Sendable {
         let answered: Prometheus.Counter
         let declined: Prometheus.Counter
         let handedBack: Prometheus.Counter
+        let queries: Prometheus.Counter
     }
 
-    /// `connectionsPerLoop` connections at most to each node from each event loop.
-    public init(replicaSet: ReplicaSet, connectionsPerLoop: Int) {
+    /// `connectionsPerLoop` connections at most to each node from each event loop;
+    /// `batchLimit` reads at most in one query (1: one query per read).
+    public init(replicaSet: ReplicaSet, connectionsPerLoop: Int, batchLimit: Int = 32) {
         set = replicaSet
         perLoop = max(1, connectionsPerLoop)
+        self.batchLimit = max(1, batchLimit)
         let m = replicaSet.metrics
         var routing: [String: Prometheus.Counter] = [:]
         for label in ["replica", "primary_fallback", "read_your_writes_fallback", "stale_replica", "unavailable"] {
@@ -58,7 +67,8 @@ public final class LoopReads: Service, Sendable {
             answered: m.counter("db_loop_reads", "Reads answered on the request's event loop, by outcome", [("outcome", "answered")]),
             declined: m.counter("db_loop_reads", "Reads answered on the request's event loop, by outcome", [("outcome", "declined")]),
             handedBack: m.counter(
-                "db_loop_reads", "Reads answered on the request's event loop, by outcome", [("outcome", "handed_back")]))
+                "db_loop_reads", "Reads answered on the request's event loop, by outcome", [("outcome", "handed_back")]),
+            queries: m.counter("db_loop_read_queries", "Queries sent for the event-loop reads (several reads may share one)", []))
     }
 
     /// The user with `id` read on `loop` (nil inside: no such user), or nil when this path
@@ -72,72 +82,62 @@ public final class LoopReads: Service, Sendable {
             return nil
         }
         let pool = pool(for: loop)
-        guard let (connection, waiter) = pool.lease(node) else {
+        let read = LoopRead(id: id.rawValue, node: node, promise: loop.makePromise(of: User?.self))
+        guard pool.enqueue(read) else {
             metrics.declined.increment()
             return nil
         }
         metrics.routing[decision.label]?.increment()
         metrics.storeReads.increment()
-        let start = ContinuousClock.now
-        let promise = loop.makePromise(of: User?.self)
-        let attempt = Attempt()
-        attempt.waiter = waiter
-        let timer = loop.scheduleTask(in: .nanoseconds(set.settings.queryTimeout.nanosecondsClamped)) {
-            guard !attempt.settled else { return }
-            attempt.settled = true
-            self.metrics.latency[node].record(ContinuousClock.now - start)
-            self.metrics.handedBack.increment()
-            if let connection = attempt.connection {
-                // A query that ran out of time: its connection is closed (the query's failure
-                // then gives back its place), and discovery is asked to look at the node.
-                let _: EventLoopFuture<Void> = connection.close()
-                self.set.markFailed(node, TimeoutError())
-            } else {
-                // Still waiting for a connection of this loop: that says nothing of the node.
-                // The wait ends here, so no query runs later for an answer nobody wants.
-                pool.cancel(attempt.waiter, node)
-            }
-            promise.fail(TimeoutError())
+        read.timer = loop.scheduleTask(in: .nanoseconds(set.settings.queryTimeout.nanosecondsClamped)) {
+            self.expire(read, pool)
         }
-        connection.flatMap { connection -> EventLoopFuture<User?> in
-            attempt.waiter = nil
-            attempt.connection = connection.connection
-            // Prepared once per connection: each read sends Bind and Execute only.
-            return connection.getUser.execute([PostgresData(int64: id.rawValue)])
-                .flatMapErrorThrowing { error in
-                    // The query's own failure. A server error leaves the connection usable;
-                    // anything else may not.
-                    if let e = error as? PSQLError, e.code == .server, !connection.connection.isClosed {
-                        pool.release(connection, node)
-                    } else {
-                        pool.drop(connection, node)
-                    }
-                    throw error
-                }
-                .flatMapThrowing { rows -> User? in
-                    // The connection goes back first; a row that does not decode is this
-                    // read's failure, not the connection's.
-                    pool.release(connection, node)
-                    return try rows.first.map { PostgresUserStore.user(try PostgresUserStore.decodeRow($0, binary: true)) }
-                }
-        }.whenComplete { result in
-            guard !attempt.settled else { return }
-            attempt.settled = true
-            timer.cancel()
-            self.metrics.latency[node].record(ContinuousClock.now - start)
-            switch result {
-            case .success(let user):
-                self.metrics.answered.increment()
-                promise.succeed(user)
-            case .failure(let error):
-                self.metrics.handedBack.increment()
-                self.set.logger.debug(
-                    "loop read handed back", metadata: ["node": "\(self.set.nodes[node].name)", "error": "\(String(reflecting: error))"])
-                if ReplicaSet.isNodeFailure(error) { self.set.markFailed(node, error) }
-                promise.fail(error)
+        return read.promise.futureResult
+    }
+
+    /// A read out of time: handed back. A query that ran out of time has its connection
+    /// closed (its batch fails and goes the routed way too), and discovery is asked to look
+    /// at the node; a read still queued on this loop says nothing of the node and just leaves.
+    private func expire(_ read: LoopRead, _ pool: LoopPool) {
+        guard !read.settled else { return }
+        read.settled = true
+        metrics.latency[read.node].record(ContinuousClock.now - read.start)
+        metrics.handedBack.increment()
+        if let batch = read.batch {
+            if !batch.timedOut {
+                batch.timedOut = true
+                batch.connection.close()
+                set.markFailed(read.node, TimeoutError())
             }
+        } else {
+            pool.remove(read)
         }
-        return promise.futureResult
+        read.promise.fail(TimeoutError())
+    }
+
+    /// Ends a read with its answer (or hands it back), once.
+    func finish(_ read: LoopRead, _ result: Result<User?, any Error>) {
+        guard !read.settled else { return }
+        read.settled = true
+        read.timer?.cancel()
+        metrics.latency[read.node].record(ContinuousClock.now - read.start)
+        switch result {
+        case .success(let user):
+            metrics.answered.increment()
+            read.promise.succeed(user)
+        case .failure(let error):
+            metrics.handedBack.increment()
+            read.promise.fail(error)
+        }
+    }
+
+    /// Hands back every read of a failed query or connection; the node is reported once.
+    func fail(_ batch: [LoopRead], node: Int, _ error: any Error, report: Bool) {
+        set.logger.debug(
+            "loop reads handed back",
+            metadata: ["node": "\(set.nodes[node].name)", "reads": "\(batch.count)", "error": "\(String(reflecting: error))"])
+        if report, ReplicaSet.isNodeFailure(error) { set.markFailed(node, error) }
+        for read in batch { finish(read, .failure(error)) }
     }
 
     private func pool(for loop: any EventLoop) -> LoopPool {
@@ -163,7 +163,8 @@ public final class LoopReads: Service, Sendable {
             logger: set.logger
         ).flatMap { connection in
             connection.prepare(query: PostgresUserStore.GetUser.sql)
-                .map { LoopConnection(connection: connection, getUser: $0) }
+                .and(connection.prepare(query: PostgresUserStore.GetUser.manySQL))
+                .map { LoopConnection(connection: connection, getUser: $0.0, getUsers: $0.1) }
                 .flatMapError { error in
                     let _: EventLoopFuture<Void> = connection.close()
                     return loop.makeFailedFuture(error)
@@ -183,18 +184,29 @@ public final class LoopReads: Service, Sendable {
 }
 
 /// One read's state, touched only on its event loop.
-private final class Attempt: @unchecked Sendable {
+final class LoopRead: @unchecked Sendable {
+    let id: Int64
+    let node: Int
+    let promise: EventLoopPromise<User?>
+    let start = ContinuousClock.now
+    var timer: Scheduled<Void>?
     var settled = false
-    var connection: PostgresConnection?
-    /// Its place in the queue for a connection, while it waits for one.
-    var waiter: LoopWaiter?
+    /// The query it is part of, once sent.
+    var batch: LoopBatch?
+
+    init(id: Int64, node: Int, promise: EventLoopPromise<User?>) {
+        self.id = id
+        self.node = node
+        self.promise = promise
+    }
 }
 
-/// A read waiting for a connection of its loop; one that gave up is skipped.
-final class LoopWaiter: @unchecked Sendable {
-    let promise: EventLoopPromise<LoopConnection>
-    var cancelled = false
-    init(_ promise: EventLoopPromise<LoopConnection>) { self.promise = promise }
+/// Reads sent as one query on one connection.
+final class LoopBatch: @unchecked Sendable {
+    let connection: LoopConnection
+    /// A read's deadline closed the connection (and reported the node already).
+    var timedOut = false
+    init(_ connection: LoopConnection) { self.connection = connection }
 }
 
 extension Duration {
@@ -205,22 +217,26 @@ extension Duration {
     }
 }
 
-/// A connection of one event loop, with the read prepared on it.
+/// A connection of one event loop, with the reads prepared on it.
 struct LoopConnection: Sendable {
     let connection: PostgresConnection
     let getUser: PreparedQuery
+    let getUsers: PreparedQuery
     var isClosed: Bool { connection.isClosed }
     func close() { let _: EventLoopFuture<Void> = connection.close() }
 }
 
-/// The connections of one event loop, touched only on that loop.
+/// The connections and waiting reads of one event loop, touched only on that loop.
 final class LoopPool: @unchecked Sendable {
     let loop: any EventLoop
     unowned let reads: LoopReads
     private var idle: [[LoopConnection]]
     /// Open or opening, per node.
     private var open: [Int]
-    private var waiters: [[LoopWaiter]]
+    /// Reads not sent yet, per node.
+    private var queue: [[LoopRead]]
+    /// A pass over the queue is due at the end of this turn of the loop.
+    private var due: [Bool]
 
     init(loop: any EventLoop, reads: LoopReads) {
         self.loop = loop
@@ -228,30 +244,97 @@ final class LoopPool: @unchecked Sendable {
         let n = reads.set.nodes.count
         idle = Array(repeating: [], count: n)
         open = Array(repeating: 0, count: n)
-        waiters = Array(repeating: [], count: n)
+        queue = Array(repeating: [], count: n)
+        due = Array(repeating: false, count: n)
     }
 
-    /// A connection to `node` now or soon (with the queue place when it must wait); nil when
-    /// too many reads wait already.
-    func lease(_ node: Int) -> (EventLoopFuture<LoopConnection>, LoopWaiter?)? {
+    /// Queues a read; it is sent after the loop has handled every request of this turn, so
+    /// those that arrived together share a query. False when too many reads wait already.
+    func enqueue(_ read: LoopRead) -> Bool {
         loop.preconditionInEventLoop()
-        while let connection = idle[node].popLast() {
-            if !connection.isClosed { return (loop.makeSucceededFuture(connection), nil) }
-            open[node] -= 1
+        let node = read.node
+        guard queue[node].count < reads.maxWaiters else { return false }
+        queue[node].append(read)
+        if !due[node] {
+            due[node] = true
+            loop.execute {
+                self.due[node] = false
+                self.dispatch(node)
+            }
         }
-        guard waiters[node].count < reads.maxWaiters else { return nil }
-        let waiter = LoopWaiter(loop.makePromise(of: LoopConnection.self))
-        waiters[node].append(waiter)
-        if open[node] < reads.perLoop { openConnection(node) }
-        return (waiter.promise.futureResult, waiter)
+        return true
     }
 
-    /// A waiting read gave up (its deadline): it leaves the queue, and its future fails.
-    func cancel(_ waiter: LoopWaiter?, _ node: Int) {
-        guard let waiter, !waiter.cancelled else { return }
-        waiter.cancelled = true
-        waiters[node].removeAll { $0 === waiter }
-        waiter.promise.fail(TimeoutError())
+    /// A queued read gave up (its deadline).
+    func remove(_ read: LoopRead) {
+        queue[read.node].removeAll { $0 === read }
+    }
+
+    /// Sends what waits for `node` on idle connections, opening one more if there is none.
+    private func dispatch(_ node: Int) {
+        while !queue[node].isEmpty {
+            guard let connection = idle[node].popLast() else {
+                if open[node] < reads.perLoop { openConnection(node) }
+                return
+            }
+            if connection.isClosed {
+                open[node] -= 1
+                continue
+            }
+            send(node, on: connection)
+        }
+    }
+
+    /// The next reads for `node` (up to the batch limit) as one query on `connection`.
+    private func send(_ node: Int, on connection: LoopConnection) {
+        let count = min(queue[node].count, reads.batchLimit)
+        let batch = Array(queue[node].prefix(count))
+        queue[node].removeFirst(count)
+        let shared = LoopBatch(connection)
+        for read in batch { read.batch = shared }
+        reads.metrics.queries.increment()
+        var ids: [Int64] = []
+        for read in batch where !ids.contains(read.id) { ids.append(read.id) }
+        // Prepared once per connection: each query sends Bind and Execute only.
+        let query =
+            ids.count == 1
+            ? connection.getUser.execute([PostgresData(int64: ids[0])])
+            : connection.getUsers.execute([PostgresData(array: ids.map { PostgresData(int64: $0) }, elementType: .int8)])
+        query.whenComplete { result in
+            switch result {
+            case .success(let rows):
+                // The connection goes back first (to the next reads); a row that does not
+                // decode is the reads' failure, not the connection's.
+                self.release(connection, node)
+                var users: [Int64: User] = [:]
+                var broken: (any Error)?
+                for row in rows {
+                    do {
+                        let user = PostgresUserStore.user(try PostgresUserStore.decodeRow(row, binary: true))
+                        users[user.id.rawValue] = user
+                    } catch {
+                        broken = error
+                    }
+                }
+                for read in batch {
+                    if let user = users[read.id] {
+                        self.reads.finish(read, .success(user))
+                    } else if let broken {
+                        self.reads.finish(read, .failure(broken))
+                    } else {
+                        self.reads.finish(read, .success(nil))
+                    }
+                }
+            case .failure(let error):
+                // A server error leaves the connection usable; anything else may not.
+                if let e = error as? PSQLError, e.code == .server, !connection.isClosed {
+                    self.release(connection, node)
+                } else {
+                    self.drop(connection, node)
+                }
+                self.reads.fail(batch, node: node, error, report: !shared.timedOut)
+            }
+        }
     }
 
     private func openConnection(_ node: Int) {
@@ -263,45 +346,44 @@ final class LoopPool: @unchecked Sendable {
             case .failure(let error):
                 self.open[node] -= 1
                 // The node does not take connections: every read waiting for it goes the routed way.
-                let waiting = self.waiters[node]
-                self.waiters[node] = []
-                for w in waiting where !w.cancelled { w.promise.fail(error) }
+                let waiting = self.queue[node]
+                self.queue[node] = []
+                self.reads.fail(waiting, node: node, error, report: true)
             }
         }
     }
 
-    /// Gives a connection back after a query (or a fresh one) to the next waiter, or keeps it.
+    /// Takes a connection back after a query (or a fresh one): it carries the next reads
+    /// at once if some wait, or stays idle.
     func release(_ connection: LoopConnection, _ node: Int) {
         loop.preconditionInEventLoop()
         if reads.isClosed || connection.isClosed {
             drop(connection, node)
             return
         }
-        while !waiters[node].isEmpty {
-            let next = waiters[node].removeFirst()
-            if next.cancelled { continue }
-            next.promise.succeed(connection)
-            return
+        if queue[node].isEmpty {
+            idle[node].append(connection)
+        } else {
+            send(node, on: connection)
         }
-        idle[node].append(connection)
     }
 
-    /// A connection that failed: closed, and a new one opened for waiters if any.
+    /// A connection that failed: closed, and a new one opened for waiting reads if any.
     func drop(_ connection: LoopConnection, _ node: Int) {
         open[node] -= 1
         connection.close()
-        guard !waiters[node].isEmpty else { return }
+        guard !queue[node].isEmpty else { return }
         if reads.isClosed {
-            failWaiters(node, MillionsError(.unavailable, "shutting down"))
+            failQueued(node, MillionsError(.unavailable, "shutting down"))
         } else {
             openConnection(node)
         }
     }
 
-    private func failWaiters(_ node: Int, _ error: any Error) {
-        let waiting = waiters[node]
-        waiters[node] = []
-        for w in waiting where !w.cancelled { w.promise.fail(error) }
+    private func failQueued(_ node: Int, _ error: any Error) {
+        let waiting = queue[node]
+        queue[node] = []
+        reads.fail(waiting, node: node, error, report: false)
     }
 
     func closeAll() -> EventLoopFuture<Void> {
@@ -313,7 +395,7 @@ final class LoopPool: @unchecked Sendable {
             }
             open[node] -= idle[node].count
             idle[node] = []
-            failWaiters(node, MillionsError(.unavailable, "shutting down"))
+            failQueued(node, MillionsError(.unavailable, "shutting down"))
         }
         return EventLoopFuture.andAllComplete(closing, on: loop)
     }

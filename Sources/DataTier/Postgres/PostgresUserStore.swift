@@ -58,6 +58,11 @@ public struct PostgresUserStore: UserStore {
             FROM users WHERE id = $1
             """
         static let bindingDataTypes: [PostgresDataType] = [.int8]
+        /// Several users in one query (`LoopReads` sends the reads that arrive together so).
+        static let manySQL = """
+            SELECT id, first_name, last_name, street_address, city, state, postal_code, phone_numbers, photo
+            FROM users WHERE id = ANY($1)
+            """
         typealias Row = PostgresUserStore.Row
         var id: Int64
 
