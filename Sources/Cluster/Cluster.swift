@@ -146,10 +146,10 @@ public struct Cluster: Sendable {
         let layout = Layout(ports: ports, dir: dir, subnets: plan?.subnets ?? [])
         var topology = stage.topology(web: webServers, shards: shards, layout)
         if ha {
-            guard topology.nodes(.database).count >= 2, topology.sites.count == 1, !topology.isSharded else {
-                throw Processes.Failure("--ha needs a one-site stage with replicas (replicated, cached, stateless, queued)")
+            guard topology.nodes(.database).count >= 2, !topology.isSharded else {
+                throw Processes.Failure("--ha needs a stage with replicas and one database cluster (replicated, cached, stateless, queued, multi-dc)")
             }
-            topology.nodes += layout.coordinators()
+            topology.nodes += layout.coordinators(sites: topology.sites)
         }
         if let wan {
             for i in topology.links.indices { (topology.links[i].delayMs, topology.links[i].jitterMs) = wan }
@@ -279,6 +279,10 @@ public struct Cluster: Sendable {
             if n.alsoAt.isEmpty, let gateway = state.topology.nodes(.gateway, in: n.site).first {
                 let others = state.topology.links(from: n.site).compactMap { state.topology.subnet(of: $0.site) }
                 try net.route(host, to: others, via: gateway.host)
+                // etcd's witness is in no site: each reaches it directly, not through the WAN
+                // (etcd advertises one address per member, on the first site's subnet).
+                let witnesses = state.topology.nodes(.coordinator).filter { $0.site == Layout.global && !$0.alsoAt.isEmpty }
+                try net.routeDirect(host, to: witnesses.map(\.host).filter { !$0.hasPrefix(prefix) })
             }
             let path = "\(dir)/hosts/\(n.name)"
             try net.wrapperScript(on: host).write(toFile: path, atomically: true, encoding: .utf8)
@@ -878,6 +882,20 @@ public struct Cluster: Sendable {
             "MILLIONS_LOG_DIR": logs,
         ]
         env["MILLIONS_PG_PASSWORD"] = state.postgresPassword
+        // Under Patroni with several sites and --sync, a commit waits for every replica: the
+        // other site's is then always a synchronous standby, so losing the primary's whole
+        // site loses no acknowledged write and that replica may take over (Patroni promotes
+        // only a synchronous standby). A replica that stops answering leaves the set.
+        if state.topology.sites.count > 1 {
+            env["MILLIONS_PATRONI_SYNC_NODES"] = String(max(1, databases.count - 1))
+            // Slower timing than one site's (docs/failover.md): an etcd request from a host of an
+            // eighth of a core takes about a second (etcd's v2 authentication checks a bcrypt
+            // hash on every request), and Patroni gives each member retry_timeout ÷ 3.
+            let given = ProcessInfo.processInfo.environment
+            for (key, value) in [("TTL", "15"), ("LOOP_WAIT", "2"), ("RETRY_TIMEOUT", "6")] {
+                env["MILLIONS_PATRONI_" + key] = given["MILLIONS_PATRONI_" + key] ?? value
+            }
+        }
         if state.hosts != nil {
             env["MILLIONS_PG_HOSTS"] = databases.map { "\(Self.pgName($0))=\($0.host)" }.joined(separator: " ")
             env["MILLIONS_WRAP_DIR"] = dir + "/hosts"

@@ -159,6 +159,12 @@ public struct HostNetwork: Sendable {
         for subnet in subnets { try ip("-n", namespace(host), "route", "replace", subnet, "via", gateway) }
     }
 
+    /// Reaches each of `addresses` on the bridge itself (a host route), whatever its subnet's
+    /// route says: a host in no site, reached by each site without its gateway.
+    public func routeDirect(_ host: NodeHost, to addresses: [String]) throws {
+        for a in addresses { try ip("-n", namespace(host), "route", "replace", a + "/32", "dev", "eth0") }
+    }
+
     /// Makes `host` a router whose traffic from `from` to `to` (each a /24) goes through the
     /// TUN device `device` first (created here; a `PacketDelay` attaches to it and writes every
     /// packet back later): the gateway of a site behind an emulated WAN. A packet written

@@ -27,7 +27,21 @@ extension Cluster {
         say("site \(site) cut off: \(cut.count) hosts (\(cut.map(\.name).joined(separator: ", ")))")
 
         let databases = state.topology.nodes(.database)
-        if let primary = databases.first, primary.site == site {
+        if let primary = databases.first, primary.site == site, state.patroni {
+            // Patroni's own failover: the leader key expires (its holder cannot renew it
+            // from the cut-off site, which has no etcd majority), and a replica that can
+            // reach the majority (the other site's, with the witness) takes it. Nothing to
+            // run: this only waits to say when, and records the new primary.
+            var promoted: Node?
+            Processes.wait(seconds: 120, every: 0.2) {
+                promoted = databases.first { $0.site != site && !down.contains($0.site) && self.inRecovery($0) == false }
+                return promoted != nil
+            }
+            let leader = try promoted.orThrow("Patroni promoted no replica outside \(site) in 120 s (see \(logs)/patroni-*.log)")
+            state.topology.makePrimary(leader)
+            try save(state)
+            say("\(leader.name) (\(leader.site)) promoted by Patroni \(seconds(since: t)) after the cut, without a command; web servers and workers find it by themselves")
+        } else if let primary = databases.first, primary.site == site {
             let f = Date()
             let status = try Processes.run(
                 [binary, "db", "failover", "--log-level", "warning", "--set", "data.postgres.nodes=\(databases.map(\.address).joined(separator: ","))"],
@@ -39,8 +53,8 @@ extension Cluster {
             try save(state)
             say("\(promoted.name) (\(promoted.site)) promoted in \(seconds(since: f)); web servers and workers find it by themselves")
         }
-        if state.syncReplication, let primary = state.topology.nodes(.database).first {
-            // The standbys a commit waits for, among the sites still up.
+        if state.syncReplication, !state.patroni, let primary = state.topology.nodes(.database).first {
+            // The standbys a commit waits for, among the sites still up (Patroni keeps its own set).
             let names = syncNames(state, primary: primary, excluding: state.sitesDown ?? [])
             try script("postgres", ["set-sync", Self.pgName(primary), names.joined(separator: ",")], env: pgEnv(state))
             say(names.isEmpty
@@ -71,8 +85,15 @@ extension Cluster {
         let own = databases.filter { $0.site == site }
         let caches = state.topology.nodes(.cache, in: site)
         let workers = state.topology.nodes(.worker, in: site), webs = state.topology.nodes(.web, in: site)
-        // Fencing first, while nothing can reach them.
-        for n in own { try script("postgres", ["stop-node", Self.pgName(n), "immediate"], env: pgEnv(state)) }
+        // Fencing first, while nothing can reach them. (Under Patroni an old primary cut off
+        // from etcd's majority has demoted itself already; killed all the same, as a power loss.)
+        for n in own {
+            if state.patroni {
+                try script("patroni", ["kill", Self.pgName(n)], env: pgEnv(state))
+            } else {
+                try script("postgres", ["stop-node", Self.pgName(n), "immediate"], env: pgEnv(state))
+            }
+        }
         var steps = ["databases stopped \(seconds(since: w))"]
         // Like a power loss: what ran there is dropped (a worker's leases run out elsewhere).
         for n in webs + workers {
@@ -93,13 +114,21 @@ extension Cluster {
         say("\(site): old nodes fenced and stopped, hosts back on the network in \(seconds(since: w)) (\(steps.joined(separator: ", ")))")
 
         let r = Date()
-        let source = primary.address
-        let parts = source.split(separator: ":")
-        for n in own { try script("postgres", ["rejoin", Self.pgName(n), String(parts[0]), String(parts[1])], env: pgEnv(state)) }
-        say("\(own.map(\.name).joined(separator: ", ")) rejoined as replicas of \(primary.name) (through \(source)) in \(seconds(since: r))")
+        if state.patroni {
+            // Patroni rejoins each as a replica of the leader by itself (pg_rewind, or a
+            // fresh copy when the rewind cannot be done); this waits until every one streams.
+            for n in own { try script("patroni", ["start-node", Self.pgName(n)], env: pgEnv(state)) }
+            try script("patroni", ["wait-whole", "180"], env: pgEnv(state))
+            say("\(own.map(\.name).joined(separator: ", ")) rejoined by Patroni as replicas of \(primary.name) in \(seconds(since: r))")
+        } else {
+            let source = primary.address
+            let parts = source.split(separator: ":")
+            for n in own { try script("postgres", ["rejoin", Self.pgName(n), String(parts[0]), String(parts[1])], env: pgEnv(state)) }
+            say("\(own.map(\.name).joined(separator: ", ")) rejoined as replicas of \(primary.name) (through \(source)) in \(seconds(since: r))")
+        }
         state.sitesDown = (state.sitesDown ?? []).filter { $0 != site }
         try save(state)
-        if state.syncReplication {
+        if state.syncReplication, !state.patroni {
             let names = syncNames(state, primary: primary, excluding: state.sitesDown ?? [])
             try script("postgres", ["set-sync", Self.pgName(primary), names.joined(separator: ",")], env: pgEnv(state))
             if !names.isEmpty { say("commits wait for one of \(names.joined(separator: ", ")) again") }

@@ -203,9 +203,25 @@ public struct Layout: Sendable {
 
     /// The three coordinators of `up --ha`: etcd member i listens for clients at
     /// `ports.etcd + i - 1` (and for peers 3 above), as scripts/patroni starts them.
-    public func coordinators() -> [Node] {
-        (1...3).map { node("coord\($0)", .coordinator, ports.etcd + $0 - 1, index: $0, pidFile: "\(dir)/pg/etcd/e\($0 - 1).pid") }
+    /// With several sites, one in each of the first two and the third a witness in none
+    /// (like the DNS server, reachable from each site without the WAN): the site that keeps
+    /// the witness keeps etcd's majority, so a site cut off never has one and the other,
+    /// with the witness, elects a leader by itself.
+    public func coordinators(sites: [String] = []) -> [Node] {
+        func coordinator(_ i: Int, _ l: Layout) -> Node {
+            l.node("coord\(i)", .coordinator, ports.etcd + i - 1, index: i, pidFile: "\(dir)/pg/etcd/e\(i - 1).pid")
+        }
+        guard sites.count > 1 else { return (1...3).map { coordinator($0, self) } }
+        var witness = coordinator(3, at(sites[0], index: 0, of: sites.count))
+        witness.site = Self.global
+        if onHosts {
+            witness.alsoAt = subnets.dropFirst().map { address(.coordinator, index: 3, subnet: $0) }
+        }
+        return [coordinator(1, at(sites[0], index: 0, of: sites.count)), coordinator(2, at(sites[1], index: 1, of: sites.count)), witness]
     }
+
+    /// The "site" of nodes in none (the DNS server, etcd's witness): a drill never cuts them.
+    public static let global = "global"
 
     public func sessions() -> Node {
         node("redis", .sessions, ports.redis, pidFile: "\(run)/redis-\(ports.redis)/redis.pid")
@@ -238,7 +254,7 @@ public struct Layout: Sendable {
     /// The DNS server: in no site, reachable from each at an address on its subnet.
     public func dns() -> Node {
         var n = node("dns", .dns, 53, pidFile: "\(dir)/dns/pdns.pid")
-        n.site = "global"
+        n.site = Self.global
         return n
     }
 

@@ -88,9 +88,9 @@ public struct Topology: Codable, Sendable, Equatable {
     /// The cluster `node` belongs to.
     public func databaseGroup(of node: Node) -> [Node] { databaseGroups.first { $0.contains(node) } ?? [node] }
     public var isSharded: Bool { nodes(.database).contains { $0.shard != nil } }
-    /// The sites, in the order their nodes come (the DNS server is in none of them).
+    /// The sites, in the order their nodes come (the DNS server and etcd's witness are in none).
     public var sites: [String] {
-        nodes.filter { $0.role != .dns }.map(\.site).reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
+        nodes.filter { $0.site != Layout.global }.map(\.site).reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
     }
 
     /// The name clients use where the DNS server answers it (several sites).
@@ -115,7 +115,7 @@ public struct Topology: Codable, Sendable, Equatable {
 
     /// The /24 a site's nodes live on (`198.18.N.0/24`; hosts only), from its first node.
     public func subnet(of site: String) -> String? {
-        guard let node = nodes.first(where: { $0.site == site && $0.role != .dns }) else { return nil }
+        guard let node = nodes.first(where: { $0.site == site && $0.site != Layout.global }) else { return nil }
         let parts = node.host.split(separator: ".")
         guard parts.count == 4 else { return nil }
         return parts.prefix(3).joined(separator: ".") + ".0/24"
@@ -150,11 +150,17 @@ public struct Topology: Codable, Sendable, Equatable {
         let balancers = nodes(.balancer, in: site)
         if !balancers.isEmpty {
             s["http.drainSeconds"] = String(ServerConfigs.drainSeconds)
-            s["http.trustedProxies"] = (["127.0.0.1", "::1"] + balancers.map(\.host).filter { $0 != "127.0.0.1" }).joined(separator: ",")
+            // The edge too: behind it, the hop nginx names is the edge, and every user who
+            // came through the CDN would share one address (and one sign-up limit).
+            let proxies = (balancers + nodes(.edge, in: site)).map(\.host).filter { $0 != "127.0.0.1" }
+            s["http.trustedProxies"] = (["127.0.0.1", "::1"] + proxies).joined(separator: ",")
         }
         s["http.metricsAllow"] = operatorAddresses.joined(separator: ",")
-        // Benchmarks from this machine log in to the same accounts over and over.
-        s["limits.exempt"] = operatorAddresses.joined(separator: ",")
+        // Benchmarks from this machine, and from the cluster's client hosts (its load
+        // generators: the site drill's writers sign up ten users a second), log in to the
+        // same accounts and sign up over and over.
+        let clients = nodes(.client).flatMap { [$0.host] + $0.alsoAt }
+        s["limits.exempt"] = (operatorAddresses + clients).joined(separator: ",")
         // The site's own database nodes; the other sites' are remote: probed for their role
         // (the primary may be, or move, there), never read from as replicas.
         let databases = nodes(.database).filter { $0.site == site }

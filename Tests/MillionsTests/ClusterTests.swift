@@ -972,10 +972,13 @@ import Testing
     /// clients to east, east's replica is promoted, writes resume; west comes back as
     /// replicas of the new primary (pg_rewind) and serves again. Every acknowledged sign-up
     /// must be on the new primary afterwards (a history checker: acknowledged, then lost).
-    @Test func siteDownMovesEveryoneToTheOtherSiteAndLosesNoAcknowledgedWrite() async throws {
+    /// `ha`: under Patroni, with etcd's witness in neither site; nobody runs a promotion or
+    /// a rejoin: east's replica takes over by itself and west's nodes rejoin by themselves.
+    @Test(arguments: [false, true])
+    func siteDownMovesEveryoneToTheOtherSiteAndLosesNoAcknowledgedWrite(ha: Bool) async throws {
         try #require(geteuid() == 0, "hosts need root (network namespaces, a bridge, cgroups); CI runs as root")
-        let f = try Fixture(base: 20100)
-        try await f.withCluster("multi-dc", hosts: true, flags: ["--sync"]) {
+        let f = try Fixture(base: ha ? 20700 : 20100)
+        try await f.withCluster("multi-dc", hosts: true, flags: ["--sync"] + (ha ? ["--ha"] : [])) {
             let state = try f.state()
             let west = try #require(state.topology.entry(site: "west")), east = try #require(state.topology.entry(site: "east"))
             let work = f.dir + "/drill"
@@ -1068,7 +1071,7 @@ import Testing
                 if served != 200 { try await Task.sleep(for: .milliseconds(200)) }
             }
             #expect(served == 200)
-            print("site-down drill (sync, WAN 20 ms): " + report.joined(separator: "; "))
+            print("site-down drill (sync\(ha ? ", Patroni" : ""), WAN 20 ms): " + report.joined(separator: "; "))
         }
     }
 

@@ -42,7 +42,7 @@ import Testing
         let s = t.appSettings(dataDirectory: "/tmp/c/data")
         #expect(s["data.postgres.nodes"] == "198.18.7.10:19040,198.18.7.11:19041,198.18.7.12:19042")
         #expect(s["redis.address"] == "198.18.7.30:19060")
-        #expect(s["http.trustedProxies"] == "127.0.0.1,::1,198.18.7.2")
+        #expect(s["http.trustedProxies"] == "127.0.0.1,::1,198.18.7.2,198.18.7.3")
         #expect(t.entry?.name == "varnish")
     }
 
@@ -77,13 +77,33 @@ import Testing
         #expect(east["data.postgres.remoteNodes"] == "198.18.7.10:19040,198.18.7.11:19041")
         #expect(east["cache.memcached.nodes"] == "198.18.8.22:19051")
         #expect(east["redis.address"] == nil && east["session.store"] == nil, "sessions are in PostgreSQL")
-        #expect(east["http.trustedProxies"] == "127.0.0.1,::1,198.18.8.2")
+        // nginx and the edge in front of it: the client is the address the edge saw.
+        #expect(east["http.trustedProxies"] == "127.0.0.1,::1,198.18.8.2,198.18.8.3")
         let west = t.appSettings(dataDirectory: "/tmp/c/data", site: "west")
         #expect(west["data.postgres.nodes"] == "198.18.7.10:19040,198.18.7.11:19041")
         #expect(west["data.postgres.remoteNodes"] == "198.18.8.12:19042")
         #expect(west["cache.memcached.nodes"] == "198.18.7.21:19050" && west["redis.address"] == nil)
         #expect(west["cache.followSlot"] == "millions_cache_west" && east["cache.followSlot"] == "millions_cache_east")
         #expect(west["photos.store"] == "postgres" && east["photos.store"] == "postgres", "no folder is shared across sites")
+        // With --ha: an etcd member in each site and the witness in none, reachable from both.
+        let layout = Layout(ports: try Ports(base: 19000), dir: "/tmp/c", subnets: [7, 8])
+        let coordinators = layout.coordinators(sites: t.sites)
+        #expect(coordinators.map(\.name) == ["coord1", "coord2", "coord3"])
+        #expect(coordinators.map(\.site) == ["west", "east", Layout.global])
+        #expect(coordinators.map(\.host) == ["198.18.7.91", "198.18.8.92", "198.18.7.93"] && coordinators[2].alsoAt == ["198.18.8.93"])
+        var ha = t
+        ha.nodes += coordinators
+        #expect(ha.sites == ["west", "east"])
+        #expect(Layout(ports: try Ports(base: 19000), dir: "/tmp/c").coordinators().allSatisfy { $0.site == "dc1" })
+
+        // The client hosts are the cluster's load generators (the site drill's writers sign
+        // up ten users a second): exempt from the per-address limits, as this machine is.
+        let clients = t.nodes(.client).flatMap { [$0.host] + $0.alsoAt }
+        #expect(clients.count == 4)
+        for settings in [east, west] {
+            let exempt = (settings["limits.exempt"] ?? "").split(separator: ",").map(String.init)
+            #expect(Set(clients + ["127.0.0.0/8"]).isSubset(of: exempt), "\(exempt)")
+        }
 
         // After east's replica is promoted (site-down west), it is the first database node,
         // and no site's settings change: each still reads its own nodes and probes the rest.
