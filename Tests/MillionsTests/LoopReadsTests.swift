@@ -180,7 +180,9 @@ import Testing
             for i in 0..<5 { ids.append(Int64(try await signUpJohn(client, email: uniqueEmail("batch\(i)")).id)!) }
             try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
             let reads = try #require(components.loopReads)
-            let wanted = ids + [ids[0], 1, ids[4]]
+            // Spread alternates between the two replicas: each repeat is an even number of
+            // places from its first, so both go to the same node, in the same query.
+            let wanted = ids + [ids[1], 1, ids[3]]
             let queries = Self.metric(components.metrics, "db_loop_read_queries_total")
             let loop = MultiThreadedEventLoopGroup.singleton.next()
             let futures = try await loop.submit {
@@ -188,10 +190,31 @@ import Testing
             }.get()
             var found: [Int64?] = []
             for future in futures { found.append(try await #require(future).get()?.id.rawValue) }
-            #expect(found == ids + [ids[0], nil, ids[4]])
+            #expect(found == ids + [ids[1], nil, ids[3]])
             // Spread over the two replicas: one query for each at most.
             let sent = Self.metric(components.metrics, "db_loop_read_queries_total") - queries
             #expect(sent >= 1 && sent <= 2, "\(sent) queries for \(wanted.count) reads")
+        }
+    }
+
+    /// A burst beyond the queue (256 reads per node and loop) is declined past that (the
+    /// route takes those), and everything queued is answered, in batches.
+    @Test func aBurstBeyondTheQueueIsDeclinedAndTheRestAnswered() async throws {
+        try await Self.live(try PostgresTopology.shared()) { client, port, components in
+            let id = Int64(try await signUpJohn(client, email: uniqueEmail("burst")).id)!
+            try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
+            let reads = try #require(components.loopReads)
+            let queries = Self.metric(components.metrics, "db_loop_read_queries_total")
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            // Two replicas: 300 reads for each, 256 of them queued.
+            let futures = try await loop.submit {
+                (0..<600).map { _ in reads.user(id: UserID(rawValue: id)!, position: 0, on: loop) }
+            }.get()
+            let queued = futures.compactMap { $0 }
+            #expect(queued.count == 512)
+            for future in queued { #expect(try await future.get()?.id.rawValue == id) }
+            let sent = Self.metric(components.metrics, "db_loop_read_queries_total") - queries
+            #expect(sent >= 16 && sent < 64, "\(sent) queries for 512 reads")
         }
     }
 

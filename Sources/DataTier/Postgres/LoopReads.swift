@@ -82,11 +82,12 @@ public final class LoopReads: Service, Sendable {
             return nil
         }
         let pool = pool(for: loop)
-        let read = LoopRead(id: id.rawValue, node: node, promise: loop.makePromise(of: User?.self))
-        guard pool.enqueue(read) else {
+        guard pool.hasRoom(node) else {
             metrics.declined.increment()
             return nil
         }
+        let read = LoopRead(id: id.rawValue, node: node, promise: loop.makePromise(of: User?.self))
+        pool.enqueue(read)
         metrics.routing[decision.label]?.increment()
         metrics.storeReads.increment()
         read.timer = loop.scheduleTask(in: .nanoseconds(set.settings.queryTimeout.nanosecondsClamped)) {
@@ -95,23 +96,15 @@ public final class LoopReads: Service, Sendable {
         return read.promise.futureResult
     }
 
-    /// A read out of time: handed back. A query that ran out of time has its connection
-    /// closed (its batch fails and goes the routed way too), and discovery is asked to look
-    /// at the node; a read still queued on this loop says nothing of the node and just leaves.
+    /// A read out of time: handed back, alone. Still queued, it leaves the queue; already
+    /// sent, its batch goes on for the others (the query has its own deadline, which is
+    /// what judges the node: time spent queued on this loop says nothing of it).
     private func expire(_ read: LoopRead, _ pool: LoopPool) {
         guard !read.settled else { return }
         read.settled = true
         metrics.latency[read.node].record(ContinuousClock.now - read.start)
         metrics.handedBack.increment()
-        if let batch = read.batch {
-            if !batch.timedOut {
-                batch.timedOut = true
-                batch.connection.close()
-                set.markFailed(read.node, TimeoutError())
-            }
-        } else {
-            pool.remove(read)
-        }
+        if read.batch == nil { pool.remove(read) }
         read.promise.fail(TimeoutError())
     }
 
@@ -204,7 +197,7 @@ final class LoopRead: @unchecked Sendable {
 /// Reads sent as one query on one connection.
 final class LoopBatch: @unchecked Sendable {
     let connection: LoopConnection
-    /// A read's deadline closed the connection (and reported the node already).
+    /// The query's deadline closed the connection (and reported the node already).
     var timedOut = false
     init(_ connection: LoopConnection) { self.connection = connection }
 }
@@ -233,6 +226,8 @@ final class LoopPool: @unchecked Sendable {
     private var idle: [[LoopConnection]]
     /// Open or opening, per node.
     private var open: [Int]
+    /// Opening, per node.
+    private var opening: [Int]
     /// Reads not sent yet, per node.
     private var queue: [[LoopRead]]
     /// A pass over the queue is due at the end of this turn of the loop.
@@ -244,16 +239,21 @@ final class LoopPool: @unchecked Sendable {
         let n = reads.set.nodes.count
         idle = Array(repeating: [], count: n)
         open = Array(repeating: 0, count: n)
+        opening = Array(repeating: 0, count: n)
         queue = Array(repeating: [], count: n)
         due = Array(repeating: false, count: n)
     }
 
-    /// Queues a read; it is sent after the loop has handled every request of this turn, so
-    /// those that arrived together share a query. False when too many reads wait already.
-    func enqueue(_ read: LoopRead) -> Bool {
+    /// Whether a read for `node` may queue (not too many wait already).
+    func hasRoom(_ node: Int) -> Bool {
         loop.preconditionInEventLoop()
+        return queue[node].count < reads.maxWaiters
+    }
+
+    /// Queues a read (`hasRoom` said yes); it is sent after the loop has handled every
+    /// request of this turn, so those that arrived together share a query.
+    func enqueue(_ read: LoopRead) {
         let node = read.node
-        guard queue[node].count < reads.maxWaiters else { return false }
         queue[node].append(read)
         if !due[node] {
             due[node] = true
@@ -262,7 +262,6 @@ final class LoopPool: @unchecked Sendable {
                 self.dispatch(node)
             }
         }
-        return true
     }
 
     /// A queued read gave up (its deadline).
@@ -270,11 +269,11 @@ final class LoopPool: @unchecked Sendable {
         queue[read.node].removeAll { $0 === read }
     }
 
-    /// Sends what waits for `node` on idle connections, opening one more if there is none.
+    /// Sends what waits for `node` on idle connections, and opens more when that is not enough.
     private func dispatch(_ node: Int) {
         while !queue[node].isEmpty {
             guard let connection = idle[node].popLast() else {
-                if open[node] < reads.perLoop { openConnection(node) }
+                openForQueue(node)
                 return
             }
             if connection.isClosed {
@@ -283,6 +282,15 @@ final class LoopPool: @unchecked Sendable {
             }
             send(node, on: connection)
         }
+    }
+
+    /// Opens connections for what still waits (a batch each), up to the loop's share; those
+    /// opening and idle already count. One busy connection is not a reason: it takes the next batch
+    /// when its answer arrives.
+    private func openForQueue(_ node: Int) {
+        let batches = (queue[node].count + reads.batchLimit - 1) / reads.batchLimit
+        let wanted = min(batches - opening[node] - idle[node].count, reads.perLoop - open[node])
+        if wanted > 0 { for _ in 0..<wanted { openConnection(node) } }
     }
 
     /// The next reads for `node` (up to the batch limit) as one query on `connection`.
@@ -300,7 +308,17 @@ final class LoopPool: @unchecked Sendable {
             ids.count == 1
             ? connection.getUser.execute([PostgresData(int64: ids[0])])
             : connection.getUsers.execute([PostgresData(array: ids.map { PostgresData(int64: $0) }, elementType: .int8)])
+        // The query's deadline: past it the connection is closed (the query then fails, and
+        // its reads go the routed way) and discovery is asked to look at the node.
+        let deadline = loop.scheduleTask(in: .nanoseconds(reads.set.settings.queryTimeout.nanosecondsClamped)) {
+            shared.timedOut = true
+            connection.close()
+            self.reads.set.markFailed(node, TimeoutError())
+        }
+        // More waiting than this connection carries: more connections, up to the share.
+        if !queue[node].isEmpty { openForQueue(node) }
         query.whenComplete { result in
+            deadline.cancel()
             switch result {
             case .success(let rows):
                 // The connection goes back first (to the next reads); a row that does not
@@ -339,7 +357,9 @@ final class LoopPool: @unchecked Sendable {
 
     private func openConnection(_ node: Int) {
         open[node] += 1
+        opening[node] += 1
         reads.connect(node, on: loop).hop(to: loop).whenComplete { result in
+            self.opening[node] -= 1
             switch result {
             case .success(let connection):
                 self.release(connection, node)
