@@ -193,7 +193,7 @@ public struct HostNetwork: Sendable {
         for subnet in to {
             let rule = ["iif", "eth0", "from", from, "to", subnet, "lookup", table]
             if !(try ip(["-n", ns, "rule", "show"])).contains("from \(from) to \(subnet) iif eth0 lookup \(table)") {
-                try ip(["-n", ns, "rule", "add"] + rule)
+                _ = try ip(["-n", ns, "rule", "add"] + rule)
             }
         }
     }

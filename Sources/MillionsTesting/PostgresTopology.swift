@@ -68,6 +68,25 @@ public final class PostgresTopology: Sendable {
     }
     private static let sharedTopology = Mutex<PostgresTopology?>(nil)
 
+    /// A shared topology for tests that pause their replicas' replay, one test at a time.
+    /// Never `shared()`: its other tests read sessions through replicas, and a replica
+    /// frozen by a test running beside them answers "no such session" (a CI run saw a 401).
+    /// Each such test pauses and resumes the same replicas, so they take turns.
+    public static func withLagging<T>(_ body: (PostgresTopology) async throws -> T) async throws -> T {
+        await laggingTurn.take()
+        defer { laggingTurn.give() }
+        let t = try await offThePool {
+            try start(directory: "/tmp/millions-pg-tests-lagging", basePort: 15452, replicas: 2)
+        }
+        // A test that failed mid-way may have left a replica paused.
+        try await offThePool {
+            try t.resumeReplay("r1")
+            try t.resumeReplay("r2")
+        }
+        return try await body(t)
+    }
+    private static let laggingTurn = Turns()
+
     /// A fresh topology for a test that breaks things; destroyed after `body`.
     public static func withFresh<T>(
         replicas: Int = 2, sync: Bool = false, password: String? = nil, _ body: (PostgresTopology) async throws -> T
@@ -133,4 +152,29 @@ public final class PostgresTopology: Sendable {
 
     public func pauseReplay(_ node: String) throws { try sql(node, "SELECT pg_wal_replay_pause()") }
     public func resumeReplay(_ node: String) throws { try sql(node, "SELECT pg_wal_replay_resume()") }
+}
+
+/// One holder at a time, waiting in line without holding a thread.
+final class Turns: Sendable {
+    private let state = Mutex<(busy: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func take() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.busy { s.waiting.append(c); return false }
+                s.busy = true
+                return true
+            }
+            if now { c.resume() }
+        }
+    }
+
+    /// Hands the turn to the next in line (it stays busy), or frees it.
+    func give() {
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if s.waiting.isEmpty { s.busy = false; return nil }
+            return s.waiting.removeFirst()
+        }
+        next?.resume()
+    }
 }

@@ -1,3 +1,4 @@
+import DataTier
 import Foundation
 import Hummingbird
 import MillionsCore
@@ -59,7 +60,7 @@ extension MillionsError {
 /// An error's description, for errors that are not `Sendable`.
 struct SendableDescription: Error, Sendable, CustomStringConvertible {
     let description: String
-    init(_ error: any Error) { description = String(describing: error) }
+    init(_ error: any Error) { description = postgresErrorDetail(error) ?? String(describing: error) }
 }
 
 extension Response {

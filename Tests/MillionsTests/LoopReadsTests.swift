@@ -122,31 +122,32 @@ import Testing
     /// A client that wrote reads its write while every replica is frozen behind it (the
     /// primary serves it); another client is served by a replica, stale as allowed.
     @Test func aClientThatWroteReadsItsWriteWhileReplicasLag() async throws {
-        let t = try PostgresTopology.shared()
-        try await Self.live(t) { client, port, components in
-            let (id, session) = try await signUpJohn(client, email: uniqueEmail("loopryw"))
-            try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
-            try t.pauseReplay("r1")
-            try t.pauseReplay("r2")
-            defer {
-                try? t.resumeReplay("r1")
-                try? t.resumeReplay("r2")
+        try await PostgresTopology.withLagging { t in
+            try await Self.live(t) { client, port, components in
+                let (id, session) = try await signUpJohn(client, email: uniqueEmail("loopryw"))
+                try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
+                try t.pauseReplay("r1")
+                try t.pauseReplay("r2")
+                defer {
+                    try? t.resumeReplay("r1")
+                    try? t.resumeReplay("r2")
+                }
+                let patch = try await client.send(
+                    .patch, "/users/\(id)", json: #"{"lastName":"Written"}"#, cookies: ["millions_session": session])
+                #expect(patch.status == .ok)
+                let lsn = try #require(patch.cookie("millions_lsn"))
+                let before = Self.answered(components)
+                let fallbacks = Self.metric(components.metrics, #"db_read_routing_total{decision="read_your_writes_fallback"}"#)
+                let c = try await RawConnection.open(port: port)
+                let mine = try await c.request("GET /users/\(id) HTTP/1.1\r\nHost: x\r\nCookie: millions_lsn=\(lsn)\r\n\r\n")
+                #expect(mine.contains(#""lastName":"Written""#), "\(mine)")
+                let other = try await c.request("GET /users/\(id) HTTP/1.1\r\nHost: x\r\n\r\n")
+                #expect(other.contains(#""lastName":"Smith""#), "\(other)")
+                try await c.close()
+                #expect(Self.answered(components) == before + 2)
+                #expect(
+                    Self.metric(components.metrics, #"db_read_routing_total{decision="read_your_writes_fallback"}"#) == fallbacks + 1)
             }
-            let patch = try await client.send(
-                .patch, "/users/\(id)", json: #"{"lastName":"Written"}"#, cookies: ["millions_session": session])
-            #expect(patch.status == .ok)
-            let lsn = try #require(patch.cookie("millions_lsn"))
-            let before = Self.answered(components)
-            let fallbacks = Self.metric(components.metrics, #"db_read_routing_total{decision="read_your_writes_fallback"}"#)
-            let c = try await RawConnection.open(port: port)
-            let mine = try await c.request("GET /users/\(id) HTTP/1.1\r\nHost: x\r\nCookie: millions_lsn=\(lsn)\r\n\r\n")
-            #expect(mine.contains(#""lastName":"Written""#), "\(mine)")
-            let other = try await c.request("GET /users/\(id) HTTP/1.1\r\nHost: x\r\n\r\n")
-            #expect(other.contains(#""lastName":"Smith""#), "\(other)")
-            try await c.close()
-            #expect(Self.answered(components) == before + 2)
-            #expect(
-                Self.metric(components.metrics, #"db_read_routing_total{decision="read_your_writes_fallback"}"#) == fallbacks + 1)
         }
     }
 

@@ -249,98 +249,138 @@ import WebTier
     /// copy: `waitForReplay` names a replica whose replay is paused, and nothing once it
     /// goes on.
     @Test func waitForReplayNamesTheReplicasBehindAPosition() async throws {
-        let t = try PostgresTopology.shared()
-        let set = try Self.replicaSet(t)
-        try await set.withRunning {
-            try t.pauseReplay("r1")
-            defer { try? t.resumeReplay("r1") }
-            try await set.write("replay_probe") { c in
-                try await c.query("CREATE TABLE IF NOT EXISTS replay_probe (n int)", logger: c.logger)
-                try await c.query("INSERT INTO replay_probe VALUES (1)", logger: c.logger)
+        try await PostgresTopology.withLagging { t in
+            let set = try Self.replicaSet(t)
+            try await set.withRunning {
+                try t.pauseReplay("r1")
+                defer { try? t.resumeReplay("r1") }
+                try await set.write("replay_probe") { c in
+                    try await c.query("CREATE TABLE IF NOT EXISTS replay_probe (n int)", logger: c.logger)
+                    try await c.query("INSERT INTO replay_probe VALUES (1)", logger: c.logger)
+                }
+                let position = try await set.primaryPosition()
+                let behind = await set.waitForReplay(of: position, timeout: .milliseconds(200))
+                #expect(behind.contains(t.addresses[1]), "behind: \(behind)")
+                try t.resumeReplay("r1")
+                #expect(await set.waitForReplay(of: position, timeout: .seconds(60)) == [])
             }
-            let position = try await set.primaryPosition()
-            let behind = await set.waitForReplay(of: position, timeout: .milliseconds(200))
-            #expect(behind.contains(t.addresses[1]), "behind: \(behind)")
-            try t.resumeReplay("r1")
-            #expect(await set.waitForReplay(of: position, timeout: .seconds(60)) == [])
+        }
+    }
+
+    /// A replica that has not replayed a migration's new table yet is behind, not broken:
+    /// the read is answered by the primary, and the replica stays in rotation.
+    @Test func aReadOfATableAReplicaLacksIsAnsweredByThePrimary() async throws {
+        try await PostgresTopology.withLagging { t in
+            let set = try Self.replicaSet(t)
+            try await set.withRunning {
+                try await set.waitUntilDiscovered()
+                try t.pauseReplay("r1")
+                try t.pauseReplay("r2")
+                defer {
+                    try? t.resumeReplay("r1")
+                    try? t.resumeReplay("r2")
+                }
+                let table = "schema_behind_\(UInt32.random(in: 0...UInt32.max))"
+                try await set.write("create") { c in
+                    try await c.query(PostgresQuery(unsafeSQL: "CREATE TABLE \(table) (n int)"), logger: c.logger)
+                    try await c.query(PostgresQuery(unsafeSQL: "INSERT INTO \(table) VALUES (7)"), logger: c.logger)
+                }
+                let behind = { () -> Int in
+                    let text = String(decoding: set.metrics.exposition(), as: UTF8.self)
+                    return text.split(separator: "\n").first { $0.hasPrefix("db_read_schema_behind_total ") }
+                        .flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+                }
+                for _ in 0..<10 {  // whichever replica each read is sent to
+                    let n = try await set.read("schema_behind") { client in
+                        var n = 0
+                        for try await (v) in try await client.query(PostgresQuery(unsafeSQL: "SELECT n FROM \(table)")).decode(Int32.self) { n = Int(v) }
+                        return n
+                    }
+                    #expect(n == 7)
+                }
+                #expect(behind() >= 10)
+                #expect(set.statuses.filter { $0.role == .replica }.count == 2, "both replicas stay in rotation")
+            }
         }
     }
 
     @Test func readYourWritesWhileReplicasArePaused() async throws {
-        let t = try PostgresTopology.shared()
-        // Replicas paused stay in rotation however long a loaded machine takes.
-        try await TestApp.runPostgres(t, ["cache.backend": "none", "data.postgres.maxLagSeconds": "3600"]) { client, components in
-            let (id, session) = try await signUpJohn(client, email: uniqueEmail("ryw"))
-            // Let the replicas have the new user, then freeze them.
-            try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
-            try t.pauseReplay("r1")
-            try t.pauseReplay("r2")
-            defer {
-                try? t.resumeReplay("r1")
-                try? t.resumeReplay("r2")
+        try await PostgresTopology.withLagging { t in
+            // Replicas paused stay in rotation however long a loaded machine takes.
+            try await TestApp.runPostgres(t, ["cache.backend": "none", "data.postgres.maxLagSeconds": "3600"]) { client, components in
+                let (id, session) = try await signUpJohn(client, email: uniqueEmail("ryw"))
+                // Let the replicas have the new user, then freeze them.
+                try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
+                try t.pauseReplay("r1")
+                try t.pauseReplay("r2")
+                defer {
+                    try? t.resumeReplay("r1")
+                    try? t.resumeReplay("r2")
+                }
+                let patch = try await client.send(
+                    .patch, "/users/\(id)", json: #"{"lastName":"Written"}"#, cookies: ["millions_session": session])
+                #expect(patch.status == .ok)
+                // Discovery's view of a replica is never ahead of it, so whatever it has seen
+                // yet, no replica qualifies for this position.
+                let lsn = try #require(patch.cookie("millions_lsn"))
+
+                // The writer reads its write (from the primary; no replica has it).
+                let before = Self.routed(components.metrics, "read_your_writes_fallback")
+                let mine = try await client.send(.get, "/users/\(id)", cookies: ["millions_session": session, "millions_lsn": lsn])
+                #expect(mine.object["lastName"] as? String == "Written")
+                #expect(Self.routed(components.metrics, "read_your_writes_fallback") > before)
+
+                // Another client is served by a replica: stale is allowed, and it is stale.
+                let replicaReads = Self.routed(components.metrics, "replica")
+                let other = try await client.send(.get, "/users/\(id)")
+                #expect(other.object["lastName"] as? String == "Smith")
+                #expect(Self.routed(components.metrics, "replica") > replicaReads)
             }
-            let patch = try await client.send(
-                .patch, "/users/\(id)", json: #"{"lastName":"Written"}"#, cookies: ["millions_session": session])
-            #expect(patch.status == .ok)
-            // Discovery's view of a replica is never ahead of it, so whatever it has seen
-            // yet, no replica qualifies for this position.
-            let lsn = try #require(patch.cookie("millions_lsn"))
-
-            // The writer reads its write (from the primary; no replica has it).
-            let before = Self.routed(components.metrics, "read_your_writes_fallback")
-            let mine = try await client.send(.get, "/users/\(id)", cookies: ["millions_session": session, "millions_lsn": lsn])
-            #expect(mine.object["lastName"] as? String == "Written")
-            #expect(Self.routed(components.metrics, "read_your_writes_fallback") > before)
-
-            // Another client is served by a replica: stale is allowed, and it is stale.
-            let replicaReads = Self.routed(components.metrics, "replica")
-            let other = try await client.send(.get, "/users/\(id)")
-            #expect(other.object["lastName"] as? String == "Smith")
-            #expect(Self.routed(components.metrics, "replica") > replicaReads)
         }
     }
 
     @Test func aReplicaPastTheLagBoundLeavesRotationAndReturns() async throws {
-        let t = try PostgresTopology.shared()
-        let set = try Self.replicaSet(t, maxLagBytes: 4096)
-        try await set.withRunning {
-            try await PostgresEngine.migrate(set)
-            let store = PostgresUserStore(replicaSet: set)
-            try t.pauseReplay("r1")
-            do {
-                let seeder = Seeder(passwordHash: "x", startSeconds: Int64(Clock.secondsSince1970()) - Int64.random(in: 0..<10_000_000))
-                _ = try await store.insertMany((0..<200).map { i in
-                    var a = seeder.account(i)
-                    a.email = uniqueEmail("lag\(i)")
-                    return a
-                })
-                var r1Behind = false
-                for _ in 0..<600 where !r1Behind {  // discovery notices (bounded: a minute)
+        try await PostgresTopology.withLagging { t in
+            let set = try Self.replicaSet(t, maxLagBytes: 4096)
+            try await set.withRunning {
+                try await PostgresEngine.migrate(set)
+                let store = PostgresUserStore(replicaSet: set)
+                try t.pauseReplay("r1")
+                do {
+                    let seeder = Seeder(passwordHash: "x", startSeconds: Int64(Clock.secondsSince1970()) - Int64.random(in: 0..<10_000_000))
+                    _ = try await store.insertMany((0..<200).map { i in
+                        var a = seeder.account(i)
+                        a.email = uniqueEmail("lag\(i)")
+                        return a
+                    })
+                    var r1Behind = false
+                    for _ in 0..<600 where !r1Behind {  // discovery notices (bounded: a minute)
+                        try await Task.sleep(for: .milliseconds(100))
+                        r1Behind = set.statuses[1].lagBytes > 4096
+                    }
+                    #expect(r1Behind)
+                    // Other tests write to the shared primary too, so r2 may be briefly past the
+                    // small bound as well; it must come back, and r1 must never be chosen.
+                    var r2Chosen = false
+                    for _ in 0..<600 where !r2Chosen {
+                        let picks = (0..<20).map { set.router.choose(set.statuses, minimumLSN: 0, spread: $0) }
+                        #expect(!picks.contains(.replica(1)))
+                        r2Chosen = picks.contains(.replica(2))
+                        if !r2Chosen { try await Task.sleep(for: .milliseconds(100)) }
+                    }
+                    #expect(r2Chosen)
+                } catch {
+                    try? t.resumeReplay("r1")
+                    throw error
+                }
+                try t.resumeReplay("r1")
+                var back = false
+                for _ in 0..<600 where !back {
                     try await Task.sleep(for: .milliseconds(100))
-                    r1Behind = set.statuses[1].lagBytes > 4096
+                    back = (0..<20).map { set.router.choose(set.statuses, minimumLSN: 0, spread: $0) }.contains(.replica(1))
                 }
-                #expect(r1Behind)
-                // Other tests write to the shared primary too, so r2 may be briefly past the
-                // small bound as well; it must come back, and r1 must never be chosen.
-                var r2Chosen = false
-                for _ in 0..<600 where !r2Chosen {
-                    let picks = (0..<20).map { set.router.choose(set.statuses, minimumLSN: 0, spread: $0) }
-                    #expect(!picks.contains(.replica(1)))
-                    r2Chosen = picks.contains(.replica(2))
-                    if !r2Chosen { try await Task.sleep(for: .milliseconds(100)) }
-                }
-                #expect(r2Chosen)
-            } catch {
-                try? t.resumeReplay("r1")
-                throw error
+                #expect(back)
             }
-            try t.resumeReplay("r1")
-            var back = false
-            for _ in 0..<600 where !back {
-                try await Task.sleep(for: .milliseconds(100))
-                back = (0..<20).map { set.router.choose(set.statuses, minimumLSN: 0, spread: $0) }.contains(.replica(1))
-            }
-            #expect(back)
         }
     }
 

@@ -344,6 +344,12 @@ public final class ReplicaSet: Service {
             } catch let error where Self.isNodeFailure(error) {
                 markFailed(i, error)
                 excluded.insert(i)
+            } catch let error where Self.isSchemaBehind(error) {
+                // A replica that has not replayed a migration yet (a new table or column):
+                // behind, not broken; this read goes elsewhere, the primary at worst.
+                guard case .replica = decision else { throw error }
+                metrics.cachedCounter("db_read_schema_behind", "Reads a replica could not answer for lack of a migration's table or column", []).increment()
+                excluded.insert(i)
             }
         }
     }
@@ -442,6 +448,12 @@ public final class ReplicaSet: Service {
 
     /// Errors that say the node is unusable (down, closed, timed out, or not in the role we
     /// thought), as opposed to errors in the query itself.
+    /// undefined_table, undefined_column.
+    static func isSchemaBehind(_ error: any Error) -> Bool {
+        guard let e = error as? PSQLError, e.code == .server else { return false }
+        return ["42P01", "42703"].contains(e.serverInfo?[.sqlState] ?? "")
+    }
+
     static func isNodeFailure(_ error: any Error) -> Bool {
         if error is TimeoutError { return true }
         if let e = error as? PSQLError {
