@@ -65,6 +65,19 @@ extension Cluster {
         return String(name)
     }
 
+    /// Each member's role (`leader`, `sync_standby`, `replica`, …) as Patroni's `/cluster` on
+    /// `node` tells it; nil if it does not answer.
+    func patroniRoles(via node: Node, _ state: ClusterState) -> [String: String]? {
+        guard let r = Processes.httpGet(host: node.host, port: Self.restPort(node, state), path: "/cluster", timeout: 3),
+            r.status == 200,
+            let json = try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any],
+            let members = json["members"] as? [[String: Any]]
+        else { return nil }
+        var roles: [String: String] = [:]
+        for m in members { if let name = m["name"] as? String { roles[name] = m["role"] as? String ?? "?" } }
+        return roles
+    }
+
     /// A database node's Patroni REST port: as far above Patroni's first as its PostgreSQL
     /// port is above the primary's (`scripts/patroni`).
     public static func restPort(_ node: Node, _ state: ClusterState) -> Int {

@@ -32,6 +32,15 @@ extension Cluster {
             // from the cut-off site, which has no etcd majority), and a replica that can
             // reach the majority (the other site's, with the witness) takes it. Nothing to
             // run: this only waits to say when, and records the new primary.
+            // Patroni promotes only a standby its sync key names (the one sure to hold every
+            // acknowledged write). Right after a WAN heal PostgreSQL may count the other
+            // site's standby as synchronous seconds before the key names it again: say so.
+            let others = databases.filter { $0.site != site && !down.contains($0.site) }
+            if state.syncReplication, let witness = others.first, let roles = patroniRoles(via: witness, state),
+                !others.contains(where: { roles[Self.pgName($0)] == "sync_standby" })
+            {
+                say("warning: Patroni's sync key names no standby outside \(site) (\(roles.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))): Patroni will promote none of them, as none is sure to hold every acknowledged write")
+            }
             var promoted: Node?
             Processes.wait(seconds: 120, every: 0.2) {
                 promoted = databases.first { $0.site != site && !down.contains($0.site) && self.inRecovery($0) == false }

@@ -309,8 +309,10 @@ public struct PostgresJobQueue: JobQueue {
             try await client.withConnection { connection in
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
-                        let notifications = try await connection.listen(Self.channel)
-                        for try await _ in notifications { return }
+                        // UNLISTEN on the way out: the connection goes back to the pool.
+                        try await connection.listen(on: Self.channel) { notifications in
+                            for try await _ in notifications { return }
+                        }
                     }
                     group.addTask { try await Task.sleep(for: .milliseconds(Int(timeoutSeconds * 1000))) }
                     _ = try await group.next()
