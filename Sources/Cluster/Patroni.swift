@@ -67,7 +67,7 @@ extension Cluster {
 
     /// Each member's role (`leader`, `sync_standby`, `replica`, …) as Patroni's `/cluster` on
     /// `node` tells it; nil if it does not answer.
-    func patroniRoles(via node: Node, _ state: ClusterState) -> [String: String]? {
+    public func patroniRoles(via node: Node, _ state: ClusterState) -> [String: String]? {
         guard let r = Processes.httpGet(host: node.host, port: Self.restPort(node, state), path: "/cluster", timeout: 3),
             r.status == 200,
             let json = try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any],

@@ -79,10 +79,7 @@ public final class PostgresTopology: Sendable {
             try start(directory: "/tmp/millions-pg-tests-lagging", basePort: 15452, replicas: 2)
         }
         // A test that failed mid-way may have left a replica paused.
-        try await offThePool {
-            try t.resumeReplay("r1")
-            try t.resumeReplay("r2")
-        }
+        try await offThePool { for node in t.replicaNames { try t.resumeReplay(node) } }
         return try await body(t)
     }
     private static let laggingTurn = Turns()
@@ -120,7 +117,7 @@ public final class PostgresTopology: Sendable {
 
     /// Every node's postmaster is alive (by its pid file).
     var isRunning: Bool {
-        (["primary"] + (0..<replicas).map { "r\($0 + 1)" }).allSatisfy { node in
+        (["primary"] + replicaNames).allSatisfy { node in
             guard let text = try? String(contentsOfFile: "\(directory)/\(node)/postmaster.pid", encoding: .utf8),
                 let pid = text.split(whereSeparator: \.isNewline).first.flatMap({ Int32($0) })
             else { return false }
@@ -152,6 +149,11 @@ public final class PostgresTopology: Sendable {
 
     public func pauseReplay(_ node: String) throws { try sql(node, "SELECT pg_wal_replay_pause()") }
     public func resumeReplay(_ node: String) throws { try sql(node, "SELECT pg_wal_replay_resume()") }
+    /// Every replica's replay paused (as if all were far behind), and resumed; a resume
+    /// that fails leaves that replica as it is (the next `withLagging` resumes it).
+    public func pauseReplicas() throws { for node in replicaNames { try pauseReplay(node) } }
+    public func resumeReplicas() { for node in replicaNames { try? resumeReplay(node) } }
+    var replicaNames: [String] { (0..<replicas).map { "r\($0 + 1)" } }
 }
 
 /// One holder at a time, waiting in line without holding a thread.

@@ -1030,10 +1030,10 @@ import Testing
                 // needs it. PostgreSQL counts it in some seconds before Patroni's sync key
                 // names it (9 s in one run); a site lost in between promotes no one, since
                 // only a standby the key names is sure to hold every acknowledged write.
-                let rest = Cluster.restPort(primary, state)
+                let cluster = try Cluster(dir: f.dir, binary: f.binary, scripts: "", say: { _ in })
                 var role: String?
                 for _ in 0..<600 where role != "sync_standby" {
-                    role = Self.patroniRole("r2", host: primary.host, port: rest)
+                    role = cluster.patroniRoles(via: primary, state)?["r2"]
                     if role != "sync_standby" { try await Task.sleep(for: .milliseconds(200)) }
                 }
                 #expect(role == "sync_standby", "r2 back in Patroni's synchronous set after the WAN heals")
@@ -1105,18 +1105,6 @@ import Testing
     }
 
     /// One column of a query on a PostgreSQL node, through psql.
-    /// A member's role in Patroni's `/cluster` as the member at `host:port` sees it
-    /// (`leader`, `sync_standby`, `replica`), nil if it does not answer.
-    static func patroniRole(_ member: String, host: String, port: Int) -> String? {
-        let out = NSTemporaryDirectory() + "patroni-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: out) }
-        guard (try? Processes.run(["/usr/bin/curl", "-sf", "-m", "3", "-o", out, "http://\(host):\(port)/cluster"])) == 0,
-            let data = FileManager.default.contents(atPath: out),
-            let members = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["members"] as? [[String: Any]]
-        else { return nil }
-        return members.first { $0["name"] as? String == member }?["role"] as? String
-    }
-
     static func query(_ node: Node, _ sql: String, env: [String: String]) -> [String] {
         let out = NSTemporaryDirectory() + "query-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: out) }

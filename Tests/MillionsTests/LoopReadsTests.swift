@@ -126,12 +126,8 @@ import Testing
             try await Self.live(t) { client, port, components in
                 let (id, session) = try await signUpJohn(client, email: uniqueEmail("loopryw"))
                 try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
-                try t.pauseReplay("r1")
-                try t.pauseReplay("r2")
-                defer {
-                    try? t.resumeReplay("r1")
-                    try? t.resumeReplay("r2")
-                }
+                try t.pauseReplicas()
+                defer { t.resumeReplicas() }
                 let patch = try await client.send(
                     .patch, "/users/\(id)", json: #"{"lastName":"Written"}"#, cookies: ["millions_session": session])
                 #expect(patch.status == .ok)

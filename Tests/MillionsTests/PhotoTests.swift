@@ -598,12 +598,8 @@ func multipart(boundary: String, fields: [String: String], file: (name: String, 
             try await TestApp.runPostgres(t, ["queue.inProcessWorkers": "1", "cache.backend": "memory"]) { client, components in
                 let (id, session) = try await signUpJohn(client, email: uniqueEmail("lag-photo"))
                 try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
-                try t.pauseReplay("r1")
-                try t.pauseReplay("r2")
-                defer {
-                    try? t.resumeReplay("r1")
-                    try? t.resumeReplay("r2")
-                }
+                try t.pauseReplicas()
+                defer { t.resumeReplicas() }
                 let r = try await uploadPhoto(client, user: id, session: session, try Imaging.testImage(width: 300, height: 200, format: .jpeg), type: "image/jpeg")
                 let job = try await waitForJob(client, try #require(r.headers[.location]), session: session)
                 #expect(job["state"] as? String == "done", "\(job)")

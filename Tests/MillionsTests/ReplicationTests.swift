@@ -274,12 +274,8 @@ import WebTier
             let set = try Self.replicaSet(t)
             try await set.withRunning {
                 try await set.waitUntilDiscovered()
-                try t.pauseReplay("r1")
-                try t.pauseReplay("r2")
-                defer {
-                    try? t.resumeReplay("r1")
-                    try? t.resumeReplay("r2")
-                }
+                try t.pauseReplicas()
+                defer { t.resumeReplicas() }
                 let table = "schema_behind_\(UInt32.random(in: 0...UInt32.max))"
                 try await set.write("create") { c in
                     try await c.query(PostgresQuery(unsafeSQL: "CREATE TABLE \(table) (n int)"), logger: c.logger)
@@ -311,12 +307,8 @@ import WebTier
                 let (id, session) = try await signUpJohn(client, email: uniqueEmail("ryw"))
                 // Let the replicas have the new user, then freeze them.
                 try await waitUntilReplicasReplay(components.replicaSet!, try await components.replicaSet!.primaryPosition())
-                try t.pauseReplay("r1")
-                try t.pauseReplay("r2")
-                defer {
-                    try? t.resumeReplay("r1")
-                    try? t.resumeReplay("r2")
-                }
+                try t.pauseReplicas()
+                defer { t.resumeReplicas() }
                 let patch = try await client.send(
                     .patch, "/users/\(id)", json: #"{"lastName":"Written"}"#, cookies: ["millions_session": session])
                 #expect(patch.status == .ok)
